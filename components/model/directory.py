@@ -1,0 +1,35 @@
+"""What every stage that reads a model directory checks first, so a wrong path fails with its name."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from components.errors import InputError
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+
+
+def has_chat_template(path: Path) -> bool:
+    if (path / "chat_template.jinja").is_file() or (path / "chat_template.json").is_file():
+        return True
+    config = path / "tokenizer_config.json"
+    return config.is_file() and bool(json.loads(config.read_text()).get("chat_template"))
+
+
+def check_model_dir(path: Path) -> Path:
+    """Raise InputError naming `path` and what it lacks unless it is a complete chat model directory."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: model directory does not exist")
+    if not path.is_dir():
+        raise InputError(f"{path}: expected a model directory, found a file")
+    if not (path / "config.json").is_file():
+        raise InputError(f"{path}: no config.json, so this is not a Hugging Face model directory")
+    if not any(path.glob("*.safetensors")) and not any(path.glob("pytorch_model*.bin")):
+        raise InputError(f"{path}: no weights (*.safetensors or pytorch_model*.bin)")
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise InputError(f"{path}: no tokenizer (none of {', '.join(TOKENIZER_FILES)})")
+    if not has_chat_template(path):
+        raise InputError(f"{path}: the tokenizer has no chat template (chat_template.jinja or tokenizer_config.json)")
+    return path

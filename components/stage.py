@@ -1,0 +1,42 @@
+"""What every stage returns, and the stage card that lets a stage skip work it has already done.
+
+A stage writes `stage.json` into its output directory, with a key hashed over everything that
+determines the output (inputs' content, parameters, this stage's format version). Running the stage
+again with the same key returns the card instead of recomputing. DVC caches the same outputs by
+its own hashes when the pipeline runs through `dvc repro`; the key here serves the CLI and the flows.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+STAGE_CARD = "stage.json"
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """Output paths and metrics of one stage run; `cached` is true when the stage found its output up to date."""
+
+    outputs: dict[str, Path]
+    metrics: dict[str, float] = field(default_factory=dict)
+    cached: bool = False
+
+
+def read_card(out_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((Path(out_dir) / STAGE_CARD).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def write_card(out_dir: Path, card: dict[str, Any]) -> None:
+    (Path(out_dir) / STAGE_CARD).write_text(json.dumps(card, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def up_to_date(out_dir: Path, key: str) -> dict[str, Any] | None:
+    """The card of `out_dir` if it was built with `key`, else None."""
+    card = read_card(out_dir)
+    return card if card is not None and card.get("key") == key else None

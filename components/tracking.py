@@ -1,0 +1,149 @@
+"""MLflow conventions, decided once.
+
+- Tracking URI: MLFLOW_TRACKING_URI if set (a server, Databricks, ...), else a SQLite store at
+  `<workspace>/mlflow.db` with artifacts under `<workspace>/mlartifacts/`.
+- One experiment per pipeline: `tracking.experiment` in params.yaml.
+- One parent run per pipeline run, one nested run per stage (tag `mlflow.parentRunId`).
+- Tags on every run: git commit, profile, params hash, and the DVC hashes of the data in dvc.lock.
+- Run ids are passed explicitly, never taken from MLflow's thread-local active run, because Prefect runs
+  tasks in worker threads. Inside a stage the stage's run is made active so that libraries that log to
+  the active run (the Trainer's MLflow callback) log to it.
+
+Tracking wraps a stage; it never changes what the stage computes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import yaml
+from mlflow.entities import RunStatus
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+from components.config import Params
+from components.stage import STAGE_CARD, StageResult
+
+
+def tracking_uri(params: Params) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{params.workspace / 'mlflow.db'}"
+
+
+def client_for(params: Params) -> MlflowClient:
+    """A client on the configured store; also points the fluent API (used inside stages) at it."""
+    uri = tracking_uri(params)
+    if uri.startswith("sqlite:///"):
+        params.workspace.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    return MlflowClient(tracking_uri=uri)
+
+
+def experiment_id(client: MlflowClient, params: Params) -> str:
+    experiment = client.get_experiment_by_name(params.tracking.experiment)
+    if experiment is not None:
+        return experiment.experiment_id
+    artifact_location = None
+    if client.tracking_uri.startswith("sqlite:"):
+        artifact_location = (params.workspace / "mlartifacts" / params.tracking.experiment).as_uri()
+    return client.create_experiment(params.tracking.experiment, artifact_location=artifact_location)
+
+
+def git_commit(repo: Path) -> str:
+    """HEAD's commit, with `-dirty` when tracked files have changes; `unknown` outside a git checkout."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("-dirty" if dirty else "")
+
+
+def dvc_hashes(repo: Path) -> dict[str, str]:
+    """`dvc.<out path>` -> hash of every output recorded in dvc.lock (empty when DVC has not run)."""
+    lock = repo / "dvc.lock"
+    if not lock.is_file():
+        return {}
+    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+    return {
+        f"dvc.{out['path']}": out.get("md5") or out.get("hash", "")
+        for stage in stages.values()
+        for out in stage.get("outs", [])
+    }
+
+
+def lineage_tags(params: Params, repo: Path) -> dict[str, str]:
+    return {
+        MLFLOW_GIT_COMMIT: git_commit(repo),
+        "profile": params.profile,
+        "params_hash": params.digest(),
+        **dvc_hashes(repo),
+    }
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
+    """Nested params -> `{"a.b": "value"}`, the form MLflow params take."""
+    if not isinstance(tree, dict):
+        return {prefix: str(tree)}
+    flat: dict[str, str] = {}
+    for key, value in tree.items():
+        flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+@contextlib.contextmanager
+def pipeline_run(params: Params, repo: Path, run_name: str | None = None) -> Iterator[str]:
+    """The parent run of one pipeline run; yields its id and closes it FINISHED or FAILED."""
+    client = client_for(params)
+    tags = {**lineage_tags(params, repo), MLFLOW_RUN_NAME: run_name or f"post-train-{params.profile}"}
+    run = client.create_run(experiment_id(client, params), tags=tags)
+    run_id = run.info.run_id
+    for key, value in flatten(params.model_dump(mode="json")).items():
+        client.log_param(run_id, key, value[:6000])
+    try:
+        yield run_id
+    except BaseException:
+        client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+        raise
+    client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+
+
+def tracked_stage(
+    params: Params, repo: Path, stage: str, param_keys: tuple[str, ...], compute: Callable[[], StageResult],
+    parent_run_id: str | None = None,
+) -> tuple[StageResult, str]:
+    """Run `compute` inside a run for `stage` (nested under `parent_run_id` when given); returns its result and run id.
+
+    Logged: the stage's own params, its metrics, its output paths as tags, its stage card as an artifact.
+    """
+    client = client_for(params)
+    tags = {**lineage_tags(params, repo), MLFLOW_RUN_NAME: stage, "stage": stage}
+    if parent_run_id:
+        tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
+    run_id = client.create_run(experiment_id(client, params), tags=tags).info.run_id
+    dumped = params.model_dump(mode="json")
+    for key in param_keys:
+        for name, value in flatten(dumped[key], key).items():
+            client.log_param(run_id, name, value[:6000])
+    try:
+        with mlflow.start_run(run_id=run_id):
+            result = compute()
+    except BaseException:
+        client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+        raise
+    for name, value in result.metrics.items():
+        client.log_metric(run_id, name, value)
+    client.set_tag(run_id, "cached", str(result.cached).lower())
+    for name, path in result.outputs.items():
+        client.set_tag(run_id, f"output.{name}", str(path))
+        if (Path(path) / STAGE_CARD).is_file():
+            client.log_artifact(run_id, str(Path(path) / STAGE_CARD), artifact_path=name)
+    client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+    return result, run_id

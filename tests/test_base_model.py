@@ -1,0 +1,91 @@
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from components.config import load_params, parse_overrides
+from components.errors import InputError
+from components.model.base import build_base_model
+from components.model.chat import chat
+from components.model.directory import check_model_dir
+from components.stage import read_card
+from tests.conftest import REPO
+
+
+def test_tiny_base_is_a_complete_model_directory(tiny_base: Path):
+    check_model_dir(tiny_base)
+    model = AutoModelForCausalLM.from_pretrained(tiny_base)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base)
+    assert model.config.num_hidden_layers == 2 and model.config.hidden_size == 64
+    assert model.dtype == torch.float32
+    assert model.config.vocab_size == len(tokenizer) == 49152
+    assert tokenizer.pad_token is not None and "<|im_start|>" in tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False
+    )
+    assert model.generation_config.eos_token_id == tokenizer.eos_token_id
+    assert read_card(tiny_base)["metrics"]["parameters"] == sum(p.numel() for p in model.parameters())
+
+
+def test_second_build_with_same_config_is_a_cache_hit(tiny_base: Path):
+    weights = tiny_base / "model.safetensors"
+    before = weights.stat().st_mtime_ns
+    result = build_base_model(load_params(REPO / "params.yaml", "tiny").base_model, tiny_base)
+    assert result.cached
+    assert weights.stat().st_mtime_ns == before
+
+
+def test_changed_param_rebuilds(tmp_path: Path, tiny_base: Path):
+    out = tmp_path / "base"
+    shutil.copytree(tiny_base, out)
+    cfg = load_params(REPO / "params.yaml", "tiny", parse_overrides(["base_model.init_seed=7"])).base_model
+    result = build_base_model(cfg, out)
+    assert not result.cached
+    rebuilt = AutoModelForCausalLM.from_pretrained(out).state_dict()
+    original = AutoModelForCausalLM.from_pretrained(tiny_base).state_dict()
+    assert not torch.equal(rebuilt["model.layers.0.mlp.up_proj.weight"], original["model.layers.0.mlp.up_proj.weight"])
+
+
+def test_local_directory_source_gives_the_same_weights(tmp_path: Path, tiny_base: Path):
+    cfg = load_params(REPO / "params.yaml", "tiny",
+                      parse_overrides(["base_model.source=local", f"base_model.path={tiny_base}"])).base_model
+    build_base_model(cfg, tmp_path / "copy")
+    a = AutoModelForCausalLM.from_pretrained(tiny_base).state_dict()
+    b = AutoModelForCausalLM.from_pretrained(tmp_path / "copy").state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((tmp_path / "copy" / "stage.json").read_text())["source"] == str(tiny_base)
+
+
+@pytest.mark.parametrize(
+    ("remove", "message"),
+    [
+        (["tokenizer.json"], "no tokenizer"),
+        (["chat_template.jinja"], "no chat template"),
+        (["config.json"], "no config.json"),
+        (["model.safetensors"], "no weights"),
+    ],
+)
+def test_incomplete_local_model_is_refused_and_nothing_is_written(tmp_path: Path, tiny_base: Path, remove, message):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_base, broken)
+    for name in remove:
+        (broken / name).unlink()
+    cfg = load_params(REPO / "params.yaml", "tiny",
+                      parse_overrides(["base_model.source=local", f"base_model.path={broken}"])).base_model
+    with pytest.raises(InputError, match=rf"{broken}: .*{message}"):
+        build_base_model(cfg, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken"]
+
+
+@pytest.mark.smol
+def test_smol_base_model_answers_a_chat_prompt(tmp_path: Path):
+    out = tmp_path / "smol_base"
+    result = build_base_model(load_params(REPO / "params.yaml", "smol").base_model, out)
+    assert 134e6 < result.metrics["parameters"] < 135e6
+    config = json.loads((out / "config.json").read_text())
+    assert "quantization_config" not in config and config["dtype"] == "float32"
+    answer = chat(out, "What is the capital of France?", max_new_tokens=16)
+    assert "Paris" in answer

@@ -1,0 +1,60 @@
+"""The command line as a user runs it: a subprocess, its exit code, its messages, what it leaves on disk."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import REPO
+
+
+def flows(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "flows", *args], cwd=cwd, capture_output=True, text=True,
+                          env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
+
+
+def test_help_lists_every_stage_with_what_it_reads_and_writes():
+    from flows.stages import STAGES
+
+    out = flows("--help")
+    assert out.returncode == 0
+    for stage in STAGES:
+        assert stage.name in out.stdout and stage.writes in out.stdout
+
+
+def test_unknown_profile_exits_non_zero_and_writes_nothing(params_file: Path):
+    out = flows("stage", "base-model", "--params", str(params_file), "--profile", "huge")
+    assert out.returncode == 2
+    assert "unknown profile 'huge'" in out.stderr and "Traceback" not in out.stderr
+    assert sorted(p.name for p in params_file.parent.iterdir()) == ["params.yaml"]
+
+
+def test_typo_in_override_exits_non_zero_naming_the_key(params_file: Path):
+    out = flows("run", "--params", str(params_file), "--profile", "tiny", "--set", "base_model.layers=3")
+    assert out.returncode == 2
+    assert "--set base_model.layers: unknown key" in out.stderr
+    assert not (params_file.parent / "outputs").exists()
+
+
+def test_run_tiny_records_parent_and_nested_stage_runs(params_file: Path):
+    out = flows("run", "--params", str(params_file), "--profile", "tiny")
+    assert out.returncode == 0, out.stderr
+    workspace = params_file.parent / "outputs"
+    assert (workspace / "tiny" / "base_model" / "model.safetensors").is_file()
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{workspace / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("post-train-tiny")
+    runs = client.search_runs([experiment.experiment_id])
+    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    stages = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert [r.data.tags["stage"] for r in stages] == ["base-model"]
+    for run in (parent, stages[0]):
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["profile"] == "tiny"
+        assert len(run.data.tags["params_hash"]) == 64
+        assert run.data.tags["mlflow.source.git.commit"]
+    assert stages[0].data.params["base_model.source"] == "random"
+    assert stages[0].data.metrics["parameters"] > 1e6
+    artifacts = [a.path for a in client.list_artifacts(stages[0].info.run_id, "model")]
+    assert artifacts == ["model/stage.json"]
