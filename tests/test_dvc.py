@@ -1,0 +1,40 @@
+"""dvc.yaml runs the same stages as the CLI, in a real DVC repo with a real (local) remote."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import REPO
+
+PROJECT_FILES = ["components", "flows", "params.yaml", "dvc.yaml", ".dvc/config", ".dvcignore", ".gitignore"]
+
+
+def sh(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(cwd), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=env, check=True)
+
+
+def test_repro_builds_once_then_skips_and_pushes_to_the_remote(tmp_path: Path):
+    repo = tmp_path / "project"
+    repo.mkdir()
+    for name in PROJECT_FILES:
+        source = REPO / name
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if source.is_dir() else shutil.copy)(source, repo / name)
+    (repo / "params.yaml").write_text((REPO / "params.yaml").read_text().replace("profile: smol", "profile: tiny", 1))
+    sh("git", "init", "-q", cwd=repo)
+    sh("git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init", "--allow-empty", cwd=repo)
+
+    first = sh("dvc", "repro", cwd=repo)
+    assert "Running stage 'base-model'" in first.stdout
+    assert (repo / "outputs/tiny/base_model/model.safetensors").is_file()
+    lock = (repo / "dvc.lock").read_text()
+    assert "outputs/tiny/base_model" in lock and "profile: tiny" in lock
+
+    second = sh("dvc", "repro", cwd=repo)
+    assert "didn't change, skipping" in second.stdout and "Running stage" not in second.stdout
+
+    sh("dvc", "push", cwd=repo)
+    assert any((repo / "outputs/dvc-remote").rglob("*")), "dvc push must fill the local remote"
