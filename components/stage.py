@@ -1,7 +1,7 @@
 """What every stage returns, and the stage card that lets a stage skip work it has already done.
 
 A stage writes `stage.json` into its output directory, with a key hashed over everything that
-determines the output (inputs' content, parameters, this stage's format version). Running the stage
+determines the output (inputs' content, parameters, and the source code of the modules that compute it). Running the stage
 again with the same key returns the card instead of recomputing. DVC caches the same outputs by
 its own hashes when the pipeline runs through `dvc repro`; the key here serves the CLI and the flows.
 """
@@ -9,20 +9,32 @@ its own hashes when the pipeline runs through `dvc repro`; the key here serves t
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from components.hashing import file_sha256, json_sha256
 
 STAGE_CARD = "stage.json"
 
 
 @dataclass(frozen=True)
 class StageResult:
-    """Output paths and metrics of one stage run; `cached` is true when the stage found its output up to date."""
+    """Output paths and metrics of one stage run; `cached` is true when the stage found its output up to date.
+
+    `artifacts` are files worth keeping beside the run (reports, tables) that tracking logs as they are.
+    """
 
     outputs: dict[str, Path]
     metrics: dict[str, float] = field(default_factory=dict)
     cached: bool = False
+    artifacts: tuple[Path, ...] = ()
+
+
+def code_digest(*module_names: str) -> str:
+    """Hash of the source files of the named modules: a change to the code that computes an output rebuilds it."""
+    return json_sha256([file_sha256(Path(sys.modules[name].__file__)) for name in module_names])
 
 
 def read_card(out_dir: Path) -> dict[str, Any] | None:

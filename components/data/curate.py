@@ -1,0 +1,278 @@
+"""Curate stage: normalise, filter, deduplicate (exact and near), split with no leakage, and report every removal.
+
+Streams each raw table in batches; the only state that grows with the input (keys already seen) lives
+in SQLite files on disk, so memory stays bounded whatever the size of the input. Two passes per table:
+the first filters, deduplicates, assigns splits and indexes the train rows; the second checks every
+val/test row against that index and drops (or fails on) the ones that near-duplicate a train row.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import tempfile
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import xxhash
+
+from components.atomic import atomic_dir
+from components.config import CurateConfig, Splits
+from components.data.minhash import SeenIndex, band_keys, bands_for, signatures
+from components.data.sources import MANIFEST
+from components.data.tables import Kind, Row, read_jsonl, text_of
+from components.data.text import alpha_ratio, normalize, repeated_line_ratio
+from components.errors import InputError
+from components.hashing import json_sha256, tree_sha256
+from components.stage import StageResult, code_digest, up_to_date, write_card
+
+SPLITS = ("train", "val", "test")
+REPORT = "report.json"
+REPORT_MD = "report.md"
+FILTERS = ("too_short", "too_long", "low_alpha", "repeated_lines", "exact_duplicate", "near_duplicate",
+           "harmful_content", "leakage")
+
+# Multi-word phrases that mark harmful requests in non-safety data (single words such as "kill" would
+# remove "kill a process"). Rows that near-duplicate a known harmful prompt are removed as well.
+HARMFUL_PHRASES = re.compile(
+    r"\b(how to (make|build) a (bomb|pipe bomb|explosive)|synthesi[sz]e (sarin|vx|nerve agent|methamphetamine|ricin)"
+    r"|child (sexual|porn)|buy (stolen|cloned) (credit )?cards?|untraceable (gun|firearm|poison))\b",
+    re.IGNORECASE,
+)
+
+
+class Tally:
+    """Per-filter removal counts with a few examples each, for the report."""
+
+    def __init__(self) -> None:
+        self.removed: Counter[str] = Counter()
+        self.examples: dict[str, list[str]] = defaultdict(list)
+
+    def drop(self, rule: str, row: Row, why: str = "") -> None:
+        self.removed[rule] += 1
+        if len(self.examples[rule]) < 3:
+            self.examples[rule].append(f"{row.get('id')}: {why or json.dumps(row, ensure_ascii=False)[:120]}")
+
+
+def normalize_row(row: Row, kind: Kind) -> Row:
+    row = dict(row)
+    if kind is Kind.messages:
+        row["messages"] = [{**m, "content": normalize(m["content"])} for m in row["messages"]]
+    for column in ("text", "prompt", "completion", "chosen", "rejected"):
+        if isinstance(row.get(column), str):
+            row[column] = normalize(row[column])
+    return row
+
+
+def quality_rule(text: str, cfg: CurateConfig) -> str | None:
+    """The first length or quality filter that `text` fails, or None."""
+    if len(text) < cfg.min_chars:
+        return "too_short"
+    if len(text) > cfg.max_chars:
+        return "too_long"
+    if alpha_ratio(text) < cfg.min_alpha_ratio:
+        return "low_alpha"
+    if repeated_line_ratio(text) > cfg.max_repeated_line_ratio:
+        return "repeated_lines"
+    return None
+
+
+def split_of(group: str, splits: Splits, seed: int) -> str:
+    """Deterministic split of a group from its hash: rows of one group (one module) share a split."""
+    u = xxhash.xxh64_intdigest(f"{seed}:{group}".encode()) / 2**64
+    return "train" if u < splits.train else "val" if u < splits.train + splits.val else "test"
+
+
+def batched(rows: Iterable, size: int) -> Iterator[list]:
+    iterator = iter(rows)
+    while batch := list(itertools.islice(iterator, size)):
+        yield batch
+
+
+def first_seen(index: SeenIndex, keys_per_row: list[list[int]], row_ids: list[int]) -> list[int | None]:
+    """For each row, the id of an earlier row (earlier batch or earlier in this batch) that shares a key, else None;
+    rows with no match get their keys added to the index."""
+    known = index.lookup([k for keys in keys_per_row for k in keys])
+    matches: list[int | None] = []
+    added: list[tuple[int, int]] = []
+    for keys, row_id in zip(keys_per_row, row_ids, strict=True):
+        match = next((known[k] for k in keys if k in known), None)
+        matches.append(match)
+        if match is None:
+            for k in keys:
+                known[k] = row_id
+            added += [(k, row_id) for k in keys]
+    index.add(added)
+    return matches
+
+
+class HarmfulIndex:
+    """LSH keys of known harmful prompts, for removing them from non-safety tables."""
+
+    def __init__(self, prompts: Iterable[str], cfg: CurateConfig, path: Path):
+        self.bands = bands_for(cfg.leakage_threshold, cfg.num_perm)
+        self.cfg = cfg
+        self.index = SeenIndex(path)
+        for batch in batched(({"p": p} for p in prompts), cfg.batch_rows):
+            keys = band_keys(signatures([normalize(r["p"]) for r in batch], cfg.num_perm), self.bands)
+            self.index.add([(int(k), 0) for k in keys.ravel()])
+
+    def matches(self, texts: list[str]) -> list[bool]:
+        keys = band_keys(signatures(texts, self.cfg.num_perm), self.bands)
+        found = self.index.lookup(keys.ravel().tolist())
+        return [any(int(k) in found for k in row) for row in keys]
+
+
+def curate_table(name: str, kind: Kind, safety: bool, splits: Splits, raw: Path, out: Path, scratch: Path,
+                 cfg: CurateConfig, seed: int, harmful: HarmfulIndex | None) -> tuple[Tally, dict[str, int]]:
+    """Curate one raw table into out/{train,val,test}.jsonl; returns the removals and the split sizes."""
+    tally = Tally()
+    exact, near, train_index = (SeenIndex(scratch / f"{name}-{part}.db") for part in ("exact", "near", "train"))
+    near_bands = bands_for(cfg.near_dup_threshold, cfg.num_perm) if cfg.near_dup_threshold else None
+    leak_bands = bands_for(cfg.leakage_threshold, cfg.num_perm)
+    out.mkdir(parents=True)
+    handles = {"train": open(out / "train.jsonl", "w", encoding="utf-8"),
+               "val": open(scratch / f"{name}-val.jsonl", "w", encoding="utf-8"),
+               "test": open(scratch / f"{name}-test.jsonl", "w", encoding="utf-8")}
+    sizes = Counter({split: 0 for split in SPLITS})
+    try:
+        for batch in batched(read_jsonl(raw), cfg.batch_rows):
+            rows, texts, ids = [], [], []  # ids: line numbers in the raw file, which the report cites
+            for lineno, row in batch:
+                row = normalize_row(row, kind)
+                text = text_of(row, kind)
+                rule = quality_rule(text, cfg)
+                if rule:
+                    tally.drop(rule, row, f"{len(text)} chars" if rule.startswith("too") else "")
+                else:
+                    rows.append(row)
+                    texts.append(text)
+                    ids.append(lineno)
+
+            exact_keys = [[xxhash.xxh64_intdigest(t.lower().encode()) - (1 << 63)] for t in texts]
+            survivors = []
+            for i, match in enumerate(first_seen(exact, exact_keys, ids)):
+                if match is None:
+                    survivors.append(i)
+                else:
+                    tally.drop("exact_duplicate", rows[i], f"same text as raw line {match}")
+            rows, texts, ids = [rows[i] for i in survivors], [texts[i] for i in survivors], [ids[i] for i in survivors]
+            if not rows:
+                continue
+            sigs = signatures(texts, cfg.num_perm)
+            if near_bands:
+                matches = first_seen(near, band_keys(sigs, near_bands).tolist(), ids)
+                keep = [i for i, match in enumerate(matches) if match is None]
+                for i, match in enumerate(matches):
+                    if match is not None:
+                        tally.drop("near_duplicate", rows[i], f"near-duplicate of raw line {match}")
+                rows, texts, ids, sigs = [rows[i] for i in keep], [texts[i] for i in keep], [ids[i] for i in keep], sigs[keep]
+            if harmful is not None and not safety and rows:
+                flagged = harmful.matches(texts)
+                keep = []
+                for i, row in enumerate(rows):
+                    if flagged[i] or HARMFUL_PHRASES.search(texts[i]):
+                        tally.drop("harmful_content", row)
+                    else:
+                        keep.append(i)
+                rows, ids, sigs = [rows[i] for i in keep], [ids[i] for i in keep], sigs[keep]
+            leak_keys = band_keys(sigs, leak_bands) if len(rows) else None
+            train_pairs = []
+            for i, row in enumerate(rows):
+                split = split_of(str(row.get("group", row.get("id"))), splits, seed)
+                handles[split].write(json.dumps(row, ensure_ascii=False) + "\n")
+                sizes[split] += 1
+                if split == "train":
+                    train_pairs += [(int(k), sizes["train"]) for k in leak_keys[i]]
+            train_index.add(train_pairs)
+    finally:
+        for handle in handles.values():
+            handle.close()
+
+    for split in ("val", "test"):
+        sizes[split] = _drop_leaks(name, kind, split, scratch / f"{name}-{split}.jsonl", out / f"{split}.jsonl",
+                                   train_index, leak_bands, cfg, tally)
+    for index in (exact, near, train_index):
+        index.close()
+    if sum(sizes.values()) == 0:
+        raise InputError(f"dataset {name!r}: no rows left after curation (removed: {dict(tally.removed)})")
+    for split in SPLITS:
+        if getattr(splits, split) > 0 and sizes[split] == 0:
+            raise InputError(
+                f"dataset {name!r}: split {split!r} is empty after curation ({sum(sizes.values())} rows kept; "
+                f"splits are by group, so a small dataset may need a larger {split} share)"
+            )
+    return tally, dict(sizes)
+
+
+def _drop_leaks(name: str, kind: Kind, split: str, pending: Path, final: Path, train_index: SeenIndex, bands: int,
+                cfg: CurateConfig, tally: Tally) -> int:
+    """Copy `pending` to `final` without the rows that near-duplicate a train row; count or fail on them."""
+    kept = 0
+    with open(final, "w", encoding="utf-8") as out:
+        for batch in batched((row for _, row in read_jsonl(pending)), cfg.batch_rows):
+            keys = band_keys(signatures([text_of(row, kind) for row in batch], cfg.num_perm), bands)
+            found = train_index.lookup(keys.ravel().tolist())
+            for row, row_keys in zip(batch, keys, strict=True):
+                match = next((found[int(k)] for k in row_keys if int(k) in found), None)
+                if match is None:
+                    out.write(json.dumps(row, ensure_ascii=False) + "\n")
+                    kept += 1
+                elif cfg.on_leak == "fail":
+                    raise InputError(
+                        f"dataset {name!r}, {split} row {row.get('id')!r}: leaks into train (near-duplicate of "
+                        f"train.jsonl line {match}, Jaccard >= {cfg.leakage_threshold}); rule: data.curate.on_leak=fail"
+                    )
+                else:
+                    tally.drop("leakage", row, f"near-duplicate of train.jsonl line {match}")
+    return kept
+
+
+def render_report(table: list[dict]) -> str:
+    lines = ["| dataset | filter | removed | examples |", "| --- | --- | ---: | --- |"]
+    for entry in table:
+        examples = "<br>".join(e.replace("|", "\\|") for e in entry["examples"])
+        lines.append(f"| {entry['dataset']} | {entry['filter']} | {entry['removed']} | {examples} |")
+    return "# Curation report\n\n" + "\n".join(lines) + "\n"
+
+
+def curate(raw_dir: Path, cfg: CurateConfig, seed: int, out_dir: Path) -> StageResult:
+    """Curate every table listed in raw_dir/manifest.json into out_dir/<name>/{train,val,test}.jsonl."""
+    raw_dir, out_dir = Path(raw_dir), Path(out_dir)
+    if not (raw_dir / MANIFEST).is_file():
+        raise InputError(f"{raw_dir / MANIFEST}: missing; run the sources stage first")
+    manifest = json.loads((raw_dir / MANIFEST).read_text())
+    key = json_sha256({"code": code_digest(__name__, "components.data.minhash", "components.data.text"), "raw": tree_sha256(raw_dir), "cfg": cfg.model_dump(mode="json"),
+                       "seed": seed})
+    card = up_to_date(out_dir, key)
+    if card is not None:
+        return StageResult(outputs={"curated": out_dir}, metrics=card["metrics"], cached=True,
+                           artifacts=(out_dir / REPORT, out_dir / REPORT_MD))
+
+    metrics: dict[str, float] = {}
+    table: list[dict] = []
+    with atomic_dir(out_dir) as tmp, tempfile.TemporaryDirectory(prefix="curate-") as scratch:
+        harmful = None
+        if cfg.harmful_filter:
+            prompts = (row["prompt"] for name, entry in manifest.items() if entry["safety"] and name != "benign_lookalikes"
+                       for _, row in read_jsonl(raw_dir / f"{name}.jsonl"))
+            harmful = HarmfulIndex(prompts, cfg, Path(scratch) / "harmful.db")
+        for name, entry in manifest.items():
+            splits = Splits(**entry["splits"]) if entry["splits"] else cfg.splits
+            tally, sizes = curate_table(name, Kind(entry["kind"]), entry["safety"], splits, raw_dir / f"{name}.jsonl",
+                                        tmp / name, Path(scratch), cfg, seed, harmful)
+            metrics[f"{name}.raw_rows"] = float(entry["rows"])
+            for split, size in sizes.items():
+                metrics[f"{name}.{split}.rows"] = float(size)
+            for rule in FILTERS:
+                metrics[f"{name}.removed.{rule}"] = float(tally.removed[rule])
+                if tally.removed[rule]:
+                    table.append({"dataset": name, "filter": rule, "removed": tally.removed[rule],
+                                  "examples": tally.examples[rule]})
+        (tmp / REPORT).write_text(json.dumps({"removed": table, "metrics": metrics,
+                                              "manifest": manifest}, indent=2) + "\n")
+        (tmp / REPORT_MD).write_text(render_report(table))
+        write_card(tmp, {"stage": "curate", "key": key, "metrics": metrics})
+    return StageResult(outputs={"curated": out_dir}, metrics=metrics, artifacts=(out_dir / REPORT, out_dir / REPORT_MD))

