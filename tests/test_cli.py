@@ -6,6 +6,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
+from flows.stages import STAGES
 from tests.conftest import REPO
 
 
@@ -15,8 +16,6 @@ def flows(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
 
 
 def test_help_lists_every_stage_with_what_it_reads_and_writes():
-    from flows.stages import STAGES
-
     out = flows("--help")
     assert out.returncode == 0
     for stage in STAGES:
@@ -47,9 +46,10 @@ def test_run_tiny_records_parent_and_nested_stage_runs(params_file: Path):
     experiment = client.get_experiment_by_name("post-train-tiny")
     runs = client.search_runs([experiment.experiment_id])
     parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
-    stages = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert [r.data.tags["stage"] for r in stages] == ["base-model"]
-    for run in (parent, stages[0]):
+    stages = sorted((r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id),
+                    key=lambda r: r.info.start_time)
+    assert [r.data.tags["stage"] for r in stages] == [stage.name for stage in STAGES]
+    for run in (parent, *stages):
         assert run.info.status == "FINISHED"
         assert run.data.tags["profile"] == "tiny"
         assert len(run.data.tags["params_hash"]) == 64
@@ -58,3 +58,7 @@ def test_run_tiny_records_parent_and_nested_stage_runs(params_file: Path):
     assert stages[0].data.metrics["parameters"] > 1e6
     artifacts = [a.path for a in client.list_artifacts(stages[0].info.run_id, "model")]
     assert artifacts == ["model/stage.json"]
+    curate_run = next(r for r in stages if r.data.tags["stage"] == "curate")
+    reports = [a.path for a in client.list_artifacts(curate_run.info.run_id, "reports")]
+    assert reports == ["reports/report.json", "reports/report.md"]
+    assert curate_run.data.metrics["math.train.rows"] > 0

@@ -47,10 +47,18 @@ def roles_in_order(messages: list[dict]) -> bool:
             and roles[0::2] == ["user"] * (len(roles) // 2) and roles[1::2] == ["assistant"] * (len(roles) // 2))
 
 
+def _text_or_none(row: Row, kind: Kind) -> str | None:
+    """The row's deduplication text, or None when the columns it comes from are missing (reported by the schema checks)."""
+    try:
+        return text_of(row, kind)
+    except (KeyError, TypeError):
+        return None
+
+
 def frame(rows: list[Row], kind: Kind, train_texts: set[str] | None) -> pd.DataFrame:
     """The table plus the derived columns the suite checks: _text, _key, and the per-row boolean checks."""
     df = pd.DataFrame(rows)
-    df["_text"] = [text_of(row, kind) if all(c in row for c in REQUIRED[kind]) else None for row in rows]
+    df["_text"] = [_text_or_none(row, kind) for row in rows]
     df["_key"] = [t.lower() if isinstance(t, str) else None for t in df["_text"]]
     if kind is Kind.messages and "messages" in df:
         df["_roles_in_order"] = [isinstance(m, list) and roles_in_order(m) for m in df["messages"]]
@@ -114,7 +122,7 @@ def validate_tables(tables: dict[str, tuple[Kind, dict[str, list[Row]]]], cfg: C
     context = gx_context()
     report: dict[str, list[dict]] = {}
     for dataset, (kind, splits) in tables.items():
-        train_keys = {text_of(r, kind).lower() for r in splits.get("train", []) if all(c in r for c in REQUIRED[kind])}
+        train_keys = {t.lower() for r in splits.get("train", []) if (t := _text_or_none(r, kind)) is not None}
         for split, rows in splits.items():
             if not rows:
                 continue

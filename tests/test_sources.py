@@ -1,0 +1,108 @@
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from components.config import load_params
+from components.data.mathgen import word_problems
+from components.data.sources import build_sources
+from components.errors import InputError
+from tests.conftest import REPO
+from tests.data_helpers import read
+
+
+def test_math_problems_are_correct_arithmetic():
+    """Every equation in every worked solution holds, and the final answer is the last result."""
+    for row in word_problems(200, seed=3):
+        numbers = re.findall(r"(\d+) ([-+*/]) (\d+) = \$?(\d+)", row["completion"])
+        assert numbers, row
+        for a, op, b, result in numbers:
+            assert eval(f"{a} {op} {b}") == int(result), row  # noqa: S307 (our own digits and operators)
+        assert row["completion"].endswith(f"#### {row['answer']}")
+        assert int(row["answer"]) >= 0
+    assert list(word_problems(5, seed=1)) == list(word_problems(5, seed=1))
+    assert list(word_problems(5, seed=1)) != list(word_problems(5, seed=2))
+
+
+def test_tiny_sources_record_every_dataset_with_licence_and_provenance(tmp_path: Path):
+    params = load_params(REPO / "params.yaml", "tiny")
+    result = build_sources(params.data, tmp_path / "raw")
+    manifest = json.loads((tmp_path / "raw" / "manifest.json").read_text())
+    assert set(manifest) == {"domain_corpus", "domain_qa", "math", "harmful", "benign_lookalikes"}
+    for name, entry in manifest.items():
+        assert entry["licence"] and entry["provenance"]
+        assert entry["rows"] == len(read(tmp_path / "raw" / f"{name}.jsonl")) == result.metrics[f"{name}.rows"]
+    assert manifest["math"]["rows"] == 300
+    assert manifest["harmful"]["rows"] == 120  # 60 HarmBench + 60 Do-Not-Answer
+    qa = read(tmp_path / "raw" / "domain_qa.jsonl")
+    assert {r["group"] for r in qa} <= set(params.data.sources.domain_modules)
+    dumps = next(r for r in qa if r["id"] == "qa:json.dumps")
+    assert dumps["prompt"].startswith("In Python, what does `json.dumps(obj,") and "JSON formatted" in dumps["completion"]
+    harmful = read(tmp_path / "raw" / "harmful.jsonl")
+    assert all(r["completion"].startswith(("I can't", "I'm sorry", "I won't", "Sorry", "I cannot")) for r in harmful)
+
+
+def user_params(tmp_path: Path, path: Path, **entry):
+    dataset = {"name": "mine", "path": str(path), "kind": "prompt_completion", **entry}
+    params = load_params(REPO / "params.yaml", "tiny", {"data": {"user": [dataset]}})
+    return params.data
+
+
+def test_user_tables_in_jsonl_csv_and_parquet_with_renamed_columns(tmp_path: Path):
+    rows = [{"question": f"What is {i} plus {i}?", "answer": str(2 * i)} for i in range(3)]
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pd.DataFrame(rows).to_csv(tmp_path / "a.csv", index=False)
+    pd.DataFrame(rows).to_parquet(tmp_path / "a.parquet")
+    for name in ("a.jsonl", "a.csv", "a.parquet"):
+        data = user_params(tmp_path, tmp_path / name, columns={"question": "prompt", "answer": "completion"})
+        build_sources(data, tmp_path / f"raw-{name}")
+        got = read(tmp_path / f"raw-{name}" / "mine.jsonl")
+        assert [(r["prompt"], r["completion"]) for r in got] == [(r["question"], r["answer"]) for r in rows], name
+        assert got[0]["id"] == "mine:0"
+
+
+def test_malformed_jsonl_line_stops_with_file_and_line_or_is_skipped(tmp_path: Path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "broken"\n{"prompt": "c", "completion": "d"}\n')
+    with pytest.raises(InputError, match=rf"{path}:2: malformed JSON"):
+        build_sources(user_params(tmp_path, path), tmp_path / "raw")
+    assert not (tmp_path / "raw").exists()
+    build_sources(user_params(tmp_path, path, on_bad_line="skip"), tmp_path / "raw")
+    assert [r["prompt"] for r in read(tmp_path / "raw" / "mine.jsonl")] == ["a", "c"]
+    entry = json.loads((tmp_path / "raw" / "manifest.json").read_text())["mine"]
+    assert entry["skipped_count"] == 1 and "bad.jsonl:2" in entry["skipped"][0]
+
+
+def test_missing_column_names_file_line_and_column(tmp_path: Path):
+    path = tmp_path / "cols.jsonl"
+    path.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "only a prompt"}\n')
+    with pytest.raises(InputError, match=rf"{path}:2: missing column\(s\) \['completion'\] for kind 'prompt_completion'"):
+        build_sources(user_params(tmp_path, path), tmp_path / "raw")
+
+
+def test_chat_rows_need_roles_and_string_content(tmp_path: Path):
+    path = tmp_path / "chat.jsonl"
+    path.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "bot", "content": "yo"}]}) + "\n")
+    with pytest.raises(InputError, match=rf"{path}:1: messages\[1\] must be"):
+        build_sources(user_params(tmp_path, path, kind="messages"), tmp_path / "raw")
+
+
+def test_non_utf8_and_unsupported_files(tmp_path: Path):
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes('{"prompt": "caf\u00e9", "completion": "x"}\n'.encode("latin-1"))
+    with pytest.raises(InputError, match=rf"{latin}:1: not UTF-8"):
+        build_sources(user_params(tmp_path, latin), tmp_path / "raw")
+    other = tmp_path / "table.xlsx"
+    other.write_text("x")
+    with pytest.raises(InputError, match=r"table.xlsx: unsupported file type '.xlsx'"):
+        build_sources(user_params(tmp_path, other), tmp_path / "raw")
+
+
+def test_user_dataset_path_must_exist_when_params_load(tmp_path: Path):
+    from components.errors import ParamsError
+
+    with pytest.raises(ParamsError, match=r"--set data.user.0.path: .*nope.jsonl does not exist"):
+        load_params(REPO / "params.yaml", "tiny", {
+            "data": {"user": [{"name": "x", "path": str(tmp_path / "nope.jsonl"), "kind": "text"}]}})
