@@ -18,6 +18,15 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def file_md5(path: Path) -> str:
+    """The hash DVC 3 records for a file (plain MD5 of its bytes), so our tags and dvc.lock agree."""
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def tree_sha256(root: Path) -> str:
     """Hash of every file under `root` (relative path and content), independent of listing order."""
     digest = hashlib.sha256()

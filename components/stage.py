@@ -23,13 +23,16 @@ STAGE_CARD = "stage.json"
 class StageResult:
     """Output paths and metrics of one stage run; `cached` is true when the stage found its output up to date.
 
-    `artifacts` are files worth keeping beside the run (reports, tables) that tracking logs as they are.
+    `artifacts` are files worth keeping beside the run (reports, tables) that tracking logs as they are;
+    `datasets` are the data files the stage produced or consumed, which tracking logs as MLflow dataset
+    inputs with their DVC-compatible md5 as digest, so that every model traces back to its exact data.
     """
 
     outputs: dict[str, Path]
     metrics: dict[str, float] = field(default_factory=dict)
     cached: bool = False
     artifacts: tuple[Path, ...] = ()
+    datasets: dict[str, Path] = field(default_factory=dict)
 
 
 def code_digest(*module_names: str) -> str:

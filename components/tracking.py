@@ -23,11 +23,14 @@ from typing import Any
 
 import mlflow
 import yaml
-from mlflow.entities import RunStatus
+from mlflow.data.dataset_source_registry import resolve_dataset_source
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.entities import DatasetInput, InputTag, RunStatus
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from components.config import Params
+from components.hashing import file_md5
 from components.stage import STAGE_CARD, StageResult
 
 
@@ -86,6 +89,15 @@ def lineage_tags(params: Params, repo: Path) -> dict[str, str]:
         "params_hash": params.digest(),
         **dvc_hashes(repo),
     }
+
+
+def dataset_input(name: str, path: Path) -> DatasetInput:
+    """An MLflow dataset input for a data file: its path as source, its DVC md5 as digest.
+
+    mlflow.data refuses dvc:// sources, so the source is the file path and the DVC hash goes in `digest`.
+    """
+    dataset = MetaDataset(resolve_dataset_source(str(path)), name=name, digest=file_md5(path))
+    return DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", name.rsplit("/", 1)[-1])])
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
@@ -150,5 +162,7 @@ def tracked_stage(
             client.log_artifact(run_id, str(Path(path) / STAGE_CARD), artifact_path=name)
     for artifact in result.artifacts:
         client.log_artifact(run_id, str(artifact), artifact_path="reports")
+    if result.datasets:
+        client.log_inputs(run_id, datasets=[dataset_input(name, path) for name, path in result.datasets.items()])
     client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
     return result, run_id

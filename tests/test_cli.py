@@ -1,5 +1,6 @@
 """The command line as a user runs it: a subprocess, its exit code, its messages, what it leaves on disk."""
 
+import hashlib
 import subprocess
 import sys
 from pathlib import Path
@@ -62,3 +63,7 @@ def test_run_tiny_records_parent_and_nested_stage_runs(params_file: Path):
     reports = [a.path for a in client.list_artifacts(curate_run.info.run_id, "reports")]
     assert reports == ["reports/report.json", "reports/report.md"]
     assert curate_run.data.metrics["math.train.rows"] > 0
+    inputs = {d.dataset.name: d.dataset.digest for d in client.get_run(curate_run.info.run_id).inputs.dataset_inputs}
+    math_train = workspace / "tiny" / "data" / "curated" / "math" / "train.jsonl"
+    assert inputs["math/train"] == hashlib.md5(math_train.read_bytes()).hexdigest()
+    assert len(inputs) == 15  # five datasets, three splits each

@@ -249,7 +249,7 @@ def curate(raw_dir: Path, cfg: CurateConfig, seed: int, out_dir: Path) -> StageR
     card = up_to_date(out_dir, key)
     if card is not None:
         return StageResult(outputs={"curated": out_dir}, metrics=card["metrics"], cached=True,
-                           artifacts=(out_dir / REPORT, out_dir / REPORT_MD))
+                           artifacts=(out_dir / REPORT, out_dir / REPORT_MD), datasets=curated_tables(out_dir))
 
     metrics: dict[str, float] = {}
     table: list[dict] = []
@@ -275,4 +275,10 @@ def curate(raw_dir: Path, cfg: CurateConfig, seed: int, out_dir: Path) -> StageR
                                               "manifest": manifest}, indent=2) + "\n")
         (tmp / REPORT_MD).write_text(render_report(table))
         write_card(tmp, {"stage": "curate", "key": key, "metrics": metrics})
-    return StageResult(outputs={"curated": out_dir}, metrics=metrics, artifacts=(out_dir / REPORT, out_dir / REPORT_MD))
+    return StageResult(outputs={"curated": out_dir}, metrics=metrics, artifacts=(out_dir / REPORT, out_dir / REPORT_MD),
+                       datasets=curated_tables(out_dir))
+
+
+def curated_tables(out_dir: Path) -> dict[str, Path]:
+    """`{"<dataset>/<split>": path}` of every curated table."""
+    return {f"{path.parent.name}/{path.stem}": path for path in sorted(Path(out_dir).glob("*/*.jsonl"))}
