@@ -16,7 +16,7 @@ def sh(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=env, check=True)
 
 
-def test_repro_builds_once_then_skips_and_pushes_to_the_remote(tmp_path: Path):
+def test_repro_builds_once_skips_when_unchanged_reruns_only_what_a_param_touches(tmp_path: Path):
     repo = tmp_path / "project"
     repo.mkdir()
     for name in PROJECT_FILES:
@@ -28,13 +28,21 @@ def test_repro_builds_once_then_skips_and_pushes_to_the_remote(tmp_path: Path):
     sh("git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init", "--allow-empty", cwd=repo)
 
     first = sh("dvc", "repro", cwd=repo)
-    assert "Running stage 'base-model'" in first.stdout
+    for stage in ("base-model", "sources", "curate", "validate"):
+        assert f"Running stage '{stage}'" in first.stdout
     assert (repo / "outputs/tiny/base_model/model.safetensors").is_file()
+    assert (repo / "outputs/tiny/data/curated/math/train.jsonl").is_file()
     lock = (repo / "dvc.lock").read_text()
-    assert "outputs/tiny/base_model" in lock and "profile: tiny" in lock
+    assert "outputs/tiny/data/validation" in lock and "profile: tiny" in lock
 
     second = sh("dvc", "repro", cwd=repo)
-    assert "didn't change, skipping" in second.stdout and "Running stage" not in second.stdout
+    assert "Running stage" not in second.stdout and "up to date" in second.stdout
+
+    params = repo / "params.yaml"
+    params.write_text(params.read_text().replace("min_alpha_ratio: 0.3", "min_alpha_ratio: 0.35"))
+    third = sh("dvc", "repro", cwd=repo)
+    ran = sorted(line.split("'")[1] for line in third.stdout.splitlines() if line.startswith("Running stage"))
+    assert ran == ["curate", "validate"]
 
     sh("dvc", "push", cwd=repo)
     assert any((repo / "outputs/dvc-remote").rglob("*")), "dvc push must fill the local remote"

@@ -84,7 +84,7 @@ class SeenIndex:
         self._db = sqlite3.connect(path)
         self._db.execute("PRAGMA journal_mode=OFF")
         self._db.execute("PRAGMA synchronous=OFF")
-        self._db.execute("PRAGMA cache_size=-65536")  # 64 MiB page cache, the index's memory bound
+        self._db.execute("PRAGMA cache_size=-16384")  # 16 MiB page cache per index: its memory bound
         self._db.execute("CREATE TABLE IF NOT EXISTS seen (key INTEGER PRIMARY KEY, row INTEGER) WITHOUT ROWID")
 
     def lookup(self, keys: Sequence[int]) -> dict[int, int]:
