@@ -8,8 +8,8 @@ its own hashes when the pipeline runs through `dvc repro`; the key here serves t
 
 from __future__ import annotations
 
+import importlib.util
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ class StageResult:
 
 def code_digest(*module_names: str) -> str:
     """Hash of the source files of the named modules: a change to the code that computes an output rebuilds it."""
-    return json_sha256([file_sha256(Path(sys.modules[name].__file__)) for name in module_names])
+    return json_sha256([file_sha256(Path(importlib.util.find_spec(name).origin)) for name in module_names])
 
 
 def read_card(out_dir: Path) -> dict[str, Any] | None:

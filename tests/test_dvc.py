@@ -13,7 +13,9 @@ PROJECT_FILES = ["components", "flows", "params.yaml", "dvc.yaml", ".dvc/config"
 
 def sh(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(cwd), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=env, check=True)
+    done = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=env)
+    assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
+    return done
 
 
 def test_repro_builds_once_skips_when_unchanged_reruns_only_what_a_param_touches(tmp_path: Path):

@@ -106,3 +106,16 @@ def test_user_dataset_path_must_exist_when_params_load(tmp_path: Path):
     with pytest.raises(ParamsError, match=r"--set data.user.0.path: .*nope.jsonl does not exist"):
         load_params(REPO / "params.yaml", "tiny", {
             "data": {"user": [{"name": "x", "path": str(tmp_path / "nope.jsonl"), "kind": "text"}]}})
+
+
+def test_docstrings_are_read_in_a_clean_interpreter_so_runs_agree():
+    """transformers patches logging.Logger in this process; default values print with memory addresses."""
+    import transformers  # noqa: F401  (patches logging.Logger.warning_advice, as in the pipeline's process)
+
+    from components.data.sources import domain_qa, stdlib_docs
+
+    first = list(domain_qa(stdlib_docs(("logging", "configparser"))))
+    assert first == list(domain_qa(stdlib_docs(("logging", "configparser"))))
+    assert not any("warning_advice" in row["id"] for row in first)
+    assert not any(" at 0x" in row["prompt"] for row in first)
+    assert any(row["id"] == "qa:configparser.ConfigParser" for row in first)

@@ -9,11 +9,10 @@ checked row by row against the shape they declare.
 
 from __future__ import annotations
 
-import importlib
 import importlib.metadata
-import inspect
 import json
 import platform
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -61,33 +60,19 @@ def _first_paragraph(doc: str) -> str:
     return doc.strip().split("\n\n")[0].replace("\n", " ").strip()
 
 
-def _documented_members(module_name: str) -> Iterator[tuple[str, str, str]]:
-    """(qualified name, signature, docstring) of the module's public functions, classes and methods."""
-    module = importlib.import_module(module_name)
-    public = getattr(module, "__all__", None) or [n for n in dir(module) if not n.startswith("_")]
-    for name in sorted(public):
-        obj = getattr(module, name, None)
-        if getattr(obj, "__module__", None) not in {module_name, module_name.split(".")[0]}:
-            continue  # re-exported from elsewhere: documented under its own module
-        members = [(f"{module_name}.{name}", obj)]
-        if inspect.isclass(obj):
-            members += [(f"{module_name}.{name}.{m}", f) for m, f in sorted(vars(obj).items())
-                        if not m.startswith("_") and inspect.isfunction(f)]
-        for qualname, member in members:
-            doc = inspect.getdoc(member)
-            if not doc or not (inspect.isfunction(member) or inspect.isclass(member) or inspect.isbuiltin(member)):
-                continue
-            try:
-                signature = str(inspect.signature(member))
-            except (TypeError, ValueError):
-                signature = "(...)"
-            yield qualname, signature, doc
+def stdlib_docs(modules: tuple[str, ...]) -> dict[str, dict]:
+    """`{module: {"doc": ..., "members": [[qualname, signature, doc], ...]}}`, read in a clean interpreter."""
+    script = Path(__file__).with_name("stdlib_docs.py")
+    done = subprocess.run([sys.executable, "-I", "-S", str(script), *modules], capture_output=True, text=True)
+    if done.returncode:
+        raise InputError(f"data.sources.domain_modules: could not read docstrings: {done.stderr.strip().splitlines()[-1]}")
+    return json.loads(done.stdout)
 
 
-def domain_qa(modules: tuple[str, ...]) -> Iterator[Row]:
+def domain_qa(docs: dict[str, dict]) -> Iterator[Row]:
     """"What does X do?" -> the docstring's summary paragraph; grouped by module for held-out splits."""
-    for module in modules:
-        for qualname, signature, doc in _documented_members(module):
+    for module, entry in docs.items():
+        for qualname, signature, doc in entry["members"]:
             summary = _first_paragraph(doc)
             yield {"id": f"qa:{qualname}", "group": module, "prompt": f"In Python, what does `{qualname}{signature}` do?",
                    "completion": summary}
@@ -107,7 +92,7 @@ def _chunks(text: str, limit: int) -> Iterator[str]:
         yield "\n\n".join(chunk)
 
 
-def domain_corpus(modules: tuple[str, ...], cfg: SourcesConfig) -> Iterator[Row]:
+def domain_corpus(docs: dict[str, dict], cfg: SourcesConfig) -> Iterator[Row]:
     """The pydoc topics and every module's full docstrings, in chunks; the group is the topic or module."""
     from pydoc_data.topics import topics
 
@@ -115,9 +100,8 @@ def domain_corpus(modules: tuple[str, ...], cfg: SourcesConfig) -> Iterator[Row]
     for topic in names:
         for i, chunk in enumerate(_chunks(topics[topic], cfg.corpus_chunk_chars)):
             yield {"id": f"topic:{topic}:{i}", "group": f"topic:{topic}", "text": chunk}
-    for module in modules:
-        module_doc = inspect.getdoc(importlib.import_module(module)) or ""
-        texts = [module_doc] + [f"{qualname}{signature}\n\n{doc}" for qualname, signature, doc in _documented_members(module)]
+    for module, entry in docs.items():
+        texts = [entry["doc"]] + [f"{qualname}{signature}\n\n{doc}" for qualname, signature, doc in entry["members"]]
         for i, chunk in enumerate(_chunks("\n\n".join(t for t in texts if t), cfg.corpus_chunk_chars)):
             yield {"id": f"module:{module}:{i}", "group": module, "text": chunk}
 
@@ -178,7 +162,7 @@ def build_sources(cfg: DataConfig, out_dir: Path) -> StageResult:
     out_dir = Path(out_dir)
     modules = tuple(cfg.sources.domain_modules or DOMAIN_MODULES)
     user_hashes = {d.name: file_sha256(d.path) for d in cfg.user}
-    key = json_sha256({"code": code_digest(__name__, "components.data.mathgen", "components.data.lookalikes"), "sources": cfg.sources.model_dump(mode="json"),
+    key = json_sha256({"code": code_digest(__name__, "components.data.mathgen", "components.data.lookalikes", "components.data.stdlib_docs"), "sources": cfg.sources.model_dump(mode="json"),
                        "user": [d.model_dump(mode="json") for d in cfg.user], "user_sha256": user_hashes,
                        "python": sys.version, "garak": _package("garak")})
     card = up_to_date(out_dir, key)
@@ -186,10 +170,11 @@ def build_sources(cfg: DataConfig, out_dir: Path) -> StageResult:
         return StageResult(outputs={"raw": out_dir}, metrics=card["metrics"], cached=True)
 
     python = f"Python {platform.python_version()}"
+    docs = stdlib_docs(modules)
     builtin = {
-        "domain_corpus": (Kind.text, False, None, lambda: domain_corpus(modules, cfg.sources),
+        "domain_corpus": (Kind.text, False, None, lambda: domain_corpus(docs, cfg.sources),
                           PYTHON_DOCS_LICENCE, f"{python}: pydoc_data.topics and docstrings of {len(modules)} modules"),
-        "domain_qa": (Kind.prompt_completion, False, None, lambda: domain_qa(modules), PYTHON_DOCS_LICENCE,
+        "domain_qa": (Kind.prompt_completion, False, None, lambda: domain_qa(docs), PYTHON_DOCS_LICENCE,
                       f"{python}: docstring summaries of {len(modules)} standard-library modules"),
         "math": (Kind.prompt_completion, False, None,
                  lambda: word_problems(cfg.sources.math_problems, cfg.sources.math_seed),
