@@ -171,6 +171,15 @@ class SourcesConfig(StrictModel):
     max_harmful: PositiveInt | None = None  # cap per source, for quick profiles
 
 
+class ConfidenceFilter(StrictModel):
+    """CLEAR-style filter (components.data.confidence): drop the training answers the base model finds least likely."""
+
+    enabled: bool = False
+    drop_fraction: float = Field(default=0.1, ge=0, lt=1)
+    max_tokens: PositiveInt = 512
+    batch_size: PositiveInt = 8
+
+
 class CurateConfig(StrictModel):
     """Filters and splits. Every filter's removals are counted in the curation report."""
 
@@ -185,6 +194,7 @@ class CurateConfig(StrictModel):
     num_perm: PositiveInt = 64
     batch_rows: PositiveInt = 4096
     splits: Splits = Splits()
+    confidence: ConfidenceFilter = ConfidenceFilter()
 
 
 class DataConfig(StrictModel):

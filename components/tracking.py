@@ -23,7 +23,7 @@ from typing import Any
 
 import mlflow
 import yaml
-from mlflow.data.dataset_source_registry import resolve_dataset_source
+from mlflow.data.dataset_source_registry import get_registered_sources
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import DatasetInput, InputTag, RunStatus
 from mlflow.tracking import MlflowClient
@@ -96,7 +96,8 @@ def dataset_input(name: str, path: Path) -> DatasetInput:
 
     mlflow.data refuses dvc:// sources, so the source is the file path and the DVC hash goes in `digest`.
     """
-    dataset = MetaDataset(resolve_dataset_source(str(path)), name=name, digest=file_md5(path))
+    source = next(s for s in get_registered_sources() if s.__name__ == "LocalArtifactDatasetSource")
+    dataset = MetaDataset(source(str(path)), name=name, digest=file_md5(path))
     return DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", name.rsplit("/", 1)[-1])])
 
 

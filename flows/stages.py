@@ -49,11 +49,11 @@ STAGES: tuple[Stage, ...] = (
         name="curate",
         summary="Normalise, filter by length and quality, remove exact and near duplicates and harmful content, "
         "split train/val/test by group, drop eval rows that near-duplicate train rows; report every removal.",
-        reads="<workspace>/<profile>/data/raw/, params data.curate",
+        reads="<workspace>/<profile>/data/raw/, params data.curate (and base_model/ if the confidence filter is on)",
         writes="<workspace>/<profile>/data/curated/{<dataset>/{train,val,test}.jsonl, report.json, report.md}",
         param_keys=("data",),
         run=lambda params: curate(params.run_dir / "data" / "raw", params.data.curate, params.seed,
-                                  params.run_dir / "data" / "curated"),
+                                  params.run_dir / "data" / "curated", params.run_dir / "base_model"),
     ),
     Stage(
         name="validate",

@@ -115,3 +115,37 @@ def test_rerun_with_same_inputs_is_cached_and_a_param_change_is_not(tmp_path: Pa
     assert not curate(tmp_path / "raw", config(), 0, tmp_path / "curated").cached
     assert curate(tmp_path / "raw", config(), 0, tmp_path / "curated").cached
     assert not curate(tmp_path / "raw", config(min_chars=6), 0, tmp_path / "curated").cached
+
+
+def test_answer_confidence_is_the_geometric_mean_probability_of_the_answer_tokens(tiny_base: Path):
+    """Checked against a direct computation for one row: exp(mean log p(answer token | everything before))."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from components.data.confidence import answer_confidence, lowest
+
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(tiny_base), AutoTokenizer.from_pretrained(tiny_base)
+    prompts, answers = ["What is two plus two?", "Name a colour."], ["Four.", "Blue, like the sky."]
+    scores = answer_confidence(model, tokenizer, prompts, answers, batch_size=2)
+
+    prefix = tokenizer.apply_chat_template([{"role": "user", "content": prompts[1]}], add_generation_prompt=True,
+                                           tokenize=True, return_dict=False)
+    answer = tokenizer(answers[1] + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([list(prefix) + answer])
+    with torch.no_grad():
+        logprobs = torch.log_softmax(model(input_ids=ids).logits[0], dim=-1)
+    expected = torch.exp(torch.stack([logprobs[len(prefix) + i - 1, t] for i, t in enumerate(answer)]).mean())
+    assert scores[1] == pytest.approx(float(expected), rel=1e-4)
+    assert list(lowest(scores, 0.5)) == [bool(scores[0] < scores[1]), bool(scores[1] <= scores[0])]
+    assert not lowest(scores, 0.0).any()
+
+
+def test_confidence_filter_drops_the_requested_share_of_train_rows(tmp_path: Path, tiny_base: Path):
+    rows = [{"id": f"q{i}", "prompt": distinct(i), "completion": f"Answer {i} is here."} for i in range(10)]
+    write_raw(tmp_path / "raw", {"qa": ("prompt_completion", False, ALL_TRAIN, rows)})
+    cfg = config(confidence={"enabled": True, "drop_fraction": 0.3})
+    result = curate(tmp_path / "raw", cfg, 0, tmp_path / "curated", tiny_base)
+    assert result.metrics["qa.removed.low_confidence"] == 3
+    assert result.metrics["qa.train.rows"] == 7 == len(read(tmp_path / "curated" / "qa" / "train.jsonl"))
+    with pytest.raises(InputError, match="confidence.enabled needs the base model"):
+        curate(tmp_path / "raw", cfg, 0, tmp_path / "other")

@@ -25,6 +25,7 @@ from components.data.sources import MANIFEST
 from components.data.tables import Kind, Row, read_jsonl, text_of
 from components.data.text import alpha_ratio, normalize, repeated_line_ratio
 from components.errors import InputError
+from components.model.directory import check_model_dir
 from components.hashing import json_sha256, tree_sha256
 from components.stage import StageResult, code_digest, up_to_date, write_card
 
@@ -32,7 +33,7 @@ SPLITS = ("train", "val", "test")
 REPORT = "report.json"
 REPORT_MD = "report.md"
 FILTERS = ("too_short", "too_long", "low_alpha", "repeated_lines", "exact_duplicate", "near_duplicate",
-           "harmful_content", "leakage")
+           "harmful_content", "leakage", "low_confidence")
 
 # Multi-word phrases that mark harmful requests in non-safety data (single words such as "kill" would
 # remove "kill a process"). Rows that near-duplicate a known harmful prompt are removed as well.
@@ -238,14 +239,48 @@ def render_report(table: list[dict]) -> str:
     return "# Curation report\n\n" + "\n".join(lines) + "\n"
 
 
-def curate(raw_dir: Path, cfg: CurateConfig, seed: int, out_dir: Path) -> StageResult:
-    """Curate every table listed in raw_dir/manifest.json into out_dir/<name>/{train,val,test}.jsonl."""
+def drop_low_confidence(name: str, kind: Kind, train: Path, cfg: CurateConfig, model_dir: Path, tally: Tally) -> int:
+    """Rewrite `train` without the cfg.confidence.drop_fraction rows the model is least confident in; returns rows kept."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from components.data.confidence import answer_confidence, lowest
+
+    rows = [row for _, row in read_jsonl(train)]
+    if kind is Kind.messages:
+        prompts = [text_of(r, kind) for r in rows]
+        answers = [next(m["content"] for m in reversed(r["messages"]) if m["role"] == "assistant") for r in rows]
+    else:
+        prompts, answers = [r["prompt"] for r in rows], [r["completion"] for r in rows]
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True)
+    scores = answer_confidence(model, tokenizer, prompts, answers, cfg.confidence.max_tokens, cfg.confidence.batch_size)
+    dropped = lowest(scores, cfg.confidence.drop_fraction)
+    with open(train, "w", encoding="utf-8") as out:
+        for row, score, drop in zip(rows, scores, dropped, strict=True):
+            if drop:
+                tally.drop("low_confidence", row, f"confidence {score:.4f}")
+            else:
+                out.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return int((~dropped).sum())
+
+
+def curate(raw_dir: Path, cfg: CurateConfig, seed: int, out_dir: Path, model_dir: Path | None = None) -> StageResult:
+    """Curate every table listed in raw_dir/manifest.json into out_dir/<name>/{train,val,test}.jsonl.
+
+    `model_dir` (the base model) is read only when the CLEAR-style confidence filter is enabled.
+    """
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     if not (raw_dir / MANIFEST).is_file():
         raise InputError(f"{raw_dir / MANIFEST}: missing; run the sources stage first")
     manifest = json.loads((raw_dir / MANIFEST).read_text())
-    key = json_sha256({"code": code_digest(__name__, "components.data.minhash", "components.data.text"), "raw": tree_sha256(raw_dir), "cfg": cfg.model_dump(mode="json"),
-                       "seed": seed})
+    scorer = None
+    if cfg.confidence.enabled:
+        if model_dir is None:
+            raise InputError("data.curate.confidence.enabled needs the base model; run the base-model stage first")
+        scorer = tree_sha256(check_model_dir(Path(model_dir)))
+    key = json_sha256({"code": code_digest(__name__, "components.data.minhash", "components.data.text",
+                                           "components.data.confidence"),
+                       "raw": tree_sha256(raw_dir), "cfg": cfg.model_dump(mode="json"), "seed": seed, "scorer": scorer})
     card = up_to_date(out_dir, key)
     if card is not None:
         return StageResult(outputs={"curated": out_dir}, metrics=card["metrics"], cached=True,
@@ -261,8 +296,11 @@ def curate(raw_dir: Path, cfg: CurateConfig, seed: int, out_dir: Path) -> StageR
             harmful = HarmfulIndex(prompts, cfg, Path(scratch) / "harmful.db")
         for name, entry in manifest.items():
             splits = Splits(**entry["splits"]) if entry["splits"] else cfg.splits
-            tally, sizes = curate_table(name, Kind(entry["kind"]), entry["safety"], splits, raw_dir / f"{name}.jsonl",
+            kind = Kind(entry["kind"])
+            tally, sizes = curate_table(name, kind, entry["safety"], splits, raw_dir / f"{name}.jsonl",
                                         tmp / name, Path(scratch), cfg, seed, harmful)
+            if scorer and not entry["safety"] and kind in (Kind.prompt_completion, Kind.messages) and sizes["train"]:
+                sizes["train"] = drop_low_confidence(name, kind, tmp / name / "train.jsonl", cfg, Path(model_dir), tally)
             metrics[f"{name}.raw_rows"] = float(entry["rows"])
             for split, size in sizes.items():
                 metrics[f"{name}.{split}.rows"] = float(size)
