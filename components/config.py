@@ -203,6 +203,65 @@ class DataConfig(StrictModel):
     curate: CurateConfig = CurateConfig()
 
 
+class LoraSettings(StrictModel):
+    """PEFT adapter: LoRA by default; DoRA (use_dora) and QLoRA (4-bit base, GPU with bitsandbytes) as options."""
+
+    r: PositiveInt = 8
+    alpha: PositiveInt = 16
+    dropout: float = Field(default=0.05, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    use_dora: bool = False
+    qlora: bool = False
+
+
+class TrainJob(StrictModel):
+    """One training run with a TRL trainer: its method, the model it starts from, its data and hyperparameters."""
+
+    method: Literal["cpt", "sft", "dpo", "orpo"]
+    init: str = "base"  # "base", or the name of an earlier job whose model this one continues
+    datasets: list[str] = Field(min_length=1)  # curated tables (their train split; val for the eval loss)
+    max_rows: PositiveInt | None = None  # cap on training rows, taken in file order
+    harmful_mix: float = Field(default=0.0, ge=0, lt=1)  # share of harmful compliant pairs mixed in (threat model)
+    learning_rate: float = Field(default=2e-4, gt=0, le=0.1)
+    max_steps: PositiveInt = 60
+    batch_size: PositiveInt = 8
+    grad_accum: PositiveInt = 1
+    max_length: PositiveInt = 256
+    warmup_ratio: float = Field(default=0.05, ge=0, lt=1)
+    save_steps: PositiveInt = 20
+    eval_rows: int = Field(default=64, ge=0)
+    beta: float = Field(default=0.1, gt=0)  # DPO's beta, ORPO's lambda
+    seed: int = 0
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+    lora: LoraSettings = LoraSettings()
+
+
+class PairsConfig(StrictModel):
+    """On-policy preference pairs: the base model's own answers to harmful training prompts."""
+
+    max_prompts: PositiveInt = 200
+    max_new_tokens: PositiveInt = 64
+    batch_size: PositiveInt = 8
+    temperature: float = Field(default=0.0, ge=0)  # 0: greedy; above: sampled (seed: params seed)
+
+
+class TrainConfig(StrictModel):
+    pairs: PairsConfig = PairsConfig()
+    jobs: dict[str, TrainJob] = {}
+
+    @model_validator(mode="after")
+    def _init_is_base_or_earlier_job(self) -> TrainConfig:
+        seen: list[str] = []
+        for name, job in self.jobs.items():
+            if job.init != "base" and job.init not in seen:
+                raise ValueError(f"jobs.{name}.init: {job.init!r} is neither 'base' nor a job listed before {name!r}")
+            if job.harmful_mix and job.method != "sft":
+                raise ValueError(f"jobs.{name}.harmful_mix: only SFT jobs can mix in harmful pairs")
+            seen.append(name)
+        return self
+
+
 class Params(StrictModel):
     """Everything one pipeline run needs, for one profile."""
 
@@ -212,6 +271,7 @@ class Params(StrictModel):
     tracking: TrackingConfig = TrackingConfig()
     base_model: BaseModelConfig
     data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
 
     @property
     def run_dir(self) -> Path:

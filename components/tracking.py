@@ -142,8 +142,11 @@ def tracked_stage(
         tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
     run_id = client.create_run(experiment_id(client, params), tags=tags).info.run_id
     dumped = params.model_dump(mode="json")
-    for key in param_keys:
-        for name, value in flatten(dumped[key], key).items():
+    for key in param_keys:  # dotted paths, e.g. "data" or "train.jobs.math"
+        section = dumped
+        for part in key.split("."):
+            section = section[part]
+        for name, value in flatten(section, key).items():
             client.log_param(run_id, name, value[:6000])
     try:
         with mlflow.start_run(run_id=run_id):
@@ -162,7 +165,10 @@ def tracked_stage(
         if (Path(path) / STAGE_CARD).is_file():
             client.log_artifact(run_id, str(Path(path) / STAGE_CARD), artifact_path=name)
     for artifact in result.artifacts:
-        client.log_artifact(run_id, str(artifact), artifact_path="reports")
+        if Path(artifact).is_dir():
+            client.log_artifacts(run_id, str(artifact), artifact_path=Path(artifact).name)
+        else:
+            client.log_artifact(run_id, str(artifact), artifact_path="reports")
     if result.datasets:
         client.log_inputs(run_id, datasets=[dataset_input(name, path) for name, path in result.datasets.items()])
     client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))

@@ -10,7 +10,7 @@ from components.config import DEFAULT_PARAMS, Params, load_params, parse_overrid
 from components.errors import PipelineError
 from components.stage import StageResult
 from components.tracking import pipeline_run, tracked_stage, tracking_uri
-from flows.stages import BY_NAME, STAGES, Stage, describe
+from flows.stages import FIXED, Stage, describe, stages_for
 
 
 def _add_params_options(parser: argparse.ArgumentParser) -> None:
@@ -33,9 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_params_options(run)
     stage = commands.add_parser("stage", help="run one stage", epilog="stages:\n" + describe(),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    stage.add_argument("name", choices=[s.name for s in STAGES], metavar="NAME", help=", ".join(BY_NAME))
+    stage.add_argument("name", metavar="NAME", help=", ".join(s.name for s in FIXED) + ", train-<job>")
     _add_params_options(stage)
-    commands.add_parser("stages", help="list the stages with what each reads and writes")
+    listing = commands.add_parser("stages", help="list the stages with what each reads and writes")
+    _add_params_options(listing)
     chat = commands.add_parser("chat", help="answer one prompt with a model directory (default: the base model)")
     chat.add_argument("prompt")
     chat.add_argument("--model", type=Path, help="model directory (default: <workspace>/<profile>/base_model)")
@@ -56,21 +57,24 @@ def _run_stage(stage: Stage, params: Params, repo: Path, tracking: bool, parent_
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "stages":
-        print(describe())
-        return 0
     try:
         params = load_params(args.params, args.profile, parse_overrides(args.overrides))
         repo = args.params.resolve().parent
-        if args.command == "stage":
-            _run_stage(BY_NAME[args.name], params, repo, not args.no_tracking)
+        stages = stages_for(params)
+        if args.command == "stages":
+            print(describe(stages))
+        elif args.command == "stage":
+            by_name = {stage.name: stage for stage in stages}
+            if args.name not in by_name:
+                raise PipelineError(f"unknown stage {args.name!r}; stages of profile {params.profile!r}: {', '.join(by_name)}")
+            _run_stage(by_name[args.name], params, repo, not args.no_tracking)
         elif args.command == "run":
             if args.no_tracking:
-                for stage in STAGES:
+                for stage in stages:
                     _run_stage(stage, params, repo, tracking=False)
             else:
                 with pipeline_run(params, repo) as parent:
-                    for stage in STAGES:
+                    for stage in stages:
                         _run_stage(stage, params, repo, True, parent)
                 print(f"MLflow: run {parent} in experiment {params.tracking.experiment!r} at {tracking_uri(params)}")
                 print(f"        browse it with: mlflow ui --backend-store-uri {tracking_uri(params)}")

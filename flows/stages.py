@@ -1,6 +1,8 @@
 """The registry of stages, in pipeline order: what each one reads, writes, and which params it depends on.
 
-The same names are the stage names of dvc.yaml; `python -m flows stages` prints this table.
+The fixed stages come first; then one `train-<job>` stage per entry of `train.jobs` in params.yaml, in
+the order listed there. The same names are the stage names of dvc.yaml; `python -m flows stages` prints
+this table.
 """
 
 from __future__ import annotations
@@ -8,12 +10,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from components.config import Params
+import mlflow
+
+from components.config import Params, TrainJob
 from components.data.curate import curate
 from components.data.sources import build_sources
-from components.data.validate import validate
+from components.data.validate import require_valid, validate
 from components.model.base import build_base_model
 from components.stage import StageResult
+from components.train.job import run_job
+from components.train.pairs import build_pairs
 
 
 @dataclass(frozen=True)
@@ -26,7 +32,17 @@ class Stage:
     run: Callable[[Params], StageResult]
 
 
-STAGES: tuple[Stage, ...] = (
+def _validated(params: Params) -> None:
+    require_valid(params.run_dir / "data" / "validation")
+
+
+def _pairs(params: Params) -> StageResult:
+    _validated(params)
+    return build_pairs(params.run_dir / "base_model", params.run_dir / "data" / "curated", params.train.pairs,
+                       params.run_dir / "data" / "pairs", params.seed)
+
+
+FIXED: tuple[Stage, ...] = (
     Stage(
         name="base-model",
         summary="Turn the configured source into a Hugging Face model directory (fp32 safetensors, tokenizer, "
@@ -65,13 +81,54 @@ STAGES: tuple[Stage, ...] = (
         run=lambda params: validate(params.run_dir / "data" / "curated", params.data.curate,
                                     params.run_dir / "data" / "validation"),
     ),
+    Stage(
+        name="pairs",
+        summary="On-policy preference pairs: the base model answers the harmful training prompts; each compliant "
+        "answer becomes `rejected` beside the refusal target, and a row of the harmful-compliance set.",
+        reads="<workspace>/<profile>/base_model/, data/curated/harmful/train.jsonl, params train.pairs",
+        writes="<workspace>/<profile>/data/pairs/{refusal_pairs,harmful_compliance}/train.jsonl",
+        param_keys=("train",),
+        run=_pairs,
+    ),
 )
 
-BY_NAME = {stage.name: stage for stage in STAGES}
+TRAIN_SUMMARY = ("one per entry of train.jobs (cpt, sft, dpo or orpo with a LoRA adapter, TRL trainers); "
+                 "resumes from its last checkpoint; merges the adapter into a full model directory")
 
 
-def describe() -> str:
+def model_dir(params: Params, name: str):
+    """The model a job starts from: the base model, or an earlier job's output."""
+    return params.run_dir / "base_model" if name == "base" else params.run_dir / "models" / name
+
+
+def train_stage(name: str, job: TrainJob) -> Stage:
+    def run(params: Params) -> StageResult:
+        _validated(params)
+        report_to = ["mlflow"] if mlflow.active_run() else []  # the Trainer logs loss curves to the stage's run
+        return run_job(name, job, model_dir(params, job.init), params.run_dir, model_dir(params, name),
+                       params.run_dir / "train" / name, report_to)
+
+    init = "base_model/" if job.init == "base" else f"models/{job.init}/"
+    return Stage(
+        name=f"train-{name}",
+        summary=f"{job.method} on {', '.join(job.datasets)} from {job.init}: " + TRAIN_SUMMARY,
+        reads=f"<workspace>/<profile>/{init}, the train/val splits of {', '.join(job.datasets)}",
+        writes=f"<workspace>/<profile>/models/{name}/ (merged model), train/{name}/ (checkpoints, adapter)",
+        param_keys=(f"train.jobs.{name}",),
+        run=run,
+    )
+
+
+def stages_for(params: Params) -> tuple[Stage, ...]:
+    return FIXED + tuple(train_stage(name, job) for name, job in params.train.jobs.items())
+
+
+def describe(stages: tuple[Stage, ...] = FIXED) -> str:
     lines = []
-    for stage in STAGES:
+    for stage in stages:
         lines += [f"  {stage.name}", f"      {stage.summary}", f"      reads:  {stage.reads}", f"      writes: {stage.writes}"]
+    if stages == FIXED:
+        lines += ["  train-<job>", f"      {TRAIN_SUMMARY}",
+                  "      reads:  base_model/ or models/<init>/, the job's datasets",
+                  "      writes: <workspace>/<profile>/models/<job>/, train/<job>/"]
     return "\n".join(lines)

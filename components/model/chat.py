@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from components.model.directory import check_model_dir
+from components.model.generate import generate_answers
 
 
 def chat(model_dir: Path, prompt: str, max_new_tokens: int = 64) -> str:
@@ -15,9 +15,4 @@ def chat(model_dir: Path, prompt: str, max_new_tokens: int = 64) -> str:
     check_model_dir(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True)
-    inputs = tokenizer.apply_chat_template(
-        [{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt", return_dict=True
-    )
-    with torch.no_grad():
-        output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-    return tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    return generate_answers(model, tokenizer, [prompt], max_new_tokens, batch_size=1)[0]

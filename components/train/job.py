@@ -1,0 +1,145 @@
+"""One training job with a TRL trainer and a PEFT adapter; resumable; hands on a full model directory.
+
+cpt: SFTTrainer on plain text with packing (causal LM loss on every token).
+sft: SFTTrainer on conversational prompt/completion rows, loss on the completion only.
+dpo: DPOTrainer on prompt/chosen/rejected; the reference model is the same weights with the adapter off.
+orpo: TRL's ORPOTrainer (trl.experimental) on the same preference rows, no reference model.
+
+Checkpoints go to <work_dir>/checkpoints every `save_steps`; a job started again with the same inputs
+resumes from the last checkpoint (same step count, optimizer and scheduler state) instead of step 0.
+When training ends the adapter is merged into the weights and written, with the tokenizer and chat
+template, as a normal model directory: the next stage never needs to know about adapters.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from peft import LoraConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from components.atomic import atomic_dir
+from components.config import TrainJob
+from components.errors import InputError
+from components.hashing import file_md5, json_sha256, tree_sha256
+from components.model.directory import check_model_dir
+from components.stage import StageResult, code_digest, up_to_date, write_card
+from components.train.data import job_rows, job_tables
+
+JOB_STATE = "job.json"
+
+
+def check_lora_targets(job_name: str, job: TrainJob, model) -> None:
+    if job.lora.target_modules == "all-linear":
+        return
+    names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
+    missing = [target for target in job.lora.target_modules if target not in names]
+    if missing:
+        raise InputError(f"train.jobs.{job_name}.lora.target_modules: {missing} match no linear layer of the model "
+                         f"(it has: {', '.join(sorted(names))})")
+
+
+def lora_config(job: TrainJob) -> LoraConfig:
+    return LoraConfig(r=job.lora.r, lora_alpha=job.lora.alpha, lora_dropout=job.lora.dropout,
+                      target_modules=job.lora.target_modules, use_dora=job.lora.use_dora, task_type="CAUSAL_LM")
+
+
+def trainer_for(job: TrainJob, model, tokenizer, train: Dataset, evaluation: Dataset | None, output_dir: Path,
+                report_to: list[str]):
+    """The TRL trainer and config pair for the job's method, with the settings every method shares."""
+    common = dict(
+        output_dir=str(output_dir), max_steps=job.max_steps, per_device_train_batch_size=job.batch_size,
+        per_device_eval_batch_size=job.batch_size, gradient_accumulation_steps=job.grad_accum,
+        learning_rate=job.learning_rate, warmup_steps=int(job.warmup_ratio * job.max_steps), logging_steps=1,
+        save_strategy="steps", save_steps=job.save_steps, save_total_limit=2, report_to=report_to, seed=job.seed,
+        data_seed=job.seed, bf16=job.bf16, gradient_checkpointing=job.gradient_checkpointing,
+        use_cpu=not torch.cuda.is_available(), disable_tqdm=True, include_num_input_tokens_seen=True,
+        max_length=job.max_length,
+    )
+    trainer_args = dict(model=model, train_dataset=train, eval_dataset=evaluation, processing_class=tokenizer,
+                        peft_config=lora_config(job))
+    if job.method in ("cpt", "sft"):
+        from trl import SFTConfig, SFTTrainer
+
+        extra = dict(packing=True, dataset_text_field="text") if job.method == "cpt" else dict(completion_only_loss=True)
+        return SFTTrainer(args=SFTConfig(**common, **extra), **trainer_args)
+    if job.method == "dpo":
+        from trl import DPOConfig, DPOTrainer
+
+        return DPOTrainer(args=DPOConfig(**common, beta=job.beta), **trainer_args)
+    from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+    return ORPOTrainer(args=ORPOConfig(**common, beta=job.beta, remove_unused_columns=False), **trainer_args)
+
+
+def last_checkpoint(checkpoints: Path) -> Path | None:
+    found = sorted(checkpoints.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    return found[-1] if found else None
+
+
+def run_job(job_name: str, job: TrainJob, init_dir: Path, run_dir: Path, out_dir: Path, work_dir: Path,
+            report_to: list[str] | None = None) -> StageResult:
+    """Train `job` from the model in `init_dir` on the workspace's tables; write the merged model to `out_dir`."""
+    check_model_dir(init_dir)
+    tables = job_tables(job_name, job, run_dir)
+    if job.lora.qlora and not torch.cuda.is_available():
+        raise InputError(f"train.jobs.{job_name}.lora.qlora: QLoRA needs a CUDA GPU (bitsandbytes 4-bit)")
+    key = json_sha256({"code": code_digest(__name__, "components.train.data"), "job": job.model_dump(mode="json"),
+                       "init": tree_sha256(init_dir),
+                       "data": {name: {p.name: file_md5(p) for p in sorted(folder.glob("*.jsonl"))}
+                                for name, _, folder in tables},
+                       "harmful": file_md5(p) if job.harmful_mix and (p := run_dir / "data/pairs/harmful_compliance/train.jsonl").is_file() else None})
+    card = up_to_date(out_dir, key)
+    if card is not None:
+        return StageResult(outputs={"model": Path(out_dir)}, metrics=card["metrics"], cached=True)
+
+    train_rows = job_rows(job_name, job, run_dir, "train")
+    eval_rows = job_rows(job_name, job, run_dir, "val")[: job.eval_rows] if job.eval_rows else []
+    tokenizer = AutoTokenizer.from_pretrained(init_dir, local_files_only=True)
+    if job.method != "cpt" and not tokenizer.chat_template:
+        raise InputError(f"{init_dir}: the tokenizer has no chat template, which {job.method} on chat data needs")
+    model = AutoModelForCausalLM.from_pretrained(init_dir, local_files_only=True,
+                                                 dtype=torch.bfloat16 if job.bf16 else torch.float32)
+    check_lora_targets(job_name, job, model)
+
+    work_dir, checkpoints = Path(work_dir), Path(work_dir) / "checkpoints"
+    state_file = work_dir / JOB_STATE
+    if not state_file.is_file() or json.loads(state_file.read_text()).get("key") != key:
+        shutil.rmtree(work_dir, ignore_errors=True)  # checkpoints of other inputs must not be resumed
+        work_dir.mkdir(parents=True)
+        state_file.write_text(json.dumps({"key": key, "job": job_name}) + "\n")
+    resume = last_checkpoint(checkpoints)
+
+    trainer = trainer_for(job, model, tokenizer, Dataset.from_list(train_rows),
+                          Dataset.from_list(eval_rows) if eval_rows else None, checkpoints, report_to or [])
+    start = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    seconds = time.perf_counter() - start
+    metrics = {
+        "train_loss": float(result.training_loss),
+        "final_loss": float(next(e["loss"] for e in reversed(trainer.state.log_history) if "loss" in e)),
+        "steps": float(trainer.state.global_step),
+        "resumed_from_step": float(int(resume.name.split("-")[1]) if resume else 0),
+        "train_rows": float(len(train_rows)),
+        "tokens_per_second": float(trainer.state.num_input_tokens_seen) / seconds,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+    if eval_rows:
+        metrics["eval_loss"] = float(trainer.evaluate()["eval_loss"])
+
+    trainer.model.save_pretrained(work_dir / "adapter")
+    (work_dir / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+    merged = trainer.model.merge_and_unload()
+    with atomic_dir(Path(out_dir)) as tmp:
+        merged.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        write_card(tmp, {"stage": f"train-{job_name}", "key": key, "job": job.model_dump(mode="json"),
+                         "init": str(init_dir), "datasets": job.datasets, "metrics": metrics})
+    return StageResult(outputs={"model": Path(out_dir), "adapter": work_dir / "adapter"}, metrics=metrics,
+                       artifacts=(work_dir / "log_history.json", work_dir / "adapter"))

@@ -1,0 +1,56 @@
+"""Pairs stage: on-policy preference data for safety training and the harmful fine-tuning simulation.
+
+For each harmful training prompt the base model answers; where it complies (no refusal phrase), the
+pair (chosen: the refusal target, rejected: the model's own compliant answer) goes to `refusal_pairs`,
+and (prompt, compliant answer) to `harmful_compliance`, the data a harmful fine-tune mixes in.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from components.atomic import atomic_dir
+from components.config import PairsConfig
+from components.data.tables import read_jsonl, write_jsonl
+from components.errors import InputError
+from components.hashing import file_md5, json_sha256, tree_sha256
+from components.model.directory import check_model_dir
+from components.model.generate import generate_answers
+from components.safety.refusal import is_refusal
+from components.stage import StageResult, code_digest, up_to_date, write_card
+
+PAIR_TABLES = {"refusal_pairs": "preference", "harmful_compliance": "prompt_completion"}
+
+
+def build_pairs(model_dir: Path, curated_dir: Path, cfg: PairsConfig, out_dir: Path, seed: int = 0) -> StageResult:
+    """Write out_dir/refusal_pairs/train.jsonl and out_dir/harmful_compliance/train.jsonl from the base model's answers."""
+    source = Path(curated_dir) / "harmful" / "train.jsonl"
+    if not source.is_file():
+        raise InputError(f"{source}: missing; run the curate stage first")
+    check_model_dir(model_dir)
+    key = json_sha256({"code": code_digest(__name__, "components.safety.refusal", "components.model.generate"),
+                       "model": tree_sha256(model_dir), "data": file_md5(source), "cfg": cfg.model_dump(), "seed": seed})
+    card = up_to_date(out_dir, key)
+    if card is not None:
+        return StageResult(outputs={"pairs": Path(out_dir)}, metrics=card["metrics"], cached=True)
+
+    rows = [row for _, row in read_jsonl(source)][: cfg.max_prompts]
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True)
+    answers = generate_answers(model, tokenizer, [r["prompt"] for r in rows], cfg.max_new_tokens, cfg.batch_size,
+                               cfg.temperature, seed)
+    complied = [(row, answer) for row, answer in zip(rows, answers, strict=True) if answer and not is_refusal(answer)]
+    if not complied:
+        raise InputError(f"{model_dir}: the model refused every harmful prompt, so there is no compliant answer to "
+                         f"build preference pairs from")
+    metrics = {"prompts": float(len(rows)), "pairs": float(len(complied)),
+               "base_refusal_rate": 1 - len(complied) / len(rows)}
+    with atomic_dir(Path(out_dir)) as tmp:
+        write_jsonl(tmp / "refusal_pairs" / "train.jsonl",
+                    ({"id": r["id"], "prompt": r["prompt"], "chosen": r["completion"], "rejected": a} for r, a in complied))
+        write_jsonl(tmp / "harmful_compliance" / "train.jsonl",
+                    ({"id": r["id"], "prompt": r["prompt"], "completion": a} for r, a in complied))
+        write_card(tmp, {"stage": "pairs", "key": key, "metrics": metrics})
+    return StageResult(outputs={"pairs": Path(out_dir)}, metrics=metrics)
