@@ -7,7 +7,8 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from flows.stages import STAGES
+from components.config import load_params
+from flows.stages import FIXED, stages_for
 from tests.conftest import REPO
 
 
@@ -19,8 +20,13 @@ def flows(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
 def test_help_lists_every_stage_with_what_it_reads_and_writes():
     out = flows("--help")
     assert out.returncode == 0
-    for stage in STAGES:
+    for stage in FIXED:
         assert stage.name in out.stdout and stage.writes in out.stdout
+    assert "train-<job>" in out.stdout
+    listing = flows("stages", "--profile", "tiny")
+    for stage in stages_for(load_params(REPO / "params.yaml", "tiny")):
+        assert stage.name in listing.stdout
+    assert "train-math" in listing.stdout and "sft on math from base" in listing.stdout
 
 
 def test_unknown_profile_exits_non_zero_and_writes_nothing(params_file: Path):
@@ -49,7 +55,8 @@ def test_run_tiny_records_parent_and_nested_stage_runs(params_file: Path):
     parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
     stages = sorted((r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id),
                     key=lambda r: r.info.start_time)
-    assert [r.data.tags["stage"] for r in stages] == [stage.name for stage in STAGES]
+    expected = [stage.name for stage in stages_for(load_params(params_file, "tiny"))]
+    assert [r.data.tags["stage"] for r in stages] == expected
     for run in (parent, *stages):
         assert run.info.status == "FINISHED"
         assert run.data.tags["profile"] == "tiny"
@@ -67,3 +74,8 @@ def test_run_tiny_records_parent_and_nested_stage_runs(params_file: Path):
     math_train = workspace / "tiny" / "data" / "curated" / "math" / "train.jsonl"
     assert inputs["math/train"] == hashlib.md5(math_train.read_bytes()).hexdigest()
     assert len(inputs) == 15  # five datasets, three splits each
+    math_run = next(r for r in stages if r.data.tags["stage"] == "train-math")
+    assert [m.step for m in client.get_metric_history(math_run.info.run_id, "loss")] == [1, 2]
+    assert math_run.data.params["train.jobs.math.method"] == "sft"
+    assert "train.jobs.cpt.method" not in math_run.data.params
+    assert "adapter/adapter_config.json" in [a.path for a in client.list_artifacts(math_run.info.run_id, "adapter")]

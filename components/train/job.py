@@ -78,9 +78,19 @@ def trainer_for(job: TrainJob, model, tokenizer, train: Dataset, evaluation: Dat
     return ORPOTrainer(args=ORPOConfig(**common, beta=job.beta, remove_unused_columns=False), **trainer_args)
 
 
+def _step(checkpoint: Path | None) -> int:
+    return int(checkpoint.name.split("-")[1]) if checkpoint else 0
+
+
 def last_checkpoint(checkpoints: Path) -> Path | None:
-    found = sorted(checkpoints.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    return found[-1] if found else None
+    """The newest complete checkpoint; a checkpoint the kill interrupted (no trainer_state.json yet) is removed."""
+    complete = []
+    for checkpoint in checkpoints.glob("checkpoint-*"):
+        if (checkpoint / "trainer_state.json").is_file():
+            complete.append(checkpoint)
+        else:
+            shutil.rmtree(checkpoint)
+    return max(complete, key=_step, default=None)
 
 
 def run_job(job_name: str, job: TrainJob, init_dir: Path, run_dir: Path, out_dir: Path, work_dir: Path,
@@ -115,6 +125,8 @@ def run_job(job_name: str, job: TrainJob, init_dir: Path, run_dir: Path, out_dir
         work_dir.mkdir(parents=True)
         state_file.write_text(json.dumps({"key": key, "job": job_name}) + "\n")
     resume = last_checkpoint(checkpoints)
+    # read now: checkpoint rotation may delete this checkpoint while training goes on
+    tokens_before = json.loads((resume / "trainer_state.json").read_text()).get("num_input_tokens_seen", 0) if resume else 0
 
     trainer = trainer_for(job, model, tokenizer, Dataset.from_list(train_rows),
                           Dataset.from_list(eval_rows) if eval_rows else None, checkpoints, report_to or [])
@@ -125,11 +137,14 @@ def run_job(job_name: str, job: TrainJob, init_dir: Path, run_dir: Path, out_dir
         "train_loss": float(result.training_loss),
         "final_loss": float(next(e["loss"] for e in reversed(trainer.state.log_history) if "loss" in e)),
         "steps": float(trainer.state.global_step),
-        "resumed_from_step": float(int(resume.name.split("-")[1]) if resume else 0),
+        "resumed_from_step": float(_step(resume)),
         "train_rows": float(len(train_rows)),
-        "tokens_per_second": float(trainer.state.num_input_tokens_seen) / seconds,
+        "samples_per_second": (trainer.state.global_step - _step(resume)) * job.batch_size
+        * job.grad_accum / seconds,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
+    if trainer.state.num_input_tokens_seen:  # counted by the SFT and DPO trainers, not by ORPO's
+        metrics["tokens_per_second"] = float(trainer.state.num_input_tokens_seen - tokens_before) / seconds
     if eval_rows:
         metrics["eval_loss"] = float(trainer.evaluate()["eval_loss"])
 
