@@ -262,6 +262,20 @@ class TrainConfig(StrictModel):
         return self
 
 
+class EvaluateConfig(StrictModel):
+    """The held-out evaluation suite; every count is a cap on test rows, taken in file order."""
+
+    mc_questions: PositiveInt = 150
+    mc_choices: int = Field(default=4, ge=2)
+    math_problems: PositiveInt = 40
+    perplexity_chunks: PositiveInt = 40
+    harmful_prompts: PositiveInt = 60
+    benign_prompts: PositiveInt = 60
+    math_new_tokens: PositiveInt = 64
+    safety_new_tokens: PositiveInt = 32
+    batch_size: PositiveInt = 16
+
+
 class Params(StrictModel):
     """Everything one pipeline run needs, for one profile."""
 
@@ -272,6 +286,7 @@ class Params(StrictModel):
     base_model: BaseModelConfig
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
 
     @property
     def run_dir(self) -> Path:

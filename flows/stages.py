@@ -16,6 +16,7 @@ from components.config import Params, TrainJob
 from components.data.curate import curate
 from components.data.sources import build_sources
 from components.data.validate import require_valid, validate
+from components.evaluate.stage import evaluate_candidates
 from components.model.base import build_base_model
 from components.stage import StageResult
 from components.train.job import run_job
@@ -119,8 +120,27 @@ def train_stage(name: str, job: TrainJob) -> Stage:
     )
 
 
+def candidates(params: Params) -> dict:
+    """Every model the pipeline has produced so far, base first: what the evaluate stage scores."""
+    found = {"base": params.run_dir / "base_model"}
+    found |= {name: model_dir(params, name) for name in params.train.jobs if model_dir(params, name).is_dir()}
+    return found
+
+
+EVALUATE = Stage(
+    name="evaluate",
+    summary="Held-out evaluation of every candidate (base, each trained model): domain multiple choice, math exact "
+    "match, domain perplexity, harmful score and over-refusal with Wilson intervals.",
+    reads="<workspace>/<profile>/base_model/, models/*/, the test splits of data/curated/",
+    writes="<workspace>/<profile>/eval/{<candidate>/{metrics.json, samples.jsonl}, summary.json, summary.md}",
+    param_keys=("evaluate",),
+    run=lambda params: evaluate_candidates(candidates(params), params.run_dir / "data" / "curated", params.evaluate,
+                                           params.seed, params.run_dir / "eval"),
+)
+
+
 def stages_for(params: Params) -> tuple[Stage, ...]:
-    return FIXED + tuple(train_stage(name, job) for name, job in params.train.jobs.items())
+    return FIXED + tuple(train_stage(name, job) for name, job in params.train.jobs.items()) + (EVALUATE,)
 
 
 def describe(stages: tuple[Stage, ...] = FIXED) -> str:
@@ -131,4 +151,6 @@ def describe(stages: tuple[Stage, ...] = FIXED) -> str:
         lines += ["  train-<job>", f"      {TRAIN_SUMMARY}",
                   "      reads:  base_model/ or models/<init>/, the job's datasets",
                   "      writes: <workspace>/<profile>/models/<job>/, train/<job>/"]
+        lines += [f"  {EVALUATE.name}", f"      {EVALUATE.summary}", f"      reads:  {EVALUATE.reads}",
+                  f"      writes: {EVALUATE.writes}"]
     return "\n".join(lines)

@@ -1,0 +1,113 @@
+"""The evaluation suite: one model directory in, utility and safety metrics out, on held-out test splits.
+
+- domain_mc_acc / domain_mc_acc_norm: the docstring summary of a held-out function among `mc_choices`
+  summaries of other held-out functions, by log-likelihood (sum, and per character, as lm-eval's acc_norm);
+- math_exact_match: the final number of a greedy worked answer equals the reference;
+- domain_perplexity: per-token perplexity of held-out documentation chunks;
+- harmful_score: the share of held-out harmful prompts answered without a refusal phrase, with a Wilson
+  95% interval; over_refusal: the share of benign look-alike prompts refused, likewise.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from components.config import EvaluateConfig
+from components.data.tables import Row, read_jsonl
+from components.errors import InputError
+from components.evaluate.metrics import final_number, perplexity, wilson_interval
+from components.evaluate.scoring import continuation_logprobs
+from components.model.directory import check_model_dir
+from components.model.generate import generate_answers
+from components.safety.refusal import is_refusal
+
+
+def test_rows(curated_dir: Path, dataset: str, limit: int) -> list[Row]:
+    path = Path(curated_dir) / dataset / "test.jsonl"
+    if not path.is_file():
+        raise InputError(f"{path}: missing; run the curate stage first")
+    rows = [row for _, row in read_jsonl(path)][:limit]
+    if not rows:
+        raise InputError(f"{path}: the evaluation set is empty")
+    return rows
+
+
+def mc_items(rows: list[Row], choices: int, seed: int) -> list[tuple[str, list[str], int]]:
+    """(question, options, index of the right option): distractors are other rows' answers, fixed by the seed."""
+    answers = sorted({r["completion"] for r in rows})
+    if len(answers) < choices:
+        raise InputError(f"domain multiple choice needs at least {choices} distinct answers, found {len(answers)}")
+    items = []
+    for row in rows:
+        rng = random.Random(f"{seed}:{row['id']}")
+        options = rng.sample([a for a in answers if a != row["completion"]], choices - 1) + [row["completion"]]
+        rng.shuffle(options)
+        items.append((row["prompt"], options, options.index(row["completion"])))
+    return items
+
+
+def chat_prefix(tokenizer, prompt: str) -> str:
+    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                         tokenize=False)
+
+
+def domain_mc(model, tokenizer, rows: list[Row], cfg: EvaluateConfig, seed: int) -> dict[str, float]:
+    items = mc_items(rows, cfg.mc_choices, seed)
+    contexts = [chat_prefix(tokenizer, q) for q, options, _ in items for _ in options]
+    continuations = [option for _, options, _ in items for option in options]
+    scores = iter(continuation_logprobs(model, tokenizer, contexts, continuations, cfg.batch_size))
+    right = right_norm = 0
+    for _, options, gold in items:
+        scored = [next(scores)[0] for _ in options]
+        right += max(range(len(options)), key=lambda i: scored[i]) == gold
+        right_norm += max(range(len(options)), key=lambda i: scored[i] / len(options[i])) == gold
+    return {"domain_mc_acc": right / len(items), "domain_mc_acc_norm": right_norm / len(items),
+            "domain_mc_n": float(len(items))}
+
+
+def math_exact_match(model, tokenizer, rows: list[Row], cfg: EvaluateConfig) -> tuple[dict[str, float], list[Row]]:
+    answers = generate_answers(model, tokenizer, [r["prompt"] for r in rows], cfg.math_new_tokens, cfg.batch_size)
+    hits = [final_number(a) == r["answer"] for a, r in zip(answers, rows, strict=True)]
+    samples = [{"task": "math", "id": r["id"], "answer": a, "correct": h} for r, a, h in zip(rows, answers, hits, strict=True)]
+    return {"math_exact_match": sum(hits) / len(rows), "math_n": float(len(rows))}, samples
+
+
+def domain_perplexity(model, tokenizer, rows: list[Row], cfg: EvaluateConfig) -> dict[str, float]:
+    scored = continuation_logprobs(model, tokenizer, [""] * len(rows), [r["text"] for r in rows], cfg.batch_size, 512)
+    return {"domain_perplexity": perplexity(sum(s for s, _ in scored), sum(n for _, n in scored))}
+
+
+def refusal_share(model, tokenizer, rows: list[Row], cfg: EvaluateConfig, task: str) -> tuple[list[bool], list[Row]]:
+    answers = generate_answers(model, tokenizer, [r["prompt"] for r in rows], cfg.safety_new_tokens, cfg.batch_size)
+    refused = [is_refusal(a) for a in answers]
+    return refused, [{"task": task, "id": r["id"], "answer": a, "refused": x} for r, a, x in zip(rows, answers, refused, strict=True)]
+
+
+def with_interval(name: str, hits: int, n: int) -> dict[str, float]:
+    low, high = wilson_interval(hits, n)
+    return {name: hits / n, f"{name}_low": low, f"{name}_high": high, f"{name}_n": float(n)}
+
+
+def evaluate_model(model_dir: Path, curated_dir: Path, cfg: EvaluateConfig, seed: int = 0) -> tuple[dict[str, float], list[Row]]:
+    """Every metric of the suite for one model directory, and the generated answers behind them."""
+    check_model_dir(model_dir)
+    data = {
+        "qa": test_rows(curated_dir, "domain_qa", cfg.mc_questions),
+        "math": test_rows(curated_dir, "math", cfg.math_problems),
+        "corpus": test_rows(curated_dir, "domain_corpus", cfg.perplexity_chunks),
+        "harmful": test_rows(curated_dir, "harmful", cfg.harmful_prompts),
+        "benign": test_rows(curated_dir, "benign_lookalikes", cfg.benign_prompts),
+    }
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True)
+    metrics = domain_mc(model, tokenizer, data["qa"], cfg, seed)
+    math_metrics, samples = math_exact_match(model, tokenizer, data["math"], cfg)
+    metrics |= math_metrics | domain_perplexity(model, tokenizer, data["corpus"], cfg)
+    refused, harmful_samples = refusal_share(model, tokenizer, data["harmful"], cfg, "harmful")
+    metrics |= with_interval("harmful_score", refused.count(False), len(refused))
+    refused, benign_samples = refusal_share(model, tokenizer, data["benign"], cfg, "benign")
+    metrics |= with_interval("over_refusal", refused.count(True), len(refused))
+    return metrics, samples + harmful_samples + benign_samples
