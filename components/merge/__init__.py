@@ -1,0 +1,1 @@
+"""Model merging: task arithmetic, TIES, PCB, layer swapping and LiNeS here; the rest through mergekit."""

@@ -1,0 +1,157 @@
+"""Run a merge recipe: check the inputs, stream tensors through a method (or hand the recipe to mergekit),
+and write a normal model directory with a merge card, atomically.
+
+Why our own streaming engine for task arithmetic, TIES, PCB and layer swapping rather than mergekit
+plug-ins: PCB and layer swapping are not mergekit methods, and writing them as mergekit plug-ins ties
+them to mergekit's task-graph internals, which change between releases; the engine here is ~100 lines,
+reads one tensor per model at a time, and on `smol` merges TIES faster than mergekit does (see README,
+"Merging"). Everything else mergekit does well (SLERP, DARE, breadcrumbs, ...) goes to mergekit.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from components.atomic import atomic_dir
+from components.errors import InputError
+from components.hashing import file_sha256, tree_sha256
+from components.merge import methods
+from components.merge.recipe import OUR_METHODS, Recipe
+from components.merge.tensors import LazyModel, ShardWriter, depth_of, layer_of
+from components.model.directory import check_model_dir
+from components.stage import StageResult
+
+CARD = "merge_card.json"
+ARCHITECTURE_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                     "intermediate_size", "vocab_size")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json",
+                   "generation_config.json")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _config(path: Path) -> dict:
+    return json.loads((path / "config.json").read_text())
+
+
+def check_compatible(reference: Path, others: list[Path], max_relative_delta: float) -> None:
+    """Same architecture, tensors, shapes and tokenizer as `reference`, and close enough to it to share its base."""
+    ref_config, ref = _config(reference), LazyModel(reference)
+    ref_names = ref.names()
+    for path in others:
+        config = _config(path)
+        for key in ARCHITECTURE_KEYS:
+            if config.get(key) != ref_config.get(key):
+                raise InputError(f"{path}: config.json {key} = {config.get(key)!r}, but {reference} has "
+                                 f"{ref_config.get(key)!r}: not the same architecture")
+        model = LazyModel(path)
+        missing = [n for n in ref_names if n not in model.files] or [n for n in model.names() if n not in ref.files]
+        if missing:
+            raise InputError(f"{path}: tensor {missing[0]!r} is in one model and not the other ({reference})")
+        for name in ref_names:
+            if model.shape(name) != ref.shape(name):
+                raise InputError(f"{path}: tensor {name!r} has shape {model.shape(name)}, {reference} has {ref.shape(name)}")
+        if file_sha256(path / "tokenizer.json") != file_sha256(reference / "tokenizer.json"):
+            raise InputError(f"{path / 'tokenizer.json'}: differs from {reference / 'tokenizer.json'}; "
+                             f"merged models must share one tokenizer and vocabulary")
+        squared_delta = squared_ref = 0.0
+        for name in ref_names:
+            a, b = model.get(name).float(), ref.get(name).float()
+            squared_delta += float((a - b).pow(2).sum())
+            squared_ref += float(b.pow(2).sum())
+        relative = math.sqrt(squared_delta / max(squared_ref, 1e-30))
+        if relative > max_relative_delta:
+            raise InputError(f"{path}: its weights differ from {reference} by {relative:.2f} of their norm "
+                             f"(limit {max_relative_delta}); it does not look fine-tuned from the same base")
+
+
+def _merge_tensor(recipe: Recipe, name: str, base: torch.Tensor | None, experts: list[torch.Tensor],
+                  num_layers: int) -> torch.Tensor:
+    p, entries = recipe.parameters, recipe.models
+    lam = p.get("lambda", 1.0)
+    if "lines" in p:
+        lam = methods.lines_factor(depth_of(name, num_layers), num_layers, p["lines"]["alpha"], p["lines"]["beta"])
+    match recipe.merge_method:
+        case "task_arithmetic":
+            return methods.task_arithmetic(base, experts, [e.parameters.get("weight", 1.0) for e in entries], lam)
+        case "ties":
+            return methods.ties(base, experts, [e.parameters.get("weight", 1.0) for e in entries],
+                                [e.parameters.get("density", 1.0) for e in entries], lam, p.get("normalize", True))
+        case "pcb":
+            return methods.pcb(base, experts, p.get("pcb_ratio", 0.1), lam)
+        case "layer_swap":
+            receiver, donor = experts
+            layer, n = layer_of(name), p["num_layers"]
+            if layer is None:
+                return receiver
+            if layer < n or layer >= num_layers - n:
+                return donor
+            if p.get("blend") and layer in (n, num_layers - n - 1):
+                return (receiver.float() + donor.float()) / 2
+            return receiver
+    raise AssertionError(recipe.merge_method)
+
+
+def _stream(recipe: Recipe, out: Path, max_shard_bytes: int) -> None:
+    base_path = Path(recipe.base_model) if recipe.base_model else None
+    paths = [Path(m.model) for m in recipe.models]
+    reference = base_path or paths[0]
+    config = _config(reference)
+    num_layers = config["num_hidden_layers"]
+    dtype = DTYPES[recipe.dtype or config.get("dtype") or config.get("torch_dtype") or "float32"]
+    base, experts = (LazyModel(base_path) if base_path else None), [LazyModel(p) for p in paths]
+    writer = ShardWriter(out, max_shard_bytes)
+    for name in LazyModel(reference).names():
+        merged = _merge_tensor(recipe, name, base.get(name) if base else None, [e.get(name) for e in experts],
+                               num_layers)
+        writer.add(name, merged.to(dtype))
+    writer.close()
+    config["dtype"] = str(dtype).removeprefix("torch.")
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    for file in TOKENIZER_FILES:
+        if (reference / file).is_file():
+            shutil.copy(reference / file, out / file)
+
+
+def _mergekit(recipe: Recipe, out: Path) -> None:
+    from mergekit.config import MergeConfiguration
+    from mergekit.merge import run_merge
+    from mergekit.options import MergeOptions
+
+    try:
+        config = MergeConfiguration.model_validate(recipe.model_dump(exclude_none=True))
+    except Exception as err:  # mergekit's own validation message names the key at fault
+        raise InputError(f"mergekit refused the recipe: {err}") from None
+    run_merge(config, str(out), MergeOptions(copy_tokenizer=True, quiet=True))
+
+
+def run_recipe(recipe: Recipe, out_dir: Path, max_relative_delta: float = 0.5, max_shard_bytes: int = 2 << 30) -> StageResult:
+    """Check the recipe's models, merge them, and write out_dir (a model directory with merge_card.json)."""
+    models = [Path(m.model) for m in recipe.models]
+    if len(set(models)) != len(models):
+        raise InputError(f"the recipe names the same model twice: {[str(p) for p in models]}")
+    # mergekit's SLERP names its base among the models; each distinct directory is checked once
+    paths = list(dict.fromkeys(([Path(recipe.base_model)] if recipe.base_model else []) + models))
+    for path in paths:
+        check_model_dir(path)
+    check_compatible(paths[0], paths[1:], max_relative_delta)
+    start = time.perf_counter()
+    with atomic_dir(Path(out_dir)) as tmp:
+        if recipe.merge_method in OUR_METHODS:
+            _stream(recipe, tmp, max_shard_bytes)
+            engine = "posttrain"
+        else:
+            _mergekit(recipe, tmp)
+            engine = "mergekit"
+        check_model_dir(tmp)
+        seconds = time.perf_counter() - start
+        card = {"method": recipe.merge_method, "engine": engine, "recipe": recipe.model_dump(exclude_none=True),
+                "inputs": {str(p): tree_sha256(p) for p in paths}, "seconds": seconds}
+        (tmp / CARD).write_text(json.dumps(card, indent=2) + "\n")
+    return StageResult(outputs={"model": Path(out_dir)}, metrics={"merge_seconds": seconds},
+                       artifacts=(Path(out_dir) / CARD,))

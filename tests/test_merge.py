@@ -1,0 +1,164 @@
+"""The merge engine on tiny models: same result as mergekit, every method wired per tensor, safe on bad input."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from transformers import AutoModelForCausalLM
+
+from components.config import load_params, parse_overrides
+from components.errors import InputError
+from components.merge import methods
+from components.merge.engine import CARD, _mergekit, run_recipe
+from components.merge.recipe import Recipe, load_recipe
+from components.merge.tensors import LazyModel
+from components.model.base import build_base_model
+from tests.conftest import REPO
+
+
+def fine_tune(base: Path, out: Path, seed: int, scale: float = 0.002) -> Path:
+    """A stand-in for a fine-tuned expert: the base weights plus small seeded noise."""
+    shutil.copytree(base, out)
+    model = AutoModelForCausalLM.from_pretrained(base)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(scale * torch.randn(parameter.shape, generator=generator))
+    model.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def four_layers(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("merge")
+    cfg = load_params(REPO / "params.yaml", "tiny", parse_overrides(["base_model.num_hidden_layers=4"])).base_model
+    build_base_model(cfg, root / "base")
+    return {"base": root / "base", **{f"e{i}": fine_tune(root / "base", root / f"e{i}", seed=i) for i in range(3)}}
+
+
+def recipe(models: dict[str, Path], method: str, entries: list[tuple[str, dict]], parameters: dict, base=True) -> Recipe:
+    return Recipe(merge_method=method, base_model=str(models["base"]) if base else None, dtype="float32",
+                  models=[{"model": str(models[name]), "parameters": p} for name, p in entries], parameters=parameters)
+
+
+def tensors(path: Path) -> dict[str, torch.Tensor]:
+    lazy = LazyModel(path)
+    return {name: lazy.get(name) for name in lazy.names()}
+
+
+@pytest.mark.parametrize("method, parameters, per_model", [
+    ("ties", {"lambda": 1.3}, [{"weight": 1.0, "density": 0.5}, {"weight": 0.6, "density": 0.2}, {"weight": 0.3, "density": 0.9}]),
+    ("task_arithmetic", {"lambda": 0.7}, [{"weight": 0.5}, {"weight": 0.3}, {"weight": 0.2}]),
+])
+def test_same_result_as_mergekit(tmp_path: Path, four_layers, method, parameters, per_model):
+    r = recipe(four_layers, method, [(f"e{i}", p) for i, p in enumerate(per_model)], parameters)
+    run_recipe(r, tmp_path / "ours")
+    (tmp_path / "mergekit").mkdir()
+    _mergekit(r, tmp_path / "mergekit")
+    ours, theirs = tensors(tmp_path / "ours"), tensors(tmp_path / "mergekit")
+    assert ours.keys() == theirs.keys()
+    assert max(float((ours[k] - theirs[k]).abs().max()) for k in ours) < 1e-6
+
+
+def test_pcb_and_lines_are_applied_per_tensor_with_the_depth_of_each(tmp_path: Path, four_layers):
+    lines = {"alpha": 0.25, "beta": 0.75}
+    r = recipe(four_layers, "pcb", [("e0", {}), ("e1", {}), ("e2", {})], {"pcb_ratio": 0.2, "lines": lines})
+    run_recipe(r, tmp_path / "pcb")
+    merged, base = tensors(tmp_path / "pcb"), tensors(four_layers["base"])
+    experts = [tensors(four_layers[f"e{i}"]) for i in range(3)]
+    for name, depth in [("model.embed_tokens.weight", 0), ("model.layers.0.mlp.up_proj.weight", 0),
+                        ("model.layers.2.self_attn.q_proj.weight", 2), ("model.norm.weight", 3)]:
+        lam = 0.25 + 0.75 * depth / 3
+        expected = methods.pcb(base[name], [e[name] for e in experts], ratio=0.2, lam=lam)
+        assert torch.allclose(merged[name], expected, atol=1e-6), name
+
+
+def test_layer_swap_takes_bottom_and_top_blocks_from_the_donor(tmp_path: Path, four_layers):
+    r = recipe(four_layers, "layer_swap", [("e0", {}), ("e1", {})], {"num_layers": 1, "blend": True}, base=False)
+    run_recipe(r, tmp_path / "swap")
+    merged, receiver, donor = tensors(tmp_path / "swap"), tensors(four_layers["e0"]), tensors(four_layers["e1"])
+    name = "model.layers.{}.mlp.down_proj.weight"
+    assert torch.equal(merged[name.format(0)], donor[name.format(0)])
+    assert torch.equal(merged[name.format(3)], donor[name.format(3)])
+    for blended in (1, 2):  # the transition blocks next to the swapped ones: 4 blocks, N = 1
+        assert torch.allclose(merged[name.format(blended)], (receiver[name.format(blended)] + donor[name.format(blended)]) / 2)
+    assert torch.equal(merged["model.embed_tokens.weight"], receiver["model.embed_tokens.weight"])
+
+
+def test_output_is_a_model_directory_with_a_card_and_shards(tmp_path: Path, four_layers):
+    r = recipe(four_layers, "ties", [("e0", {"density": 0.5}), ("e1", {"density": 0.5})], {})
+    result = run_recipe(r, tmp_path / "sharded", max_shard_bytes=4 << 20)
+    index = json.loads((tmp_path / "sharded" / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 1
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "sharded")
+    assert model.config.num_hidden_layers == 4
+    card = json.loads((tmp_path / "sharded" / CARD).read_text())
+    assert card["method"] == "ties" and card["engine"] == "posttrain" and len(card["inputs"]) == 3
+    assert all(len(h) == 64 for h in card["inputs"].values())
+    assert result.metrics["merge_seconds"] > 0
+
+
+def test_other_methods_go_to_mergekit(tmp_path: Path, four_layers):
+    r = Recipe(merge_method="slerp", base_model=str(four_layers["e0"]), dtype="float32",
+               models=[{"model": str(four_layers["e0"])}, {"model": str(four_layers["e1"])}], parameters={"t": 0.5})
+    run_recipe(r, tmp_path / "slerp")
+    assert json.loads((tmp_path / "slerp" / CARD).read_text())["engine"] == "mergekit"
+    assert (tmp_path / "slerp" / "chat_template.jinja").is_file()
+    AutoModelForCausalLM.from_pretrained(tmp_path / "slerp")
+
+
+def test_a_different_architecture_is_named(tmp_path: Path, four_layers, tiny_base: Path):
+    r = recipe(four_layers | {"e2": tiny_base}, "ties", [("e0", {}), ("e2", {})], {})
+    with pytest.raises(InputError, match=r"config.json num_hidden_layers = 2, but .* has 4"):
+        run_recipe(r, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_different_tokenizer_is_named(tmp_path: Path, four_layers):
+    other = shutil.copytree(four_layers["e1"], tmp_path / "other_tokenizer")
+    vocab = json.loads((other / "tokenizer.json").read_text())
+    vocab["added_tokens"][0]["content"] = "<|changed|>"
+    (other / "tokenizer.json").write_text(json.dumps(vocab))
+    r = recipe(four_layers | {"o": other}, "ties", [("e0", {}), ("o", {})], {})
+    with pytest.raises(InputError, match=r"other_tokenizer/tokenizer.json: differs from"):
+        run_recipe(r, tmp_path / "out")
+
+
+def test_a_model_not_fine_tuned_from_the_base_is_refused(tmp_path: Path, four_layers):
+    stranger = fine_tune(four_layers["base"], tmp_path / "stranger", seed=9, scale=1.0)
+    r = recipe(four_layers | {"s": stranger}, "ties", [("e0", {}), ("s", {})], {})
+    with pytest.raises(InputError, match=r"stranger: its weights differ from .* does not look fine-tuned from the same base"):
+        run_recipe(r, tmp_path / "out")
+
+
+def test_recipe_errors_name_the_key(tmp_path: Path, four_layers):
+    path = tmp_path / "recipe.yaml"
+    entries = [{"model": str(four_layers["e0"]), "parameters": {"density": 1.5}}]
+    path.write_text(yaml.safe_dump({"merge_method": "ties", "base_model": str(four_layers["base"]), "models": entries}))
+    with pytest.raises(InputError, match=r"recipe.yaml: models\[0\].parameters.density must be in \[0, 1\], got 1.5"):
+        load_recipe(path)
+    path.write_text(yaml.safe_dump({"merge_method": "pcb", "base_model": "b", "models": [{"model": "m"}],
+                                    "parameters": {"density": 0.5}}))
+    with pytest.raises(InputError, match=r"parameters \['density'\] mean nothing to pcb"):
+        load_recipe(path)
+    same = recipe(four_layers, "ties", [("e0", {}), ("e0", {})], {})
+    with pytest.raises(InputError, match="names the same model twice"):
+        run_recipe(same, tmp_path / "out")
+
+
+def test_command_line_merges_and_exits_2_on_bad_input(tmp_path: Path, four_layers):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump({"merge_method": "task_arithmetic", "base_model": str(four_layers["base"]),
+                                    "models": [{"model": str(four_layers["e0"])}], "parameters": {"lambda": 0.5}}))
+    done = subprocess.run([sys.executable, "-m", "components.merge", str(path), str(tmp_path / "out")], cwd=REPO,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    missing = subprocess.run([sys.executable, "-m", "components.merge", str(tmp_path / "nope.yaml"), str(tmp_path / "x")],
+                             cwd=REPO, capture_output=True, text=True)
+    assert missing.returncode == 2 and "nope.yaml: no such recipe" in missing.stderr
