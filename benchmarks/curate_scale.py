@@ -7,12 +7,10 @@ of the rows and for all of them: a streaming curation keeps the two close.
 from __future__ import annotations
 
 import json
-import multiprocessing
 import random
-import time
 from pathlib import Path
 
-from benchmarks.runner import Report, benchmark
+from benchmarks.runner import Report, benchmark, measured
 from components.config import CurateConfig, Params
 
 ROWS = 1_000_000
@@ -55,25 +53,6 @@ def _curate(raw: Path, out: Path, cfg: dict) -> dict:
     return curate(raw, CurateConfig(**cfg), 0, out).metrics
 
 
-def _measured(target, *args) -> tuple[float, float, object]:
-    """(seconds, peak RSS in MB during the call, result) of target(*args) in a fresh process."""
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(_timed, (target, *args))
-
-
-def _peak_rss_mb() -> float:
-    status = Path("/proc/self/status").read_text()
-    return int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]) / 1024
-
-
-def _timed(target, *args):
-    # Reset the peak (Linux: clear_refs 5) so that the libraries imported before the call do not count.
-    Path("/proc/self/clear_refs").write_text("5")
-    start = time.perf_counter()
-    result = target(*args)
-    return time.perf_counter() - start, _peak_rss_mb(), result
-
-
 @benchmark("curate_scale")
 def curate_scale(params: Params, scratch: Path) -> Report:
     report = Report("curate_scale", baseline=f"read + write {ROWS:,} rows")
@@ -81,13 +60,13 @@ def curate_scale(params: Params, scratch: Path) -> Report:
     for count in (ROWS // 4, ROWS):
         raw = scratch / f"raw-{count}"
         write_rows(raw, count)
-        seconds, peak_mb, metrics = _measured(_curate, raw, scratch / f"curated-{count}", cfg)
+        seconds, peak_mb, metrics = measured(_curate, raw, scratch / f"curated-{count}", cfg)
         report.seconds[f"curate {count:,} rows"] = seconds
         report.notes[f"peak RSS, curate {count:,} rows"] = f"{peak_mb:.0f} MB"
         kept = sum(metrics[f"bulk.{s}.rows"] for s in ("train", "val", "test"))
         removed = {k.rsplit(".", 1)[-1]: int(v) for k, v in metrics.items() if ".removed." in k and v}
         report.notes[f"kept of {count:,}"] = f"{int(kept):,}; removed {removed}"
-    seconds, peak_mb, _ = _measured(_copy_rows, scratch / f"raw-{ROWS}", scratch / "copy.jsonl")
+    seconds, peak_mb, _ = measured(_copy_rows, scratch / f"raw-{ROWS}", scratch / "copy.jsonl")
     report.seconds[report.baseline] = seconds
     report.notes[f"peak RSS, {report.baseline}"] = f"{peak_mb:.0f} MB"
     return report

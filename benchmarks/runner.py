@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -57,3 +58,22 @@ def benchmark(name: str):
         return fn
 
     return register
+
+
+def measured(target, *args) -> tuple[float, float, object]:
+    """(seconds, peak RSS in MB during the call, result) of target(*args) in a fresh process."""
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_timed, (target, *args))
+
+
+def _peak_rss_mb() -> float:
+    status = Path("/proc/self/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]) / 1024
+
+
+def _timed(target, *args):
+    # Reset the peak (Linux: clear_refs 5) so that the libraries imported before the call do not count.
+    Path("/proc/self/clear_refs").write_text("5")
+    start = time.perf_counter()
+    result = target(*args)
+    return time.perf_counter() - start, _peak_rss_mb(), result

@@ -262,6 +262,21 @@ class TrainConfig(StrictModel):
         return self
 
 
+class MergeSpec(StrictModel):
+    """A merge recipe in mergekit's format, whose models are named by pipeline names: `base` or a train job."""
+
+    merge_method: str
+    base_model: str | None = "base"
+    models: list[dict[str, Any]] = Field(min_length=1)  # [{model: <job>, parameters: {weight: ..., density: ...}}]
+    parameters: dict[str, Any] = {}
+    dtype: str | None = None
+
+
+class MergeConfig(StrictModel):
+    max_relative_delta: float = Field(default=0.5, gt=0)  # refuse inputs this far from the first model
+    recipes: dict[str, MergeSpec] = {}
+
+
 class EvaluateConfig(StrictModel):
     """The held-out evaluation suite; every count is a cap on test rows, taken in file order."""
 
@@ -286,7 +301,20 @@ class Params(StrictModel):
     base_model: BaseModelConfig
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
+    merge: MergeConfig = MergeConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+
+    @model_validator(mode="after")
+    def _merges_name_known_models(self) -> Params:
+        known = {"base", *self.train.jobs}
+        for name, spec in self.merge.recipes.items():
+            names = [spec.base_model] if spec.base_model else []
+            names += [entry.get("model") for entry in spec.models]
+            unknown = [n for n in names if n not in known]
+            if unknown:
+                raise ValueError(f"merge.recipes.{name}: {unknown} are not models of this pipeline "
+                                 f"(known: {', '.join(sorted(known))})")
+        return self
 
     @property
     def run_dir(self) -> Path:

@@ -12,11 +12,12 @@ from dataclasses import dataclass
 
 import mlflow
 
-from components.config import Params, TrainJob
+from components.config import MergeSpec, Params, TrainJob
 from components.data.curate import curate
 from components.data.sources import build_sources
 from components.data.validate import require_valid, validate
 from components.evaluate.stage import evaluate_candidates
+from components.merge.stage import merge_models
 from components.model.base import build_base_model
 from components.stage import StageResult
 from components.train.job import run_job
@@ -120,10 +121,33 @@ def train_stage(name: str, job: TrainJob) -> Stage:
     )
 
 
+def merged_dir(params: Params, name: str):
+    return params.run_dir / "merged" / name
+
+
+def merge_stage(name: str, spec: MergeSpec) -> Stage:
+    def run(params: Params) -> StageResult:
+        dirs = {model: model_dir(params, model) for model in ["base", *params.train.jobs]}
+        return merge_models(name, spec, dirs, merged_dir(params, name), params.merge.max_relative_delta)
+
+    inputs = ", ".join(entry["model"] for entry in spec.models)
+    return Stage(
+        name=f"merge-{name}",
+        summary=f"{spec.merge_method} of {inputs} (base: {spec.base_model}), streamed tensor by tensor; "
+        "checks architecture, tensors, tokenizer and shared base first; writes a merge card",
+        reads=f"<workspace>/<profile>/models/{{{inputs}}}/",
+        writes=f"<workspace>/<profile>/merged/{name}/",
+        param_keys=(f"merge.recipes.{name}",),
+        run=run,
+    )
+
+
 def candidates(params: Params) -> dict:
     """Every model the pipeline has produced so far, base first: what the evaluate stage scores."""
     found = {"base": params.run_dir / "base_model"}
     found |= {name: model_dir(params, name) for name in params.train.jobs if model_dir(params, name).is_dir()}
+    found |= {f"merge-{name}": merged_dir(params, name) for name in params.merge.recipes
+              if merged_dir(params, name).is_dir()}
     return found
 
 
@@ -131,7 +155,7 @@ EVALUATE = Stage(
     name="evaluate",
     summary="Held-out evaluation of every candidate (base, each trained model): domain multiple choice, math exact "
     "match, domain perplexity, harmful score and over-refusal with Wilson intervals.",
-    reads="<workspace>/<profile>/base_model/, models/*/, the test splits of data/curated/",
+    reads="<workspace>/<profile>/base_model/, models/*/, merged/*/, the test splits of data/curated/",
     writes="<workspace>/<profile>/eval/{<candidate>/{metrics.json, samples.jsonl}, summary.json, summary.md}",
     param_keys=("evaluate",),
     run=lambda params: evaluate_candidates(candidates(params), params.run_dir / "data" / "curated", params.evaluate,
@@ -140,7 +164,8 @@ EVALUATE = Stage(
 
 
 def stages_for(params: Params) -> tuple[Stage, ...]:
-    return FIXED + tuple(train_stage(name, job) for name, job in params.train.jobs.items()) + (EVALUATE,)
+    return (FIXED + tuple(train_stage(name, job) for name, job in params.train.jobs.items())
+            + tuple(merge_stage(name, spec) for name, spec in params.merge.recipes.items()) + (EVALUATE,))
 
 
 def describe(stages: tuple[Stage, ...] = FIXED) -> str:
@@ -151,6 +176,9 @@ def describe(stages: tuple[Stage, ...] = FIXED) -> str:
         lines += ["  train-<job>", f"      {TRAIN_SUMMARY}",
                   "      reads:  base_model/ or models/<init>/, the job's datasets",
                   "      writes: <workspace>/<profile>/models/<job>/, train/<job>/"]
+        lines += ["  merge-<name>", "      one per entry of merge.recipes: task_arithmetic, ties, pcb, layer_swap (streamed "
+                  "here, LiNeS optional) or any mergekit method", "      reads:  models/<job>/ of the recipe",
+                  "      writes: <workspace>/<profile>/merged/<name>/"]
         lines += [f"  {EVALUATE.name}", f"      {EVALUATE.summary}", f"      reads:  {EVALUATE.reads}",
                   f"      writes: {EVALUATE.writes}"]
     return "\n".join(lines)

@@ -103,6 +103,9 @@ def _stream(recipe: Recipe, out: Path, max_shard_bytes: int) -> None:
     reference = base_path or paths[0]
     config = _config(reference)
     num_layers = config["num_hidden_layers"]
+    if recipe.merge_method == "layer_swap" and 2 * recipe.parameters["num_layers"] > num_layers:
+        raise InputError(f"layer_swap: parameters.num_layers = {recipe.parameters['num_layers']} swaps more than half "
+                         f"of the {num_layers} blocks at each end")
     dtype = DTYPES[recipe.dtype or config.get("dtype") or config.get("torch_dtype") or "float32"]
     base, experts = (LazyModel(base_path) if base_path else None), [LazyModel(p) for p in paths]
     writer = ShardWriter(out, max_shard_bytes)
