@@ -277,6 +277,20 @@ class MergeConfig(StrictModel):
     recipes: dict[str, MergeSpec] = {}
 
 
+class PruneConfig(StrictModel):
+    """Antidote: zero the `ratio` share of each block linear weight that matters most for harmful answers."""
+
+    model: str | None = None  # a pipeline model (base, a train job, merge-<name>) to prune; None: no prune stage
+    ratio: float = Field(default=0.05, ge=0, lt=1)
+    calibration_rows: PositiveInt = 64
+    max_length: PositiveInt = 256
+    batch_size: PositiveInt = 8
+
+
+class SafetyConfig(StrictModel):
+    prune: PruneConfig = PruneConfig()
+
+
 class EvaluateConfig(StrictModel):
     """The held-out evaluation suite; every count is a cap on test rows, taken in file order."""
 
@@ -302,11 +316,15 @@ class Params(StrictModel):
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
     merge: MergeConfig = MergeConfig()
+    safety: SafetyConfig = SafetyConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
 
     @model_validator(mode="after")
     def _merges_name_known_models(self) -> Params:
         known = {"base", *self.train.jobs}
+        pruned = self.safety.prune.model
+        if pruned is not None and pruned not in known | {f"merge-{m}" for m in self.merge.recipes}:
+            raise ValueError(f"safety.prune.model: {pruned!r} is not a model of this pipeline")
         for name, spec in self.merge.recipes.items():
             names = [spec.base_model] if spec.base_model else []
             names += [entry.get("model") for entry in spec.models]

@@ -18,6 +18,7 @@ from components.data.sources import build_sources
 from components.data.validate import require_valid, validate
 from components.evaluate.stage import evaluate_candidates
 from components.merge.stage import merge_models
+from components.safety.prune import prune_model
 from components.model.base import build_base_model
 from components.stage import StageResult
 from components.train.job import run_job
@@ -142,12 +143,33 @@ def merge_stage(name: str, spec: MergeSpec) -> Stage:
     )
 
 
+def pipeline_model(params: Params, name: str):
+    """A model by its pipeline name: base, a train job, or merge-<recipe>."""
+    return merged_dir(params, name.removeprefix("merge-")) if name.startswith("merge-") else model_dir(params, name)
+
+
+def prune_stage(params: Params) -> Stage:
+    cfg = params.safety.prune
+    return Stage(
+        name="prune",
+        summary=f"Antidote on {cfg.model}: Wanda scores |W|·‖X‖ on harmful (prompt, compliant answer) pairs; "
+        f"the top {cfg.ratio:.0%} of each block linear layer set to zero",
+        reads=f"the {cfg.model} model, data/pairs/harmful_compliance/train.jsonl",
+        writes="<workspace>/<profile>/safety/pruned/",
+        param_keys=("safety.prune",),
+        run=lambda p: prune_model(pipeline_model(p, cfg.model), p.run_dir / "data/pairs/harmful_compliance/train.jsonl",
+                                  cfg, p.run_dir / "safety" / "pruned"),
+    )
+
+
 def candidates(params: Params) -> dict:
     """Every model the pipeline has produced so far, base first: what the evaluate stage scores."""
     found = {"base": params.run_dir / "base_model"}
     found |= {name: model_dir(params, name) for name in params.train.jobs if model_dir(params, name).is_dir()}
     found |= {f"merge-{name}": merged_dir(params, name) for name in params.merge.recipes
               if merged_dir(params, name).is_dir()}
+    if params.safety.prune.model and (params.run_dir / "safety" / "pruned").is_dir():
+        found[f"pruned-{params.safety.prune.model}"] = params.run_dir / "safety" / "pruned"
     return found
 
 
@@ -155,7 +177,7 @@ EVALUATE = Stage(
     name="evaluate",
     summary="Held-out evaluation of every candidate (base, each trained model): domain multiple choice, math exact "
     "match, domain perplexity, harmful score and over-refusal with Wilson intervals.",
-    reads="<workspace>/<profile>/base_model/, models/*/, merged/*/, the test splits of data/curated/",
+    reads="<workspace>/<profile>/base_model/, models/*/, merged/*/, safety/pruned/, the test splits of data/curated/",
     writes="<workspace>/<profile>/eval/{<candidate>/{metrics.json, samples.jsonl}, summary.json, summary.md}",
     param_keys=("evaluate",),
     run=lambda params: evaluate_candidates(candidates(params), params.run_dir / "data" / "curated", params.evaluate,
@@ -165,7 +187,8 @@ EVALUATE = Stage(
 
 def stages_for(params: Params) -> tuple[Stage, ...]:
     return (FIXED + tuple(train_stage(name, job) for name, job in params.train.jobs.items())
-            + tuple(merge_stage(name, spec) for name, spec in params.merge.recipes.items()) + (EVALUATE,))
+            + tuple(merge_stage(name, spec) for name, spec in params.merge.recipes.items())
+            + ((prune_stage(params),) if params.safety.prune.model else ()) + (EVALUATE,))
 
 
 def describe(stages: tuple[Stage, ...] = FIXED) -> str:

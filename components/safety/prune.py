@@ -1,0 +1,57 @@
+"""Prune stage: Antidote on a model directory, calibrated on harmful (prompt, compliant answer) pairs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from components.atomic import atomic_dir
+from components.config import PruneConfig
+from components.data.tables import read_jsonl
+from components.errors import InputError
+from components.hashing import file_md5, json_sha256, tree_sha256
+from components.model.directory import check_model_dir
+from components.safety.antidote import antidote_prune
+from components.stage import StageResult, code_digest, up_to_date, write_card
+
+
+def calibration_batches(tokenizer, rows: list[dict], cfg: PruneConfig) -> list[dict[str, torch.Tensor]]:
+    """Chat-formatted (harmful prompt, compliant answer) sequences, right-padded, in batches."""
+    texts = [tokenizer.apply_chat_template([{"role": "user", "content": r["prompt"]},
+                                            {"role": "assistant", "content": r["completion"]}], tokenize=False)
+             for r in rows]
+    return [dict(tokenizer(texts[i:i + cfg.batch_size], return_tensors="pt", padding=True, truncation=True,
+                           max_length=cfg.max_length, add_special_tokens=False))
+            for i in range(0, len(texts), cfg.batch_size)]
+
+
+def prune_model(model_dir: Path, calibration: Path, cfg: PruneConfig, out_dir: Path) -> StageResult:
+    """Write `model_dir` with Antidote's harmful weights zeroed to `out_dir`, with a card of what changed."""
+    check_model_dir(model_dir)
+    if not Path(calibration).is_file():
+        raise InputError(f"{calibration}: missing; run the pairs stage first")
+    rows = [row for _, row in read_jsonl(calibration)][: cfg.calibration_rows]
+    if not rows:
+        raise InputError(f"{calibration}: the harmful calibration set is empty")
+    key = json_sha256({"code": code_digest(__name__, "components.safety.antidote"), "model": tree_sha256(model_dir),
+                       "calibration": file_md5(calibration), "cfg": cfg.model_dump(mode="json")})
+    card = up_to_date(out_dir, key)
+    if card is not None:
+        return StageResult(outputs={"model": Path(out_dir)}, metrics=card["metrics"], cached=True)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True)
+    pruned = antidote_prune(model, calibration_batches(tokenizer, rows, cfg), cfg.ratio)
+    total = sum(module.weight.numel() for name, module in model.named_modules() if name in pruned)
+    metrics = {"pruned_weights": float(sum(pruned.values())), "pruned_share": sum(pruned.values()) / total,
+               "calibration_rows": float(len(rows))}
+    with atomic_dir(Path(out_dir)) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "prune_card.json").write_text(json.dumps({"method": "antidote (Wanda score on harmful data)",
+                                                         "source": str(model_dir), "ratio": cfg.ratio,
+                                                         "pruned_per_layer": pruned}, indent=2) + "\n")
+        write_card(tmp, {"stage": "prune", "key": key, "metrics": metrics})
+    return StageResult(outputs={"model": Path(out_dir)}, metrics=metrics, artifacts=(Path(out_dir) / "prune_card.json",))
