@@ -287,7 +287,22 @@ class PruneConfig(StrictModel):
     batch_size: PositiveInt = 8
 
 
+class RealignConfig(StrictModel):
+    """SOMF: fuse `model` with the initially aligned model through a safety mask learned on refusal data."""
+
+    model: str | None = None  # the fine-tuned or merged model to realign (pipeline name); None: no realign stage
+    aligned: str = "safety"  # the initially aligned model
+    steps: PositiveInt = 20
+    lr: float = Field(default=0.1, gt=0)
+    sparsity: float = Field(default=1.0, ge=0)  # λ of the mask's sparsity term
+    safety_rows: PositiveInt = 64
+    batch_size: PositiveInt = 8
+    max_length: PositiveInt = 256
+    max_relative_delta: float = Field(default=0.5, gt=0)
+
+
 class SafetyConfig(StrictModel):
+    realign: RealignConfig = RealignConfig()
     prune: PruneConfig = PruneConfig()
 
 
@@ -322,9 +337,11 @@ class Params(StrictModel):
     @model_validator(mode="after")
     def _merges_name_known_models(self) -> Params:
         known = {"base", *self.train.jobs}
-        pruned = self.safety.prune.model
-        if pruned is not None and pruned not in known | {f"merge-{m}" for m in self.merge.recipes}:
-            raise ValueError(f"safety.prune.model: {pruned!r} is not a model of this pipeline")
+        models = known | {f"merge-{m}" for m in self.merge.recipes}
+        for key, name in (("prune.model", self.safety.prune.model), ("realign.model", self.safety.realign.model),
+                          ("realign.aligned", self.safety.realign.aligned if self.safety.realign.model else None)):
+            if name is not None and name not in models:
+                raise ValueError(f"safety.{key}: {name!r} is not a model of this pipeline")
         for name, spec in self.merge.recipes.items():
             names = [spec.base_model] if spec.base_model else []
             names += [entry.get("model") for entry in spec.models]

@@ -19,6 +19,7 @@ from components.data.validate import require_valid, validate
 from components.evaluate.stage import evaluate_candidates
 from components.merge.stage import merge_models
 from components.safety.prune import prune_model
+from components.safety.realign import realign_model
 from components.model.base import build_base_model
 from components.stage import StageResult
 from components.train.job import run_job
@@ -162,12 +163,28 @@ def prune_stage(params: Params) -> Stage:
     )
 
 
+def realign_stage(params: Params) -> Stage:
+    cfg = params.safety.realign
+    return Stage(
+        name="realign",
+        summary=f"SOMF: a safety mask over {cfg.model}'s weights, learned on refusal data; masked coordinates come "
+        f"back from {cfg.aligned}, the rest keep {cfg.model}'s values",
+        reads=f"the {cfg.model} and {cfg.aligned} models, data/curated/harmful/train.jsonl",
+        writes="<workspace>/<profile>/safety/realigned/",
+        param_keys=("safety.realign",),
+        run=lambda p: realign_model(pipeline_model(p, cfg.aligned), pipeline_model(p, cfg.model),
+                                    p.run_dir / "data/curated/harmful/train.jsonl", cfg, p.run_dir / "safety" / "realigned"),
+    )
+
+
 def candidates(params: Params) -> dict:
     """Every model the pipeline has produced so far, base first: what the evaluate stage scores."""
     found = {"base": params.run_dir / "base_model"}
     found |= {name: model_dir(params, name) for name in params.train.jobs if model_dir(params, name).is_dir()}
     found |= {f"merge-{name}": merged_dir(params, name) for name in params.merge.recipes
               if merged_dir(params, name).is_dir()}
+    if params.safety.realign.model and (params.run_dir / "safety" / "realigned").is_dir():
+        found[f"realigned-{params.safety.realign.model}"] = params.run_dir / "safety" / "realigned"
     if params.safety.prune.model and (params.run_dir / "safety" / "pruned").is_dir():
         found[f"pruned-{params.safety.prune.model}"] = params.run_dir / "safety" / "pruned"
     return found
@@ -177,7 +194,7 @@ EVALUATE = Stage(
     name="evaluate",
     summary="Held-out evaluation of every candidate (base, each trained model): domain multiple choice, math exact "
     "match, domain perplexity, harmful score and over-refusal with Wilson intervals.",
-    reads="<workspace>/<profile>/base_model/, models/*/, merged/*/, safety/pruned/, the test splits of data/curated/",
+    reads="<workspace>/<profile>/base_model/, models/*/, merged/*/, safety/*/, the test splits of data/curated/",
     writes="<workspace>/<profile>/eval/{<candidate>/{metrics.json, samples.jsonl}, summary.json, summary.md}",
     param_keys=("evaluate",),
     run=lambda params: evaluate_candidates(candidates(params), params.run_dir / "data" / "curated", params.evaluate,
@@ -188,6 +205,7 @@ EVALUATE = Stage(
 def stages_for(params: Params) -> tuple[Stage, ...]:
     return (FIXED + tuple(train_stage(name, job) for name, job in params.train.jobs.items())
             + tuple(merge_stage(name, spec) for name, spec in params.merge.recipes.items())
+            + ((realign_stage(params),) if params.safety.realign.model else ())
             + ((prune_stage(params),) if params.safety.prune.model else ()) + (EVALUATE,))
 
 
