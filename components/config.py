@@ -25,6 +25,7 @@ from pydantic import (
 from components.data.tables import Kind
 from components.errors import ParamsError
 from components.hashing import json_sha256
+from components.yamlfile import read_yaml
 
 DEFAULT_PARAMS = Path("params.yaml")
 Dtype = Literal["float32", "bfloat16", "float16"]
@@ -417,12 +418,7 @@ def load_params(
     """Read params.yaml, pick a profile (default: its `profile` key), apply overrides, validate."""
     path = Path(path)
     overrides = overrides or {}
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ParamsError(f"{path}: no such parameters file") from None
-    except yaml.YAMLError as err:
-        raise ParamsError(f"{path}: not valid YAML: {err}") from None
+    raw = read_yaml(path, "parameters file", ParamsError)
     if not isinstance(raw, dict) or not isinstance(raw.get("profiles"), dict):
         raise ParamsError(f"{path}: expected a mapping with `profile`, `common` and `profiles` keys")
     unknown = set(raw) - {"profile", "common", "profiles"}

@@ -21,10 +21,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from components.errors import InputError
+from components.yamlfile import read_yaml
 
 OUR_METHODS = {"task_arithmetic", "ties", "pcb", "layer_swap"}
 MODEL_PARAMETERS = {"task_arithmetic": {"weight"}, "ties": {"weight", "density"}, "pcb": set(), "layer_swap": set()}
@@ -92,12 +92,7 @@ def check_parameters(recipe: Recipe, where: str) -> None:
 
 def load_recipe(path: Path) -> Recipe:
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such recipe") from None
-    except yaml.YAMLError as err:
-        raise InputError(f"{path}: not valid YAML: {err}") from None
+    raw = read_yaml(path, "recipe", InputError)
     try:
         recipe = Recipe.model_validate(raw).resolve(path.resolve().parent)
     except ValidationError as err:
