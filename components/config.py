@@ -282,7 +282,7 @@ class PruneConfig(StrictModel):
     """Antidote: zero the `ratio` share of each block linear weight that matters most for harmful answers."""
 
     model: str | None = None  # a pipeline model (base, a train job, merge-<name>) to prune; None: no prune stage
-    ratio: float = Field(default=0.05, ge=0, lt=1)
+    ratio: float = Field(default=0.005, ge=0, lt=1)
     calibration_rows: PositiveInt = 64
     max_length: PositiveInt = 256
     batch_size: PositiveInt = 8
@@ -294,7 +294,8 @@ class RealignConfig(StrictModel):
     model: str | None = None  # the fine-tuned or merged model to realign (pipeline name); None: no realign stage
     aligned: str = "safety"  # the initially aligned model
     steps: PositiveInt = 20
-    lr: float = Field(default=0.1, gt=0)
+    lr: float = Field(default=0.2, gt=0)  # Adam moves each mask logit by about lr per step
+    init_logit: float = -2.0  # σ(−2) ≈ 0.12: the mask starts nearly empty; a logit must pass 0 to enter it
     sparsity: float = Field(default=1.0, ge=0)  # λ of the mask's sparsity term
     safety_rows: PositiveInt = 64
     batch_size: PositiveInt = 8

@@ -77,3 +77,13 @@ def test_lines_scales_linearly_with_depth():
     assert methods.lines_factor(0, 5, alpha=0.2, beta=0.8) == 0.2
     assert methods.lines_factor(4, 5, alpha=0.2, beta=0.8) == pytest.approx(1.0)
     assert methods.lines_factor(2, 5, alpha=0.2, beta=0.8) == pytest.approx(0.6)
+
+
+def test_magnitude_trim_equals_a_stable_sort_with_many_equal_values():
+    tau = torch.tensor([0.5, -0.5, 0.5, 2.0, -0.5, 0.1, 0.5, -3.0])
+    for density in (0.25, 0.5, 0.625, 0.75):
+        k = max(1, int(density * tau.numel()))
+        keep = torch.argsort(tau.abs(), descending=True, stable=True)[:k]
+        expected = torch.zeros_like(tau)
+        expected[keep] = tau[keep]
+        assert torch.equal(methods.magnitude_trim(tau, density), expected), density

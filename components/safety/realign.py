@@ -65,7 +65,7 @@ def realign_model(aligned_dir: Path, finetuned_dir: Path, safety_data: Path, cfg
     aligned = {n: t.detach() for n, t in
                AutoModelForCausalLM.from_pretrained(aligned_dir, local_files_only=True).state_dict().items()}
     masks = learn_safety_mask(model, aligned, finetuned, refusal_batches(tokenizer, rows, cfg.batch_size, cfg.max_length),
-                              cfg.steps, cfg.lr, cfg.sparsity)
+                              cfg.steps, cfg.lr, cfg.sparsity, cfg.init_logit)
     # only the masked tensors change; a tied tensor is written once, through its first name
     model.load_state_dict({n: fuse(aligned[n], finetuned[n], masks[n]) for n in masks}, strict=False)
     masked = {n: int(m.sum()) for n, m in masks.items()}
