@@ -22,10 +22,10 @@ def _recipe(params: Params, method: str) -> Recipe:
 
 
 def _ours(recipe: Recipe, out: Path) -> None:
-    from components.merge.engine import _stream
+    """The whole engine path, as the pipeline runs it: pre-merge checks (which read every tensor once), merge, card."""
+    from components.merge.engine import run_recipe
 
-    out.mkdir()
-    _stream(recipe, out, 2 << 30)
+    run_recipe(recipe, out)
 
 
 def _mergekit(recipe: Recipe, out: Path) -> None:
