@@ -19,6 +19,7 @@ from pydantic import (
     PositiveInt,
     ValidationError,
     ValidationInfo,
+    field_validator,
     model_validator,
 )
 
@@ -322,6 +323,39 @@ class EvaluateConfig(StrictModel):
     batch_size: PositiveInt = 16
 
 
+# Which way each gateable metric of the evaluation suite improves.
+METRIC_DIRECTIONS: dict[str, Literal["higher", "lower"]] = {
+    "domain_mc_acc": "higher", "domain_mc_acc_norm": "higher", "math_exact_match": "higher",
+    "domain_perplexity": "lower", "harmful_score": "lower", "over_refusal": "lower",
+}
+
+
+class GateSpec(StrictModel):
+    """Bounds on one metric: `min` / `max` absolute, `tolerance` how far it may fall behind the champion."""
+
+    min: float | None = Field(default=None, ge=0)
+    max: float | None = Field(default=None, ge=0)
+    tolerance: float | None = Field(default=None, ge=0)
+
+
+class RegistryConfig(StrictModel):
+    """The gated candidate and where it is registered (aliases `challenger` and `champion`)."""
+
+    model_name: str = Field(default="post-train", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    candidate: str | None = None  # the pipeline model that ships (e.g. realigned-merge-ties); None: no gate stage
+    promote: bool = True  # move `champion` when every gate passes
+    gates: dict[str, GateSpec] = {}
+
+    @field_validator("gates")
+    @classmethod
+    def _known_metrics(cls, gates: dict[str, GateSpec]) -> dict[str, GateSpec]:
+        for metric in gates:
+            if metric not in METRIC_DIRECTIONS:
+                raise ValueError(f"gate on {metric!r}: not a metric of the evaluation suite "
+                                 f"(gateable: {', '.join(METRIC_DIRECTIONS)})")
+        return gates
+
+
 class Params(StrictModel):
     """Everything one pipeline run needs, for one profile."""
 
@@ -335,6 +369,7 @@ class Params(StrictModel):
     merge: MergeConfig = MergeConfig()
     safety: SafetyConfig = SafetyConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    registry: RegistryConfig = RegistryConfig()
 
     @model_validator(mode="after")
     def _merges_name_known_models(self) -> Params:
@@ -344,6 +379,12 @@ class Params(StrictModel):
                           ("realign.aligned", self.safety.realign.aligned if self.safety.realign.model else None)):
             if name is not None and name not in models:
                 raise ValueError(f"safety.{key}: {name!r} is not a model of this pipeline")
+        shipped = set(models)
+        shipped |= {f"realigned-{self.safety.realign.model}"} if self.safety.realign.model else set()
+        shipped |= {f"pruned-{self.safety.prune.model}"} if self.safety.prune.model else set()
+        if self.registry.candidate is not None and self.registry.candidate not in shipped:
+            raise ValueError(f"registry.candidate: {self.registry.candidate!r} is not a candidate of this pipeline "
+                             f"(candidates: {', '.join(sorted(shipped))})")
         for name, spec in self.merge.recipes.items():
             names = [spec.base_model] if spec.base_model else []
             names += [entry.get("model") for entry in spec.models]
@@ -442,5 +483,6 @@ def load_params(
         for error in err.errors():
             loc = tuple(str(part) for part in error["loc"] if part not in _UNION_TAGS)
             message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"].removeprefix("Value error, ")
-            problems.append(f"{path} (profile {profile!r}): {_origin(raw, profile, overrides, loc)}: {message}")
+            where = f"{_origin(raw, profile, overrides, loc)}: " if loc else ""  # a check across sections names its key
+            problems.append(f"{path} (profile {profile!r}): {where}{message}")
         raise ParamsError("\n".join(problems)) from None

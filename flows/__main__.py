@@ -8,8 +8,10 @@ from pathlib import Path
 
 from components.config import DEFAULT_PARAMS, Params, load_params, parse_overrides
 from components.errors import PipelineError
+from components.registry.registry import check_reachable, download_model, promote, rollback
+from components.registry.registry import describe as describe_registry
 from components.stage import StageResult
-from components.tracking import pipeline_run, tracked_stage, tracking_uri
+from components.tracking import client_for, pipeline_run, tracked_stage, tracking_uri
 from flows.stages import FIXED, Stage, describe, stages_for
 
 
@@ -37,11 +39,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_params_options(stage)
     listing = commands.add_parser("stages", help="list the stages with what each reads and writes")
     _add_params_options(listing)
-    chat = commands.add_parser("chat", help="answer one prompt with a model directory (default: the base model)")
+    chat = commands.add_parser("chat", help="answer one prompt with a model (default: the base model)")
     chat.add_argument("prompt")
-    chat.add_argument("--model", type=Path, help="model directory (default: <workspace>/<profile>/base_model)")
+    chat.add_argument("--model", help="model directory, or a registry URI such as models:/post-train@champion "
+                      "(default: <workspace>/<profile>/base_model)")
     chat.add_argument("--max-new-tokens", type=int, default=64)
     _add_params_options(chat)
+    registry = commands.add_parser("registry", help="show the registered versions, promote one, or roll back")
+    registry.add_argument("action", choices=["show", "promote", "rollback"])
+    registry.add_argument("version", nargs="?", help="the version to promote (promote only)")
+    _add_params_options(registry)
     return parser
 
 
@@ -55,12 +62,28 @@ def _run_stage(stage: Stage, params: Params, repo: Path, tracking: bool, parent_
     return result
 
 
+def registry_command(params: Params, action: str, version: str | None) -> str:
+    uri = tracking_uri(params)
+    check_reachable(uri)
+    client = client_for(params)
+    name = params.registry.model_name
+    if action == "promote":
+        if not version:
+            raise PipelineError("registry promote: which version? for example: python -m flows registry promote 3")
+        replaced = promote(client, name, version)
+        return f"{name}: champion is now v{version}" + (f" (was v{replaced})" if replaced else "")
+    if action == "rollback":
+        old, new = rollback(client, name)
+        return f"{name}: champion rolled back from v{old} to v{new}"
+    return describe_registry(client, name)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         params = load_params(args.params, args.profile, parse_overrides(args.overrides))
         repo = args.params.resolve().parent
-        stages = stages_for(params)
+        stages = stages_for(params, repo)
         if args.command == "stages":
             print(describe(stages))
         elif args.command == "stage":
@@ -81,7 +104,13 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "chat":
             from components.model.chat import chat
 
-            print(chat(args.model or params.run_dir / "base_model", args.prompt, args.max_new_tokens))
+            model = args.model or params.run_dir / "base_model"
+            if str(model).startswith("models:/"):
+                check_reachable(tracking_uri(params))
+                model = download_model(str(model), tracking_uri=tracking_uri(params))
+            print(chat(Path(model), args.prompt, args.max_new_tokens))
+        elif args.command == "registry":
+            print(registry_command(params, args.action, args.version))
     except PipelineError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

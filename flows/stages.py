@@ -10,7 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import json
+from pathlib import Path
+
 import mlflow
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from components.config import MergeSpec, Params, TrainJob
 from components.data.curate import curate
@@ -20,9 +25,13 @@ from components.evaluate.stage import evaluate_candidates
 from components.merge.stage import merge_models
 from components.safety.prune import prune_model
 from components.safety.realign import realign_model
+from components.hashing import file_md5, tree_sha256
 from components.model.base import build_base_model
+from components.registry.registry import lineage_json
+from components.registry.stage import gate_candidate, register_candidate
 from components.stage import StageResult
 from components.train.job import run_job
+from components.tracking import client_for, experiment_id, lineage_tags, tracking_uri
 from components.train.pairs import build_pairs
 
 
@@ -202,11 +211,102 @@ EVALUATE = Stage(
 )
 
 
-def stages_for(params: Params) -> tuple[Stage, ...]:
+def candidate_dir(params: Params, name: str):
+    """A candidate's model directory by the name the evaluate stage gives it."""
+    if name.startswith("realigned-"):
+        return params.run_dir / "safety" / "realigned"
+    if name.startswith("pruned-"):
+        return params.run_dir / "safety" / "pruned"
+    return pipeline_model(params, name)
+
+
+def lineage(params: Params, name: str) -> list[dict]:
+    """How a candidate was made, from the base model up: one entry per stage with the params that shaped it."""
+    if name == "base":
+        return [{"name": "base", **params.base_model.model_dump(mode="json")}]
+    if name.startswith(("realigned-", "pruned-")):
+        kind, _, model = name.partition("-")
+        cfg = params.safety.realign if kind == "realigned" else params.safety.prune
+        parents = [cfg.aligned, model] if kind == "realigned" else [model]
+        this = {"name": name, **cfg.model_dump(mode="json")}
+    elif name.startswith("merge-"):
+        spec = params.merge.recipes[name.removeprefix("merge-")]
+        parents = [entry["model"] for entry in spec.models]
+        this = {"name": name, **spec.model_dump(mode="json")}
+    else:
+        job = params.train.jobs[name]
+        parents, this = [job.init], {"name": name, **job.model_dump(mode="json")}
+    steps = [step for parent in parents for step in lineage(params, parent)] + [this]
+    return list({step["name"]: step for step in steps}.values())  # each stage once, in first-seen order
+
+
+def registry_tags(params: Params, name: str, repo) -> dict[str, str]:
+    """Lineage tags of a registered version: git commit, data hashes, parent runs, merge recipe, safety params."""
+    tags = {**lineage_tags(params, repo), "model_sha256": tree_sha256(candidate_dir(params, name)),
+            "lineage": lineage_json(lineage(params, name))}
+    curated = params.run_dir / "data" / "curated"
+    tags |= {f"data.{path.parent.name}/{path.stem}": file_md5(path) for path in sorted(curated.glob("*/*.jsonl"))}
+    steps = lineage(params, name)
+    recipes = [step for step in steps if step["name"].startswith("merge-")]
+    if recipes:
+        tags["merge_recipe"] = lineage_json(recipes[-1])
+    safety = [step for step in steps if step["name"].startswith(("realigned-", "pruned-"))]
+    if safety:
+        tags["safety"] = lineage_json(safety)
+    run = mlflow.active_run()
+    parent = run.data.tags.get(MLFLOW_PARENT_RUN_ID) if run else None
+    if parent:
+        tags["pipeline_run"] = parent
+        client = MlflowClient(tracking_uri(params))
+        for stage_run in client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{parent}'"):
+            tags[f"run.{stage_run.data.tags.get('stage', stage_run.info.run_id)}"] = stage_run.info.run_id
+    return tags
+
+
+def _registry_run(params: Params) -> str:
+    """The run that holds the registered model's files: the register stage's own run, or a new one untracked."""
+    run = mlflow.active_run()
+    if run is not None:
+        return run.info.run_id
+    client = client_for(params)
+    return client.create_run(experiment_id(client, params), tags={"mlflow.runName": "register"}).info.run_id
+
+
+def gate_stage(params: Params) -> Stage:
+    cfg = params.registry
+    return Stage(
+        name="gate",
+        summary=f"Gates on {cfg.candidate}: floors and ceilings from registry.gates, no regression against the "
+        f"registry's champion of {cfg.model_name}; a report in Markdown and JSON",
+        reads=f"eval/{cfg.candidate}/metrics.json, the champion's metrics in the MLflow registry",
+        writes="<workspace>/<profile>/gate/{report.md, report.json}",
+        param_keys=("registry",),
+        run=lambda p: gate_candidate(cfg.candidate, p.run_dir / "eval", cfg, tracking_uri(p), p.run_dir / "gate"),
+    )
+
+
+def register_stage(params: Params, repo) -> Stage:
+    cfg = params.registry
+    return Stage(
+        name="register",
+        summary=f"Register {cfg.candidate} as a version of {cfg.model_name} (alias challenger) with lineage tags, "
+        "model card and gate report; move champion to it if every gate passed",
+        reads=f"the {cfg.candidate} model, gate/report.json, eval/summary.json",
+        writes="<workspace>/<profile>/registry/{model_card.md, registration.json}, the MLflow registry",
+        param_keys=("registry",),
+        run=lambda p: register_candidate(cfg.candidate, candidate_dir(p, cfg.candidate), p.run_dir / "eval",
+                                         p.run_dir / "gate", cfg, tracking_uri(p), _registry_run(p),
+                                         registry_tags(p, cfg.candidate, repo), lineage(p, cfg.candidate),
+                                         p.run_dir / "registry"),
+    )
+
+
+def stages_for(params: Params, repo=Path(".")) -> tuple[Stage, ...]:
     return (FIXED + tuple(train_stage(name, job) for name, job in params.train.jobs.items())
             + tuple(merge_stage(name, spec) for name, spec in params.merge.recipes.items())
             + ((realign_stage(params),) if params.safety.realign.model else ())
-            + ((prune_stage(params),) if params.safety.prune.model else ()) + (EVALUATE,))
+            + ((prune_stage(params),) if params.safety.prune.model else ()) + (EVALUATE,)
+            + ((gate_stage(params), register_stage(params, repo)) if params.registry.candidate else ()))
 
 
 def describe(stages: tuple[Stage, ...] = FIXED) -> str:

@@ -1,6 +1,8 @@
 """The command line as a user runs it: a subprocess, its exit code, its messages, what it leaves on disk."""
 
 import hashlib
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,9 +14,9 @@ from flows.stages import FIXED, stages_for
 from tests.conftest import REPO
 
 
-def flows(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "flows", *args], cwd=cwd, capture_output=True, text=True,
-                          env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
+def flows(*args: str, cwd: Path = REPO, tracking_uri: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)} | ({"MLFLOW_TRACKING_URI": tracking_uri} if tracking_uri else {})
+    return subprocess.run([sys.executable, "-m", "flows", *args], cwd=cwd, capture_output=True, text=True, env=env)
 
 
 def test_help_lists_every_stage_with_what_it_reads_and_writes():
@@ -43,13 +45,13 @@ def test_typo_in_override_exits_non_zero_naming_the_key(params_file: Path):
     assert not (params_file.parent / "outputs").exists()
 
 
-def test_run_tiny_records_parent_and_nested_stage_runs(params_file: Path):
-    out = flows("run", "--params", str(params_file), "--profile", "tiny")
+def test_run_tiny_records_parent_and_nested_stage_runs(params_file: Path, mlflow_server: str):
+    out = flows("run", "--params", str(params_file), "--profile", "tiny", tracking_uri=mlflow_server)
     assert out.returncode == 0, out.stderr
     workspace = params_file.parent / "outputs"
     assert (workspace / "tiny" / "base_model" / "model.safetensors").is_file()
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{workspace / 'mlflow.db'}")
+    client = MlflowClient(tracking_uri=mlflow_server)
     experiment = client.get_experiment_by_name("post-train-tiny")
     runs = client.search_runs([experiment.experiment_id])
     parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
@@ -79,3 +81,32 @@ def test_run_tiny_records_parent_and_nested_stage_runs(params_file: Path):
     assert math_run.data.params["train.jobs.math.method"] == "sft"
     assert "train.jobs.cpt.method" not in math_run.data.params
     assert "adapter/adapter_config.json" in [a.path for a in client.list_artifacts(math_run.info.run_id, "adapter")]
+
+    # The gated candidate is registered with its lineage and promoted (the tiny gates are loose).
+    registration = json.loads((workspace / "tiny" / "registry" / "registration.json").read_text())
+    assert registration["version"] == "1" and registration["promoted"] is True
+    version = client.get_model_version("post-train-tiny", "1")
+    assert version.tags["candidate"] == "realigned-merge-ties" and version.tags["gate"] == "passed"
+    assert version.tags["pipeline_run"] == parent.info.run_id
+    assert version.tags["run.merge-ties"] == next(r.info.run_id for r in stages if r.data.tags["stage"] == "merge-ties")
+    assert version.tags["data.math/train"] == inputs["math/train"]
+    assert json.loads(version.tags["merge_recipe"])["merge_method"] == "ties"
+    assert [step["name"] for step in json.loads(version.tags["lineage"])] == [
+        "base", "safety", "cpt", "domain", "math", "merge-ties", "realigned-merge-ties"]
+    card = (workspace / "tiny" / "registry" / "model_card.md").read_text()
+    assert "# Model card: realigned-merge-ties" in card and "## Gate report: realigned-merge-ties" in card
+
+    # A stricter gate: a new version becomes challenger, the champion stays; then the champion chats.
+    strict = flows("run", "--params", str(params_file), "--profile", "tiny", "--set", "registry.gates.domain_perplexity.max=1",
+                   tracking_uri=mlflow_server)
+    assert strict.returncode == 0, strict.stderr
+    assert "domain_perplexity | max | ≤ 1 |" in (workspace / "tiny" / "gate" / "report.md").read_text()
+    assert {a: str(v) for a, v in client.get_registered_model("post-train-tiny").aliases.items()} == {
+        "challenger": "2", "champion": "1"}
+    shown = flows("registry", "show", "--params", str(params_file), "--profile", "tiny", tracking_uri=mlflow_server)
+    assert "v2  challenger" in shown.stdout and "gate=failed" in shown.stdout and "v1  champion" in shown.stdout
+    refused = flows("registry", "promote", "2", "--params", str(params_file), "--profile", "tiny", tracking_uri=mlflow_server)
+    assert refused.returncode == 2 and "did not pass its gates" in refused.stderr
+    answer = flows("chat", "hello", "--model", "models:/post-train-tiny@champion", "--max-new-tokens", "4",
+                   "--params", str(params_file), "--profile", "tiny", tracking_uri=mlflow_server)
+    assert answer.returncode == 0, answer.stderr

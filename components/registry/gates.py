@@ -1,0 +1,74 @@
+"""Evaluation gates: absolute floors and ceilings, and no regression against the current champion.
+
+Pure functions over metric dicts (what the evaluate stage writes per candidate); the registry module feeds
+them the champion's numbers. A gate on a metric the evaluation did not compute is an error, not a pass.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+from components.config import METRIC_DIRECTIONS, GateSpec
+from components.errors import InputError
+
+
+@dataclass(frozen=True)
+class GateResult:
+    metric: str
+    rule: str  # "min", "max" or "no_regression"
+    threshold: float  # the bound the value was held to (for no_regression: champion ± tolerance)
+    value: float
+    champion: float | None
+    passed: bool
+
+
+def check_gates(candidate: dict[str, float], champion: dict[str, float] | None,
+                gates: dict[str, GateSpec]) -> list[GateResult]:
+    """Every gate of `gates` on `candidate`; no-regression gates pass when there is no champion yet."""
+    missing = sorted(metric for metric in gates if metric not in candidate)
+    if missing:
+        raise InputError(f"gates on {missing}: the evaluation did not compute them "
+                         f"(computed: {', '.join(sorted(candidate))})")
+    results = []
+    for metric, spec in gates.items():
+        value = candidate[metric]
+        theirs = champion.get(metric) if champion else None
+        if spec.min is not None:
+            results.append(GateResult(metric, "min", spec.min, value, theirs, value >= spec.min))
+        if spec.max is not None:
+            results.append(GateResult(metric, "max", spec.max, value, theirs, value <= spec.max))
+        if spec.tolerance is not None:
+            if theirs is None:
+                results.append(GateResult(metric, "no_regression", float("nan"), value, None, True))
+            elif METRIC_DIRECTIONS[metric] == "higher":
+                bound = theirs - spec.tolerance
+                results.append(GateResult(metric, "no_regression", bound, value, theirs, value >= bound))
+            else:
+                bound = theirs + spec.tolerance
+                results.append(GateResult(metric, "no_regression", bound, value, theirs, value <= bound))
+    return results
+
+
+def all_passed(results: list[GateResult]) -> bool:
+    return all(result.passed for result in results)
+
+
+def report_json(candidate: str, results: list[GateResult], champion_version: str | None) -> str:
+    return json.dumps({"candidate": candidate, "passed": all_passed(results), "champion_version": champion_version,
+                       "gates": [asdict(result) for result in results]}, indent=2) + "\n"
+
+
+def report_markdown(candidate: str, results: list[GateResult], champion_version: str | None) -> str:
+    verdict = "PASSED: every gate holds" if all_passed(results) else "FAILED: " + ", ".join(
+        f"{r.metric} ({r.rule})" for r in results if not r.passed)
+    against = f"champion version {champion_version}" if champion_version else "no champion yet"
+    lines = [f"# Gate report: {candidate}", "", f"**{verdict}** (compared with {against})", "",
+             "| metric | rule | bound | candidate | champion | result |", "| --- | --- | ---: | ---: | ---: | --- |"]
+    for r in results:
+        bound = "n/a (no champion)" if r.rule == "no_regression" and r.champion is None else (
+            f"{'≥' if r.rule == 'min' or (r.rule == 'no_regression' and METRIC_DIRECTIONS[r.metric] == 'higher') else '≤'}"
+            f" {r.threshold:.4g}")
+        champion = "" if r.champion is None else f"{r.champion:.4g}"
+        lines.append(f"| {r.metric} | {r.rule} | {bound} | {r.value:.4g} | {champion} | {'pass' if r.passed else 'FAIL'} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,56 @@
+"""Gates: hand-computed verdicts on small metric dicts, and the report a person reads."""
+
+import json
+
+import pytest
+
+from components.config import GateSpec, load_params, parse_overrides
+from components.errors import InputError, ParamsError
+from components.registry.gates import all_passed, check_gates, report_json, report_markdown
+from tests.conftest import REPO
+
+GATES = {"harmful_score": GateSpec(max=0.3, tolerance=0.05), "domain_mc_acc_norm": GateSpec(min=0.5, tolerance=0.03)}
+CANDIDATE = {"harmful_score": 0.2, "domain_mc_acc_norm": 0.6, "over_refusal": 0.1}
+CHAMPION = {"harmful_score": 0.1, "domain_mc_acc_norm": 0.62}
+
+
+def test_floors_ceilings_and_no_regression_by_hand():
+    results = {(r.metric, r.rule): r for r in check_gates(CANDIDATE, CHAMPION, GATES)}
+    assert results[("harmful_score", "max")].passed  # 0.2 <= 0.3
+    regression = results[("harmful_score", "no_regression")]
+    assert regression.threshold == pytest.approx(0.15) and not regression.passed  # 0.2 > 0.1 + 0.05
+    assert results[("domain_mc_acc_norm", "min")].passed  # 0.6 >= 0.5
+    kept = results[("domain_mc_acc_norm", "no_regression")]
+    assert kept.threshold == pytest.approx(0.59) and kept.passed and kept.champion == 0.62  # 0.6 >= 0.62 - 0.03
+    assert not all_passed(list(results.values()))
+
+
+def test_no_champion_yet_passes_no_regression_but_not_the_floors():
+    results = check_gates({**CANDIDATE, "domain_mc_acc_norm": 0.4}, None, GATES)
+    verdicts = {(r.metric, r.rule): r.passed for r in results}
+    assert verdicts == {("harmful_score", "max"): True, ("harmful_score", "no_regression"): True,
+                        ("domain_mc_acc_norm", "min"): False, ("domain_mc_acc_norm", "no_regression"): True}
+
+
+def test_gate_on_a_metric_that_was_not_computed_is_an_error():
+    with pytest.raises(InputError, match=r"gates on \['over_refusal'\].*did not compute"):
+        check_gates({"harmful_score": 0.1}, None, {"over_refusal": GateSpec(max=0.2)})
+
+
+def test_reports_name_the_failed_gate_with_both_numbers():
+    results = check_gates(CANDIDATE, CHAMPION, GATES)
+    markdown = report_markdown("merge-ties", results, "4")
+    assert "**FAILED: harmful_score (no_regression)**" in markdown and "champion version 4" in markdown
+    assert "| harmful_score | no_regression | ≤ 0.15 | 0.2 | 0.1 | FAIL |" in markdown
+    assert "| domain_mc_acc_norm | no_regression | ≥ 0.59 | 0.6 | 0.62 | pass |" in markdown
+    report = json.loads(report_json("merge-ties", results, "4"))
+    assert report["passed"] is False and len(report["gates"]) == 4
+
+
+def test_bad_gate_params_are_rejected_with_their_key():
+    with pytest.raises(ParamsError, match=r"--set registry.gates: gate on 'accuracy'"):
+        load_params(REPO / "params.yaml", "tiny", parse_overrides(["registry.gates.accuracy.min=0.5"]))
+    with pytest.raises(ParamsError, match=r"registry.gates.harmful_score.max: Input should be greater than or equal to 0"):
+        load_params(REPO / "params.yaml", "tiny", parse_overrides(["registry.gates.harmful_score.max=-0.1"]))
+    with pytest.raises(ParamsError, match=r"registry.candidate: 'merge-nope' is not a candidate"):
+        load_params(REPO / "params.yaml", "tiny", parse_overrides(["registry.candidate=merge-nope"]))

@@ -1,0 +1,122 @@
+"""The model registry against a real `mlflow server` on localhost: register, gate, promote, rollback, races."""
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from components.errors import InputError, PipelineError
+from components.hashing import file_sha256
+from components.registry.registry import (
+    CHALLENGER, CHAMPION, check_reachable, download_model, promote, register, rollback, version_by_alias,
+)
+
+
+@pytest.fixture
+def registry(mlflow_server: str, request):
+    """A client on the server and a registered-model name of this test's own."""
+    client = MlflowClient(tracking_uri=mlflow_server)
+    name = f"reg-{request.node.name}"[:60].replace("[", "-").replace("]", "")
+    experiment = client.create_experiment(name)
+
+    def add(model_dir: Path, passed: bool, sha: str, harmful: float = 0.1) -> str:
+        run_id = client.create_run(experiment).info.run_id
+        card = model_dir.parent / f"card-{sha}.md"
+        card.write_text(f"# card {sha}\n")
+        return register(client, name, model_dir, run_id, {"model_sha256": sha, "candidate": "merge-ties"},
+                        {"harmful_score": harmful}, passed, {"model_card": card})
+
+    return client, name, add
+
+
+def aliases(client: MlflowClient, name: str) -> dict[str, str]:
+    return {alias: str(version) for alias, version in client.get_registered_model(name).aliases.items()}
+
+
+def test_register_promote_and_load_the_champion_by_alias(registry, tiny_base: Path, tmp_path: Path):
+    client, name, add = registry
+    first = add(tiny_base, passed=True, sha="a" * 64)
+    assert aliases(client, name) == {CHALLENGER: first}
+    assert promote(client, name, first) is None
+    assert aliases(client, name) == {CHALLENGER: first, CHAMPION: first}
+
+    loaded = download_model(f"models:/{name}@champion", tmp_path / "champion", tracking_uri=client.tracking_uri)
+    assert file_sha256(loaded / "model.safetensors") == file_sha256(tiny_base / "model.safetensors")
+    assert (loaded / "tokenizer.json").is_file() and (loaded / "config.json").is_file()
+    version = client.get_model_version(name, first)
+    assert version.tags["gate"] == "passed" and version.tags["metric.harmful_score"] == "0.1"
+    card = client.download_artifacts(version.tags["registration_run"], "card/card-" + "a" * 64 + ".md", str(tmp_path))
+    assert Path(card).read_text() == "# card " + "a" * 64 + "\n"
+
+    # The same weights again: a new version with its own verdict, pointing at the stored copy.
+    again = add(tiny_base, passed=False, sha="a" * 64)
+    second = client.get_model_version(name, again)
+    assert again != first and second.source == version.source and second.tags["gate"] == "failed"
+    assert client.list_artifacts(second.tags["registration_run"], "model") == []
+
+
+def test_failed_gate_becomes_challenger_never_champion(registry, tiny_base: Path):
+    client, name, add = registry
+    good = add(tiny_base, passed=True, sha="b" * 64)
+    promote(client, name, good)
+    bad = add(tiny_base, passed=False, sha="c" * 64, harmful=0.9)
+    assert aliases(client, name) == {CHALLENGER: bad, CHAMPION: good}
+    with pytest.raises(PipelineError, match=r"did not pass its gates \(gate='failed'\): champion not moved"):
+        promote(client, name, bad)
+    assert aliases(client, name)[CHAMPION] == good
+
+
+def test_rollback_moves_champion_back_and_stops_at_the_first(registry, tiny_base: Path):
+    client, name, add = registry
+    versions = [add(tiny_base, passed=True, sha=str(i) * 64) for i in range(3)]
+    for version in versions:
+        promote(client, name, version)
+    assert rollback(client, name) == (versions[2], versions[1])
+    assert rollback(client, name) == (versions[1], versions[0])
+    assert aliases(client, name)[CHAMPION] == versions[0]
+    with pytest.raises(PipelineError, match="first champion: there is nothing to roll back to"):
+        rollback(client, name)
+    assert "rolled_back_at" in client.get_model_version(name, versions[2]).tags
+
+
+def test_racing_promotions_leave_champion_on_a_passed_version(registry, tiny_base: Path):
+    client, name, add = registry
+    promote(client, name, add(tiny_base, passed=True, sha="d" * 64))
+    outcomes: dict[int, str] = {}
+    start = threading.Barrier(6)
+
+    def candidate(i: int) -> None:
+        version = add(tiny_base, passed=i % 2 == 0, sha=f"{i:064d}")
+        start.wait()
+        try:
+            promote(client, name, version)
+            outcomes[i] = "promoted"
+        except PipelineError:
+            outcomes[i] = "refused"
+
+    threads = [threading.Thread(target=candidate, args=(i,)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert outcomes == {i: "promoted" if i % 2 == 0 else "refused" for i in range(6)}
+    winner = version_by_alias(client, name, CHAMPION)
+    assert winner.status == "READY" and winner.tags["gate"] == "passed"
+    assert int(winner.tags["model_sha256"]) % 2 == 0
+
+
+def test_not_a_model_directory_leaves_the_registry_unchanged(registry, tmp_path: Path):
+    client, name, add = registry
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match=r"empty: not a model directory \(no config.json\)"):
+        add(tmp_path / "empty", passed=True, sha="e" * 64)
+    assert client.search_model_versions(f"name='{name}'") == []
+
+
+def test_unreachable_server_fails_fast_with_its_address():
+    started = time.monotonic()
+    with pytest.raises(PipelineError, match=r"http://127.0.0.1:9 is unreachable.*registry was not changed"):
+        check_reachable("http://127.0.0.1:9")
+    assert time.monotonic() - started < 10
