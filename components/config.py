@@ -24,7 +24,7 @@ from pydantic import (
 )
 
 from components.data.tables import Kind
-from components.errors import ParamsError
+from components.errors import ParamsError, PipelineError
 from components.hashing import json_sha256
 from components.yamlfile import read_yaml
 
@@ -274,6 +274,20 @@ class MergeSpec(StrictModel):
     dtype: str | None = None
 
 
+    @model_validator(mode="after")
+    def _known_method_and_parameters(self) -> MergeSpec:
+        from components.merge.recipe import OUR_METHODS, Recipe, check_parameters, known_method
+
+        if not known_method(self.merge_method):
+            raise ValueError(f"unknown merge method {self.merge_method!r}: neither one of this project's "
+                             f"({', '.join(sorted(OUR_METHODS))}) nor one of mergekit's")
+        try:
+            check_parameters(Recipe.model_validate(self.model_dump()), "this recipe")
+        except PipelineError as err:
+            raise ValueError(str(err)) from None
+        return self
+
+
 class MergeConfig(StrictModel):
     max_relative_delta: float = Field(default=0.5, gt=0)  # refuse inputs this far from the first model
     recipes: dict[str, MergeSpec] = {}
@@ -284,6 +298,7 @@ class PruneConfig(StrictModel):
 
     model: str | None = None  # a pipeline model (base, a train job, merge-<name>) to prune; None: no prune stage
     ratio: float = Field(default=0.005, ge=0, lt=1)
+    keep_utility_top: float = Field(default=0.0, ge=0, lt=1)  # spare the top share by Wanda score on domain Q/A (Wei et al.)
     calibration_rows: PositiveInt = 64
     max_length: PositiveInt = 256
     batch_size: PositiveInt = 8

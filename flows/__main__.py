@@ -12,6 +12,7 @@ from components.registry.registry import check_reachable, download_model, promot
 from components.registry.registry import describe as describe_registry
 from components.stage import StageResult
 from components.tracking import client_for, pipeline_run, tracked_stage, tracking_uri
+from flows.defaults import DEFAULT_CRON, DEFAULT_POOL
 from flows.stages import FIXED, Stage, describe, stages_for
 
 
@@ -49,7 +50,24 @@ def build_parser() -> argparse.ArgumentParser:
     registry.add_argument("action", choices=["show", "promote", "rollback"])
     registry.add_argument("version", nargs="?", help="the version to promote (promote only)")
     _add_params_options(registry)
+    deploy = commands.add_parser("deploy", help="register the post-train and nightly deployments with the Prefect "
+                                 "API of PREFECT_API_URL")
+    _add_deploy_options(deploy)
+    stack = commands.add_parser("stack", help="start or stop the local stack: Prefect and MLflow servers, work pool, "
+                                "worker, deployments")
+    stack.add_argument("action", choices=["start", "stop"])
+    stack.add_argument("--home", type=Path, default=Path("outputs/stack"), help="folder of the stack's databases, "
+                       "artifacts and logs (default: outputs/stack)")
+    stack.add_argument("--prefect-port", type=int, default=4200)
+    stack.add_argument("--mlflow-port", type=int, default=5000)
+    _add_deploy_options(stack)
     return parser
+
+
+def _add_deploy_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pool", default=DEFAULT_POOL, help=f"work pool (default: {DEFAULT_POOL})")
+    parser.add_argument("--cron", default=DEFAULT_CRON, help=f"schedule of nightly (default: '{DEFAULT_CRON}', UTC)")
+    parser.add_argument("--nightly-profile", help="profile nightly runs (default: the params file's)")
 
 
 def _run_stage(stage: Stage, params: Params, repo: Path, tracking: bool, parent_run_id: str | None = None) -> StageResult:
@@ -78,9 +96,29 @@ def registry_command(params: Params, action: str, version: str | None) -> str:
     return describe_registry(client, name)
 
 
+def orchestration_command(args: argparse.Namespace) -> int:
+    import json
+
+    if args.command == "deploy":
+        from flows.deployments import deploy
+
+        print(json.dumps(deploy(args.pool, args.cron, nightly_profile=args.nightly_profile)))
+    elif args.action == "start":
+        from flows.stack import describe, start
+
+        print(describe(start(args.home, args.prefect_port, args.mlflow_port, args.pool, args.cron, args.nightly_profile)))
+    else:
+        from flows.stack import stop
+
+        print("stopped: " + (", ".join(stop(args.home)) or "nothing was running"))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command in ("deploy", "stack"):
+            return orchestration_command(args)
         params = load_params(args.params, args.profile, parse_overrides(args.overrides))
         repo = args.params.resolve().parent
         stages = stages_for(params, repo)

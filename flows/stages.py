@@ -164,11 +164,12 @@ def prune_stage(params: Params) -> Stage:
         name="prune",
         summary=f"Antidote on {cfg.model}: Wanda scores |W|·‖X‖ on harmful (prompt, compliant answer) pairs; "
         f"the top {cfg.ratio:.0%} of each block linear layer set to zero",
-        reads=f"the {cfg.model} model, data/pairs/harmful_compliance/train.jsonl",
+        reads=f"the {cfg.model} model, data/pairs/harmful_compliance/train.jsonl (and domain_qa/train.jsonl with "
+        "keep_utility_top)",
         writes="<workspace>/<profile>/safety/pruned/",
         param_keys=("safety.prune",),
         run=lambda p: prune_model(pipeline_model(p, cfg.model), p.run_dir / "data/pairs/harmful_compliance/train.jsonl",
-                                  cfg, p.run_dir / "safety" / "pruned"),
+                                  cfg, p.run_dir / "safety" / "pruned", p.run_dir / "data/curated/domain_qa/train.jsonl"),
     )
 
 

@@ -73,12 +73,27 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
     server = subprocess.Popen(
         [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
          "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"], stdout=log, stderr=subprocess.STDOUT)
+         "--workers", "1"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})  # no job runner: nothing here uses it
     uri = f"http://127.0.0.1:{port}"
     try:
         wait_for_http(f"{uri}/health", server, f"mlflow server (log: {root / 'server.log'})")
         yield uri
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        stop_process_group(server)
         log.close()
+
+
+def stop_process_group(process) -> None:
+    """SIGTERM a server started with start_new_session=True and everything it spawned; SIGKILL what lingers."""
+    import signal
+    import subprocess
+
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+    except ProcessLookupError:
+        return
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()

@@ -89,3 +89,22 @@ def test_prune_stage_zeroes_the_ratio_of_each_block_layer_and_records_it(tmp_pat
     with pytest.raises(InputError, match="harmful calibration set is empty"):
         prune_model(tiny_base, calibration, PruneConfig(), tmp_path / "other")
     assert not (tmp_path / "other").exists()
+
+
+def test_utility_top_weights_are_spared():
+    """Set difference (Wei et al.): the harmful top half minus the utility top quarter, by hand.
+
+    Layer 1 sees inputs of equal norms, so both scores order its weights by |W|: harmful top half = W[0,1]=5 and
+    W[1,1]=0.3; utility top quarter = W[0,1]. Only W[1,1] goes. Layer 0 (all ones, equal norms) keeps the
+    first weight in position order, which both sets rank first, and prunes the second.
+    """
+    model = TwoLayers()
+    x = {"input_ids": torch.tensor([[[1.0, 0.0], [0.0, 1.0]]]), "attention_mask": torch.ones(1, 2)}
+    pruned = antidote_prune(model, [x], ratio=0.5, utility_batches=[x], keep_utility_top=0.25)
+    assert pruned == {"model.layers.0.proj": 1, "model.layers.1.proj": 1}
+    second = model.model.layers[1].proj.weight.detach()
+    assert second[0, 1] == 5.0 and second[1, 1] == 0 and second[1, 0].item() == pytest.approx(0.2)
+    first = model.model.layers[0].proj.weight.detach()
+    assert first[0, 0] == 1.0 and first[0, 1] == 0
+    with pytest.raises(ValueError, match="needs utility batches"):
+        antidote_prune(model, [x], ratio=0.5, keep_utility_top=0.25)

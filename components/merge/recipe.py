@@ -57,6 +57,19 @@ class Recipe(BaseModel):
         })
 
 
+def known_method(method: str) -> bool:
+    """One of ours, or one mergekit implements (mergekit is imported only to ask)."""
+    if method in OUR_METHODS:
+        return True
+    from mergekit.merge_methods import get
+
+    try:
+        get(method)
+    except RuntimeError:
+        return False
+    return True
+
+
 def check_parameters(recipe: Recipe, where: str) -> None:
     """Unknown or out-of-range parameters of our methods are errors that name the key."""
     method = recipe.merge_method

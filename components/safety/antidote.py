@@ -52,22 +52,31 @@ def collect_input_norms(model, batches: list[dict[str, torch.Tensor]], layer_nam
     return {name: value.sqrt() for name, value in squares.items()}
 
 
-def antidote_prune(model, batches: list[dict[str, torch.Tensor]], ratio: float) -> dict[str, int]:
+def antidote_prune(model, batches: list[dict[str, torch.Tensor]], ratio: float,
+                   utility_batches: list[dict[str, torch.Tensor]] | None = None, keep_utility_top: float = 0.0) -> dict[str, int]:
     """Zero, in place, the `ratio` share of each block linear weight scoring highest on the harmful batches.
 
-    Returns the number of weights pruned per layer.
+    With `keep_utility_top` = q > 0, weights also in the top q of the Wanda score on `utility_batches` are kept:
+    the set difference of Wei et al. (2024, "Assessing the Brittleness of Safety Alignment via Pruning and
+    Low-Rank Modifications"), which spares the weights every answer needs (on a 135M model Antidote alone
+    zeroes them and the model falls apart). Returns the number of weights pruned per layer.
     """
     if not 0 <= ratio < 1:
         raise ValueError(f"prune ratio must be in [0, 1), got {ratio}")
+    if not 0 <= keep_utility_top < 1 or (keep_utility_top and not utility_batches):
+        raise ValueError(f"keep_utility_top must be in [0, 1) and needs utility batches, got {keep_utility_top}")
     names = [name for name, module in model.named_modules()
              if isinstance(module, torch.nn.Linear) and ".layers." in name]
     norms = collect_input_norms(model, batches, names)
+    utility = collect_input_norms(model, utility_batches, names) if keep_utility_top else {}
     modules = dict(model.named_modules())
     pruned = {}
     with torch.no_grad():
         for name in names:
             weight = modules[name].weight
             mask = top_fraction_mask(wanda_scores(weight, norms[name]), ratio)
+            if keep_utility_top:
+                mask &= ~top_fraction_mask(wanda_scores(weight, utility[name]), keep_utility_top)
             weight[mask] = 0
             pruned[name] = int(mask.sum())
     return pruned

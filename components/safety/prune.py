@@ -28,22 +28,35 @@ def calibration_batches(tokenizer, rows: list[dict], cfg: PruneConfig) -> list[d
             for i in range(0, len(texts), cfg.batch_size)]
 
 
-def prune_model(model_dir: Path, calibration: Path, cfg: PruneConfig, out_dir: Path) -> StageResult:
-    """Write `model_dir` with Antidote's harmful weights zeroed to `out_dir`, with a card of what changed."""
-    check_model_dir(model_dir)
-    if not Path(calibration).is_file():
-        raise InputError(f"{calibration}: missing; run the pairs stage first")
-    rows = [row for _, row in read_jsonl(calibration)][: cfg.calibration_rows]
+def calibration_rows(path: Path, limit: int, what: str, hint: str) -> list[dict]:
+    if not Path(path).is_file():
+        raise InputError(f"{path}: missing; {hint}")
+    rows = [row for _, row in read_jsonl(path)][:limit]
     if not rows:
-        raise InputError(f"{calibration}: the harmful calibration set is empty")
+        raise InputError(f"{path}: the {what} calibration set is empty")
+    return rows
+
+
+def prune_model(model_dir: Path, calibration: Path, cfg: PruneConfig, out_dir: Path,
+                utility_calibration: Path | None = None) -> StageResult:
+    """Write `model_dir` with Antidote's harmful weights zeroed to `out_dir`, with a card of what changed.
+
+    `utility_calibration` (prompt, completion rows of a benign task) is read when `cfg.keep_utility_top` > 0.
+    """
+    check_model_dir(model_dir)
+    rows = calibration_rows(calibration, cfg.calibration_rows, "harmful", "run the pairs stage first")
+    utility_rows = calibration_rows(utility_calibration, cfg.calibration_rows, "utility", "run the curate stage first") \
+        if cfg.keep_utility_top else []
     key = json_sha256({"code": code_digest(__name__, "components.safety.antidote"), "model": tree_sha256(model_dir),
-                       "calibration": file_md5(calibration), "cfg": cfg.model_dump(mode="json")})
+                       "calibration": file_md5(calibration), "cfg": cfg.model_dump(mode="json"),
+                       "utility": file_md5(utility_calibration) if utility_rows else None})
     card = up_to_date(out_dir, key)
     if card is not None:
         return StageResult(outputs={"model": Path(out_dir)}, metrics=card["metrics"], cached=True)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True)
-    pruned = antidote_prune(model, calibration_batches(tokenizer, rows, cfg), cfg.ratio)
+    pruned = antidote_prune(model, calibration_batches(tokenizer, rows, cfg), cfg.ratio,
+                            calibration_batches(tokenizer, utility_rows, cfg) if utility_rows else None, cfg.keep_utility_top)
     total = sum(module.weight.numel() for name, module in model.named_modules() if name in pruned)
     metrics = {"pruned_weights": float(sum(pruned.values())), "pruned_share": sum(pruned.values()) / total,
                "calibration_rows": float(len(rows))}
@@ -52,6 +65,7 @@ def prune_model(model_dir: Path, calibration: Path, cfg: PruneConfig, out_dir: P
         tokenizer.save_pretrained(tmp)
         (tmp / "prune_card.json").write_text(json.dumps({"method": "antidote (Wanda score on harmful data)",
                                                          "source": str(model_dir), "ratio": cfg.ratio,
+                                                         "keep_utility_top": cfg.keep_utility_top,
                                                          "pruned_per_layer": pruned}, indent=2) + "\n")
         write_card(tmp, {"stage": "prune", "key": key, "metrics": metrics})
     return StageResult(outputs={"model": Path(out_dir)}, metrics=metrics, artifacts=(Path(out_dir) / "prune_card.json",))

@@ -22,8 +22,9 @@ from pathlib import Path
 import torch
 from datasets import Dataset
 from peft import LoraConfig
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
+from components import progress
 from components.atomic import atomic_dir
 from components.config import TrainJob
 from components.errors import InputError
@@ -50,6 +51,13 @@ def lora_config(job: TrainJob) -> LoraConfig:
                       target_modules=job.lora.target_modules, use_dora=job.lora.use_dora, task_type="CAUSAL_LM")
 
 
+class ReportProgress(TrainerCallback):
+    """Steps done over max steps, to whoever listens (components.progress): the Prefect UI shows it live."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        progress.report("train", state.global_step / state.max_steps if state.max_steps else 0.0)
+
+
 def trainer_for(job: TrainJob, model, tokenizer, train: Dataset, evaluation: Dataset | None, output_dir: Path,
                 report_to: list[str]):
     """The TRL trainer and config pair for the job's method, with the settings every method shares."""
@@ -63,7 +71,7 @@ def trainer_for(job: TrainJob, model, tokenizer, train: Dataset, evaluation: Dat
         max_length=job.max_length,
     )
     trainer_args = dict(model=model, train_dataset=train, eval_dataset=evaluation, processing_class=tokenizer,
-                        peft_config=lora_config(job))
+                        peft_config=lora_config(job), callbacks=[ReportProgress()])
     if job.method in ("cpt", "sft"):
         from trl import SFTConfig, SFTTrainer
 

@@ -1,0 +1,32 @@
+"""The deployments of the post-train flow: `post-train` (run from the UI's form) and `nightly` (cron).
+
+`python -m flows deploy` registers them with the Prefect API that PREFECT_API_URL points at. The code
+is pulled from this checkout (`from_source` on the repository folder), so a process worker on this
+machine runs it as it is; a Kubernetes pool runs the image of the Dockerfile instead (infra issue).
+"""
+
+from __future__ import annotations
+
+from prefect.flows import Flow
+from prefect.schedules import Cron
+
+from flows.defaults import DEFAULT_CRON, DEFAULT_POOL
+from flows.post_train import REPO, PostTrainRequest
+
+ENTRYPOINT = "flows/post_train.py:post_train"
+
+
+def deploy(pool: str = DEFAULT_POOL, nightly_cron: str = DEFAULT_CRON, timezone: str = "UTC",
+           nightly_profile: str | None = None) -> dict[str, str]:
+    """Register both deployments on `pool`; returns {name: deployment id}."""
+    flow = Flow.from_source(source=str(REPO), entrypoint=ENTRYPOINT)
+    common = dict(work_pool_name=pool, build=False, push=False, print_next_steps=False, ignore_warnings=True)
+    ids = {
+        "post-train": flow.deploy(name="post-train", description="The whole pipeline with the parameters of the "
+                                  "form: profile, experts, merge, safety, gates.", **common),
+        "nightly": flow.deploy(name="nightly", schedule=Cron(nightly_cron, timezone=timezone),
+                               parameters={"request": PostTrainRequest(profile=nightly_profile).model_dump()},
+                               description="Re-curate, retrain what changed, re-merge, re-gate, promote if the "
+                               "gates pass. Only changed stages recompute (stage keys).", **common),
+    }
+    return {name: str(deployment_id) for name, deployment_id in ids.items()}

@@ -1,0 +1,230 @@
+"""The Prefect flow: every stage of the pipeline as a task, under one MLflow parent run and one workspace lock.
+
+What re-runs: each stage decides by its own key (stage.json: inputs' content, params, code; see
+components/stage.py), whether Prefect, `python -m flows run` or a test calls it. Prefect's task cache is
+off (`NO_CACHE`) so that Prefect never skips a stage the key says is stale, nor recomputes one it says is
+current: one mechanism, no disagreement. `dvc repro` runs the data stages by DVC's hashes of the same
+files and params; its outputs are the same files, so the stage keys then find them up to date.
+
+The deployment form is `PostTrainRequest`: its fields become overrides of params.yaml, checked by the same
+pydantic models before any stage runs; a bad value fails the flow run with the message naming the field.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import (
+    create_link_artifact, create_markdown_artifact, create_progress_artifact, create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.concurrency.sync import concurrency
+from prefect.exceptions import ObjectNotFound
+from prefect.runtime import flow_run
+from pydantic import BaseModel, Field, ValidationError
+
+from components import progress
+from components.config import DEFAULT_PARAMS, GateSpec, Params, deep_merge, load_params, parse_overrides
+from components.errors import ParamsError, PipelineError
+from components.merge.recipe import GLOBAL_PARAMETERS, MODEL_PARAMETERS, OUR_METHODS
+from components.stage import StageResult
+from components.tracking import client_for, pipeline_run, tracked_stage, tracking_uri
+from flows.stages import Stage, stages_for
+
+REPO = Path(__file__).resolve().parents[1]
+LOCK_LEASE_SECONDS = 60
+
+
+class PostTrainRequest(BaseModel):
+    """What a run of `post-train` may change, as the Prefect UI's form shows it; empty fields keep params.yaml."""
+
+    params_file: str = Field(default=str(DEFAULT_PARAMS.name), description="parameters file, relative to the repository")
+    profile: str | None = Field(default=None, description="profile of the parameters file (tiny, smol, gpu)")
+    experts: list[str] | None = Field(default=None, description="train jobs to run (their init jobs come along); "
+                                      "merges that need a left-out expert are dropped; empty: all")
+    merge_recipe: str | None = Field(default=None, description="recipe the merge fields below change (default: "
+                                     "the one the shipped candidate comes from)")
+    merge_method: str | None = Field(default=None, description="task_arithmetic, ties, pcb, layer_swap or a mergekit "
+                                     "method; the recipe's parameters the new method does not take are dropped")
+    density: float | None = Field(default=None, ge=0, le=1, description="share of each task vector kept (ties, pcb...)")
+    merge_lambda: float | None = Field(default=None, gt=0, description="scaling of the merged task vector")
+    realign_lr: float | None = Field(default=None, gt=0, description="SOMF mask learning rate")
+    prune_ratio: float | None = Field(default=None, ge=0, lt=1, description="Antidote: share of weights pruned")
+    gates: dict[str, GateSpec] | None = Field(default=None, description="gates by metric: {min, max, tolerance}")
+    promote: bool | None = Field(default=None, description="move the champion alias when every gate passes")
+    overrides: list[str] = Field(default=[], description="any other parameter, KEY=VALUE as with --set")
+
+
+def _shipped_recipe(params: Params) -> str | None:
+    """The merge recipe the shipped candidate is made from (realigned-merge-ties -> ties)."""
+    found = re.search(r"merge-(.+)$", params.registry.candidate or "")
+    return found.group(1) if found else None
+
+
+def switch_method(recipe: dict[str, Any], method: str) -> dict[str, Any]:
+    """The recipe with another method; parameters the new method (one of ours) does not take are left behind."""
+    if method not in OUR_METHODS:
+        return {**recipe, "merge_method": method}
+    return {**recipe, "merge_method": method,
+            "parameters": {k: v for k, v in recipe["parameters"].items() if k in GLOBAL_PARAMETERS[method]},
+            "models": [{**m, "parameters": {k: v for k, v in m.get("parameters", {}).items()
+                                            if k in MODEL_PARAMETERS[method]}} for m in recipe["models"]]}
+
+
+def revalidate(dumped: dict[str, Any], field: str) -> Params:
+    """Params again from a changed dump, every check included; a failure names the form field behind it."""
+    try:
+        return Params.model_validate(dumped)
+    except ValidationError as err:
+        problems = "; ".join(".".join(map(str, e["loc"])) + ": " * bool(e["loc"]) + e["msg"].removeprefix("Value error, ")
+                             for e in err.errors())
+        raise ParamsError(f"{field}: {problems}") from None
+
+
+def resolve(request: PostTrainRequest) -> Params:
+    """params.yaml with the request's changes, validated; raises ParamsError naming the field at fault."""
+    path = REPO / request.params_file
+    safety: dict[str, Any] = {}
+    if request.realign_lr is not None:
+        safety["realign"] = {"lr": request.realign_lr}
+    if request.prune_ratio is not None:
+        safety["prune"] = {"ratio": request.prune_ratio}
+    registry = {} if request.promote is None else {"promote": request.promote}
+    overrides = deep_merge(parse_overrides(request.overrides), {"safety": safety, "registry": registry})
+    params = load_params(path, request.profile, overrides)
+    # Recipes and gates are replaced whole, not deep-merged: a form's gates are the gates.
+    dumped = params.model_dump()
+    if any(value is not None for value in (request.merge_method, request.density, request.merge_lambda)):
+        recipe_name = request.merge_recipe or _shipped_recipe(params)
+        if recipe_name not in params.merge.recipes:
+            raise ParamsError(f"merge_recipe: {recipe_name!r} is not a recipe of {path.name} "
+                              f"(recipes: {', '.join(params.merge.recipes)})")
+        recipe = dumped["merge"]["recipes"][recipe_name]
+        if request.merge_method is not None and request.merge_method != recipe["merge_method"]:
+            recipe = switch_method(recipe, request.merge_method)
+        if request.density is not None:
+            recipe["models"] = [{**m, "parameters": {**m.get("parameters", {}), "density": request.density}}
+                                for m in recipe["models"]]
+        if request.merge_lambda is not None:
+            recipe["parameters"] = {**recipe["parameters"], "lambda": request.merge_lambda}
+        dumped["merge"]["recipes"][recipe_name] = recipe
+    if request.gates is not None:
+        dumped["registry"]["gates"] = {metric: spec.model_dump() for metric, spec in request.gates.items()}
+    params = revalidate(dumped, "merge and gates")
+    return select_experts(params, request.experts) if request.experts else params
+
+
+def select_experts(params: Params, experts: list[str]) -> Params:
+    """Only the named train jobs (and the jobs they start from); merges that need another one are dropped."""
+    unknown = sorted(set(experts) - set(params.train.jobs))
+    if unknown:
+        raise ParamsError(f"experts: {unknown} are not train jobs (jobs: {', '.join(params.train.jobs)})")
+    keep: set[str] = set()
+    for name in experts:
+        while name != "base" and name not in keep:
+            keep.add(name)
+            name = params.train.jobs[name].init
+    dumped = params.model_dump()
+    dumped["train"]["jobs"] = {name: job for name, job in dumped["train"]["jobs"].items() if name in keep}
+    available = keep | {"base"}
+    dumped["merge"]["recipes"] = {
+        name: spec for name, spec in dumped["merge"]["recipes"].items()
+        if {entry["model"] for entry in spec["models"]} | {spec["base_model"] or "base"} <= available}
+    return revalidate(dumped, f"experts {experts}")
+
+
+def _not_bad_input(task, task_run, state) -> bool:
+    """Retry what may be transient (a server hiccup, an I/O error); a PipelineError is the user's input, never."""
+    try:
+        state.result()
+    except PipelineError:
+        return False
+    except Exception:
+        return True
+    return False
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, retry_condition_fn=_not_bad_input,
+      persist_result=True, task_run_name="{stage_name}")
+def run_stage(stage_name: str, stage: Stage, params: Params, repo: Path, parent_run_id: str) -> StageResult:
+    """One stage inside its nested MLflow run; training progress goes to a progress artifact."""
+    bar: dict[str, Any] = {}
+
+    def show(what: str, fraction: float) -> None:
+        if "id" not in bar:
+            bar["id"] = create_progress_artifact(0.0, description=f"{stage_name}: {what}")
+        update_progress_artifact(bar["id"], round(100 * fraction, 1))
+
+    with progress.listening(show):
+        result, run_id = tracked_stage(params, repo, stage_name, stage.param_keys, lambda: stage.run(params),
+                                       parent_run_id)
+    get_run_logger().info("%s %s (MLflow run %s): %s", stage_name, "up to date" if result.cached else "done",
+                          run_id, ", ".join(f"{k}={v}" for k, v in result.outputs.items()))
+    return result
+
+
+def workspace_lock(params: Params) -> str:
+    """The global concurrency limit (1 slot) guarding this run directory, created on first use."""
+    name = "workspace-" + re.sub(r"[^A-Za-z0-9]+", "-", str(params.run_dir.resolve())).strip("-")[-100:]
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+    return name
+
+
+def mlflow_run_url(params: Params, run_id: str) -> str:
+    uri = tracking_uri(params)
+    client = client_for(params)
+    experiment = client.get_run(run_id).info.experiment_id
+    if uri.startswith(("http://", "https://")):
+        return f"{uri.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}"
+    return f"{uri} (experiment {experiment}, run {run_id}; browse with `mlflow ui --backend-store-uri {uri}`)"
+
+
+def publish(params: Params, results: dict[str, StageResult], parent_run_id: str) -> None:
+    """What a person looks at in the Prefect UI: metrics table, gate report, links to MLflow and the registry."""
+    url = mlflow_run_url(params, parent_run_id)
+    if url.startswith("http"):
+        create_link_artifact(url, link_text="MLflow run of this pipeline run", key="mlflow-run")
+    evaluation = results.get("evaluate")
+    if evaluation is not None:
+        table = json.loads((evaluation.outputs["evaluation"] / "summary.json").read_text())
+        columns = ("domain_mc_acc_norm", "math_exact_match", "domain_perplexity", "harmful_score", "over_refusal")
+        create_table_artifact([{"candidate": name, **{c: round(m[c], 4) for c in columns}} for name, m in table.items()],
+                              key="evaluation", description="Held-out evaluation of every candidate")
+    lines = [f"# Post-train run ({params.profile})", "", f"MLflow parent run: {url}", ""]
+    if "register" in results:
+        registration = json.loads((results["register"].outputs["registry"] / "registration.json").read_text())
+        lines += [f"Registered **{registration['model_uri']}** ({registration['candidate']}); "
+                  + ("promoted to `champion`." if registration["promoted"] else "not promoted: `champion` unchanged."),
+                  "", f"Load it: `python -m flows chat --model {registration['model_uri']} \"...\"`", ""]
+        lines.append((results["gate"].outputs["gate"] / "report.md").read_text())
+    create_markdown_artifact("\n".join(lines), key="post-train-report", description="Gate report and registry")
+
+
+@flow(name="post-train", log_prints=True)
+def post_train(request: PostTrainRequest = PostTrainRequest()) -> dict[str, dict[str, float]]:
+    """Data -> experts -> merges -> safety -> evaluation -> gate -> registry; returns each stage's metrics."""
+    params = resolve(request)  # before any stage: a bad parameter fails the run here, naming it
+    stages = stages_for(params, REPO)
+    results: dict[str, StageResult] = {}
+    # The lease is renewed while the run lives; a killed run's slot frees when it lapses (Prefect's minimum, 60 s).
+    with concurrency(workspace_lock(params), occupy=1, strict=True, lease_duration=LOCK_LEASE_SECONDS):
+        with pipeline_run(params, REPO, run_name=f"prefect-{flow_run.name}") as parent:
+            client = client_for(params)
+            client.set_tag(parent, "prefect.flow_run_id", str(flow_run.id))
+            if flow_run.ui_url:
+                client.set_tag(parent, "prefect.flow_run_url", flow_run.ui_url)
+            for stage in stages:
+                results[stage.name] = run_stage(stage.name, stage, params, REPO, parent)
+            publish(params, results, parent)
+    return {name: result.metrics for name, result in results.items()}

@@ -1,0 +1,147 @@
+"""The Prefect flow on tiny: end to end under prefect_test_harness, UI artifacts, bad form values, kill and resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from mlflow.tracking import MlflowClient
+
+from components.errors import ParamsError, PipelineError
+from flows.post_train import PostTrainRequest, resolve
+from tests.conftest import REPO
+
+
+def test_form_fields_become_params():
+    params = resolve(PostTrainRequest(profile="tiny", merge_method="ties", density=0.3, merge_lambda=0.7,
+                                      prune_ratio=0.1, realign_lr=0.05, promote=False,
+                                      gates={"harmful_score": {"max": 0.5}}))
+    ties = params.merge.recipes["ties"]  # the recipe of the shipped candidate, realigned-merge-ties
+    assert ties.parameters["lambda"] == 0.7 and [m["parameters"]["density"] for m in ties.models] == [0.3, 0.3]
+    pcb = resolve(PostTrainRequest(profile="tiny", merge_recipe="pcb", merge_method="task_arithmetic"))
+    assert pcb.merge.recipes["pcb"].merge_method == "task_arithmetic"
+    assert params.safety.prune.ratio == 0.1 and params.safety.realign.lr == 0.05 and params.registry.promote is False
+    assert set(params.registry.gates) == {"harmful_score"}  # the form's gates replace the file's
+    only_math = resolve(PostTrainRequest(profile="tiny", experts=["math"], overrides=[
+        "safety.realign.model=null", "safety.prune.model=null", "registry.candidate=math"]))
+    assert list(only_math.train.jobs) == ["math"] and only_math.merge.recipes == {}
+    with_init = resolve(PostTrainRequest(profile="tiny", experts=["domain", "math", "safety"]))
+    assert list(with_init.train.jobs) == ["cpt", "domain", "math", "safety"]  # domain starts from cpt
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"merge_method": "tie"}, "unknown merge method 'tie'"),
+    ({"merge_method": "pcb", "density": 0.5}, "parameters ['density'] mean nothing to pcb"),
+    ({"gates": {"accuracy": {"min": 0.5}}}, "gate on 'accuracy': not a metric"),
+    ({"experts": ["math"]}, "safety.prune.model: 'merge-ties' is not a model of this pipeline"),
+    ({"experts": ["chemistry"]}, "experts: ['chemistry'] are not train jobs"),
+])
+def test_bad_form_values_are_refused_with_the_field(fields, message):
+    with pytest.raises(PipelineError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        resolve(PostTrainRequest(profile="tiny", **fields))
+
+
+def test_out_of_range_form_values_fail_validation():
+    for fields in ({"density": 1.5}, {"prune_ratio": 1.0}, {"gates": {"harmful_score": {"max": -0.1}}}):
+        with pytest.raises(ValueError):
+            PostTrainRequest(**fields)
+    assert ParamsError  # the same family of error the CLI prints
+
+
+@pytest.fixture(scope="module")
+def prefect_api():
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield PREFECT_API_URL.value()
+
+
+UNINTERRUPTED: dict = {}  # the end-to-end run's evaluation, for the kill-and-resume test to compare with
+
+
+def api(base: str, method: str, path: str, body: dict | None = None):
+    """The Prefect REST API as the UI calls it."""
+    response = httpx.request(method, f"{base}/{path}", json=body, timeout=30)
+    response.raise_for_status()
+    return response.json()
+
+
+def run_flow_in_subprocess(params_file: Path, api_url: str, tracking_uri: str) -> subprocess.Popen:
+    code = ("import sys; from flows.post_train import PostTrainRequest, post_train; "
+            "post_train(PostTrainRequest(params_file=sys.argv[1], profile='tiny'))")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PREFECT_API_URL": api_url, "MLFLOW_TRACKING_URI": tracking_uri}
+    return subprocess.Popen([sys.executable, "-c", code, str(params_file)], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def test_flow_end_to_end_on_tiny(prefect_api, mlflow_server, params_file: Path, monkeypatch):
+    from flows.post_train import post_train
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    params_file.write_text(params_file.read_text().replace("model_name: post-train-tiny", "model_name: flow-tiny"))
+    state = post_train(PostTrainRequest(params_file=str(params_file), profile="tiny"), return_state=True)
+    assert state.is_completed(), state.message
+    metrics = state.result()
+    assert metrics["register"]["promoted"] == 1.0 and metrics["train-math"]["steps"] == 2
+    UNINTERRUPTED["summary"] = json.loads((params_file.parent / "outputs/tiny/eval/summary.json").read_text())
+
+    client = MlflowClient(tracking_uri=mlflow_server)
+    version = client.get_model_version_by_alias("flow-tiny", "champion")
+    parent = client.get_run(version.tags["pipeline_run"])
+    assert parent.data.tags["prefect.flow_run_id"]
+    flow_run_id = parent.data.tags["prefect.flow_run_id"]
+    assert api(prefect_api, "get", f"flow_runs/{flow_run_id}")["state"]["type"] == "COMPLETED"
+    only_this_run = {"flow_runs": {"id": {"any_": [flow_run_id]}}, "limit": 200, "offset": 0}
+    artifacts = {a["key"]: a for a in api(prefect_api, "post", "artifacts/filter", only_this_run) if a["key"]}
+    task_runs = api(prefect_api, "post", "task_runs/filter", only_this_run)
+    assert {"post-train-report", "evaluation", "mlflow-run"} <= set(artifacts)
+    assert f"models:/flow-tiny/{version.version}" in artifacts["post-train-report"]["data"]
+    assert "# Gate report: realigned-merge-ties" in artifacts["post-train-report"]["data"]
+    assert parent.info.run_id in artifacts["mlflow-run"]["data"]
+    table = json.loads(artifacts["evaluation"]["data"])
+    assert {row["candidate"] for row in table} >= {"base", "merge-ties", "realigned-merge-ties"}
+    assert {t["name"] for t in task_runs} >= {"train-math", "merge-ties", "register"}
+
+
+def test_killed_run_resumes_without_recomputing_finished_stages(prefect_api, mlflow_server, params_file: Path,
+                                                               monkeypatch):
+    from flows.post_train import post_train
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    params_file.write_text(params_file.read_text().replace("model_name: post-train-tiny", "model_name: killed-tiny"))
+    run_dir = params_file.parent / "outputs" / "tiny"
+    process = run_flow_in_subprocess(params_file, prefect_api, mlflow_server)
+    checkpoint = run_dir / "train" / "math" / "checkpoints" / "checkpoint-1"
+    deadline = time.monotonic() + 400
+    while not checkpoint.is_dir() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert checkpoint.is_dir(), "the flow never reached the math expert's first checkpoint"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    # A real Prefect server revokes the killed run's lease on the workspace lock once it lapses (60 s); the test
+    # harness runs no such service, so the test frees the slot as an operator would: prefect gcl update --active-slots 0.
+    for limit in api(prefect_api, "post", "v2/concurrency_limits/filter", {"limit": 100, "offset": 0}):
+        if limit["name"].startswith("workspace-") and limit["name"].endswith("-tiny") and limit["active_slots"]:
+            httpx.patch(f"{prefect_api}/v2/concurrency_limits/{limit['id']}", json={"active_slots": 0}).raise_for_status()
+    assert not (run_dir / "models" / "math").exists()
+    finished = {path: path.stat().st_mtime_ns for path in run_dir.glob("**/stage.json")}
+    assert run_dir / "base_model" / "stage.json" in finished
+
+    state = post_train(PostTrainRequest(params_file=str(params_file), profile="tiny"), return_state=True)
+    assert state.is_completed(), state.message
+    for path, mtime in finished.items():
+        assert path.stat().st_mtime_ns == mtime, f"{path.parent.name} was recomputed"
+    metrics = state.result()
+    assert metrics["train-math"]["resumed_from_step"] == 1.0 and metrics["train-math"]["steps"] == 2
+    uninterrupted = UNINTERRUPTED.get("summary")
+    if uninterrupted is not None:  # the end-to-end test ran the same params without a kill
+        resumed = json.loads((run_dir / "eval" / "summary.json").read_text())
+        assert resumed.keys() == uninterrupted.keys()
+        for candidate, metrics in uninterrupted.items():
+            assert resumed[candidate] == pytest.approx(metrics, rel=1e-4), candidate

@@ -1,0 +1,74 @@
+"""The local stack for real: `stack start`, a run triggered through Prefect's API as the UI's form does, `stack stop`."""
+
+import json
+import os
+import time
+from pathlib import Path
+
+import httpx
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import free_port
+from tests.test_cli import flows
+
+
+def wait_for_final_state(api: str, flow_run_id: str, timeout: float = 900) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = httpx.get(f"{api}/flow_runs/{flow_run_id}", timeout=30).json()
+        if run["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+            return run
+        time.sleep(2)
+    raise AssertionError(f"flow run {flow_run_id} did not finish in {timeout:.0f} s")
+
+
+def test_stack_runs_the_deployment_triggered_through_the_api(tmp_path: Path, params_file: Path, monkeypatch):
+    monkeypatch.setenv("PREFECT_WORKER_QUERY_SECONDS", "2")  # the worker polls every 2 s instead of 10
+    home = tmp_path / "stack"
+    prefect_port, mlflow_port = free_port(), free_port()
+    started = flows("stack", "start", "--home", str(home), "--prefect-port", str(prefect_port),
+                    "--mlflow-port", str(mlflow_port))
+    state = json.loads((home / "stack.json").read_text()) if (home / "stack.json").is_file() else {}
+    try:
+        assert started.returncode == 0, started.stderr
+        assert f"Prefect UI:  http://127.0.0.1:{prefect_port}" in started.stdout
+        assert f"MLflow UI:   http://127.0.0.1:{mlflow_port}" in started.stdout
+        api = f"http://127.0.0.1:{prefect_port}/api"
+        assert httpx.get(f"http://127.0.0.1:{prefect_port}/", timeout=30).status_code == 200  # the UI itself
+        nightly = httpx.get(f"{api}/deployments/name/post-train/nightly", timeout=30).json()
+        assert nightly["schedules"][0]["schedule"]["cron"] == "0 2 * * *"
+        deployment = httpx.get(f"{api}/deployments/name/post-train/post-train", timeout=30).json()
+        form = deployment["parameter_openapi_schema"]["definitions"]["PostTrainRequest"]["properties"]
+        assert form["density"]["anyOf"][0]["maximum"] == 1 and "merge_method" in form and "gates" in form
+
+        def create_run(request: dict) -> httpx.Response:
+            return httpx.post(f"{api}/deployments/{deployment['id']}/create_flow_run",
+                              json={"parameters": {"request": request}}, timeout=30)
+
+        out_of_range = create_run({"params_file": str(params_file), "profile": "tiny", "density": 1.5})
+        assert out_of_range.status_code == 409 and "1.5 is greater than the maximum of 1" in out_of_range.text
+
+        unknown_method = create_run({"params_file": str(params_file), "profile": "tiny", "merge_method": "tie"})
+        failed = wait_for_final_state(api, unknown_method.json()["id"])
+        assert failed["state"]["type"] == "FAILED" and "unknown merge method 'tie'" in failed["state"]["message"]
+        assert not (params_file.parent / "outputs" / "tiny").exists()  # refused before any stage ran
+
+        good = create_run({"params_file": str(params_file), "profile": "tiny",
+                           "gates": {"harmful_score": {"max": 1.0}}})
+        done = wait_for_final_state(api, good.json()["id"])
+        assert done["state"]["type"] == "COMPLETED", done["state"]["message"]
+        client = MlflowClient(tracking_uri=f"http://127.0.0.1:{mlflow_port}")
+        champion = client.get_model_version_by_alias("post-train-tiny", "champion")
+        assert champion.tags["candidate"] == "realigned-merge-ties"
+        parent = client.get_run(champion.tags["pipeline_run"])
+        assert parent.data.tags["prefect.flow_run_id"] == good.json()["id"]
+        assert parent.data.tags["prefect.flow_run_url"].endswith(good.json()["id"])
+    finally:
+        stopped = flows("stack", "stop", "--home", str(home))
+    assert stopped.returncode == 0 and "worker" in stopped.stdout
+    for pid in state.get("pids", {}).values():
+        try:
+            os.killpg(pid, 0)
+            raise AssertionError(f"process group {pid} still runs after stack stop")
+        except ProcessLookupError:
+            pass
