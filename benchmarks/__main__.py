@@ -10,6 +10,7 @@ from pathlib import Path
 import benchmarks.base_model  # noqa: F401  (each module registers its benchmarks)
 import benchmarks.curate_scale  # noqa: F401
 import benchmarks.merge  # noqa: F401
+import benchmarks.orchestration  # noqa: F401
 import benchmarks.train  # noqa: F401
 from benchmarks.runner import BENCHMARKS
 from components.config import DEFAULT_PARAMS, load_params

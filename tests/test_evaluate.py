@@ -112,3 +112,32 @@ def test_empty_evaluation_set_is_refused(tmp_path: Path, tiny_base: Path, curate
     with pytest.raises(InputError, match=r"math/test.jsonl: the evaluation set is empty"):
         evaluate_candidates({"base": tiny_base}, broken, EvaluateConfig(), 0, tmp_path / "eval")
     assert not (tmp_path / "eval" / "base").exists()
+
+
+def test_lm_eval_runs_the_exported_tasks_offline_with_the_suites_numbers(tmp_path: Path, tiny_base: Path, curated: Path):
+    """lm-evaluation-harness scores the exported multiple-choice items like the suite: same log-likelihoods."""
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    from components.evaluate.lm_eval_tasks import export_tasks
+    from components.evaluate.suite import chat_prefix
+
+    cfg = EvaluateConfig(math_new_tokens=4, batch_size=4)
+    tasks = export_tasks(curated, cfg, 0, tmp_path / "lm_eval")
+    out = simple_evaluate(model="hf", model_args={"pretrained": str(tiny_base), "dtype": "float32"},
+                          tasks=["posttrain_domain_mc", "posttrain_math"], task_manager=TaskManager(include_path=str(tasks)),
+                          apply_chat_template=True, log_samples=True, batch_size=4, device="cpu")
+    samples = out["samples"]["posttrain_domain_mc"]
+    assert len(samples) == 5 and out["results"]["posttrain_math"]["exact_match,last_number"] in (0.0, 1.0)
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base)
+    model = AutoModelForCausalLM.from_pretrained(tiny_base)
+    items = mc_items([json.loads(line) for line in (curated / "domain_qa" / "test.jsonl").read_text().splitlines()], 4, 0)
+    for sample, (question, options, gold) in zip(sorted(samples, key=lambda s: s["doc_id"]), items, strict=True):
+        assert sample["doc"]["choices"] == options and sample["target"] == gold
+        ours = continuation_logprobs(model, tokenizer, [chat_prefix(tokenizer, question)] * len(options), options)
+        theirs = [response[0][0] for response in sample["resps"]]
+        # lm-eval moves the chat prefix's trailing newline into each continuation: the same term for every choice.
+        offsets = [their - our for their, (our, _) in zip(theirs, ours, strict=True)]
+        assert max(offsets) - min(offsets) < 1e-3 and offsets[0] < 0
+        assert sample["acc"] == float(max(range(4), key=lambda i: ours[i][0]) == gold)

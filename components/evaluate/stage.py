@@ -8,11 +8,13 @@ from pathlib import Path
 from components.atomic import atomic_dir, atomic_file
 from components.config import EvaluateConfig
 from components.data.tables import write_jsonl
+from components.evaluate.lm_eval_tasks import export_tasks
 from components.hashing import file_md5, json_sha256, tree_sha256
 from components.stage import StageResult, code_digest, up_to_date, write_card
 
 SUMMARY = "summary.json"
 SUMMARY_MD = "summary.md"
+LM_EVAL_TASKS = "lm_eval"  # the utility tasks as lm-evaluation-harness task files (components/evaluate/lm_eval_tasks.py)
 TABLE_COLUMNS = ("domain_mc_acc", "domain_mc_acc_norm", "math_exact_match", "domain_perplexity", "harmful_score",
                  "over_refusal")
 TEST_SETS = ("domain_qa", "math", "domain_corpus", "harmful", "benign_lookalikes")
@@ -57,6 +59,7 @@ def evaluate_candidates(candidates: dict[str, Path], curated_dir: Path, cfg: Eva
                 write_card(tmp, {"stage": "evaluate", "key": key, "model": str(model_dir), "metrics": metrics})
             card = {"metrics": metrics}
         table[name] = card["metrics"]
+    export_tasks(curated_dir, cfg, seed, out_dir / LM_EVAL_TASKS)
     with atomic_file(out_dir / SUMMARY) as tmp:
         tmp.write_text(json.dumps(table, indent=2) + "\n")
     with atomic_file(out_dir / SUMMARY_MD) as tmp:
