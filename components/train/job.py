@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
 from datasets import Dataset
 from peft import LoraConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -97,7 +98,7 @@ def last_checkpoint(checkpoints: Path) -> Path | None:
         if (checkpoint / "trainer_state.json").is_file():
             complete.append(checkpoint)
         else:
-            shutil.rmtree(checkpoint)
+            shutil.rmtree(checkpoint, ignore_errors=True)  # every process of a distributed run may get here
     return max(complete, key=_step, default=None)
 
 
@@ -126,12 +127,17 @@ def run_job(job_name: str, job: TrainJob, init_dir: Path, run_dir: Path, out_dir
                                                  dtype=torch.bfloat16 if job.bf16 else torch.float32)
     check_lora_targets(job_name, job, model)
 
+    # Under torchrun / accelerate launch every process runs this function (data parallel, gloo on CPU, NCCL on
+    # GPU); only the main process touches the work folder and writes outputs, the others wait for it.
+    processes = PartialState(cpu=not torch.cuda.is_available())
     work_dir, checkpoints = Path(work_dir), Path(work_dir) / "checkpoints"
     state_file = work_dir / JOB_STATE
-    if not state_file.is_file() or json.loads(state_file.read_text()).get("key") != key:
+    if processes.is_main_process and (not state_file.is_file()
+                                      or json.loads(state_file.read_text()).get("key") != key):
         shutil.rmtree(work_dir, ignore_errors=True)  # checkpoints of other inputs must not be resumed
         work_dir.mkdir(parents=True)
         state_file.write_text(json.dumps({"key": key, "job": job_name}) + "\n")
+    processes.wait_for_everyone()
     resume = last_checkpoint(checkpoints)
     # read now: checkpoint rotation may delete this checkpoint while training goes on
     tokens_before = json.loads((resume / "trainer_state.json").read_text()).get("num_input_tokens_seen", 0) if resume else 0
@@ -147,7 +153,7 @@ def run_job(job_name: str, job: TrainJob, init_dir: Path, run_dir: Path, out_dir
         "steps": float(trainer.state.global_step),
         "resumed_from_step": float(_step(resume)),
         "train_rows": float(len(train_rows)),
-        "samples_per_second": (trainer.state.global_step - _step(resume)) * job.batch_size
+        "samples_per_second": (trainer.state.global_step - _step(resume)) * job.batch_size * processes.num_processes
         * job.grad_accum / seconds,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
@@ -156,6 +162,10 @@ def run_job(job_name: str, job: TrainJob, init_dir: Path, run_dir: Path, out_dir
     if eval_rows:
         metrics["eval_loss"] = float(trainer.evaluate()["eval_loss"])
 
+    metrics["processes"] = float(processes.num_processes)
+    if not processes.is_main_process:
+        processes.wait_for_everyone()
+        return StageResult(outputs={"model": Path(out_dir)}, metrics=metrics)
     trainer.model.save_pretrained(work_dir / "adapter")
     (work_dir / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
     merged = trainer.model.merge_and_unload()
@@ -164,5 +174,6 @@ def run_job(job_name: str, job: TrainJob, init_dir: Path, run_dir: Path, out_dir
         tokenizer.save_pretrained(tmp)
         write_card(tmp, {"stage": f"train-{job_name}", "key": key, "job": job.model_dump(mode="json"),
                          "init": str(init_dir), "datasets": job.datasets, "metrics": metrics})
+    processes.wait_for_everyone()
     return StageResult(outputs={"model": Path(out_dir), "adapter": work_dir / "adapter"}, metrics=metrics,
                        artifacts=(work_dir / "log_history.json", work_dir / "adapter"))
