@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ import mlflow
 import yaml
 from mlflow.data.dataset_source_registry import get_registered_sources
 from mlflow.data.meta_dataset import MetaDataset
-from mlflow.entities import DatasetInput, InputTag, RunStatus
+from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
@@ -111,6 +112,20 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
     return flat
 
 
+def log_all(client: MlflowClient, run_id: str, params: dict[str, str] | None = None,
+            metrics: dict[str, float] | None = None, tags: dict[str, str] | None = None) -> None:
+    """Params, metrics and tags in batches (one request or transaction per 100, not one per value)."""
+    now = int(time.time() * 1000)
+    entries = ([Param(k, v[:6000]) for k, v in (params or {}).items()]
+               + [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()]
+               + [RunTag(k, v) for k, v in (tags or {}).items()])
+    for start in range(0, len(entries), 100):
+        chunk = entries[start:start + 100]
+        client.log_batch(run_id, params=[e for e in chunk if isinstance(e, Param)],
+                         metrics=[e for e in chunk if isinstance(e, Metric)],
+                         tags=[e for e in chunk if isinstance(e, RunTag)])
+
+
 @contextlib.contextmanager
 def pipeline_run(params: Params, repo: Path, run_name: str | None = None) -> Iterator[str]:
     """The parent run of one pipeline run; yields its id and closes it FINISHED or FAILED."""
@@ -118,8 +133,7 @@ def pipeline_run(params: Params, repo: Path, run_name: str | None = None) -> Ite
     tags = {**lineage_tags(params, repo), MLFLOW_RUN_NAME: run_name or f"post-train-{params.profile}"}
     run = client.create_run(experiment_id(client, params), tags=tags)
     run_id = run.info.run_id
-    for key, value in flatten(params.model_dump(mode="json")).items():
-        client.log_param(run_id, key, value[:6000])
+    log_all(client, run_id, params=flatten(params.model_dump(mode="json")))
     try:
         yield run_id
     except BaseException:
@@ -142,12 +156,13 @@ def tracked_stage(
         tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
     run_id = client.create_run(experiment_id(client, params), tags=tags).info.run_id
     dumped = params.model_dump(mode="json")
+    stage_params: dict[str, str] = {}
     for key in param_keys:  # dotted paths, e.g. "data" or "train.jobs.math"
         section = dumped
         for part in key.split("."):
             section = section[part]
-        for name, value in flatten(section, key).items():
-            client.log_param(run_id, name, value[:6000])
+        stage_params |= flatten(section, key)
+    log_all(client, run_id, params=stage_params)
     try:
         with mlflow.start_run(run_id=run_id):
             result = compute()
@@ -157,11 +172,9 @@ def tracked_stage(
             client.log_artifact(run_id, str(artifact), artifact_path="reports")
         client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
         raise
-    for name, value in result.metrics.items():
-        client.log_metric(run_id, name, value)
-    client.set_tag(run_id, "cached", str(result.cached).lower())
+    log_all(client, run_id, metrics=result.metrics,
+            tags={"cached": str(result.cached).lower()} | {f"output.{n}": str(p) for n, p in result.outputs.items()})
     for name, path in result.outputs.items():
-        client.set_tag(run_id, f"output.{name}", str(path))
         if (Path(path) / STAGE_CARD).is_file():
             client.log_artifact(run_id, str(Path(path) / STAGE_CARD), artifact_path=name)
     for artifact in result.artifacts:
