@@ -10,6 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from components.config import EvaluateConfig
 from components.errors import InputError
 from components.evaluate.metrics import final_number, perplexity, wilson_interval
+from components.evaluate.plots import layer_norms, pareto_front
 from components.evaluate.scoring import continuation_logprobs
 from components.evaluate.stage import evaluate_candidates
 from components.evaluate.suite import mc_items
@@ -103,6 +104,22 @@ def test_evaluate_stage_scores_every_candidate_and_caches_by_weights(tmp_path: P
     assert "| base |" in (tmp_path / "eval" / "summary.md").read_text()
     assert result.metrics["base.math_exact_match"] == metrics["math_exact_match"]
     assert evaluate_candidates({"base": tiny_base}, curated, cfg, 0, tmp_path / "eval").cached
+    assert (tmp_path / "eval" / "plots" / "safety_vs_utility.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_pareto_front_by_hand():
+    points = {"base": (0.5, 0.9), "safe": (0.4, 0.2), "merge": (0.7, 0.9), "worse": (0.45, 0.95),
+              "realigned": (0.6, 0.3), "tie": (0.6, 0.3)}
+    # worse is beaten by base; base by merge (more utility, same harm); the rest trade utility for safety
+    assert pareto_front(points) == ["safe", "realigned", "tie", "merge"]
+
+
+def test_task_vector_norm_per_block_by_hand():
+    base = {"model.layers.0.w": torch.zeros(2, 2), "model.layers.1.w": torch.zeros(2), "model.embed.weight": torch.zeros(3)}
+    model = {"model.layers.0.w": torch.tensor([[3.0, 0.0], [0.0, 4.0]]), "model.layers.1.w": torch.tensor([1.0, 1.0]),
+             "model.embed.weight": torch.ones(3)}
+    norms = layer_norms(base, model)
+    assert norms == {0: 5.0, 1: pytest.approx(2 ** 0.5)}  # the embedding belongs to no block
 
 
 def test_empty_evaluation_set_is_refused(tmp_path: Path, tiny_base: Path, curated: Path):

@@ -14,6 +14,7 @@ from components.stage import StageResult, code_digest, up_to_date, write_card
 
 SUMMARY = "summary.json"
 SUMMARY_MD = "summary.md"
+PLOTS = "plots"  # safety_vs_utility.png, task_vector_layers.png (components/evaluate/plots.py)
 LM_EVAL_TASKS = "lm_eval"  # the utility tasks as lm-evaluation-harness task files (components/evaluate/lm_eval_tasks.py)
 TABLE_COLUMNS = ("domain_mc_acc", "domain_mc_acc_norm", "math_exact_match", "domain_perplexity", "harmful_score",
                  "over_refusal")
@@ -64,6 +65,19 @@ def evaluate_candidates(candidates: dict[str, Path], curated_dir: Path, cfg: Eva
         tmp.write_text(json.dumps(table, indent=2) + "\n")
     with atomic_file(out_dir / SUMMARY_MD) as tmp:
         tmp.write_text(render_summary(table))
+    plots = draw_plots(table, candidates, out_dir / PLOTS)
     flat = {f"{name}.{metric}": value for name, metrics in table.items() for metric, value in metrics.items()}
     return StageResult(outputs={"evaluation": out_dir}, metrics=flat, cached=cached,
-                       artifacts=(out_dir / SUMMARY, out_dir / SUMMARY_MD))
+                       artifacts=(out_dir / SUMMARY, out_dir / SUMMARY_MD, plots))
+
+
+def draw_plots(table: dict[str, dict[str, float]], candidates: dict[str, Path], out_dir: Path) -> Path:
+    """safety_vs_utility.png and, when there is a base and other models, task_vector_layers.png."""
+    from components.evaluate.plots import plot_safety_vs_utility, plot_task_vector_layers
+
+    with atomic_dir(out_dir) as tmp:
+        plot_safety_vs_utility(table, tmp / "safety_vs_utility.png")
+        others = {name: path for name, path in candidates.items() if name != "base"}
+        if "base" in candidates and others:
+            plot_task_vector_layers(candidates["base"], others, tmp / "task_vector_layers.png")
+    return out_dir
