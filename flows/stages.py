@@ -14,7 +14,6 @@ import json
 from pathlib import Path
 
 import mlflow
-from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from components.config import MergeSpec, Params, TrainJob
@@ -243,11 +242,11 @@ def lineage(params: Params, name: str) -> list[dict]:
 
 def registry_tags(params: Params, name: str, repo) -> dict[str, str]:
     """Lineage tags of a registered version: git commit, data hashes, parent runs, merge recipe, safety params."""
+    steps = lineage(params, name)
     tags = {**lineage_tags(params, repo), "model_sha256": tree_sha256(candidate_dir(params, name)),
-            "lineage": lineage_json(lineage(params, name))}
+            "lineage": lineage_json(steps)}
     curated = params.run_dir / "data" / "curated"
     tags |= {f"data.{path.parent.name}/{path.stem}": file_md5(path) for path in sorted(curated.glob("*/*.jsonl"))}
-    steps = lineage(params, name)
     recipes = [step for step in steps if step["name"].startswith("merge-")]
     if recipes:
         tags["merge_recipe"] = lineage_json(recipes[-1])
@@ -258,7 +257,7 @@ def registry_tags(params: Params, name: str, repo) -> dict[str, str]:
     parent = run.data.tags.get(MLFLOW_PARENT_RUN_ID) if run else None
     if parent:
         tags["pipeline_run"] = parent
-        client = MlflowClient(tracking_uri(params))
+        client = client_for(params)
         for stage_run in client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{parent}'"):
             tags[f"run.{stage_run.data.tags.get('stage', stage_run.info.run_id)}"] = stage_run.info.run_id
     return tags

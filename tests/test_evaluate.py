@@ -1,5 +1,6 @@
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -136,7 +137,7 @@ def test_lm_eval_runs_the_exported_tasks_offline_with_the_suites_numbers(tmp_pat
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
-    from components.evaluate.lm_eval_tasks import export_tasks
+    from components.evaluate.lm_eval_tasks import NUMBER_PATTERN, export_tasks
     from components.evaluate.suite import chat_prefix
 
     cfg = EvaluateConfig(math_new_tokens=4, batch_size=4)
@@ -146,6 +147,9 @@ def test_lm_eval_runs_the_exported_tasks_offline_with_the_suites_numbers(tmp_pat
                           apply_chat_template=True, log_samples=True, batch_size=4, device="cpu")
     samples = out["samples"]["posttrain_domain_mc"]
     assert len(samples) == 5 and out["results"]["posttrain_math"]["exact_match,last_number"] in (0.0, 1.0)
+    # the math task's filter keeps the answer's last number, as the suite's final_number does without a marker
+    assert re.findall(NUMBER_PATTERN, "3 apples and 1,041 pears: -44.5 in all") == ["-44.5"]
+    assert re.findall(NUMBER_PATTERN, "so 12 + 30 = 42.") == ["42"] and final_number("so 12 + 30 = 42.") == "42"
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_base)
     model = AutoModelForCausalLM.from_pretrained(tiny_base)

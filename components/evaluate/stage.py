@@ -61,11 +61,14 @@ def evaluate_candidates(candidates: dict[str, Path], curated_dir: Path, cfg: Eva
             card = {"metrics": metrics}
         table[name] = card["metrics"]
     export_tasks(curated_dir, cfg, seed, out_dir / LM_EVAL_TASKS)
+    plotted = set(json.loads((out_dir / SUMMARY).read_text())) if (out_dir / SUMMARY).is_file() else set()
     with atomic_file(out_dir / SUMMARY) as tmp:
         tmp.write_text(json.dumps(table, indent=2) + "\n")
     with atomic_file(out_dir / SUMMARY_MD) as tmp:
         tmp.write_text(render_summary(table))
-    plots = draw_plots(table, candidates, out_dir / PLOTS)
+    plots = out_dir / PLOTS  # reading every candidate's weights again is only worth it when a metric changed
+    if not cached or not plots.is_dir() or plotted != set(table):
+        draw_plots(table, candidates, plots)
     flat = {f"{name}.{metric}": value for name, metrics in table.items() for metric, value in metrics.items()}
     return StageResult(outputs={"evaluation": out_dir}, metrics=flat, cached=cached,
                        artifacts=(out_dir / SUMMARY, out_dir / SUMMARY_MD, plots))

@@ -89,9 +89,10 @@ def register_candidate(candidate: str, model_dir: Path, eval_dir: Path, gate_dir
     table = json.loads((Path(eval_dir) / SUMMARY).read_text())
     check_reachable(tracking_uri)
     client = MlflowClient(tracking_uri)
+    gate_md = (Path(gate_dir) / GATE_MD).read_text()
     with atomic_dir(out_dir) as tmp:
-        (tmp / MODEL_CARD).write_text(model_card(candidate, lineage, tags, table, (Path(gate_dir) / GATE_MD).read_text()))
-        (tmp / GATE_MD).write_text((Path(gate_dir) / GATE_MD).read_text())
+        (tmp / MODEL_CARD).write_text(model_card(candidate, lineage, tags, table, gate_md))
+        (tmp / GATE_MD).write_text(gate_md)
     documents = {"model_card": Path(out_dir) / MODEL_CARD, "gate_report": Path(out_dir) / GATE_MD}
     version = register(client, cfg.model_name, model_dir, run_id, {**tags, "candidate": candidate},
                        table[candidate], report["passed"], documents)
