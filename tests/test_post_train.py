@@ -144,3 +144,13 @@ def test_killed_run_resumes_without_recomputing_finished_stages(prefect_api, mlf
         assert resumed.keys() == uninterrupted.keys()
         for candidate, metrics in uninterrupted.items():
             assert resumed[candidate] == pytest.approx(metrics, rel=1e-4), candidate
+
+
+def test_transient_errors_are_retried_bad_input_is_not():
+    from prefect.states import Failed
+
+    from components.errors import InputError
+    from flows.post_train import _not_bad_input
+
+    assert _not_bad_input(None, None, Failed(data=OSError("connection reset"))) is True
+    assert _not_bad_input(None, None, Failed(data=InputError("math/test.jsonl: the evaluation set is empty"))) is False
