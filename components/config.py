@@ -371,6 +371,94 @@ class RegistryConfig(StrictModel):
         return gates
 
 
+class FloatRange(StrictModel):
+    """A search range [low, high]; `log` samples on a log scale (low must then be positive)."""
+
+    low: float = Field(ge=0)
+    high: float = Field(ge=0)
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FloatRange:
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) is above high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError("a log range needs low > 0")
+        return self
+
+
+class IntRange(StrictModel):
+    low: PositiveInt
+    high: PositiveInt
+
+    @model_validator(mode="after")
+    def _ordered(self) -> IntRange:
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) is above high ({self.high})")
+        return self
+
+
+class SearchSpace(StrictModel):
+    """What a trial may choose; a range whose low equals its high fixes that knob."""
+
+    methods: list[str] = Field(default=["task_arithmetic", "ties", "pcb", "layer_swap"], min_length=1)
+    density: FloatRange = FloatRange(low=0.1, high=1.0)  # ties: share of each task vector kept
+    merge_lambda: FloatRange = FloatRange(low=0.5, high=1.5)  # task_arithmetic, ties, pcb: scaling of the merged vector
+    pcb_ratio: FloatRange = FloatRange(low=0.05, high=0.5)  # pcb: share kept after balancing
+    num_layers: IntRange = IntRange(low=1, high=4)  # layer_swap: bottom and top blocks taken from the donor
+    realign_lr: FloatRange | None = FloatRange(low=0.05, high=0.5, log=True)  # SOMF mask lr; null: no realignment
+    prune_ratio: FloatRange | None = None  # Antidote share pruned; null: no pruning
+
+    @field_validator("methods")
+    @classmethod
+    def _our_methods(cls, methods: list[str]) -> list[str]:
+        from components.merge.recipe import OUR_METHODS
+
+        unknown = sorted(set(methods) - OUR_METHODS)
+        if unknown:
+            raise ValueError(f"{unknown} cannot be searched: the search knows the knobs of "
+                             f"{', '.join(sorted(OUR_METHODS))}")
+        return methods
+
+
+class Bounds(StrictModel):
+    min: float | None = None
+    max: float | None = None
+
+
+class SelectRule(StrictModel):
+    """The recipe to promote: among the Pareto-optimal trials within `bounds`, the best by `metric`."""
+
+    metric: str = "domain_mc_acc_norm"
+    bounds: dict[str, Bounds] = {}
+
+
+class SearchConfig(StrictModel):
+    """Optuna search over merge recipes and safety strengths (flows/recipe_search.py, components/search/)."""
+
+    models: list[str] = Field(default=["domain", "math"], min_length=2)  # layer_swap: receiver first, then donor
+    trials: PositiveInt = 20  # in all, counting the trials of earlier (interrupted) runs of the same study
+    timeout_minutes: float | None = Field(default=None, gt=0)  # per invocation; the trial under way finishes
+    storage: str | None = None  # Optuna storage URL (sqlite:///..., postgresql://...); null: search/study.db
+    study_name: str | None = None  # null: recipe-search-<profile>
+    objectives: list[str] = ["domain_mc_acc_norm", "harmful_score", "over_refusal"]
+    space: SearchSpace = SearchSpace()
+    select: SelectRule = SelectRule()
+    register: bool = False  # gate and register the chosen recipe's model (registry.model_name, registry.gates)
+
+    @model_validator(mode="after")
+    def _known_metrics(self) -> SearchConfig:
+        for where, metrics in (("objectives", self.objectives), ("select.metric", [self.select.metric]),
+                               ("select.bounds", list(self.select.bounds))):
+            unknown = [m for m in metrics if m not in METRIC_DIRECTIONS]
+            if unknown:
+                raise ValueError(f"{where}: {unknown} are not metrics of the evaluation suite "
+                                 f"(known: {', '.join(METRIC_DIRECTIONS)})")
+        if len(set(self.objectives)) != len(self.objectives) or not self.objectives:
+            raise ValueError("objectives: list each metric once, at least one")
+        return self
+
+
 class Params(StrictModel):
     """Everything one pipeline run needs, for one profile."""
 
@@ -385,6 +473,7 @@ class Params(StrictModel):
     safety: SafetyConfig = SafetyConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     registry: RegistryConfig = RegistryConfig()
+    search: SearchConfig = SearchConfig()  # its models are checked when a search starts (search_models)
 
     @model_validator(mode="after")
     def _merges_name_known_models(self) -> Params:
@@ -417,6 +506,18 @@ class Params(StrictModel):
     def digest(self) -> str:
         """Hash of the resolved parameters, logged as a tag on every run."""
         return json_sha256(self.model_dump(mode="json"))
+
+
+def search_models(params: Params) -> list[str]:
+    """The models a recipe search needs (its experts, and the aligned model when it realigns); ParamsError if unknown."""
+    needed = list(params.search.models)
+    if params.search.space.realign_lr is not None:
+        needed.append(params.safety.realign.aligned)
+    unknown = [name for name in needed if name not in params.train.jobs]
+    if unknown:
+        raise ParamsError(f"search: {unknown} are not train jobs of profile {params.profile!r} "
+                          f"(jobs: {', '.join(params.train.jobs)}); set search.models or safety.realign.aligned")
+    return needed
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

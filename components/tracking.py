@@ -126,6 +126,16 @@ def log_all(client: MlflowClient, run_id: str, params: dict[str, str] | None = N
                          tags=[e for e in chunk if isinstance(e, RunTag)])
 
 
+def log_child_run(name: str, params: dict[str, Any], metrics: dict[str, float], tags: dict[str, str]) -> None:
+    """A finished run nested under the active run: one recipe-search trial under the search stage's run."""
+    parent = mlflow.active_run()
+    client = MlflowClient()
+    run_id = client.create_run(parent.info.experiment_id, tags={
+        MLFLOW_PARENT_RUN_ID: parent.info.run_id, MLFLOW_RUN_NAME: name, **tags}).info.run_id
+    log_all(client, run_id, params={key: str(value) for key, value in params.items()}, metrics=metrics)
+    client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+
+
 @contextlib.contextmanager
 def pipeline_run(params: Params, repo: Path, run_name: str | None = None) -> Iterator[str]:
     """The parent run of one pipeline run; yields its id and closes it FINISHED or FAILED."""

@@ -13,7 +13,7 @@ from components.registry.registry import describe as describe_registry
 from components.stage import StageResult
 from components.tracking import client_for, pipeline_run, tracked_stage, tracking_uri
 from flows.defaults import DEFAULT_CRON, DEFAULT_POOL
-from flows.stages import FIXED, Stage, describe, stages_for
+from flows.stages import FIXED, Stage, describe, search_stages, stages_for
 
 
 def _add_params_options(parser: argparse.ArgumentParser) -> None:
@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run every stage in order under one MLflow parent run")
     _add_params_options(run)
+    search = commands.add_parser("search", help="search merge recipes with Optuna (search in params.yaml): the "
+                                 "stages it needs, then the trials, each a nested MLflow run; resumes its study")
+    _add_params_options(search)
     stage = commands.add_parser("stage", help="run one stage", epilog="stages:\n" + describe(),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     stage.add_argument("name", metavar="NAME", help=", ".join(s.name for s in FIXED) + ", train-<job>")
@@ -121,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
             return orchestration_command(args)
         params = load_params(args.params, args.profile, parse_overrides(args.overrides))
         repo = args.params.resolve().parent
-        stages = stages_for(params, repo)
+        stages = search_stages(params, repo) if args.command == "search" or (
+            args.command == "stage" and args.name.startswith("search")) else stages_for(params, repo)
         if args.command == "stages":
             print(describe(stages))
         elif args.command == "stage":
@@ -129,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.name not in by_name:
                 raise PipelineError(f"unknown stage {args.name!r}; stages of profile {params.profile!r}: {', '.join(by_name)}")
             _run_stage(by_name[args.name], params, repo, not args.no_tracking)
-        elif args.command == "run":
+        elif args.command in ("run", "search"):
             if args.no_tracking:
                 for stage in stages:
                     _run_stage(stage, params, repo, tracking=False)

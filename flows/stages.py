@@ -16,21 +16,24 @@ from pathlib import Path
 import mlflow
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-from components.config import MergeSpec, Params, TrainJob
+from components.config import MergeSpec, Params, TrainJob, search_models
 from components.data.curate import curate
 from components.data.sources import build_sources
 from components.data.validate import require_valid, validate
-from components.evaluate.stage import evaluate_candidates
+from components.evaluate.report import draw_report
+from components.errors import InputError
+from components.evaluate.stage import evaluate_cached, evaluate_candidates
 from components.merge.stage import merge_models
 from components.safety.prune import prune_model
 from components.safety.realign import realign_model
 from components.hashing import file_md5, tree_sha256
 from components.model.base import build_base_model
-from components.registry.registry import lineage_json
+from components.registry.registry import champion, check_reachable, lineage_json
 from components.registry.stage import gate_candidate, register_candidate
+from components.search.stage import CHOSEN, SearchInputs, search_recipes
 from components.stage import StageResult
 from components.train.job import run_job
-from components.tracking import client_for, experiment_id, lineage_tags, tracking_uri
+from components.tracking import client_for, experiment_id, lineage_tags, log_child_run, tracking_uri
 from components.train.pairs import build_pairs
 
 
@@ -236,18 +239,23 @@ def lineage(params: Params, name: str) -> list[dict]:
     else:
         job = params.train.jobs[name]
         parents, this = [job.init], {"name": name, **job.model_dump(mode="json")}
+    return chain(params, parents, this)
+
+
+def chain(params: Params, parents: list[str], this: dict) -> list[dict]:
+    """The parents' lineages, then `this`; each stage once, in first-seen order."""
     steps = [step for parent in parents for step in lineage(params, parent)] + [this]
-    return list({step["name"]: step for step in steps}.values())  # each stage once, in first-seen order
+    return list({step["name"]: step for step in steps}.values())
 
 
-def registry_tags(params: Params, name: str, repo) -> dict[str, str]:
+def registry_tags(params: Params, shipped: Shipped, repo) -> dict[str, str]:
     """Lineage tags of a registered version: git commit, data hashes, parent runs, merge recipe, safety params."""
-    steps = lineage(params, name)
-    tags = {**lineage_tags(params, repo), "model_sha256": tree_sha256(candidate_dir(params, name)),
+    steps = shipped.lineage
+    tags = {**lineage_tags(params, repo), "model_sha256": tree_sha256(shipped.model_dir),
             "lineage": lineage_json(steps)}
     curated = params.run_dir / "data" / "curated"
     tags |= {f"data.{path.parent.name}/{path.stem}": file_md5(path) for path in sorted(curated.glob("*/*.jsonl"))}
-    recipes = [step for step in steps if step["name"].startswith("merge-")]
+    recipes = [step for step in steps if step["name"].startswith(("merge-", "search-"))]
     if recipes:
         tags["merge_recipe"] = lineage_json(recipes[-1])
     safety = [step for step in steps if step["name"].startswith(("realigned-", "pruned-"))]
@@ -272,32 +280,92 @@ def _registry_run(params: Params) -> str:
     return client.create_run(experiment_id(client, params), tags={"mlflow.runName": "register"}).info.run_id
 
 
-def gate_stage(params: Params) -> Stage:
+@dataclass(frozen=True)
+class Shipped:
+    """The candidate a gate and register stage pair ships: its evaluation, weights and lineage."""
+
+    candidate: str
+    model_dir: Path
+    eval_dir: Path  # holds summary.json and <candidate>/metrics.json
+    lineage: list[dict]
+    out_dir: Path  # the stages write gate/ and registry/ here
+
+
+def pipeline_candidate(params: Params) -> Shipped:
+    name = params.registry.candidate
+    return Shipped(name, candidate_dir(params, name), params.run_dir / "eval", lineage(params, name), params.run_dir)
+
+
+def gate_stage(params: Params, shipped: Callable[[Params], Shipped] = pipeline_candidate, prefix: str = "") -> Stage:
     cfg = params.registry
+    what = "the recipe search's chosen trial" if prefix else cfg.candidate
+
+    def run(p: Params) -> StageResult:
+        ship = shipped(p)
+        return gate_candidate(ship.candidate, ship.eval_dir, cfg, tracking_uri(p), ship.out_dir / "gate")
+
     return Stage(
-        name="gate",
-        summary=f"Gates on {cfg.candidate}: floors and ceilings from registry.gates, no regression against the "
+        name=f"{prefix}gate",
+        summary=f"Gates on {what}: floors and ceilings from registry.gates, no regression against the "
         f"registry's champion of {cfg.model_name}; a report in Markdown and JSON",
-        reads=f"eval/{cfg.candidate}/metrics.json, the champion's metrics in the MLflow registry",
-        writes="<workspace>/<profile>/gate/{report.md, report.json}",
+        reads=f"the candidate's metrics.json, the champion's metrics in the MLflow registry",
+        writes=f"<workspace>/<profile>/{prefix.replace('-', '/')}gate/{{report.md, report.json}}",
         param_keys=("registry",),
-        run=lambda p: gate_candidate(cfg.candidate, p.run_dir / "eval", cfg, tracking_uri(p), p.run_dir / "gate"),
+        run=run,
     )
 
 
-def register_stage(params: Params, repo) -> Stage:
+def register_stage(params: Params, repo, shipped: Callable[[Params], Shipped] = pipeline_candidate,
+                   prefix: str = "") -> Stage:
     cfg = params.registry
+    what = "the recipe search's chosen trial" if prefix else cfg.candidate
+
+    def run(p: Params) -> StageResult:
+        ship = shipped(p)
+        return register_candidate(ship.candidate, ship.model_dir, ship.eval_dir, ship.out_dir / "gate", cfg,
+                                  tracking_uri(p), _registry_run(p), registry_tags(p, ship, repo), ship.lineage,
+                                  ship.out_dir / "registry")
+
     return Stage(
-        name="register",
-        summary=f"Register {cfg.candidate} as a version of {cfg.model_name} (alias challenger) with lineage tags, "
+        name=f"{prefix}register",
+        summary=f"Register {what} as a version of {cfg.model_name} (alias challenger) with lineage tags, "
         "model card and gate report; move champion to it if every gate passed",
-        reads=f"the {cfg.candidate} model, gate/report.json, eval/summary.json",
-        writes="<workspace>/<profile>/registry/{model_card.md, registration.json}, the MLflow registry",
+        reads="the candidate's model, gate/report.json, its evaluation summary.json",
+        writes=f"<workspace>/<profile>/{prefix.replace('-', '/')}registry/{{model_card.md, registration.json}}, "
+        "the MLflow registry",
         param_keys=("registry",),
-        run=lambda p: register_candidate(cfg.candidate, candidate_dir(p, cfg.candidate), p.run_dir / "eval",
-                                         p.run_dir / "gate", cfg, tracking_uri(p), _registry_run(p),
-                                         registry_tags(p, cfg.candidate, repo), lineage(p, cfg.candidate),
-                                         p.run_dir / "registry"),
+        run=run,
+    )
+
+
+def champion_point(params: Params) -> tuple[str, dict[str, float]] | None:
+    """The registry's champion as the report draws it: this run's candidate if it is the champion, else its version."""
+    if not params.registry.candidate:
+        return None
+    uri = tracking_uri(params)
+    check_reachable(uri)
+    found = champion(client_for(params), params.registry.model_name)
+    if found is None:
+        return None
+    version, metrics = found
+    registration = params.run_dir / "registry" / "registration.json"
+    if registration.is_file() and json.loads(registration.read_text())["version"] == version:
+        return params.registry.candidate, metrics
+    return f"champion ({params.registry.model_name} v{version})", metrics
+
+
+def report_stage(params: Params) -> Stage:
+    return Stage(
+        name="report",
+        summary="Pictures of the run: safety against utility with the Pareto front and the champion starred, the "
+        "experts' loss curves on one figure, each candidate's task-vector norm per block; a Markdown page of them",
+        reads="eval/summary.json, every candidate's weights, train/<job>/log_history.json, the registry's champion",
+        writes="<workspace>/<profile>/report/{safety_vs_utility,loss_curves,task_vector_layers}.png, "
+        "loss_curves.json, report.md",
+        param_keys=("evaluate",),
+        run=lambda p: draw_report(p.run_dir / "eval", candidates(p),
+                                  {job: p.run_dir / "train" / job / "log_history.json" for job in p.train.jobs},
+                                  champion_point(p), p.run_dir / "report"),
     )
 
 
@@ -306,7 +374,66 @@ def stages_for(params: Params, repo=Path(".")) -> tuple[Stage, ...]:
             + tuple(merge_stage(name, spec) for name, spec in params.merge.recipes.items())
             + ((realign_stage(params),) if params.safety.realign.model else ())
             + ((prune_stage(params),) if params.safety.prune.model else ()) + (EVALUATE,)
-            + ((gate_stage(params), register_stage(params, repo)) if params.registry.candidate else ()))
+            + ((gate_stage(params), register_stage(params, repo)) if params.registry.candidate else ())
+            + (report_stage(params),))
+
+
+def search_dir(params: Params) -> Path:
+    return params.run_dir / "search"
+
+
+def _search(p: Params) -> StageResult:
+    _validated(p)
+    models = {name: model_dir(p, name) for name in ["base", *dict.fromkeys(search_models(p))]}
+    curated = p.run_dir / "data" / "curated"
+    # the references drawn beside the trials; the same cache as the evaluate stage's, so evaluated once
+    references = {name: evaluate_cached(path, curated, p.evaluate, p.seed, p.run_dir / "eval" / name)[0]
+                  for name, path in models.items()}
+    inputs = SearchInputs(models, curated, p.run_dir / "data/pairs/harmful_compliance/train.jsonl",
+                          p.merge.max_relative_delta, p.safety.realign, p.safety.prune, p.evaluate, p.seed)
+    return search_recipes(p.search, inputs, references, search_dir(p), p.search.study_name or f"recipe-search-{p.profile}",
+                          log_child_run if mlflow.active_run() else None)
+
+
+def search_stage(params: Params) -> Stage:
+    cfg = params.search
+    return Stage(
+        name="search",
+        summary=f"Optuna search over merge recipes of {', '.join(cfg.models)} ({', '.join(cfg.space.methods)}), "
+        f"with SOMF and Antidote strengths, up to {cfg.trials} trials; objectives {', '.join(cfg.objectives)}; "
+        "the Pareto front and the recipe search.select picks",
+        reads="base_model/, models/<expert>/ (and the aligned model), data/curated/, data/pairs/harmful_compliance/",
+        writes="<workspace>/<profile>/search/{study.db, trials/, trials.json, eval/, pareto_front.png, chosen.json, "
+        "chosen_recipe.yaml, report.md}",
+        param_keys=("search", "safety", "evaluate"),
+        run=_search,
+    )
+
+
+def search_candidate(params: Params) -> Shipped:
+    """The trial the search chose, as the search-gate and search-register stages ship it."""
+    chosen = json.loads((search_dir(params) / CHOSEN).read_text())
+    if not chosen.get("trial"):
+        raise InputError(f"{search_dir(params) / CHOSEN}: no Pareto-optimal trial is within search.select.bounds; "
+                         "nothing to register (search/report.md shows the front)")
+    plan = chosen["plan"]
+    parents = list(params.search.models) + ([params.safety.realign.aligned] if plan["realign_lr"] is not None else [])
+    steps = chain(params, parents, {"name": f"search-{chosen['trial']}", **plan})
+    return Shipped(chosen["trial"], Path(chosen["model"]), search_dir(params) / "eval", steps, search_dir(params))
+
+
+def search_stages(params: Params, repo=Path(".")) -> tuple[Stage, ...]:
+    """What the recipe-search flow runs: data, the jobs the search needs (with their inits), the search, and,
+    with search.register, the gate and register stages of the chosen trial."""
+    needed: set[str] = set()
+    for name in search_models(params):
+        while name != "base" and name not in needed:
+            needed.add(name)
+            name = params.train.jobs[name].init
+    train = tuple(train_stage(name, job) for name, job in params.train.jobs.items() if name in needed)
+    ship = (gate_stage(params, search_candidate, "search-"), register_stage(params, repo, search_candidate, "search-")) \
+        if params.search.register else ()
+    return FIXED + train + (search_stage(params),) + ship
 
 
 def describe(stages: tuple[Stage, ...] = FIXED) -> str:

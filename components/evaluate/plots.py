@@ -1,7 +1,8 @@
-"""Pictures of a run: safety against utility with the Pareto front, and where each model moved from the base.
+"""Pictures of a run: safety against utility with the Pareto front, the experts' loss curves, and where each
+model moved from the base.
 
-`pareto_front` and `layer_norms` are pure functions (tested by hand); the two `plot_*` functions draw them
-with matplotlib's file backend and write PNGs.
+`pareto_front`, `loss_curve` and `layer_norms` are pure functions (tested by hand); the `plot_*` functions
+draw them with matplotlib's file backend and write PNGs.
 """
 
 from __future__ import annotations
@@ -32,6 +33,12 @@ def layer_norms(base: dict[str, torch.Tensor], model: dict[str, torch.Tensor]) -
     return {layer: value ** 0.5 for layer, value in sorted(squares.items())}
 
 
+def loss_curve(log_history: list[dict]) -> tuple[list[int], list[float]]:
+    """(steps, training losses) from a Trainer's `state.log_history`; evaluation and summary entries are skipped."""
+    entries = [entry for entry in log_history if "loss" in entry and "step" in entry]
+    return [int(entry["step"]) for entry in entries], [float(entry["loss"]) for entry in entries]
+
+
 def _tensors(model_dir: Path) -> dict[str, torch.Tensor]:
     tensors = {}
     for shard in sorted(Path(model_dir).glob("*.safetensors")):
@@ -49,23 +56,50 @@ def _pyplot():
     return plt
 
 
-def plot_safety_vs_utility(table: dict[str, dict[str, float]], out: Path, utility: str = "domain_mc_acc_norm") -> Path:
-    """Every candidate at (utility, harmful score) with its interval, labelled; the Pareto front as a line."""
+def plot_safety_vs_utility(table: dict[str, dict[str, float]], out: Path, utility: str = "domain_mc_acc_norm",
+                           champion: str | None = None, highlight: list[str] | None = None,
+                           title: str | None = None) -> Path:
+    """Every candidate at (utility, harmful score) with its interval, labelled; the Pareto front as a line.
+
+    `champion` names the point drawn as a star; `highlight` the points drawn in red (default: the 2-D front).
+    """
     plt = _pyplot()
     points = {name: (m[utility], m["harmful_score"]) for name, m in table.items()}
     front = pareto_front(points)
+    red = set(front if highlight is None else highlight)
     fig, ax = plt.subplots(figsize=(8, 6))
     for name, (u, h) in points.items():
         m = table[name]
         ax.errorbar(u, h, yerr=[[h - m.get("harmful_score_low", h)], [m.get("harmful_score_high", h) - h]],
-                    fmt="o", color="tab:red" if name in front else "tab:gray", capsize=3)
-        ax.annotate(name, (u, h), textcoords="offset points", xytext=(5, 5), fontsize=8)
+                    fmt="o", color="tab:red" if name in red else "tab:gray", capsize=3, alpha=0.8)
+        ax.annotate(name, (u, h), textcoords="offset points", xytext=(5, 5), fontsize=7)
     ax.plot([points[n][0] for n in front], [points[n][1] for n in front], "--", color="tab:red", label="Pareto front")
+    if champion is not None:
+        ax.plot(*points[champion], marker="*", markersize=18, color="gold", markeredgecolor="black",
+                linestyle="none", label=f"champion: {champion}")
     ax.set_xlabel(f"utility: {utility} (higher is better)")
     ax.set_ylabel("harmful score, Wilson 95% interval (lower is better)")
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def plot_loss_curves(histories: dict[str, list[dict]], out: Path) -> Path:
+    """Training loss against step for every expert, on one figure."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for name, history in histories.items():
+        steps, losses = loss_curve(history)
+        ax.plot(steps, losses, marker="." if len(steps) < 30 else None, label=name)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out, dpi=120)
+    fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
 
@@ -83,6 +117,6 @@ def plot_task_vector_layers(base_dir: Path, models: dict[str, Path], out: Path) 
     ax.set_ylabel("‖task vector‖₂ of the block")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out, dpi=120)
+    fig.savefig(out, dpi=100)
     plt.close(fig)
     return out

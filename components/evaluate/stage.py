@@ -14,7 +14,6 @@ from components.stage import StageResult, code_digest, up_to_date, write_card
 
 SUMMARY = "summary.json"
 SUMMARY_MD = "summary.md"
-PLOTS = "plots"  # safety_vs_utility.png, task_vector_layers.png (components/evaluate/plots.py)
 LM_EVAL_TASKS = "lm_eval"  # the utility tasks as lm-evaluation-harness task files (components/evaluate/lm_eval_tasks.py)
 TABLE_COLUMNS = ("domain_mc_acc", "domain_mc_acc_norm", "math_exact_match", "domain_perplexity", "harmful_score",
                  "over_refusal")
@@ -35,52 +34,46 @@ def render_summary(table: dict[str, dict[str, float]]) -> str:
     return "# Evaluation\n\n" + "\n".join(lines) + "\n\nHarmful score and over-refusal: share with Wilson 95% interval.\n"
 
 
-def evaluate_candidates(candidates: dict[str, Path], curated_dir: Path, cfg: EvaluateConfig, seed: int,
-                        out_dir: Path) -> StageResult:
-    """Evaluate each `{name: model_dir}`; write out_dir/<name>/{metrics.json, samples.jsonl} and the summary."""
+def evaluate_cached(model_dir: Path, curated_dir: Path, cfg: EvaluateConfig, seed: int,
+                    out_dir: Path) -> tuple[dict[str, float], bool]:
+    """The suite on one model, written to out_dir/{metrics.json, samples.jsonl}; (metrics, whether cached).
+
+    The key covers the model's weights, the test splits, the suite's code and config and the seed: the same
+    model evaluated for the pipeline and for a recipe-search trial is evaluated once.
+    """
     from components.evaluate.suite import evaluate_model
 
-    out_dir = Path(out_dir)
     data = {name: file_md5(Path(curated_dir) / name / "test.jsonl") for name in TEST_SETS
             if (Path(curated_dir) / name / "test.jsonl").is_file()}
     code = code_digest(__name__, "components.evaluate.suite", "components.evaluate.scoring",
                        "components.evaluate.metrics", "components.safety.refusal", "components.model.generate")
+    key = json_sha256({"code": code, "model": tree_sha256(model_dir), "data": data, "cfg": cfg.model_dump(), "seed": seed})
+    card = up_to_date(out_dir, key)
+    if card is not None:
+        return card["metrics"], True
+    metrics, samples = evaluate_model(model_dir, curated_dir, cfg, seed)
+    with atomic_dir(Path(out_dir)) as tmp:
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        write_jsonl(tmp / "samples.jsonl", samples)
+        write_card(tmp, {"stage": "evaluate", "key": key, "model": str(model_dir), "metrics": metrics})
+    return metrics, False
+
+
+def evaluate_candidates(candidates: dict[str, Path], curated_dir: Path, cfg: EvaluateConfig, seed: int,
+                        out_dir: Path) -> StageResult:
+    """Evaluate each `{name: model_dir}`; write out_dir/<name>/{metrics.json, samples.jsonl} and the summary."""
+    out_dir = Path(out_dir)
     table: dict[str, dict[str, float]] = {}
     cached = True
     for name, model_dir in candidates.items():
-        key = json_sha256({"code": code, "model": tree_sha256(model_dir), "data": data,
-                           "cfg": cfg.model_dump(), "seed": seed})
-        card = up_to_date(out_dir / name, key)
-        if card is None:
-            cached = False
-            metrics, samples = evaluate_model(model_dir, curated_dir, cfg, seed)
-            with atomic_dir(out_dir / name) as tmp:
-                (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-                write_jsonl(tmp / "samples.jsonl", samples)
-                write_card(tmp, {"stage": "evaluate", "key": key, "model": str(model_dir), "metrics": metrics})
-            card = {"metrics": metrics}
-        table[name] = card["metrics"]
+        table[name], was_cached = evaluate_cached(model_dir, curated_dir, cfg, seed, out_dir / name)
+        cached &= was_cached
     export_tasks(curated_dir, cfg, seed, out_dir / LM_EVAL_TASKS)
-    plotted = set(json.loads((out_dir / SUMMARY).read_text())) if (out_dir / SUMMARY).is_file() else set()
     with atomic_file(out_dir / SUMMARY) as tmp:
         tmp.write_text(json.dumps(table, indent=2) + "\n")
     with atomic_file(out_dir / SUMMARY_MD) as tmp:
         tmp.write_text(render_summary(table))
-    plots = out_dir / PLOTS  # reading every candidate's weights again is only worth it when a metric changed
-    if not cached or not plots.is_dir() or plotted != set(table):
-        draw_plots(table, candidates, plots)
     flat = {f"{name}.{metric}": value for name, metrics in table.items() for metric, value in metrics.items()}
     return StageResult(outputs={"evaluation": out_dir}, metrics=flat, cached=cached,
-                       artifacts=(out_dir / SUMMARY, out_dir / SUMMARY_MD, plots))
+                       artifacts=(out_dir / SUMMARY, out_dir / SUMMARY_MD))
 
-
-def draw_plots(table: dict[str, dict[str, float]], candidates: dict[str, Path], out_dir: Path) -> Path:
-    """safety_vs_utility.png and, when there is a base and other models, task_vector_layers.png."""
-    from components.evaluate.plots import plot_safety_vs_utility, plot_task_vector_layers
-
-    with atomic_dir(out_dir) as tmp:
-        plot_safety_vs_utility(table, tmp / "safety_vs_utility.png")
-        others = {name: path for name, path in candidates.items() if name != "base"}
-        if "base" in candidates and others:
-            plot_task_vector_layers(candidates["base"], others, tmp / "task_vector_layers.png")
-    return out_dir

@@ -1,0 +1,1 @@
+"""Merge-recipe search: Optuna over merge method, density, λ, layer-swap depth, realign and prune strength."""
