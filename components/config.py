@@ -444,7 +444,7 @@ class SearchConfig(StrictModel):
     objectives: list[str] = ["domain_mc_acc_norm", "harmful_score", "over_refusal"]
     space: SearchSpace = SearchSpace()
     select: SelectRule = SelectRule()
-    register: bool = False  # gate and register the chosen recipe's model (registry.model_name, registry.gates)
+    register_chosen: bool = False  # gate and register the chosen recipe's model (registry.model_name, registry.gates)
 
     @model_validator(mode="after")
     def _known_metrics(self) -> SearchConfig:

@@ -1,4 +1,5 @@
-"""The deployments of the post-train flow: `post-train` (run from the UI's form) and `nightly` (cron).
+"""The deployments: `post-train` (run from the UI's form), `nightly` (cron), and `recipe-search` (the Optuna
+search over merge recipes, flows/recipe_search.py).
 
 `python -m flows deploy` registers them with the Prefect API that PREFECT_API_URL points at. The code
 is pulled from this checkout (`from_source` on the repository folder), so a process worker on this
@@ -14,11 +15,12 @@ from flows.defaults import DEFAULT_CRON, DEFAULT_POOL
 from flows.post_train import REPO, PostTrainRequest
 
 ENTRYPOINT = "flows/post_train.py:post_train"
+SEARCH_ENTRYPOINT = "flows/recipe_search.py:recipe_search"
 
 
 def deploy(pool: str = DEFAULT_POOL, nightly_cron: str = DEFAULT_CRON, timezone: str = "UTC",
            nightly_profile: str | None = None) -> dict[str, str]:
-    """Register both deployments on `pool`; returns {name: deployment id}."""
+    """Register the deployments on `pool`; returns {name: deployment id}."""
     flow = Flow.from_source(source=str(REPO), entrypoint=ENTRYPOINT)
     common = dict(work_pool_name=pool, build=False, push=False, print_next_steps=False, ignore_warnings=True)
     ids = {
@@ -28,5 +30,9 @@ def deploy(pool: str = DEFAULT_POOL, nightly_cron: str = DEFAULT_CRON, timezone:
                                parameters={"request": PostTrainRequest(profile=nightly_profile).model_dump()},
                                description="Re-curate, retrain what changed, re-merge, re-gate, promote if the "
                                "gates pass. Only changed stages recompute (stage keys).", **common),
+        "recipe-search": Flow.from_source(source=str(REPO), entrypoint=SEARCH_ENTRYPOINT).deploy(
+            name="recipe-search", description="Optuna over merge recipes (method, density, lambda, layer-swap depth, "
+            "realign and prune strength): utility up, harm and over-refusal down; the Pareto front and the chosen "
+            "recipe. Continues its study when run again.", **common),
     }
     return {name: str(deployment_id) for name, deployment_id in ids.items()}

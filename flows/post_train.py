@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from pydantic import BaseModel, Field, ValidationError
 from components import progress
 from components.config import DEFAULT_PARAMS, GateSpec, Params, deep_merge, load_params, parse_overrides
 from components.errors import ParamsError, PipelineError
+from components.evaluate.report import REPORT_MD, inline_images
 from components.merge.recipe import GLOBAL_PARAMETERS, MODEL_PARAMETERS, OUR_METHODS
 from components.stage import StageResult
 from components.tracking import client_for, pipeline_run, tracked_stage, tracking_uri
@@ -190,6 +192,14 @@ def mlflow_run_url(params: Params, run_id: str) -> str:
     return f"{uri} (experiment {experiment}, run {run_id}; browse with `mlflow ui --backend-store-uri {uri}`)"
 
 
+def registration_line(register: StageResult) -> str:
+    """What the register stage did, in one Markdown line with the command that loads the version."""
+    registration = json.loads((register.outputs["registry"] / "registration.json").read_text())
+    return (f"Registered **{registration['model_uri']}** ({registration['candidate']}); "
+            + ("promoted to `champion`." if registration["promoted"] else "not promoted: `champion` unchanged.")
+            + f" Load it: `python -m flows chat --model {registration['model_uri']} \"...\"`")
+
+
 def publish(params: Params, results: dict[str, StageResult], parent_run_id: str) -> None:
     """What a person looks at in the Prefect UI: metrics table, gate report, links to MLflow and the registry."""
     url = mlflow_run_url(params, parent_run_id)
@@ -203,19 +213,18 @@ def publish(params: Params, results: dict[str, StageResult], parent_run_id: str)
                               key="evaluation", description="Held-out evaluation of every candidate")
     lines = [f"# Post-train run ({params.profile})", "", f"MLflow parent run: {url}", ""]
     if "register" in results:
-        registration = json.loads((results["register"].outputs["registry"] / "registration.json").read_text())
-        lines += [f"Registered **{registration['model_uri']}** ({registration['candidate']}); "
-                  + ("promoted to `champion`." if registration["promoted"] else "not promoted: `champion` unchanged."),
-                  "", f"Load it: `python -m flows chat --model {registration['model_uri']} \"...\"`", ""]
+        lines += [registration_line(results["register"]), ""]
         lines.append((results["gate"].outputs["gate"] / "report.md").read_text())
-    create_markdown_artifact("\n".join(lines), key="post-train-report", description="Gate report and registry")
+    if "report" in results:
+        folder = results["report"].outputs["report"]
+        lines.append(inline_images((folder / REPORT_MD).read_text().replace("# Post-train report", "## Figures"), folder))
+    create_markdown_artifact("\n".join(lines), key="post-train-report",
+                             description="Gate report, registry, figures and evaluation")
 
 
-@flow(name="post-train", log_prints=True)
-def post_train(request: PostTrainRequest = PostTrainRequest()) -> dict[str, dict[str, float]]:
-    """Data -> experts -> merges -> safety -> evaluation -> gate -> registry; returns each stage's metrics."""
-    params = resolve(request)  # before any stage: a bad parameter fails the run here, naming it
-    stages = stages_for(params, REPO)
+def run_stages(params: Params, stages: tuple[Stage, ...],
+               publish_results: Callable[[Params, dict[str, StageResult], str], None]) -> dict[str, dict[str, float]]:
+    """The stages as tasks, under the workspace lock and one MLflow parent run tagged with this flow run."""
     results: dict[str, StageResult] = {}
     # The lease is renewed while the run lives; a killed run's slot frees when it lapses (Prefect's minimum, 60 s).
     with concurrency(workspace_lock(params), occupy=1, strict=True, lease_duration=LOCK_LEASE_SECONDS):
@@ -226,5 +235,12 @@ def post_train(request: PostTrainRequest = PostTrainRequest()) -> dict[str, dict
                 client.set_tag(parent, "prefect.flow_run_url", flow_run.ui_url)
             for stage in stages:
                 results[stage.name] = run_stage(stage.name, stage, params, REPO, parent)
-            publish(params, results, parent)
+            publish_results(params, results, parent)
     return {name: result.metrics for name, result in results.items()}
+
+
+@flow(name="post-train", log_prints=True)
+def post_train(request: PostTrainRequest = PostTrainRequest()) -> dict[str, dict[str, float]]:
+    """Data -> experts -> merges -> safety -> evaluation -> gate -> registry; returns each stage's metrics."""
+    params = resolve(request)  # before any stage: a bad parameter fails the run here, naming it
+    return run_stages(params, stages_for(params, REPO), publish)

@@ -141,7 +141,7 @@ def _stop_group(pid: int, timeout: float = 30) -> bool:
 def describe(state: dict) -> str:
     prefect_ui = state["PREFECT_API_URL"].removesuffix("/api")
     return "\n".join([
-        f"Prefect UI:  {prefect_ui}  (deployments: post-train, nightly; work pool and worker running)",
+        f"Prefect UI:  {prefect_ui}  (deployments: post-train, nightly, recipe-search; work pool and worker running)",
         f"MLflow UI:   {state['MLFLOW_TRACKING_URI']}",
         "To use them from a shell:",
         *(f"  export {key}={state[key]}" for key in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")),

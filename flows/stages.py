@@ -255,7 +255,7 @@ def registry_tags(params: Params, shipped: Shipped, repo) -> dict[str, str]:
             "lineage": lineage_json(steps)}
     curated = params.run_dir / "data" / "curated"
     tags |= {f"data.{path.parent.name}/{path.stem}": file_md5(path) for path in sorted(curated.glob("*/*.jsonl"))}
-    recipes = [step for step in steps if step["name"].startswith(("merge-", "search-"))]
+    recipes = [step for step in steps if step["name"].startswith("merge-")]
     if recipes:
         tags["merge_recipe"] = lineage_json(recipes[-1])
     safety = [step for step in steps if step["name"].startswith(("realigned-", "pruned-"))]
@@ -416,15 +416,23 @@ def search_candidate(params: Params) -> Shipped:
     if not chosen.get("trial"):
         raise InputError(f"{search_dir(params) / CHOSEN}: no Pareto-optimal trial is within search.select.bounds; "
                          "nothing to register (search/report.md shows the front)")
-    plan = chosen["plan"]
+    plan, trial = chosen["plan"], chosen["trial"]
     parents = list(params.search.models) + ([params.safety.realign.aligned] if plan["realign_lr"] is not None else [])
-    steps = chain(params, parents, {"name": f"search-{chosen['trial']}", **plan})
-    return Shipped(chosen["trial"], Path(chosen["model"]), search_dir(params) / "eval", steps, search_dir(params))
+    model = f"merge-{trial}"  # the steps are named as the pipeline's: merge-, realigned-, pruned-
+    steps = chain(params, parents, {"name": model, **plan["recipe"]})
+    if plan["realign_lr"] is not None:
+        realign = params.safety.realign.model_copy(update={"model": model, "lr": plan["realign_lr"]})
+        model = f"realigned-{trial}"
+        steps.append({"name": model, **realign.model_dump(mode="json")})
+    if plan["prune_ratio"] is not None:
+        prune = params.safety.prune.model_copy(update={"model": model, "ratio": plan["prune_ratio"]})
+        steps.append({"name": f"pruned-{trial}", **prune.model_dump(mode="json")})
+    return Shipped(trial, Path(chosen["model"]), search_dir(params) / "eval", steps, search_dir(params))
 
 
 def search_stages(params: Params, repo=Path(".")) -> tuple[Stage, ...]:
     """What the recipe-search flow runs: data, the jobs the search needs (with their inits), the search, and,
-    with search.register, the gate and register stages of the chosen trial."""
+    with search.register_chosen, the gate and register stages of the chosen trial."""
     needed: set[str] = set()
     for name in search_models(params):
         while name != "base" and name not in needed:
@@ -432,7 +440,7 @@ def search_stages(params: Params, repo=Path(".")) -> tuple[Stage, ...]:
             name = params.train.jobs[name].init
     train = tuple(train_stage(name, job) for name, job in params.train.jobs.items() if name in needed)
     ship = (gate_stage(params, search_candidate, "search-"), register_stage(params, repo, search_candidate, "search-")) \
-        if params.search.register else ()
+        if params.search.register_chosen else ()
     return FIXED + train + (search_stage(params),) + ship
 
 

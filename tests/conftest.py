@@ -97,3 +97,31 @@ def stop_process_group(process) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+
+
+@pytest.fixture(scope="module")
+def prefect_api():
+    """A throwaway Prefect server (SQLite) for the flows of one test module."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield PREFECT_API_URL.value()
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory, mlflow_server: str) -> Path:
+    """`python -m flows run --profile tiny` once, tracked on the MLflow server: its params file (outputs beside it).
+
+    The CLI, notebook and recipe-search tests read this run rather than each training the tiny experts again.
+    """
+    import subprocess
+    import sys
+
+    params_file = tmp_path_factory.mktemp("pipeline") / "params.yaml"
+    shutil.copy(REPO / "params.yaml", params_file)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": mlflow_server}
+    out = subprocess.run([sys.executable, "-m", "flows", "run", "--params", str(params_file), "--profile", "tiny"],
+                         cwd=REPO, capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return params_file

@@ -1,3 +1,4 @@
+import base64
 import json
 import math
 import re
@@ -11,7 +12,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from components.config import EvaluateConfig
 from components.errors import InputError
 from components.evaluate.metrics import final_number, perplexity, wilson_interval
-from components.evaluate.plots import layer_norms, pareto_front
+from components.evaluate.plots import layer_norms, loss_curve, pareto_front
+from components.evaluate.report import (
+    LOSS_CURVES, LOSS_DATA, REPORT_MD, SAFETY_VS_UTILITY, TASK_VECTOR_LAYERS, draw_report, inline_images,
+)
 from components.evaluate.scoring import continuation_logprobs
 from components.evaluate.stage import evaluate_candidates
 from components.evaluate.suite import mc_items
@@ -105,7 +109,47 @@ def test_evaluate_stage_scores_every_candidate_and_caches_by_weights(tmp_path: P
     assert "| base |" in (tmp_path / "eval" / "summary.md").read_text()
     assert result.metrics["base.math_exact_match"] == metrics["math_exact_match"]
     assert evaluate_candidates({"base": tiny_base}, curated, cfg, 0, tmp_path / "eval").cached
-    assert (tmp_path / "eval" / "plots" / "safety_vs_utility.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_report_draws_the_figures_and_redraws_only_when_what_they_show_changed(tmp_path: Path, tiny_base: Path,
+                                                                             curated: Path):
+    cfg = EvaluateConfig(math_new_tokens=4, safety_new_tokens=4, batch_size=4)
+    evaluate_candidates({"base": tiny_base}, curated, cfg, 0, tmp_path / "eval")
+    history = [{"loss": 3.0, "step": 1}, {"eval_loss": 2.9, "step": 1}, {"loss": 2.5, "step": 2},
+               {"train_loss": 2.75, "step": 2}]
+    (tmp_path / "math.json").write_text(json.dumps(history))
+    histories = {"math": tmp_path / "math.json", "never_trained": tmp_path / "missing.json"}
+    champion = ("champion (post-train v3)", {"domain_mc_acc_norm": 0.5, "harmful_score": 0.2})
+    out = tmp_path / "report"
+    first = draw_report(tmp_path / "eval", {"base": tiny_base}, histories, champion, out)
+    assert not first.cached and first.artifacts == (out,)
+    for name in (SAFETY_VS_UTILITY, LOSS_CURVES):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+    assert not (out / TASK_VECTOR_LAYERS).exists()  # only the base: no task vector to draw
+    assert json.loads((out / LOSS_DATA).read_text()) == {"math": {"steps": [1, 2], "losses": [3.0, 2.5]}}
+    page = (out / REPORT_MD).read_text()
+    assert "Champion: **champion (post-train v3)**" in page and "![Training loss of the experts](loss_curves.png)" in page
+    assert draw_report(tmp_path / "eval", {"base": tiny_base}, histories, champion, out).cached
+    assert not draw_report(tmp_path / "eval", {"base": tiny_base}, histories, None, out).cached
+    history.append({"loss": 2.0, "step": 3})
+    (tmp_path / "math.json").write_text(json.dumps(history))
+    assert not draw_report(tmp_path / "eval", {"base": tiny_base}, histories, None, out).cached
+    assert json.loads((out / LOSS_DATA).read_text())["math"]["steps"] == [1, 2, 3]
+
+
+def test_loss_curve_keeps_training_losses_only():
+    history = [{"loss": 1.5, "step": 5}, {"eval_loss": 1.7, "step": 5}, {"loss": 1.25, "step": 10},
+               {"train_runtime": 3.0, "train_loss": 1.4, "step": 10}]
+    assert loss_curve(history) == ([5, 10], [1.5, 1.25])
+
+
+def test_inline_images_embeds_the_pngs_it_finds_and_leaves_the_rest(tmp_path: Path):
+    png = b"\x89PNG fake"
+    (tmp_path / "a.png").write_bytes(png)
+    page = "# r\n![A](a.png)\n![B](b.png)\n![C](https://example.org/c.png)\n"
+    inlined = inline_images(page, tmp_path)
+    assert f"![A](data:image/png;base64,{base64.b64encode(png).decode()})" in inlined
+    assert "![B](b.png)" in inlined and "![C](https://example.org/c.png)" in inlined
 
 
 def test_pareto_front_by_hand():

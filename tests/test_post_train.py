@@ -1,5 +1,6 @@
 """The Prefect flow on tiny: end to end under prefect_test_harness, UI artifacts, bad form values, kill and resume."""
 
+import base64
 import json
 import os
 import signal
@@ -52,15 +53,6 @@ def test_out_of_range_form_values_fail_validation():
             PostTrainRequest(**fields)
 
 
-@pytest.fixture(scope="module")
-def prefect_api():
-    from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield PREFECT_API_URL.value()
-
-
 UNINTERRUPTED: dict = {}  # the end-to-end run's evaluation, for the kill-and-resume test to compare with
 
 
@@ -102,10 +94,13 @@ def test_flow_end_to_end_on_tiny(prefect_api, mlflow_server, params_file: Path, 
     assert {"post-train-report", "evaluation", "mlflow-run"} <= set(artifacts)
     assert f"models:/flow-tiny/{version.version}" in artifacts["post-train-report"]["data"]
     assert "# Gate report: realigned-merge-ties" in artifacts["post-train-report"]["data"]
+    report = (params_file.parent / "outputs/tiny/report/safety_vs_utility.png").read_bytes()
+    assert base64.b64encode(report).decode() in artifacts["post-train-report"]["data"]  # the figure, inline
+    assert "Champion: **realigned-merge-ties**" in artifacts["post-train-report"]["data"]
     assert parent.info.run_id in artifacts["mlflow-run"]["data"]
     table = json.loads(artifacts["evaluation"]["data"])
     assert {row["candidate"] for row in table} >= {"base", "merge-ties", "realigned-merge-ties"}
-    assert {t["name"] for t in task_runs} >= {"train-math", "merge-ties", "register"}
+    assert {t["name"] for t in task_runs} >= {"train-math", "merge-ties", "register", "report"}
 
 
 def test_killed_run_resumes_without_recomputing_finished_stages(prefect_api, mlflow_server, params_file: Path,

@@ -11,7 +11,9 @@ the loss histories, or the champion.
 
 from __future__ import annotations
 
+import base64
 import json
+import re
 from pathlib import Path
 
 from components.atomic import atomic_dir
@@ -47,14 +49,14 @@ def draw_report(eval_dir: Path, candidates: dict[str, Path], histories: dict[str
     artifacts = (out_dir,)
     if up_to_date(out_dir, key) is not None:
         return StageResult(outputs={"report": out_dir}, cached=True, artifacts=artifacts)
-    label = None
+    label, drawn = None, table
     if champion is not None:
         label, metrics = champion
-        table = {**table, label: table.get(label, metrics)}
+        drawn = {**table, label: table.get(label, metrics)}
     loaded = {name: json.loads(Path(path).read_text()) for name, path in found.items()}
     figures = []
     with atomic_dir(out_dir) as tmp:
-        plot_safety_vs_utility(table, tmp / SAFETY_VS_UTILITY, champion=label)
+        plot_safety_vs_utility(drawn, tmp / SAFETY_VS_UTILITY, champion=label)
         figures.append(("Safety against utility", SAFETY_VS_UTILITY))
         if loaded:
             plot_loss_curves(loaded, tmp / LOSS_CURVES)
@@ -78,3 +80,15 @@ def report_markdown(figures: list[tuple[str, str]], table: dict[str, dict[str, f
     for title, name in figures:
         lines += [f"## {title}", "", f"![{title}]({name})", ""]
     return "\n".join(lines) + "\n" + render_summary(table).replace("# Evaluation", "## Evaluation")
+
+
+def inline_images(markdown: str, folder: Path) -> str:
+    """Markdown whose relative PNG links become data URIs: a page that shows its figures wherever it is stored
+    (the Prefect UI renders a Markdown artifact as it is and cannot reach files on the worker)."""
+    def data_uri(match: re.Match) -> str:
+        path = Path(folder) / match.group(2)
+        if not path.is_file():
+            return match.group(0)
+        return f"![{match.group(1)}](data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()})"
+
+    return re.sub(r"!\[([^\]]*)\]\(([^):/]+\.png)\)", data_uri, markdown)
