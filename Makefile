@@ -1,9 +1,9 @@
-# make setup | make run | make test | make bench | make lock
+# make setup | make run | make test | make bench | make lock | make strip-notebooks
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup run test bench lock clean
+.PHONY: setup run test bench lock clean strip-notebooks
 
 setup: $(VENV)/.installed .venv-checkov/.installed
 
@@ -34,6 +34,9 @@ bench: setup
 lock: setup
 	{ sed -n '1,3p' requirements.lock; $(PY) -m pip freeze --exclude-editable | sed 's/+cpu$$//'; } > requirements.lock.new
 	mv requirements.lock.new requirements.lock
+
+strip-notebooks: setup
+	$(PY) notebooks/strip.py
 
 clean:
 	rm -rf outputs

@@ -1,0 +1,80 @@
+"""The notebooks run top to bottom on the tiny pipeline's run (so they never rot), and are committed without outputs."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from components.config import load_params
+from tests.conftest import REPO
+
+NOTEBOOKS = REPO / "notebooks"
+
+
+def execute(name: str) -> nbformat.NotebookNode:
+    """Run every cell in a fresh kernel, in notebooks/ as a user would; a failing cell raises with its traceback."""
+    notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
+    NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
+    return notebook
+
+
+def text_of(notebook: nbformat.NotebookNode) -> str:
+    return "\n".join(output.get("text", "") + json.dumps(output.get("data", {}).get("text/plain", ""))
+                     for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs)
+
+
+def images_in(notebook: nbformat.NotebookNode) -> int:
+    return sum("image/png" in output.get("data", {}) for cell in notebook.cells if cell.cell_type == "code"
+               for output in cell.outputs)
+
+
+@pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("*.ipynb")), ids=lambda p: p.name)
+def test_notebooks_are_committed_without_outputs(path: Path):
+    notebook = nbformat.read(path, as_version=4)
+    nbformat.validate(notebook)
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None, f"{path.name}: run `make strip-notebooks`"
+
+
+def test_report_notebook_reproduces_the_last_runs_tables_from_mlflow(tiny_pipeline: Path, mlflow_server: str,
+                                                                      tmp_path: Path, monkeypatch):
+    params = load_params(tiny_pipeline, "tiny")
+    # a one-trial study of its own, so that the notebook's search section has a search to read
+    search = subprocess.run([sys.executable, "-m", "flows", "search", "--params", str(tiny_pipeline), "--profile", "tiny",
+                             "--set", "search.trials=1", "--set", "search.study_name=notebook-test"], cwd=REPO,
+                            capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": mlflow_server})
+    assert search.returncode == 0, search.stderr[-3000:]
+    monkeypatch.setenv("POSTTRAIN_TRACKING_URI", mlflow_server)
+    monkeypatch.setenv("POSTTRAIN_EXPERIMENT", params.tracking.experiment)
+    monkeypatch.setenv("POSTTRAIN_FIGURES", str(tmp_path))
+    notebook = execute("pipeline_report.ipynb")
+
+    # the evaluation table it rebuilt from MLflow metrics is the evaluate stage's own summary
+    assert json.loads((tmp_path / "evaluation.json").read_text()) == json.loads(
+        (params.run_dir / "eval" / "summary.json").read_text())
+    curves = json.loads((params.run_dir / "report" / "loss_curves.json").read_text())
+    assert set(curves) == set(params.train.jobs)
+    assert "champion: realigned-merge-ties" in text_of(notebook)  # the tiny run's candidate is the champion
+    for figure in ("safety_vs_utility.png", "loss_curves.png", "task_vector_layers.png", "search_trials.png"):
+        assert (tmp_path / figure).read_bytes()[:4] == b"\x89PNG"
+    assert images_in(notebook) == 4
+    trial = json.loads((params.run_dir / "search" / "trials.json").read_text())[0]
+    rows = list(csv.DictReader((tmp_path / "search_trials.csv").open()))
+    assert [(row["trial"], float(row["domain_perplexity"])) for row in rows] == [
+        (trial["name"], trial["metrics"]["domain_perplexity"])]
+
+
+def test_merge_by_hand_notebook_matches_the_merge_engine(tiny_pipeline: Path, monkeypatch):
+    monkeypatch.setenv("POSTTRAIN_RUN_DIR", str(load_params(tiny_pipeline, "tiny").run_dir))
+    notebook = execute("merge_by_hand.ipynb")  # its own asserts compare the hand computation with both
+    output = text_of(notebook)
+    assert "max |by hand − ties()| =" in output and "max |by hand − merge engine| =" in output
+    assert images_in(notebook) == 1
