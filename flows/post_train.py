@@ -38,7 +38,7 @@ from components.evaluate.report import REPORT_MD, inline_images
 from components.merge.recipe import GLOBAL_PARAMETERS, MODEL_PARAMETERS, OUR_METHODS
 from components.stage import StageResult
 from components.tracking import client_for, pipeline_run, tracked_stage, tracking_uri
-from flows.stages import Stage, stages_for
+from flows.stages import Stage, stages_for, with_inits
 
 REPO = Path(__file__).resolve().parents[1]
 LOCK_LEASE_SECONDS = 60
@@ -128,11 +128,7 @@ def select_experts(params: Params, experts: list[str]) -> Params:
     unknown = sorted(set(experts) - set(params.train.jobs))
     if unknown:
         raise ParamsError(f"experts: {unknown} are not train jobs (jobs: {', '.join(params.train.jobs)})")
-    keep: set[str] = set()
-    for name in experts:
-        while name != "base" and name not in keep:
-            keep.add(name)
-            name = params.train.jobs[name].init
+    keep = with_inits(params, experts)
     dumped = params.model_dump()
     dumped["train"]["jobs"] = {name: job for name, job in dumped["train"]["jobs"].items() if name in keep}
     available = keep | {"base"}

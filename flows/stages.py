@@ -378,6 +378,16 @@ def stages_for(params: Params, repo=Path(".")) -> tuple[Stage, ...]:
             + (report_stage(params),))
 
 
+def with_inits(params: Params, jobs: list[str]) -> set[str]:
+    """The named train jobs and every job they start from, transitively."""
+    needed: set[str] = set()
+    for name in jobs:
+        while name != "base" and name not in needed:
+            needed.add(name)
+            name = params.train.jobs[name].init
+    return needed
+
+
 def search_dir(params: Params) -> Path:
     return params.run_dir / "search"
 
@@ -433,11 +443,7 @@ def search_candidate(params: Params) -> Shipped:
 def search_stages(params: Params, repo=Path(".")) -> tuple[Stage, ...]:
     """What the recipe-search flow runs: data, the jobs the search needs (with their inits), the search, and,
     with search.register_chosen, the gate and register stages of the chosen trial."""
-    needed: set[str] = set()
-    for name in search_models(params):
-        while name != "base" and name not in needed:
-            needed.add(name)
-            name = params.train.jobs[name].init
+    needed = with_inits(params, search_models(params))
     train = tuple(train_stage(name, job) for name, job in params.train.jobs.items() if name in needed)
     ship = (gate_stage(params, search_candidate, "search-"), register_stage(params, repo, search_candidate, "search-")) \
         if params.search.register_chosen else ()
