@@ -463,4 +463,8 @@ def describe(stages: tuple[Stage, ...] = FIXED) -> str:
                   "      writes: <workspace>/<profile>/merged/<name>/"]
         lines += [f"  {EVALUATE.name}", f"      {EVALUATE.summary}", f"      reads:  {EVALUATE.reads}",
                   f"      writes: {EVALUATE.writes}"]
+        lines += ["  realign, prune, gate, register, report", "      SOMF and Antidote on the configured model, gates "
+                  "and the MLflow registry, the run's figures (`python -m flows stages` lists them with their inputs)"]
+        lines += ["  search (python -m flows search)", "      Optuna over merge recipes with safety in the objective; "
+                  "writes <workspace>/<profile>/search/"]
     return "\n".join(lines)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from mlflow.tracking import MlflowClient
 from nbclient import NotebookClient
 
 from components.config import load_params
@@ -62,7 +63,14 @@ def test_report_notebook_reproduces_the_last_runs_tables_from_mlflow(tiny_pipeli
         (params.run_dir / "eval" / "summary.json").read_text())
     curves = json.loads((params.run_dir / "report" / "loss_curves.json").read_text())
     assert set(curves) == set(params.train.jobs)
-    assert "champion: realigned-merge-ties" in text_of(notebook)  # the tiny run's candidate is the champion
+    # the champion is starred as this run's candidate if this run made it, else by its version
+    client = MlflowClient(tracking_uri=mlflow_server)
+    champion = client.get_model_version_by_alias(params.registry.model_name, "champion")
+    experiment = client.get_experiment_by_name(params.tracking.experiment).experiment_id
+    last = client.search_runs([experiment], "tags.stage = 'evaluate'", order_by=["attributes.start_time DESC"])[0]
+    label = champion.tags["candidate"] if champion.tags["pipeline_run"] == last.data.tags["mlflow.parentRunId"] \
+        else f"champion ({params.registry.model_name} v{champion.version})"
+    assert f"| champion: {label}" in text_of(notebook)
     for figure in ("safety_vs_utility.png", "loss_curves.png", "task_vector_layers.png", "search_trials.png"):
         assert (tmp_path / figure).read_bytes()[:4] == b"\x89PNG"
     assert images_in(notebook) == 4

@@ -142,3 +142,8 @@ def test_a_killed_search_continues_its_study(tiny_pipeline: Path, mlflow_server:
     assert retried[0].params == cut.params  # the same knobs, run again
     assert sum(s == optuna.trial.TrialState.COMPLETE for s in states.values()) == 4
     assert {n: study.trials[n].user_attrs["seconds"] for n in finished} == finished  # nothing finished was redone
+    changed = subprocess.run([sys.executable, "-m", "flows", "search", "--params", str(tiny_pipeline), "--profile", "tiny",
+                              "--set", "search.objectives=[domain_perplexity]"], cwd=REPO, capture_output=True, text=True,
+                             env={**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": mlflow_server})
+    assert changed.returncode == 2 and "study 'recipe-search-tiny'" in changed.stderr
+    assert "made for other objectives" in changed.stderr

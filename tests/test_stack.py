@@ -40,6 +40,9 @@ def test_stack_runs_the_deployment_triggered_through_the_api(tmp_path: Path, par
         deployment = httpx.get(f"{api}/deployments/name/post-train/post-train", timeout=30).json()
         form = deployment["parameter_openapi_schema"]["definitions"]["PostTrainRequest"]["properties"]
         assert form["density"]["anyOf"][0]["maximum"] == 1 and "merge_method" in form and "gates" in form
+        search = httpx.get(f"{api}/deployments/name/recipe-search/recipe-search", timeout=30).json()
+        search_form = search["parameter_openapi_schema"]["definitions"]["RecipeSearchRequest"]["properties"]
+        assert {"trials", "timeout_minutes", "methods", "register_chosen"} <= set(search_form)
 
         def create_run(request: dict) -> httpx.Response:
             return httpx.post(f"{api}/deployments/{deployment['id']}/create_flow_run",

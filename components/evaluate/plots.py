@@ -58,10 +58,11 @@ def _pyplot():
 
 def plot_safety_vs_utility(table: dict[str, dict[str, float]], out: Path, utility: str = "domain_mc_acc_norm",
                            champion: str | None = None, highlight: list[str] | None = None,
-                           title: str | None = None) -> Path:
+                           title: str | None = None, star_label: str = "champion") -> Path:
     """Every candidate at (utility, harmful score) with its interval, labelled; the Pareto front as a line.
 
-    `champion` names the point drawn as a star; `highlight` the points drawn in red (default: the 2-D front).
+    `champion` names the point drawn as a star (`star_label` in the legend); `highlight` the points drawn in red
+    (default: the 2-D front).
     """
     plt = _pyplot()
     points = {name: (m[utility], m["harmful_score"]) for name, m in table.items()}
@@ -76,11 +77,11 @@ def plot_safety_vs_utility(table: dict[str, dict[str, float]], out: Path, utilit
     ax.plot([points[n][0] for n in front], [points[n][1] for n in front], "--", color="tab:red", label="Pareto front")
     if champion is not None:
         ax.plot(*points[champion], marker="*", markersize=18, color="gold", markeredgecolor="black",
-                linestyle="none", label=f"champion: {champion}")
+                linestyle="none", label=f"{star_label}: {champion}")
     ax.set_xlabel(f"utility: {utility} (higher is better)")
     ax.set_ylabel("harmful score, Wilson 95% interval (lower is better)")
     if title:
-        ax.set_title(title)
+        ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=100)

@@ -30,6 +30,7 @@ import yaml
 
 from components.atomic import atomic_dir, atomic_file
 from components.config import EvaluateConfig, MergeSpec, Params, PruneConfig, RealignConfig, SearchConfig
+from components.errors import ParamsError
 from components.evaluate.plots import plot_safety_vs_utility
 from components.evaluate.stage import SUMMARY, evaluate_cached, render_summary
 from components.hashing import json_sha256
@@ -104,8 +105,8 @@ def open_study(cfg: SearchConfig, storage: str, study_name: str, seed: int):
         study = optuna.load_study(study_name=study_name, storage=storage)
         if study.directions != [optuna.study.StudyDirection.MAXIMIZE if d == "maximize"
                                 else optuna.study.StudyDirection.MINIMIZE for d in directions(cfg.objectives)]:
-            raise ValueError(f"study {study_name!r} in {storage} was made for other objectives; "
-                             "set search.study_name to start a new one")
+            raise ParamsError(f"search.objectives: study {study_name!r} in {storage} was made for other objectives "
+                              f"({len(study.directions)}); set search.study_name to start a new study")
         for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
             study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
             study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
@@ -155,8 +156,7 @@ def search_recipes(cfg: SearchConfig, inputs: SearchInputs, references: dict[str
     remaining = cfg.trials - len(done)
     if remaining > 0:
         timeout = cfg.timeout_minutes * 60 if cfg.timeout_minutes else None
-        study.optimize(objective, n_trials=remaining, timeout=timeout, callbacks=[keep_front_models],
-                       catch=())
+        study.optimize(objective, n_trials=remaining, timeout=timeout, callbacks=[keep_front_models])
     return write_results(study, cfg, references, out_dir)
 
 
@@ -179,8 +179,8 @@ def write_results(study, cfg: SearchConfig, references: dict[str, dict[str, floa
             (tmp / name / "metrics.json").write_text(json.dumps(front[name], indent=2) + "\n")
     if table:
         plot_safety_vs_utility(table, out_dir / FRONT_PLOT, utility=_utility(cfg), champion=chosen,
-                               highlight=list(front), title=f"{len(complete)} trials; red: Pareto front "
-                               f"({', '.join(cfg.objectives)}); star: chosen")
+                               highlight=list(front), star_label="chosen",
+                               title=f"{len(complete)} trials; red: Pareto-optimal on {', '.join(cfg.objectives)}")
     record = next((t for t in trials if t["name"] == chosen), None)
     with atomic_file(out_dir / CHOSEN) as tmp:
         tmp.write_text(json.dumps({"trial": chosen, "rule": cfg.select.model_dump(mode="json"),
