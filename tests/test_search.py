@@ -16,6 +16,8 @@ from optuna.trial import FixedTrial
 from components.config import FloatRange, MergeSpec, SearchSpace, SelectRule, load_params
 from components.errors import ParamsError
 from components.search.space import choose, directions, suggest
+from components.search.stage import open_study
+from flows.__main__ import main
 from tests.conftest import REPO
 
 EXPERTS = ["domain", "math"]
@@ -54,17 +56,15 @@ def test_choose_takes_the_best_front_trial_within_the_bounds():
     assert directions(["domain_mc_acc_norm", "harmful_score", "domain_perplexity"]) == ["maximize", "minimize", "minimize"]
 
 
-def test_bad_search_settings_name_the_key(params_file: Path):
+def test_bad_search_settings_name_the_key(params_file: Path, capsys):
     with pytest.raises(ParamsError, match=r"--set search.space.density: low \(0.9\) is above high \(0.1\)"):
         load_params(params_file, "tiny", {"search": {"space": {"density": {"low": 0.9, "high": 0.1}}}})
     with pytest.raises(ParamsError, match=r"\['dare_ties'\] cannot be searched"):
         load_params(params_file, "tiny", {"search": {"space": {"methods": ["ties", "dare_ties"]}}})
     with pytest.raises(ParamsError, match=r"objectives: \['accuracy'\] are not metrics"):
         load_params(params_file, "tiny", {"search": {"objectives": ["accuracy"]}})
-    out = subprocess.run([sys.executable, "-m", "flows", "search", "--params", str(params_file), "--profile", "tiny",
-                          "--set", "search.models=[domain, nope]"], cwd=REPO, capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": str(REPO)})
-    assert out.returncode == 2 and "search: ['nope'] are not train jobs of profile 'tiny'" in out.stderr
+    assert main(["search", "--params", str(params_file), "--profile", "tiny", "--set", "search.models=[domain, nope]"]) == 2
+    assert "search: ['nope'] are not train jobs of profile 'tiny'" in capsys.readouterr().err
     assert not (params_file.parent / "outputs").exists()
 
 
@@ -142,8 +142,6 @@ def test_a_killed_search_continues_its_study(tiny_pipeline: Path, mlflow_server:
     assert retried[0].params == cut.params  # the same knobs, run again
     assert sum(s == optuna.trial.TrialState.COMPLETE for s in states.values()) == 4
     assert {n: study.trials[n].user_attrs["seconds"] for n in finished} == finished  # nothing finished was redone
-    changed = subprocess.run([sys.executable, "-m", "flows", "search", "--params", str(tiny_pipeline), "--profile", "tiny",
-                              "--set", "search.objectives=[domain_perplexity]"], cwd=REPO, capture_output=True, text=True,
-                             env={**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": mlflow_server})
-    assert changed.returncode == 2 and "study 'recipe-search-tiny'" in changed.stderr
-    assert "made for other objectives" in changed.stderr
+    other_objectives = params.search.model_copy(update={"objectives": ["domain_perplexity"]})
+    with pytest.raises(ParamsError, match=r"search.objectives: study 'recipe-search-tiny' .* made for other objectives"):
+        open_study(other_objectives, storage, "recipe-search-tiny", seed=0)
