@@ -143,7 +143,8 @@ def search_recipes(cfg: SearchConfig, inputs: SearchInputs, references: dict[str
         trial.set_user_attr("model", str(model))
         trial.set_user_attr("seconds", time.monotonic() - started)
         if log_trial is not None:
-            log_trial(trial_name(trial.number), trial.params, metrics, {"trial_dir": str(trial_dir), "recipe": json.dumps(plan.recipe)})
+            log_trial(trial_name(trial.number), trial.params, metrics,
+                      {"trial_dir": str(trial_dir), "recipe": json.dumps(plan.recipe)})
         return objective_values(metrics, cfg.objectives)
 
     def keep_front_models(study: optuna.Study, _trial) -> None:
