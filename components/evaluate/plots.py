@@ -110,9 +110,10 @@ def plot_task_vector_layers(base_dir: Path, models: dict[str, Path], out: Path) 
     plt = _pyplot()
     base = _tensors(base_dir)
     fig, ax = plt.subplots(figsize=(8, 5))
-    for name, model_dir in models.items():
+    colors = plt.get_cmap("tab20").colors  # the default cycle repeats after 10 models, a pipeline has more
+    for index, (name, model_dir) in enumerate(models.items()):
         norms = layer_norms(base, _tensors(model_dir))
-        ax.plot(list(norms), list(norms.values()), marker=".", label=name)
+        ax.plot(list(norms), list(norms.values()), marker=".", label=name, color=colors[index % len(colors)])
     ax.set_yscale("symlog", linthresh=1e-3)  # pruning moves some blocks 30x more than fine-tuning does
     ax.set_xlabel("transformer block")
     ax.set_ylabel("‖task vector‖₂ of the block")
