@@ -16,8 +16,8 @@ EXPERTS = ("domain", "math", "safety")
 
 def _recipe(params: Params, method: str) -> Recipe:
     per_model = {"ties": {"density": 0.5, "weight": 1.0}, "task_arithmetic": {"weight": 1.0}, "pcb": {}}[method]
-    return Recipe(merge_method=method, base_model=str(params.run_dir / "base_model"), dtype="float32",
-                  models=[{"model": str(params.run_dir / "models" / e), "parameters": per_model} for e in EXPERTS],
+    return Recipe(merge_method=method, base_model=str(params.ws.base_model), dtype="float32",
+                  models=[{"model": str(params.ws.job_model(e)), "parameters": per_model} for e in EXPERTS],
                   parameters={"pcb_ratio": 0.1} if method == "pcb" else {})
 
 
@@ -48,7 +48,7 @@ def _read_and_write(recipe: Recipe, out: Path) -> None:
 
 @benchmark("merge")
 def merge(params: Params, scratch: Path) -> Report:
-    missing = [e for e in EXPERTS if not (params.run_dir / "models" / e).is_dir()]
+    missing = [e for e in EXPERTS if not (params.ws.job_model(e)).is_dir()]
     if missing:
         raise SystemExit(f"merge benchmark: train {missing} first (python -m flows run --profile {params.profile})")
     report = Report("merge", baseline="read all inputs + write output")
@@ -61,6 +61,6 @@ def merge(params: Params, scratch: Path) -> Report:
         report.seconds[label] = seconds
         report.notes[f"peak RSS, {label}"] = f"{peak_mb:.0f} MB"
         shutil.rmtree(out, ignore_errors=True)
-    size = sum(p.stat().st_size for p in (params.run_dir / "base_model").glob("*.safetensors"))
+    size = sum(p.stat().st_size for p in (params.ws.base_model).glob("*.safetensors"))
     report.notes["inputs"] = f"base + {len(EXPERTS)} experts, {size / 1e6:.0f} MB each"
     return report

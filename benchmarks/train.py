@@ -21,7 +21,7 @@ def _trainer_run(params: Params, method: str, dataset: str, out: Path) -> float:
 
     job = params.train.jobs["math"].model_copy(update={"method": method, "datasets": [dataset], "max_steps": STEPS,
                                                        "save_steps": STEPS, "eval_rows": 0})
-    result = run_job("math", job, params.run_dir / "base_model", params.run_dir, out / "model", out / "work")
+    result = run_job("math", job, params.ws.base_model, params.ws, out / "model", out / "work")
     return result.metrics["samples_per_second"]
 
 
@@ -48,11 +48,11 @@ def _plain_torch(model_dir: Path, job: TrainJob, steps: int) -> float:
 
 @benchmark("train")
 def train(params: Params, scratch: Path) -> Report:
-    if not (params.run_dir / "data" / "pairs").is_dir():
+    if not (params.ws.pairs).is_dir():
         raise SystemExit(f"train benchmark: run the data and pairs stages first (python -m flows run --profile {params.profile})")
     report = Report("train", baseline="plain torch LoRA step, 128-token rows")
     job = params.train.jobs["math"]
-    seconds, peak, rate = measured(_plain_torch, params.run_dir / "base_model", job, STEPS)
+    seconds, peak, rate = measured(_plain_torch, params.ws.base_model, job, STEPS)
     report.seconds[report.baseline] = seconds
     report.notes[f"{report.baseline}: rows/s"] = f"{rate:.2f}; peak RSS {peak:.0f} MB"
     for method, datasets in METHODS.items():

@@ -26,6 +26,7 @@ from pydantic import (
 from components.data.tables import Kind
 from components.errors import ParamsError, PipelineError
 from components.hashing import json_sha256
+from components.workspace import Workspace
 from components.yamlfile import read_yaml
 
 DEFAULT_PARAMS = Path("params.yaml")
@@ -122,7 +123,6 @@ _BASE_MODEL_SOURCES = (EmbeddedModel, GGUFModel, LocalModel, HubModel, RandomMod
 BaseModelConfig = Annotated[
     EmbeddedModel | GGUFModel | LocalModel | HubModel | RandomModel, Field(discriminator="source")
 ]
-# pydantic puts the discriminator's value into an error's location; the user never wrote it as a key.
 _UNION_TAGS = {model.model_fields["source"].annotation.__args__[0] for model in _BASE_MODEL_SOURCES}
 
 
@@ -216,14 +216,12 @@ class LoraSettings(StrictModel):
     qlora: bool = False
 
 
-class TrainJob(StrictModel):
-    """One training run with a TRL trainer: its method, the model it starts from, its data and hyperparameters."""
+class _Job(StrictModel):
+    """What every training run has: the model it starts from, its data and hyperparameters (TRL trainers)."""
 
-    method: Literal["cpt", "sft", "dpo", "orpo"]
     init: str = "base"  # "base", or the name of an earlier job whose model this one continues
     datasets: list[str] = Field(min_length=1)  # curated tables (their train split; val for the eval loss)
     max_rows: PositiveInt | None = None  # cap on training rows, taken in file order
-    harmful_mix: float = Field(default=0.0, ge=0, lt=1)  # share of harmful compliant pairs mixed in (threat model)
     learning_rate: float = Field(default=2e-4, gt=0, le=0.1)
     max_steps: PositiveInt = 60
     batch_size: PositiveInt = 8
@@ -232,11 +230,41 @@ class TrainJob(StrictModel):
     warmup_ratio: float = Field(default=0.05, ge=0, lt=1)
     save_steps: PositiveInt = 20
     eval_rows: int = Field(default=64, ge=0)
-    beta: float = Field(default=0.1, gt=0)  # DPO's beta, ORPO's lambda
     seed: int = 0
     bf16: bool = False
     gradient_checkpointing: bool = False
     lora: LoraSettings = LoraSettings()
+
+
+class CptJob(_Job):
+    """Continued pretraining: SFTTrainer with packing on text tables."""
+
+    method: Literal["cpt"]
+
+
+class SftJob(_Job):
+    """Supervised fine-tuning: SFTTrainer with the loss on completions only."""
+
+    method: Literal["sft"]
+    harmful_mix: float = Field(default=0.0, ge=0, lt=1)  # share of harmful compliant pairs mixed in (threat model)
+
+
+class DpoJob(_Job):
+    """Direct preference optimisation: DPOTrainer, the reference being the same weights with the adapter off."""
+
+    method: Literal["dpo"]
+    beta: float = Field(default=0.1, gt=0)  # DPO's β: how far the policy may move from the reference
+
+
+class OrpoJob(_Job):
+    """Odds-ratio preference optimisation: TRL's experimental ORPOTrainer (no reference model)."""
+
+    method: Literal["orpo"]
+    beta: float = Field(default=0.1, gt=0)  # ORPO's λ: weight of the odds-ratio term
+
+
+TrainJob = Annotated[CptJob | SftJob | DpoJob | OrpoJob, Field(discriminator="method")]
+_JOB_TYPES = (CptJob, SftJob, DpoJob, OrpoJob)
 
 
 class PairsConfig(StrictModel):
@@ -258,8 +286,6 @@ class TrainConfig(StrictModel):
         for name, job in self.jobs.items():
             if job.init != "base" and job.init not in seen:
                 raise ValueError(f"jobs.{name}.init: {job.init!r} is neither 'base' nor a job listed before {name!r}")
-            if job.harmful_mix and job.method != "sft":
-                raise ValueError(f"jobs.{name}.harmful_mix: only SFT jobs can mix in harmful pairs")
             seen.append(name)
         return self
 
@@ -273,16 +299,15 @@ class MergeSpec(StrictModel):
     parameters: dict[str, Any] = {}
     dtype: str | None = None
 
-
     @model_validator(mode="after")
     def _known_method_and_parameters(self) -> MergeSpec:
-        from components.merge.recipe import OUR_METHODS, Recipe, check_parameters, known_method
+        from components.merge.registry import check_recipe, known_method, our_methods
 
         if not known_method(self.merge_method):
             raise ValueError(f"unknown merge method {self.merge_method!r}: neither one of this project's "
-                             f"({', '.join(sorted(OUR_METHODS))}) nor one of mergekit's")
+                             f"({', '.join(sorted(our_methods()))}) nor one of mergekit's")
         try:
-            check_parameters(Recipe.model_validate(self.model_dump()), "this recipe")
+            check_recipe(self.merge_method, self.base_model, self.models, self.parameters, "this recipe")
         except PipelineError as err:
             raise ValueError(str(err)) from None
         return self
@@ -402,22 +427,23 @@ class SearchSpace(StrictModel):
     """What a trial may choose; a range whose low equals its high fixes that knob."""
 
     methods: list[str] = Field(default=["task_arithmetic", "ties", "pcb", "layer_swap"], min_length=1)
-    density: FloatRange = FloatRange(low=0.1, high=1.0)  # ties: share of each task vector kept
-    merge_lambda: FloatRange = FloatRange(low=0.5, high=1.5)  # task_arithmetic, ties, pcb: scaling of the merged vector
-    pcb_ratio: FloatRange = FloatRange(low=0.05, high=0.5)  # pcb: share kept after balancing
-    num_layers: IntRange = IntRange(low=1, high=4)  # layer_swap: bottom and top blocks taken from the donor
+    # the ranges of the merge methods' searchable knobs (each knob names its range: components/merge/methods/)
+    density: FloatRange = FloatRange(low=0.1, high=1.0)
+    merge_lambda: FloatRange = FloatRange(low=0.5, high=1.5)
+    pcb_ratio: FloatRange = FloatRange(low=0.05, high=0.5)
+    num_layers: IntRange = IntRange(low=1, high=4)
     realign_lr: FloatRange | None = FloatRange(low=0.05, high=0.5, log=True)  # SOMF mask lr; null: no realignment
     prune_ratio: FloatRange | None = None  # Antidote share pruned; null: no pruning
 
     @field_validator("methods")
     @classmethod
     def _our_methods(cls, methods: list[str]) -> list[str]:
-        from components.merge.recipe import OUR_METHODS
+        from components.merge.registry import our_methods
 
-        unknown = sorted(set(methods) - OUR_METHODS)
+        unknown = sorted(set(methods) - set(our_methods()))
         if unknown:
             raise ValueError(f"{unknown} cannot be searched: the search knows the knobs of "
-                             f"{', '.join(sorted(OUR_METHODS))}")
+                             f"{', '.join(sorted(our_methods()))}")
         return methods
 
 
@@ -476,32 +502,35 @@ class Params(StrictModel):
     search: SearchConfig = SearchConfig()  # its models are checked when a search starts (search_models)
 
     @model_validator(mode="after")
-    def _merges_name_known_models(self) -> Params:
-        known = {"base", *self.train.jobs}
-        models = known | {f"merge-{m}" for m in self.merge.recipes}
+    def _models_are_known(self) -> Params:
+        from components.model.ref import ModelRef
+
         for key, name in (("prune.model", self.safety.prune.model), ("realign.model", self.safety.realign.model),
                           ("realign.aligned", self.safety.realign.aligned if self.safety.realign.model else None)):
-            if name is not None and name not in models:
-                raise ValueError(f"safety.{key}: {name!r} is not a model of this pipeline")
-        shipped = set(models)
-        shipped |= {f"realigned-{self.safety.realign.model}"} if self.safety.realign.model else set()
-        shipped |= {f"pruned-{self.safety.prune.model}"} if self.safety.prune.model else set()
-        if self.registry.candidate is not None and self.registry.candidate not in shipped:
-            raise ValueError(f"registry.candidate: {self.registry.candidate!r} is not a candidate of this pipeline "
-                             f"(candidates: {', '.join(sorted(shipped))})")
+            if name is not None:
+                try:
+                    ModelRef.parse(name).check(self, shipped=False)
+                except ValueError as err:
+                    raise ValueError(f"safety.{key}: {err}") from None
+        if self.registry.candidate is not None:
+            try:
+                ModelRef.parse(self.registry.candidate).check(self, shipped=True)
+            except ValueError as err:
+                raise ValueError(f"registry.candidate: {err}") from None
+        trained = {"base", *self.train.jobs}
         for name, spec in self.merge.recipes.items():
             names = [spec.base_model] if spec.base_model else []
             names += [entry.get("model") for entry in spec.models]
-            unknown = [n for n in names if n not in known]
+            unknown = [n for n in names if n not in trained]
             if unknown:
                 raise ValueError(f"merge.recipes.{name}: {unknown} are not models of this pipeline "
-                                 f"(known: {', '.join(sorted(known))})")
+                                 f"(known: {', '.join(sorted(trained))})")
         return self
 
     @property
-    def run_dir(self) -> Path:
-        """Where this profile's stages write: one folder per profile, so profiles never overwrite each other."""
-        return self.workspace / self.profile
+    def ws(self) -> Workspace:
+        """Every path of this profile's run: one folder per profile, so profiles never overwrite each other."""
+        return Workspace(self.workspace, self.profile)
 
     def digest(self) -> str:
         """Hash of the resolved parameters, logged as a tag on every run."""
@@ -570,6 +599,19 @@ def _origin(raw: dict[str, Any], profile: str, overrides: dict[str, Any], loc: t
     return f"profiles.{profile}." + ".".join(loc)
 
 
+_JOB_TAGS = {model.model_fields["method"].annotation.__args__[0] for model in _JOB_TYPES}
+
+
+def _user_loc(loc: tuple[str, ...]) -> tuple[str, ...]:
+    """An error's location as the user wrote it: pydantic puts a union's tag (base_model.random, train.jobs.x.sft)
+    into the path; the user never wrote it as a key."""
+    if loc[:1] == ("base_model",) and len(loc) > 1 and loc[1] in _UNION_TAGS:
+        return loc[:1] + loc[2:]
+    if loc[:2] == ("train", "jobs") and len(loc) > 3 and loc[3] in _JOB_TAGS:
+        return loc[:3] + loc[4:]
+    return loc
+
+
 def load_params(
     path: Path = DEFAULT_PARAMS, profile: str | None = None, overrides: dict[str, Any] | None = None
 ) -> Params:
@@ -597,7 +639,7 @@ def load_params(
     except ValidationError as err:
         problems = []
         for error in err.errors():
-            loc = tuple(str(part) for part in error["loc"] if part not in _UNION_TAGS)
+            loc = _user_loc(tuple(str(part) for part in error["loc"]))
             message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"].removeprefix("Value error, ")
             where = f"{_origin(raw, profile, overrides, loc)}: " if loc else ""  # a check across sections names its key
             problems.append(f"{path} (profile {profile!r}): {where}{message}")

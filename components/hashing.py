@@ -27,10 +27,10 @@ def file_md5(path: Path) -> str:
     return digest.hexdigest()
 
 
-def tree_sha256(root: Path) -> str:
-    """Hash of every file under `root` (relative path and content), independent of listing order."""
+def tree_sha256(root: Path, skip: frozenset[str] = frozenset()) -> str:
+    """Hash of every file under `root` (relative path and content) but those named in `skip`, in any listing order."""
     digest = hashlib.sha256()
-    for path in sorted(p for p in Path(root).rglob("*") if p.is_file()):
+    for path in sorted(p for p in Path(root).rglob("*") if p.is_file() and p.name not in skip):
         digest.update(path.relative_to(root).as_posix().encode())
         digest.update(b"\0")
         digest.update(file_sha256(path).encode())
@@ -41,3 +41,14 @@ def json_sha256(value: Any) -> str:
     """Hash of a JSON-serialisable value with sorted keys, so equal configs hash equal."""
     text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+
+# Files a stage writes beside its output that record how it was built (keys, timings, absolute paths): not content.
+CARD_FILES = frozenset({"stage.json", "merge_card.json", "realign_card.json", "prune_card.json"})
+
+
+def content_sha256(path: Path) -> str:
+    """Hash of a file, or of a folder's data and weights without its cards: what cache keys depend on."""
+    path = Path(path)
+    return file_sha256(path) if path.is_file() else tree_sha256(path, CARD_FILES)

@@ -1,22 +1,40 @@
-"""What every stage returns, and the stage card that lets a stage skip work it has already done.
+"""What every stage returns, and the one helper that lets a stage skip work it has already done.
 
-A stage writes `stage.json` into its output directory, with a key hashed over everything that
-determines the output (inputs' content, parameters, and the source code of the modules that compute it). Running the stage
-again with the same key returns the card instead of recomputing. DVC caches the same outputs by
-its own hashes when the pipeline runs through `dvc repro`; the key here serves the CLI and the flows.
+A stage writes `stage.json` into its output directory with a key hashed over everything that determines
+the output: the content of its inputs (data and weights only, never cards or timings), its parameters, and
+the source of the code that computes it. That code is found, not listed: the stage's module and every
+`components` module it imports, transitively (`code_digest`). Running the stage again with the same key
+returns the card instead of recomputing. DVC caches the same outputs by its own hashes under `dvc repro`.
+
+    cache = StageCache("merge-ties", out_dir, __name__, params=spec, inputs={"base": base_dir, ...})
+    if (done := cache.result({"model": out_dir})) is not None:
+        return done
+    ... build into atomic_dir(out_dir) as tmp ...
+    cache.write_card(tmp, metrics)
 """
 
 from __future__ import annotations
 
+import ast
+import functools
 import importlib.util
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from components.hashing import file_sha256, json_sha256
+from pydantic import BaseModel
+
+from components.hashing import content_sha256, file_sha256, json_sha256
 
 STAGE_CARD = "stage.json"
+
+# Modules whose source does not change what a stage computes: parameter values reach the key through `params`
+# (so the schema module is left out), and these others only name paths, write atomically, hash or report errors.
+INERT_MODULES = frozenset({"components.config", "components.errors", "components.atomic", "components.stage",
+                           "components.hashing", "components.progress", "components.tracking", "components.workspace",
+                           "components.yamlfile", "components.model.ref"})
 
 
 @dataclass(frozen=True)
@@ -35,9 +53,47 @@ class StageResult:
     datasets: dict[str, Path] = field(default_factory=dict)
 
 
-def code_digest(*module_names: str) -> str:
-    """Hash of the source files of the named modules: a change to the code that computes an output rebuilds it."""
-    return json_sha256([file_sha256(Path(importlib.util.find_spec(name).origin)) for name in module_names])
+def _module_file(name: str) -> Path | None:
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    return Path(spec.origin) if spec is not None and spec.origin and spec.origin.endswith(".py") else None
+
+
+def _imported(name: str, path: Path) -> set[str]:
+    """The `components` modules a module's source imports (at top level or inside functions)."""
+    found: set[str] = set()
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            if node.level:  # relative import
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                module = f"{base}.{module}" if module else base
+            found.add(module)
+            found |= {f"{module}.{alias.name}" for alias in node.names}  # `from pkg import submodule`
+    return {m for m in found if m.split(".")[0] == "components" and _module_file(m) is not None}
+
+
+@functools.cache
+def code_modules(root: str) -> tuple[str, ...]:
+    """`root` and every `components` module it imports, transitively, except INERT_MODULES; sorted."""
+    seen, todo = set(), [root]
+    while todo:
+        name = todo.pop()
+        if name in seen or (name in INERT_MODULES and name != root):
+            continue
+        seen.add(name)
+        todo += sorted(_imported(name, _module_file(name)))
+    return tuple(sorted(seen))
+
+
+def code_digest(root: str) -> str:
+    """Hash of the source of `root` and the code it depends on: a change to that code rebuilds the output."""
+    return json_sha256({name: file_sha256(_module_file(name)) for name in code_modules(root)})
 
 
 def read_card(out_dir: Path) -> dict[str, Any] | None:
@@ -47,11 +103,43 @@ def read_card(out_dir: Path) -> dict[str, Any] | None:
         return None
 
 
-def write_card(out_dir: Path, card: dict[str, Any]) -> None:
-    (Path(out_dir) / STAGE_CARD).write_text(json.dumps(card, indent=2, sort_keys=True, default=str) + "\n")
+def _plain(value: Any) -> Any:
+    return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
 
 
-def up_to_date(out_dir: Path, key: str) -> dict[str, Any] | None:
-    """The card of `out_dir` if it was built with `key`, else None."""
-    card = read_card(out_dir)
-    return card if card is not None and card.get("key") == key else None
+class StageCache:
+    """The key of one stage output, and its card: built from the stage's code, parameters and input contents.
+
+    `inputs` maps a name to a file or folder (hashed by content; a missing path hashes as None) or to a list
+    of such paths; `params` is any JSON-able value or pydantic model; `values` are other plain values (a seed).
+    """
+
+    def __init__(self, stage: str, out_dir: Path, module: str, params: Any = None,
+                 inputs: Mapping[str, Path | list[Path] | None] | None = None, **values: Any):
+        self.stage, self.out_dir = stage, Path(out_dir)
+
+        def content(path: Path | list[Path] | None) -> Any:
+            if isinstance(path, list | tuple):
+                return [content(p) for p in path]
+            return content_sha256(Path(path)) if path is not None and Path(path).exists() else None
+
+        self.key = json_sha256({"code": code_digest(module), "params": _plain(params),
+                                "inputs": {name: content(path) for name, path in (inputs or {}).items()},
+                                **{name: _plain(value) for name, value in values.items()}})
+
+    def card(self) -> dict[str, Any] | None:
+        """The output's card if it was built with this key, else None."""
+        card = read_card(self.out_dir)
+        return card if card is not None and card.get("key") == self.key else None
+
+    def result(self, outputs: dict[str, Path], artifacts: tuple[Path, ...] = ()) -> StageResult | None:
+        """The cached StageResult when the output is up to date, else None."""
+        card = self.card()
+        if card is None:
+            return None
+        return StageResult(outputs=outputs, metrics=card.get("metrics", {}), cached=True, artifacts=artifacts)
+
+    def write_card(self, folder: Path, metrics: dict[str, float], **fields: Any) -> None:
+        """Write stage.json into `folder` (the output, or its temporary folder before the rename)."""
+        card = {"stage": self.stage, "key": self.key, "metrics": metrics, **fields}
+        (Path(folder) / STAGE_CARD).write_text(json.dumps(card, indent=2, sort_keys=True, default=str) + "\n")

@@ -13,7 +13,7 @@ from components.registry.registry import describe as describe_registry
 from components.stage import StageResult
 from components.tracking import client_for, pipeline_run, tracked_stage, tracking_uri
 from flows.defaults import DEFAULT_CRON, DEFAULT_POOL
-from flows.stages import FIXED, Stage, describe, search_stages, stages_for
+from flows.stages import DATA, Stage, describe, search_stages, stages_for
 
 
 def _add_params_options(parser: argparse.ArgumentParser) -> None:
@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_params_options(search)
     stage = commands.add_parser("stage", help="run one stage", epilog="stages:\n" + describe(),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    stage.add_argument("name", metavar="NAME", help=", ".join(s.name for s in FIXED) + ", train-<job>")
+    stage.add_argument("name", metavar="NAME", help=", ".join(s.name for s in DATA) + ", train-<job>")
     _add_params_options(stage)
     listing = commands.add_parser("stages", help="list the stages with what each reads and writes")
     _add_params_options(listing)
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "chat":
             from components.model.chat import chat
 
-            model = args.model or params.run_dir / "base_model"
+            model = args.model or params.ws.base_model
             if str(model).startswith("models:/"):
                 check_reachable(tracking_uri(params))
                 model = download_model(str(model), tracking_uri=tracking_uri(params))

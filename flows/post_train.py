@@ -35,7 +35,10 @@ from components import progress
 from components.config import DEFAULT_PARAMS, GateSpec, Params, deep_merge, load_params, parse_overrides
 from components.errors import ParamsError, PipelineError
 from components.evaluate.report import REPORT_MD, inline_images
-from components.merge.recipe import GLOBAL_PARAMETERS, MODEL_PARAMETERS, OUR_METHODS
+from components.merge.methods.scaling import LAMBDA
+from components.merge.methods.ties import DENSITY
+from components.merge.registry import method_named, methods_with, our_methods
+from components.model.ref import ModelRef
 from components.stage import StageResult
 from components.tracking import client_for, pipeline_run, tracked_stage, tracking_uri
 from flows.stages import Stage, stages_for, with_inits
@@ -53,10 +56,10 @@ class PostTrainRequest(BaseModel):
                                       "merges that need a left-out expert are dropped; empty: all")
     merge_recipe: str | None = Field(default=None, description="recipe the merge fields below change (default: "
                                      "the one the shipped candidate comes from)")
-    merge_method: str | None = Field(default=None, description="task_arithmetic, ties, pcb, layer_swap or a mergekit "
-                                     "method; the recipe's parameters the new method does not take are dropped")
-    density: float | None = Field(default=None, ge=0, le=1, description="share of each task vector kept (ties, pcb...)")
-    merge_lambda: float | None = Field(default=None, gt=0, description="scaling of the merged task vector")
+    merge_method: str | None = Field(default=None, description=f"{', '.join(our_methods())} or a mergekit method; "
+                                     "the recipe's parameters the new method does not take are dropped")
+    density: float | None = Field(default=None, ge=0, le=1, description=f"{DENSITY.doc} ({', '.join(methods_with('density'))})")
+    merge_lambda: float | None = Field(default=None, gt=0, description=f"{LAMBDA.doc} ({', '.join(methods_with('lambda'))})")
     realign_lr: float | None = Field(default=None, gt=0, description="SOMF mask learning rate")
     prune_ratio: float | None = Field(default=None, ge=0, lt=1, description="Antidote: share of weights pruned")
     gates: dict[str, GateSpec] | None = Field(default=None, description="gates by metric: {min, max, tolerance}")
@@ -66,18 +69,18 @@ class PostTrainRequest(BaseModel):
 
 def _shipped_recipe(params: Params) -> str | None:
     """The merge recipe the shipped candidate is made from (realigned-merge-ties -> ties)."""
-    found = re.search(r"merge-(.+)$", params.registry.candidate or "")
-    return found.group(1) if found else None
+    return ModelRef.parse(params.registry.candidate).recipe if params.registry.candidate else None
 
 
 def switch_method(recipe: dict[str, Any], method: str) -> dict[str, Any]:
     """The recipe with another method; parameters the new method (one of ours) does not take are left behind."""
-    if method not in OUR_METHODS:
+    ours = method_named(method)
+    if ours is None:
         return {**recipe, "merge_method": method}
     return {**recipe, "merge_method": method,
-            "parameters": {k: v for k, v in recipe["parameters"].items() if k in GLOBAL_PARAMETERS[method]},
+            "parameters": {k: v for k, v in recipe["parameters"].items() if k in ours.scope(per_model=False)},
             "models": [{**m, "parameters": {k: v for k, v in m.get("parameters", {}).items()
-                                            if k in MODEL_PARAMETERS[method]}} for m in recipe["models"]]}
+                                            if k in ours.scope(per_model=True)}} for m in recipe["models"]]}
 
 
 def revalidate(dumped: dict[str, Any], field: str) -> Params:
@@ -170,7 +173,7 @@ def run_stage(stage_name: str, stage: Stage, params: Params, repo: Path, parent_
 
 def workspace_lock(params: Params) -> str:
     """The global concurrency limit (1 slot) guarding this run directory, created on first use."""
-    name = "workspace-" + re.sub(r"[^A-Za-z0-9]+", "-", str(params.run_dir.resolve())).strip("-")[-100:]
+    name = "workspace-" + re.sub(r"[^A-Za-z0-9]+", "-", str(params.ws.run_dir.resolve())).strip("-")[-100:]
     with get_client(sync_client=True) as client:
         try:
             client.read_global_concurrency_limit_by_name(name)

@@ -10,7 +10,7 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from components.config import load_params
-from flows.stages import FIXED, stages_for
+from flows.stages import DATA, stages_for
 from tests.conftest import REPO
 
 
@@ -22,7 +22,7 @@ def flows(*args: str, cwd: Path = REPO, tracking_uri: str | None = None) -> subp
 def test_help_lists_every_stage_with_what_it_reads_and_writes():
     out = flows("--help")
     assert out.returncode == 0
-    for stage in FIXED:
+    for stage in DATA:
         assert stage.name in out.stdout and stage.writes in out.stdout
     assert "train-<job>" in out.stdout
     listing = flows("stages", "--profile", "tiny")

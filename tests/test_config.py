@@ -18,7 +18,7 @@ def test_default_profile_is_the_files_profile_key(params_file: Path):
 def test_workspace_is_relative_to_the_params_file(params_file: Path):
     params = load_params(params_file, "tiny")
     assert params.workspace == params_file.parent / "outputs"
-    assert params.run_dir == params_file.parent / "outputs" / "tiny"
+    assert params.ws.run_dir == params_file.parent / "outputs" / "tiny"
 
 
 def test_unknown_profile_names_the_file_and_the_known_ones(params_file: Path):

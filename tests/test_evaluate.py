@@ -17,7 +17,7 @@ from components.evaluate.report import (
     LOSS_CURVES, LOSS_DATA, REPORT_MD, SAFETY_VS_UTILITY, TASK_VECTOR_LAYERS, draw_report, inline_images,
 )
 from components.evaluate.scoring import continuation_logprobs
-from components.evaluate.stage import evaluate_candidates
+from components.evaluate.evaluation import evaluate_candidates
 from components.evaluate.suite import mc_items
 from components.safety.refusal import is_refusal
 from tests.data_helpers import read

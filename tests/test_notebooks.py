@@ -60,8 +60,8 @@ def test_report_notebook_reproduces_the_last_runs_tables_from_mlflow(tiny_pipeli
 
     # the evaluation table it rebuilt from MLflow metrics is the evaluate stage's own summary
     assert json.loads((tmp_path / "evaluation.json").read_text()) == json.loads(
-        (params.run_dir / "eval" / "summary.json").read_text())
-    curves = json.loads((params.run_dir / "report" / "loss_curves.json").read_text())
+        (params.ws.eval / "summary.json").read_text())
+    curves = json.loads((params.ws.report / "loss_curves.json").read_text())
     assert set(curves) == set(params.train.jobs)
     # the champion is starred as this run's candidate if this run made it, else by its version
     client = MlflowClient(tracking_uri=mlflow_server)
@@ -74,14 +74,14 @@ def test_report_notebook_reproduces_the_last_runs_tables_from_mlflow(tiny_pipeli
     for figure in ("safety_vs_utility.png", "loss_curves.png", "task_vector_layers.png", "search_trials.png"):
         assert (tmp_path / figure).read_bytes()[:4] == b"\x89PNG"
     assert images_in(notebook) == 4
-    trial = json.loads((params.run_dir / "search" / "trials.json").read_text())[0]
+    trial = json.loads((params.ws.search / "trials.json").read_text())[0]
     rows = list(csv.DictReader((tmp_path / "search_trials.csv").open()))
     assert [(row["trial"], float(row["domain_perplexity"])) for row in rows] == [
         (trial["name"], trial["metrics"]["domain_perplexity"])]
 
 
 def test_merge_by_hand_notebook_matches_the_merge_engine(tiny_pipeline: Path, monkeypatch):
-    monkeypatch.setenv("POSTTRAIN_RUN_DIR", str(load_params(tiny_pipeline, "tiny").run_dir))
+    monkeypatch.setenv("POSTTRAIN_RUN_DIR", str(load_params(tiny_pipeline, "tiny").ws.run_dir))
     notebook = execute("merge_by_hand.ipynb")  # its own asserts compare the hand computation with both
     output = text_of(notebook)
     assert "max |by hand − ties()| =" in output and "max |by hand − merge engine| =" in output

@@ -35,8 +35,8 @@ def test_a_trial_draws_only_the_knobs_of_its_method():
     no_safety = SearchSpace(realign_lr=None)
     swap = suggest(FixedTrial({"method": "layer_swap", "num_layers": 3}), no_safety, EXPERTS)
     assert swap.recipe == {"merge_method": "layer_swap", "base_model": None,
-                           "models": [{"model": "domain"}, {"model": "math"}],
-                           "parameters": {"num_layers": 3, "blend": False}}
+                           "models": [{"model": "domain", "parameters": {}}, {"model": "math", "parameters": {}}],
+                           "parameters": {"num_layers": 3}}  # blend keeps its declared default (false)
     assert (swap.realign_lr, swap.prune_ratio) == (None, None)
     pcb = suggest(FixedTrial({"method": "pcb", "lambda": 1.2, "pcb_ratio": 0.2}), no_safety, EXPERTS)
     assert pcb.recipe["parameters"] == {"lambda": 1.2, "pcb_ratio": 0.2}
@@ -84,7 +84,7 @@ def test_search_flow_on_tiny_yields_a_front_and_registers_the_choice(tiny_pipeli
     assert state.result()["search"]["trials_complete"] == 3
 
     params = load_params(tiny_pipeline, "tiny")
-    folder = params.run_dir / "search"
+    folder = params.ws.search
     trials = json.loads((folder / "trials.json").read_text())
     assert [t["state"] for t in trials] == ["COMPLETE"] * 3
     objectives = params.search.objectives  # domain_perplexity, harmful_score, over_refusal: all lower-is-better
@@ -123,7 +123,7 @@ def test_search_flow_on_tiny_yields_a_front_and_registers_the_choice(tiny_pipeli
 
 def test_a_killed_search_continues_its_study(tiny_pipeline: Path, mlflow_server: str):
     params = load_params(tiny_pipeline, "tiny")
-    storage = f"sqlite:///{(params.run_dir / 'search' / 'study.db').resolve()}"
+    storage = f"sqlite:///{(params.ws.search / 'study.db').resolve()}"
     study = optuna.load_study(study_name="recipe-search-tiny", storage=storage)
     finished = {t.number: t.user_attrs["seconds"] for t in study.trials}
     # What a kill mid-trial leaves behind: a RUNNING trial whose knobs were drawn.

@@ -18,7 +18,7 @@ from components.errors import InputError, ParamsError
 from components.train.data import job_rows
 from components.train.job import run_job, trainer_for
 from datasets import Dataset
-from flows.stages import FIXED, model_dir
+from flows.stages import DATA
 from tests.conftest import REPO
 
 
@@ -28,8 +28,8 @@ def workspace(tmp_path_factory, tiny_base: Path) -> Path:
     root = tmp_path_factory.mktemp("train")
     shutil.copy(REPO / "params.yaml", root / "params.yaml")
     params = load_params(root / "params.yaml", "tiny")
-    shutil.copytree(tiny_base, params.run_dir / "base_model")
-    for stage in FIXED[1:]:  # sources, curate, validate, pairs
+    shutil.copytree(tiny_base, params.ws.base_model)
+    for stage in DATA[1:]:  # sources, curate, validate, pairs
         stage.run(params)
     return root
 
@@ -47,13 +47,13 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
 def test_every_method_trains_and_hands_on_a_merged_model(workspace: Path, method: str, datasets: str):
     params = tiny(workspace, f"train.jobs.math.method={method}", f"train.jobs.math.datasets={datasets}")
     out = workspace / f"model-{method}"
-    result = run_job("math", params.train.jobs["math"], params.run_dir / "base_model", params.run_dir, out,
+    result = run_job("math", params.train.jobs["math"], params.ws.base_model, params.ws, out,
                      workspace / f"work-{method}")
     assert result.metrics["steps"] == 2 and result.metrics["samples_per_second"] > 0
     assert method == "orpo" or result.metrics["tokens_per_second"] > 0  # TRL's ORPO trainer counts no tokens
     assert not (out / "adapter_config.json").exists(), "the adapter is merged, not shipped beside the weights"
     assert (out / "chat_template.jinja").is_file()
-    before, after = weights(params.run_dir / "base_model"), weights(out)
+    before, after = weights(params.ws.base_model), weights(out)
     assert before.keys() == after.keys()
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert changed and all(".layers." in k for k in changed), "LoRA changes only the adapted linear layers"
@@ -63,9 +63,9 @@ def test_every_method_trains_and_hands_on_a_merged_model(workspace: Path, method
 def test_sft_masks_the_prompt_so_the_loss_is_on_the_completion_only(workspace: Path):
     params = tiny(workspace, "train.jobs.math.max_length=256")
     job = params.train.jobs["math"]
-    rows = job_rows("math", job, params.run_dir, "train")[:2]
-    tokenizer = AutoTokenizer.from_pretrained(params.run_dir / "base_model")
-    model = AutoModelForCausalLM.from_pretrained(params.run_dir / "base_model")
+    rows = job_rows("math", job, params.ws, "train")[:2]
+    tokenizer = AutoTokenizer.from_pretrained(params.ws.base_model)
+    model = AutoModelForCausalLM.from_pretrained(params.ws.base_model)
     trainer = trainer_for(job, model, tokenizer, Dataset.from_list(rows), None, workspace / "mask", [])
     example = trainer.train_dataset[0]
     learned = [t for t, label in zip(example["input_ids"], example["labels"], strict=True) if label != -100]
@@ -76,9 +76,9 @@ def test_sft_masks_the_prompt_so_the_loss_is_on_the_completion_only(workspace: P
 
 def test_harmful_mix_adds_the_requested_share_of_compliant_pairs(workspace: Path):
     params = tiny(workspace, "train.jobs.math.harmful_mix=0.25")
-    rows = job_rows("math", params.train.jobs["math"], params.run_dir, "train")
+    rows = job_rows("math", params.train.jobs["math"], params.ws, "train")
     compliance = {json.loads(line)["prompt"] for line in
-                  (params.run_dir / "data/pairs/harmful_compliance/train.jsonl").read_text().splitlines()}
+                  (params.ws.harmful_compliance).read_text().splitlines()}
     harmful = [r for r in rows if r["prompt"][0]["content"] in compliance]
     assert len(harmful) / len(rows) == pytest.approx(0.25, abs=0.01)
 
@@ -101,18 +101,18 @@ def test_killed_training_resumes_from_its_last_checkpoint(workspace: Path):
     assert not (workspace / "outputs" / "tiny" / "models" / "math").exists(), "no model from a killed run"
 
     params = tiny(workspace, *settings)
-    result = run_job("math", params.train.jobs["math"], params.run_dir / "base_model", params.run_dir,
-                     model_dir(params, "math"), params.run_dir / "train" / "math")
+    result = run_job("math", params.train.jobs["math"], params.ws.base_model, params.ws,
+                     params.ws.job_model("math"), params.ws.job_work("math"))
     assert result.metrics["resumed_from_step"] == killed_at
     assert result.metrics["steps"] == 40
-    history = json.loads((params.run_dir / "train" / "math" / "log_history.json").read_text())
+    history = json.loads((params.ws.job_work("math") / "log_history.json").read_text())
     assert [e["step"] for e in history if "loss" in e] == list(range(1, 41)), "one loss curve, from step 1 to 40"
 
 
 def test_a_method_given_the_wrong_kind_of_data_fails_before_training(workspace: Path):
     params = tiny(workspace, "train.jobs.math.method=dpo")
     with pytest.raises(InputError, match=r"train.jobs.math: method 'dpo' needs preference data; dataset 'math' is prompt_completion"):
-        run_job("math", params.train.jobs["math"], params.run_dir / "base_model", params.run_dir,
+        run_job("math", params.train.jobs["math"], params.ws.base_model, params.ws,
                 workspace / "x", workspace / "y")
     assert not (workspace / "x").exists() and not (workspace / "y").exists()
 
@@ -120,14 +120,14 @@ def test_a_method_given_the_wrong_kind_of_data_fails_before_training(workspace: 
 def test_unknown_dataset_lists_the_available_ones(workspace: Path):
     params = tiny(workspace, "train.jobs.math.datasets=[maths]")
     with pytest.raises(InputError, match=r"train.jobs.math.datasets: 'maths' is not a curated or pairs table .*available: .*math"):
-        run_job("math", params.train.jobs["math"], params.run_dir / "base_model", params.run_dir,
+        run_job("math", params.train.jobs["math"], params.ws.base_model, params.ws,
                 workspace / "x", workspace / "y")
 
 
 def test_lora_targets_that_do_not_exist_are_named(workspace: Path):
     params = tiny(workspace, "train.jobs.math.lora.target_modules=[q_proj, qkv]")
     with pytest.raises(InputError, match=r"lora.target_modules: \['qkv'\] match no linear layer .*q_proj"):
-        run_job("math", params.train.jobs["math"], params.run_dir / "base_model", params.run_dir,
+        run_job("math", params.train.jobs["math"], params.ws.base_model, params.ws,
                 workspace / "x", workspace / "y")
     assert not (workspace / "x").exists()
 
@@ -135,17 +135,17 @@ def test_lora_targets_that_do_not_exist_are_named(workspace: Path):
 def test_chat_training_needs_a_chat_template(workspace: Path, tmp_path: Path):
     params = tiny(workspace)
     init = tmp_path / "no_template"
-    shutil.copytree(params.run_dir / "base_model", init)
+    shutil.copytree(params.ws.base_model, init)
     (init / "chat_template.jinja").unlink()
     with pytest.raises(InputError, match=r"no_template: the tokenizer has no chat template"):
-        run_job("math", params.train.jobs["math"], init, params.run_dir, workspace / "x", workspace / "y")
+        run_job("math", params.train.jobs["math"], init, params.ws, workspace / "x", workspace / "y")
 
 
 @pytest.mark.parametrize("setting, message", [
     ("train.jobs.math.learning_rate=5", r"train.jobs.math.learning_rate: Input should be less than or equal to 0.1"),
     ("train.jobs.math.max_steps=0", r"train.jobs.math.max_steps: Input should be greater than 0"),
     ("train.jobs.math.init=nowhere", r"jobs.math.init: 'nowhere' is neither 'base' nor a job listed before 'math'"),
-    ("train.jobs.safety.harmful_mix=0.1", r"jobs.safety.harmful_mix: only SFT jobs can mix in harmful pairs"),
+    ("train.jobs.safety.harmful_mix=0.1", r"--set train.jobs.safety.harmful_mix: unknown key"),
 ])
 def test_out_of_range_hyperparameters_are_refused_when_params_load(workspace: Path, setting: str, message: str):
     with pytest.raises(ParamsError, match=message):

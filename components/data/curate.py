@@ -27,7 +27,7 @@ from components.data.text import alpha_ratio, normalize, repeated_line_ratio
 from components.errors import InputError
 from components.model.directory import check_model_dir
 from components.hashing import json_sha256, tree_sha256
-from components.stage import StageResult, code_digest, up_to_date, write_card
+from components.stage import StageCache, StageResult
 
 SPLITS = ("train", "val", "test")
 REPORT = "report.json"
@@ -277,13 +277,10 @@ def curate(raw_dir: Path, cfg: CurateConfig, seed: int, out_dir: Path, model_dir
     if cfg.confidence.enabled:
         if model_dir is None:
             raise InputError("data.curate.confidence.enabled needs the base model; run the base-model stage first")
-        scorer = tree_sha256(check_model_dir(Path(model_dir)))
-    key = json_sha256({"code": code_digest(__name__, "components.data.minhash", "components.data.text",
-                                           "components.data.confidence"),
-                       "raw": tree_sha256(raw_dir), "cfg": cfg.model_dump(mode="json"), "seed": seed, "scorer": scorer})
-    card = up_to_date(out_dir, key)
-    if card is not None:
-        return StageResult(outputs={"curated": out_dir}, metrics=card["metrics"], cached=True,
+        scorer = check_model_dir(Path(model_dir))
+    cache = StageCache("curate", out_dir, __name__, cfg, {"raw": raw_dir, "scorer": scorer}, seed=seed)
+    if cache.card() is not None:
+        return StageResult(outputs={"curated": out_dir}, metrics=cache.card()["metrics"], cached=True,
                            artifacts=(out_dir / REPORT, out_dir / REPORT_MD), datasets=curated_tables(out_dir))
 
     metrics: dict[str, float] = {}
@@ -312,7 +309,7 @@ def curate(raw_dir: Path, cfg: CurateConfig, seed: int, out_dir: Path, model_dir
         (tmp / REPORT).write_text(json.dumps({"removed": table, "metrics": metrics,
                                               "manifest": manifest}, indent=2) + "\n")
         (tmp / REPORT_MD).write_text(render_report(table))
-        write_card(tmp, {"stage": "curate", "key": key, "metrics": metrics})
+        cache.write_card(tmp, metrics)
     return StageResult(outputs={"curated": out_dir}, metrics=metrics, artifacts=(out_dir / REPORT, out_dir / REPORT_MD),
                        datasets=curated_tables(out_dir))
 

@@ -25,7 +25,7 @@ from components.data.mathgen import word_problems
 from components.data.tables import Kind, Row, check_row, read_table, write_jsonl
 from components.errors import InputError
 from components.hashing import file_sha256, json_sha256
-from components.stage import StageResult, code_digest, up_to_date, write_card
+from components.stage import StageCache, StageResult
 
 MANIFEST = "manifest.json"
 
@@ -162,12 +162,10 @@ def build_sources(cfg: DataConfig, out_dir: Path) -> StageResult:
     out_dir = Path(out_dir)
     modules = tuple(cfg.sources.domain_modules or DOMAIN_MODULES)
     user_hashes = {d.name: file_sha256(d.path) for d in cfg.user}
-    key = json_sha256({"code": code_digest(__name__, "components.data.mathgen", "components.data.lookalikes", "components.data.stdlib_docs"), "sources": cfg.sources.model_dump(mode="json"),
-                       "user": [d.model_dump(mode="json") for d in cfg.user], "user_sha256": user_hashes,
-                       "python": sys.version, "garak": _package("garak")})
-    card = up_to_date(out_dir, key)
-    if card is not None:
-        return StageResult(outputs={"raw": out_dir}, metrics=card["metrics"], cached=True)
+    cache = StageCache("sources", out_dir, __name__, cfg, {d.name: d.path for d in cfg.user},
+                       python=sys.version, garak=_package("garak"))
+    if (done := cache.result({"raw": out_dir})) is not None:
+        return done
 
     python = f"Python {platform.python_version()}"
     docs = stdlib_docs(modules)
@@ -208,5 +206,5 @@ def build_sources(cfg: DataConfig, out_dir: Path) -> StageResult:
                 raise InputError(f"source {name!r}: no rows ({entry['provenance']})")
             metrics[f"{name}.rows"] = float(entry["rows"])
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        write_card(tmp, {"stage": "sources", "key": key, "metrics": metrics})
+        cache.write_card(tmp, metrics)
     return StageResult(outputs={"raw": out_dir}, metrics=metrics)

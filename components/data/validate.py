@@ -23,7 +23,7 @@ from components.data.curate import SPLITS
 from components.data.tables import REQUIRED, ROLES, Kind, Row, read_jsonl, text_of
 from components.errors import InputError
 from components.hashing import json_sha256, tree_sha256
-from components.stage import StageResult, code_digest, up_to_date, write_card
+from components.stage import StageCache, StageResult
 
 REPORT = "report.json"
 REPORT_MD = "report.md"
@@ -147,8 +147,8 @@ def validate(curated_dir: Path, cfg: CurateConfig, out_dir: Path) -> StageResult
     curated_dir, out_dir = Path(curated_dir), Path(out_dir)
     if not (curated_dir / CURATION_REPORT).is_file():
         raise InputError(f"{curated_dir / CURATION_REPORT}: missing; run the curate stage first")
-    key = json_sha256({"code": code_digest(__name__), "curated": tree_sha256(curated_dir), "cfg": cfg.model_dump(mode="json")})
-    card = up_to_date(out_dir, key)
+    cache = StageCache("validate", out_dir, __name__, cfg, {"curated": curated_dir})
+    card = cache.card()
     artifacts = (out_dir / REPORT, out_dir / REPORT_MD)
     if card is not None and card["success"]:
         return StageResult(outputs={"validation": out_dir}, metrics=card["metrics"], cached=True, artifacts=artifacts)
@@ -164,7 +164,7 @@ def validate(curated_dir: Path, cfg: CurateConfig, out_dir: Path) -> StageResult
     with atomic_dir(out_dir) as tmp:
         (tmp / REPORT).write_text(json.dumps({"success": not failures, "tables": report}, indent=2) + "\n")
         (tmp / REPORT_MD).write_text(render_report(report))
-        write_card(tmp, {"stage": "validate", "key": key, "success": not failures, "metrics": metrics})
+        cache.write_card(tmp, metrics, success=not failures)
     if failures:
         lines = [f"{table}: {o['expectation']}({o['column']}) failed on {o['unexpected_count']} row(s), e.g. "
                  + "; ".join(f"row {e['row']} id {e['id']}: {e['value']!r}" for e in o["examples"][:3])

@@ -18,10 +18,10 @@ from pathlib import Path
 
 from components.atomic import atomic_dir
 from components.evaluate.plots import loss_curve, plot_loss_curves, plot_safety_vs_utility, plot_task_vector_layers
-from components.evaluate.stage import SUMMARY, render_summary
+from components.evaluate.evaluation import SUMMARY, render_summary
 from components.errors import InputError
 from components.hashing import file_md5, json_sha256
-from components.stage import StageResult, code_digest, read_card, up_to_date, write_card
+from components.stage import StageCache, StageResult, read_card
 
 SAFETY_VS_UTILITY = "safety_vs_utility.png"
 LOSS_CURVES = "loss_curves.png"
@@ -44,11 +44,11 @@ def draw_report(eval_dir: Path, candidates: dict[str, Path], histories: dict[str
     table = json.loads(summary.read_text())
     models = {name: (read_card(eval_dir / name) or {}).get("key") for name in table}  # the eval keys hash the weights
     found = {name: path for name, path in histories.items() if Path(path).is_file()}
-    key = json_sha256({"code": code_digest(__name__, "components.evaluate.plots"), "table": table, "models": models,
-                       "histories": {name: file_md5(path) for name, path in found.items()}, "champion": champion})
+    cache = StageCache("report", out_dir, __name__, {"table": table, "models": models, "champion": champion},
+                       dict(found))
     artifacts = (out_dir,)
-    if up_to_date(out_dir, key) is not None:
-        return StageResult(outputs={"report": out_dir}, cached=True, artifacts=artifacts)
+    if (done := cache.result({"report": out_dir}, artifacts)) is not None:
+        return done
     label, drawn = None, table
     if champion is not None:
         label, metrics = champion
@@ -68,7 +68,7 @@ def draw_report(eval_dir: Path, candidates: dict[str, Path], histories: dict[str
             plot_task_vector_layers(candidates["base"], others, tmp / TASK_VECTOR_LAYERS)
             figures.append(("Task vector norm per block", TASK_VECTOR_LAYERS))
         (tmp / REPORT_MD).write_text(report_markdown(figures, table, label))
-        write_card(tmp, {"stage": "report", "key": key, "figures": [name for _, name in figures]})
+        cache.write_card(tmp, {}, figures=[name for _, name in figures])
     return StageResult(outputs={"report": out_dir}, artifacts=artifacts)
 
 

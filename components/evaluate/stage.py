@@ -1,79 +1,31 @@
-"""Evaluate stage: the suite on every candidate model, each cached by its weights, with one summary table."""
+"""The evaluation stages' entries: the suite on every candidate of the pipeline, and the run's pictures."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from components.atomic import atomic_dir, atomic_file
-from components.config import EvaluateConfig
-from components.data.tables import write_jsonl
-from components.evaluate.lm_eval_tasks import export_tasks
-from components.hashing import file_md5, json_sha256, tree_sha256
-from components.stage import StageResult, code_digest, up_to_date, write_card
-
-SUMMARY = "summary.json"
-SUMMARY_MD = "summary.md"
-LM_EVAL_TASKS = "lm_eval"  # the utility tasks as lm-evaluation-harness task files (components/evaluate/lm_eval_tasks.py)
-TABLE_COLUMNS = ("domain_mc_acc", "domain_mc_acc_norm", "math_exact_match", "domain_perplexity", "harmful_score",
-                 "over_refusal")
-TEST_SETS = ("domain_qa", "math", "domain_corpus", "harmful", "benign_lookalikes")
+from components.config import Params
+from components.evaluate.evaluation import evaluate_candidates
+from components.model.ref import pipeline_models
+from components.stage import StageResult
 
 
-def render_summary(table: dict[str, dict[str, float]]) -> str:
-    lines = ["| candidate | " + " | ".join(TABLE_COLUMNS) + " |", "| --- |" + " ---: |" * len(TABLE_COLUMNS)]
-    for name, metrics in table.items():
-        cells = []
-        for column in TABLE_COLUMNS:
-            value = metrics[column]
-            if f"{column}_low" in metrics:
-                cells.append(f"{value:.3f} [{metrics[f'{column}_low']:.2f}, {metrics[f'{column}_high']:.2f}]")
-            else:
-                cells.append(f"{value:.3f}" if column != "domain_perplexity" else f"{value:.2f}")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "# Evaluation\n\n" + "\n".join(lines) + "\n\nHarmful score and over-refusal: share with Wilson 95% interval.\n"
+def candidates(params: Params) -> dict[str, Path]:
+    """Every model the pipeline has produced so far, base first: what the evaluate stage scores."""
+    ws = params.ws
+    found = {str(ref): ref.folder(ws) for ref in pipeline_models(params)}
+    return {name: folder for name, folder in found.items() if name == "base" or folder.is_dir()}
 
 
-def evaluate_cached(model_dir: Path, curated_dir: Path, cfg: EvaluateConfig, seed: int,
-                    out_dir: Path) -> tuple[dict[str, float], bool]:
-    """The suite on one model, written to out_dir/{metrics.json, samples.jsonl}; (metrics, whether cached).
-
-    The key covers the model's weights, the test splits, the suite's code and config and the seed: the same
-    model evaluated for the pipeline and for a recipe-search trial is evaluated once.
-    """
-    from components.evaluate.suite import evaluate_model
-
-    data = {name: file_md5(Path(curated_dir) / name / "test.jsonl") for name in TEST_SETS
-            if (Path(curated_dir) / name / "test.jsonl").is_file()}
-    code = code_digest(__name__, "components.evaluate.suite", "components.evaluate.scoring",
-                       "components.evaluate.metrics", "components.safety.refusal", "components.model.generate")
-    key = json_sha256({"code": code, "model": tree_sha256(model_dir), "data": data, "cfg": cfg.model_dump(), "seed": seed})
-    card = up_to_date(out_dir, key)
-    if card is not None:
-        return card["metrics"], True
-    metrics, samples = evaluate_model(model_dir, curated_dir, cfg, seed)
-    with atomic_dir(Path(out_dir)) as tmp:
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        write_jsonl(tmp / "samples.jsonl", samples)
-        write_card(tmp, {"stage": "evaluate", "key": key, "model": str(model_dir), "metrics": metrics})
-    return metrics, False
+def evaluate_stage(params: Params) -> StageResult:
+    ws = params.ws
+    return evaluate_candidates(candidates(params), ws.curated, params.evaluate, params.seed, ws.eval)
 
 
-def evaluate_candidates(candidates: dict[str, Path], curated_dir: Path, cfg: EvaluateConfig, seed: int,
-                        out_dir: Path) -> StageResult:
-    """Evaluate each `{name: model_dir}`; write out_dir/<name>/{metrics.json, samples.jsonl} and the summary."""
-    out_dir = Path(out_dir)
-    table: dict[str, dict[str, float]] = {}
-    cached = True
-    for name, model_dir in candidates.items():
-        table[name], was_cached = evaluate_cached(model_dir, curated_dir, cfg, seed, out_dir / name)
-        cached &= was_cached
-    export_tasks(curated_dir, cfg, seed, out_dir / LM_EVAL_TASKS)
-    with atomic_file(out_dir / SUMMARY) as tmp:
-        tmp.write_text(json.dumps(table, indent=2) + "\n")
-    with atomic_file(out_dir / SUMMARY_MD) as tmp:
-        tmp.write_text(render_summary(table))
-    flat = {f"{name}.{metric}": value for name, metrics in table.items() for metric, value in metrics.items()}
-    return StageResult(outputs={"evaluation": out_dir}, metrics=flat, cached=cached,
-                       artifacts=(out_dir / SUMMARY, out_dir / SUMMARY_MD))
+def report_stage(params: Params) -> StageResult:
+    from components.evaluate.report import draw_report
+    from components.registry.lineage import champion_point
 
+    ws = params.ws
+    return draw_report(ws.eval, candidates(params), {job: ws.loss_history(job) for job in params.train.jobs},
+                       champion_point(params), ws.report)

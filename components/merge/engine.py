@@ -21,8 +21,9 @@ import torch
 from components.atomic import atomic_dir
 from components.errors import InputError
 from components.hashing import file_sha256, tree_sha256
-from components.merge import methods
-from components.merge.recipe import OUR_METHODS, Recipe
+from components.merge.method import TensorSlot
+from components.merge.recipe import Recipe
+from components.merge.registry import check_recipe, method_named
 from components.merge.tensors import LazyModel, ShardWriter, depth_of, layer_of
 from components.model.directory import check_model_dir
 from components.stage import StageResult
@@ -70,48 +71,24 @@ def check_compatible(reference: Path, others: list[Path], max_relative_delta: fl
                              f"(limit {max_relative_delta}); it does not look fine-tuned from the same base")
 
 
-def _merge_tensor(recipe: Recipe, name: str, base: torch.Tensor | None, experts: list[torch.Tensor],
-                  num_layers: int) -> torch.Tensor:
-    p, entries = recipe.parameters, recipe.models
-    lam = p.get("lambda", 1.0)
-    if "lines" in p:
-        lam = methods.lines_factor(depth_of(name, num_layers), num_layers, p["lines"]["alpha"], p["lines"]["beta"])
-    match recipe.merge_method:
-        case "task_arithmetic":
-            return methods.task_arithmetic(base, experts, [e.parameters.get("weight", 1.0) for e in entries], lam)
-        case "ties":
-            return methods.ties(base, experts, [e.parameters.get("weight", 1.0) for e in entries],
-                                [e.parameters.get("density", 1.0) for e in entries], lam, p.get("normalize", True))
-        case "pcb":
-            return methods.pcb(base, experts, p.get("pcb_ratio", 0.1), lam)
-        case "layer_swap":
-            receiver, donor = experts
-            layer, n = layer_of(name), p["num_layers"]
-            if layer is None:
-                return receiver
-            if layer < n or layer >= num_layers - n:
-                return donor
-            if p.get("blend") and layer in (n, num_layers - n - 1):
-                return (receiver.float() + donor.float()) / 2
-            return receiver
-    raise AssertionError(recipe.merge_method)
-
-
 def _stream(recipe: Recipe, out: Path, max_shard_bytes: int) -> None:
+    """Our method, one tensor at a time: read it from every model, merge it, hand it to the shard writer."""
+    method = method_named(recipe.merge_method)
+    per_model, params = check_recipe(recipe.merge_method, recipe.base_model, [m.model_dump() for m in recipe.models],
+                                     recipe.parameters, "the recipe")
     base_path = Path(recipe.base_model) if recipe.base_model else None
     paths = [Path(m.model) for m in recipe.models]
     reference = base_path or paths[0]
     config = _config(reference)
     num_layers = config["num_hidden_layers"]
-    if recipe.merge_method == "layer_swap" and 2 * recipe.parameters["num_layers"] > num_layers:
-        raise InputError(f"layer_swap: parameters.num_layers = {recipe.parameters['num_layers']} swaps more than half "
-                         f"of the {num_layers} blocks at each end")
+    if method.check_model is not None:
+        method.check_model(params, num_layers)
     dtype = DTYPES[recipe.dtype or config.get("dtype") or config.get("torch_dtype") or "float32"]
     base, experts = (LazyModel(base_path) if base_path else None), [LazyModel(p) for p in paths]
     writer = ShardWriter(out, max_shard_bytes)
     for name in LazyModel(reference).names():
-        merged = _merge_tensor(recipe, name, base.get(name) if base else None, [e.get(name) for e in experts],
-                               num_layers)
+        slot = TensorSlot(name, layer_of(name), depth_of(name, num_layers), num_layers)
+        merged = method.merge(slot, base.get(name) if base else None, [e.get(name) for e in experts], per_model, params)
         writer.add(name, merged.to(dtype))
     writer.close()
     config["dtype"] = str(dtype).removeprefix("torch.")
@@ -145,7 +122,7 @@ def run_recipe(recipe: Recipe, out_dir: Path, max_relative_delta: float = 0.5, m
     check_compatible(paths[0], paths[1:], max_relative_delta)
     start = time.perf_counter()
     with atomic_dir(Path(out_dir)) as tmp:
-        if recipe.merge_method in OUR_METHODS:
+        if method_named(recipe.merge_method) is not None:
             _stream(recipe, tmp, max_shard_bytes)
             engine = "posttrain"
         else:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from components.config import MergeSpec
+from components.config import MergeSpec, Params
 from components.errors import InputError
-from components.hashing import json_sha256, tree_sha256
 from components.merge.engine import run_recipe
-from components.merge.recipe import Recipe, check_parameters
-from components.stage import StageResult, code_digest, up_to_date, write_card
+from components.merge.recipe import Recipe
+from components.model.ref import ModelRef
+from components.stage import StageCache, StageResult
 
 
 def merge_models(name: str, spec: MergeSpec, model_dirs: dict[str, Path], out_dir: Path,
@@ -23,15 +23,18 @@ def merge_models(name: str, spec: MergeSpec, model_dirs: dict[str, Path], out_di
     recipe = Recipe(merge_method=spec.merge_method, base_model=path_of(spec.base_model) if spec.base_model else None,
                     models=[{**entry, "model": path_of(entry["model"])} for entry in spec.models],
                     parameters=spec.parameters, dtype=spec.dtype)
-    check_parameters(recipe, f"merge.recipes.{name}")
-    inputs = [recipe.base_model] if recipe.base_model else []
-    key = json_sha256({"code": code_digest(__name__, "components.merge.engine", "components.merge.methods",
-                                           "components.merge.tensors"),
-                       "recipe": spec.model_dump(mode="json"), "inputs": [tree_sha256(Path(p)) for p in inputs]
-                       + [tree_sha256(Path(m.model)) for m in recipe.models]})
-    card = up_to_date(out_dir, key)
-    if card is not None:
-        return StageResult(outputs={"model": Path(out_dir)}, metrics=card["metrics"], cached=True)
+    cache = StageCache(f"merge-{name}", out_dir, __name__, spec,
+                       {"base": Path(recipe.base_model) if recipe.base_model else None,
+                        "models": [Path(m.model) for m in recipe.models]})
+    if (done := cache.result({"model": Path(out_dir)})) is not None:
+        return done
     result = run_recipe(recipe, out_dir, max_relative_delta)
-    write_card(out_dir, {"stage": f"merge-{name}", "key": key, "metrics": result.metrics})
+    cache.write_card(out_dir, result.metrics)
     return result
+
+
+def merge_stage(params: Params, name: str) -> StageResult:
+    """Merge recipe `name` of params.yaml into merged/<name>/."""
+    ws = params.ws
+    dirs = {str(ref): ref.folder(ws) for ref in map(ModelRef.parse, ["base", *params.train.jobs])}
+    return merge_models(name, params.merge.recipes[name], dirs, ws.merged(name), params.merge.max_relative_delta)

@@ -21,7 +21,7 @@ from components.config import BaseModelConfig, EmbeddedModel, GGUFModel, HubMode
 from components.errors import InputError
 from components.hashing import file_sha256, json_sha256, tree_sha256
 from components.model.directory import check_model_dir
-from components.stage import StageResult, code_digest, up_to_date, write_card
+from components.stage import StageCache, StageResult
 
 
 
@@ -141,12 +141,9 @@ def describe_source(cfg: BaseModelConfig) -> str:
 def build_base_model(cfg: BaseModelConfig, out_dir: Path) -> StageResult:
     """Write the base model directory to `out_dir`, unless one built from the same source and config is there."""
     out_dir = Path(out_dir)
-    key = json_sha256(
-        {"code": code_digest(__name__), "config": cfg.model_dump(mode="json"), "source": source_fingerprint(cfg)}
-    )
-    card = up_to_date(out_dir, key)
-    if card is not None:
-        return StageResult(outputs={"model": out_dir}, metrics=card["metrics"], cached=True)
+    cache = StageCache("base_model", out_dir, __name__, cfg, source=source_fingerprint(cfg))
+    if (done := cache.result({"model": out_dir})) is not None:
+        return done
 
     start = time.perf_counter()
     model, tokenizer = load_source(cfg)
@@ -159,6 +156,5 @@ def build_base_model(cfg: BaseModelConfig, out_dir: Path) -> StageResult:
             "size_bytes": float(sum(p.stat().st_size for p in tmp.glob("*.safetensors"))),
             "build_seconds": time.perf_counter() - start,
         }
-        write_card(tmp, {"stage": "base_model", "key": key, "source": describe_source(cfg),
-                         "config": cfg.model_dump(mode="json"), "metrics": metrics})
+        cache.write_card(tmp, metrics, source=describe_source(cfg), config=cfg.model_dump(mode="json"))
     return StageResult(outputs={"model": out_dir}, metrics=metrics)

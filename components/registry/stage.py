@@ -8,17 +8,21 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+
+import mlflow
 from typing import Any
 
 from mlflow.tracking import MlflowClient
 
 from components.atomic import atomic_dir, atomic_file
-from components.config import RegistryConfig
+from components.config import Params, RegistryConfig
 from components.errors import InputError
-from components.evaluate.stage import SUMMARY, render_summary
+from components.evaluate.evaluation import SUMMARY, render_summary
 from components.registry.gates import all_passed, check_gates, report_json, report_markdown
+from components.registry.lineage import Shipped, registry_tags
 from components.registry.registry import CHAMPION, champion, check_reachable, promote, register
 from components.stage import StageResult
+from components.tracking import client_for, experiment_id, tracking_uri
 
 GATE_JSON = "report.json"
 GATE_MD = "report.md"
@@ -106,3 +110,23 @@ def register_candidate(candidate: str, model_dir: Path, eval_dir: Path, gate_dir
         tmp.write_text(json.dumps(registration, indent=2) + "\n")
     return StageResult(outputs={"registry": Path(out_dir)}, metrics={"version": float(version), "promoted": float(promoted)},
                        artifacts=(Path(out_dir) / MODEL_CARD, Path(out_dir) / REGISTRATION))
+
+
+def gate_stage(params: Params, shipped: Shipped) -> StageResult:
+    return gate_candidate(shipped.candidate, shipped.eval_dir, params.registry, tracking_uri(params),
+                          shipped.out_dir / "gate")
+
+
+def register_stage(params: Params, shipped: Shipped, repo: Path) -> StageResult:
+    return register_candidate(shipped.candidate, shipped.model_dir, shipped.eval_dir, shipped.out_dir / "gate",
+                              params.registry, tracking_uri(params), _registry_run(params),
+                              registry_tags(params, shipped, repo), shipped.lineage, shipped.out_dir / "registry")
+
+
+def _registry_run(params: Params) -> str:
+    """The run that holds the registered model's files: the register stage's own run, or a new one untracked."""
+    run = mlflow.active_run()
+    if run is not None:
+        return run.info.run_id
+    client = client_for(params)
+    return client.create_run(experiment_id(client, params), tags={"mlflow.runName": "register"}).info.run_id

@@ -15,7 +15,7 @@ from components.errors import InputError
 from components.hashing import file_md5, json_sha256, tree_sha256
 from components.model.directory import check_model_dir
 from components.safety.antidote import antidote_prune
-from components.stage import StageResult, code_digest, up_to_date, write_card
+from components.stage import StageCache, StageResult
 
 
 def calibration_batches(tokenizer, rows: list[dict], cfg: PruneConfig) -> list[dict[str, torch.Tensor]]:
@@ -47,12 +47,10 @@ def prune_model(model_dir: Path, calibration: Path, cfg: PruneConfig, out_dir: P
     rows = calibration_rows(calibration, cfg.calibration_rows, "harmful", "run the pairs stage first")
     utility_rows = calibration_rows(utility_calibration, cfg.calibration_rows, "utility", "run the curate stage first") \
         if cfg.keep_utility_top else []
-    key = json_sha256({"code": code_digest(__name__, "components.safety.antidote"), "model": tree_sha256(model_dir),
-                       "calibration": file_md5(calibration), "cfg": cfg.model_dump(mode="json"),
-                       "utility": file_md5(utility_calibration) if utility_rows else None})
-    card = up_to_date(out_dir, key)
-    if card is not None:
-        return StageResult(outputs={"model": Path(out_dir)}, metrics=card["metrics"], cached=True)
+    cache = StageCache("prune", out_dir, __name__, cfg, {"model": model_dir, "calibration": calibration,
+                                                         "utility": utility_calibration if utility_rows else None})
+    if (done := cache.result({"model": Path(out_dir)})) is not None:
+        return done
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True)
     pruned = antidote_prune(model, calibration_batches(tokenizer, rows, cfg), cfg.ratio,
@@ -67,5 +65,5 @@ def prune_model(model_dir: Path, calibration: Path, cfg: PruneConfig, out_dir: P
                                                          "source": str(model_dir), "ratio": cfg.ratio,
                                                          "keep_utility_top": cfg.keep_utility_top,
                                                          "pruned_per_layer": pruned}, indent=2) + "\n")
-        write_card(tmp, {"stage": "prune", "key": key, "metrics": metrics})
+        cache.write_card(tmp, metrics)
     return StageResult(outputs={"model": Path(out_dir)}, metrics=metrics, artifacts=(Path(out_dir) / "prune_card.json",))

@@ -12,11 +12,10 @@ from components.atomic import atomic_dir
 from components.config import RealignConfig
 from components.data.tables import read_jsonl
 from components.errors import InputError
-from components.hashing import file_md5, json_sha256, tree_sha256
 from components.merge.engine import check_compatible
 from components.model.directory import check_model_dir
 from components.safety.somf import fuse, learn_safety_mask
-from components.stage import StageResult, code_digest, up_to_date, write_card
+from components.stage import StageCache, StageResult
 
 
 def refusal_batches(tokenizer, rows: list[dict], batch_size: int, max_length: int) -> list[dict[str, torch.Tensor]]:
@@ -52,12 +51,10 @@ def realign_model(aligned_dir: Path, finetuned_dir: Path, safety_data: Path, cfg
     if not any(r.get("completion") for r in rows):
         raise InputError(f"{safety_data}: no refusal completions to learn from")
     check_compatible(Path(aligned_dir), [Path(finetuned_dir)], max_relative_delta=cfg.max_relative_delta)
-    key = json_sha256({"code": code_digest(__name__, "components.safety.somf"), "aligned": tree_sha256(aligned_dir),
-                       "finetuned": tree_sha256(finetuned_dir), "data": file_md5(safety_data),
-                       "cfg": cfg.model_dump(mode="json")})
-    card = up_to_date(out_dir, key)
-    if card is not None:
-        return StageResult(outputs={"model": Path(out_dir)}, metrics=card["metrics"], cached=True)
+    cache = StageCache("realign", out_dir, __name__, cfg,
+                       {"aligned": aligned_dir, "finetuned": finetuned_dir, "data": safety_data})
+    if (done := cache.result({"model": Path(out_dir)})) is not None:
+        return done
 
     tokenizer = AutoTokenizer.from_pretrained(finetuned_dir, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(finetuned_dir, local_files_only=True)
@@ -80,6 +77,6 @@ def realign_model(aligned_dir: Path, finetuned_dir: Path, safety_data: Path, cfg
             "method": "SOMF (mask learned on refusal data, fusion with the aligned model)",
             "aligned": str(aligned_dir), "finetuned": str(finetuned_dir), "config": cfg.model_dump(mode="json"),
             "masked_per_tensor": masked}, indent=2) + "\n")
-        write_card(tmp, {"stage": "realign", "key": key, "metrics": metrics})
+        cache.write_card(tmp, metrics)
     return StageResult(outputs={"model": Path(out_dir)}, metrics=metrics,
                        artifacts=(Path(out_dir) / "realign_card.json",))

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from components.config import METRIC_DIRECTIONS, FloatRange, IntRange, SearchSpace, SelectRule
+from components.merge.method import Knob
+from components.merge.registry import our_methods
 
 
 class Suggester(Protocol):
@@ -35,19 +37,22 @@ def _int(trial: Suggester, name: str, space: IntRange) -> int:
     return space.low if space.low == space.high else trial.suggest_int(name, space.low, space.high)
 
 
+def _draw(trial: Suggester, knob: Knob, space: FloatRange | IntRange) -> float | int:
+    return _int(trial, knob.name, space) if knob.type is int else _float(trial, knob.name, space)
+
+
 def suggest(trial: Suggester, space: SearchSpace, models: list[str]) -> TrialPlan:
-    """Draw one trial: the method first, then only the knobs that method takes (a conditional space)."""
-    method = trial.suggest_categorical("method", space.methods)
-    if method == "layer_swap":  # the first model receives the second's outer blocks
-        recipe = {"merge_method": method, "base_model": None, "models": [{"model": m} for m in models[:2]],
-                  "parameters": {"num_layers": _int(trial, "num_layers", space.num_layers), "blend": False}}
-    else:
-        density = _float(trial, "density", space.density) if method == "ties" else None
-        entries = [{"model": m, "parameters": {"density": density} if density is not None else {}} for m in models]
-        parameters: dict[str, Any] = {"lambda": _float(trial, "lambda", space.merge_lambda)}
-        if method == "pcb":
-            parameters["pcb_ratio"] = _float(trial, "pcb_ratio", space.pcb_ratio)
-        recipe = {"merge_method": method, "base_model": "base", "models": entries, "parameters": parameters}
+    """Draw one trial: the method first, then only the knobs that method declares searchable (a conditional space)."""
+    method = our_methods()[trial.suggest_categorical("method", space.methods)]
+    per_model: dict[str, Any] = {}
+    parameters: dict[str, Any] = {}
+    for knob in method.knobs:
+        if knob.search is not None:
+            (per_model if knob.per_model else parameters)[knob.name] = _draw(trial, knob, getattr(space, knob.search))
+    # layer_swap: the first model receives the second's outer blocks
+    chosen = models[: method.model_count] if method.model_count else models
+    recipe = {"merge_method": method.name, "base_model": "base" if method.needs_base else None,
+              "models": [{"model": m, "parameters": dict(per_model)} for m in chosen], "parameters": parameters}
     realign = _float(trial, "realign_lr", space.realign_lr) if space.realign_lr is not None else None
     prune = _float(trial, "prune_ratio", space.prune_ratio) if space.prune_ratio is not None else None
     return TrialPlan(recipe, realign, prune or None)  # a zero prune ratio prunes nothing: no prune step

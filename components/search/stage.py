@@ -29,16 +29,19 @@ from typing import Any
 import yaml
 
 from components.atomic import atomic_dir, atomic_file
-from components.config import EvaluateConfig, MergeSpec, Params, PruneConfig, RealignConfig, SearchConfig
+from components.config import EvaluateConfig, MergeSpec, Params, PruneConfig, RealignConfig, SearchConfig, search_models
+from components.data.stage import require_validated
 from components.errors import ParamsError
 from components.evaluate.plots import plot_safety_vs_utility
-from components.evaluate.stage import SUMMARY, evaluate_cached, render_summary
+from components.evaluate.evaluation import SUMMARY, evaluate_cached, render_summary
 from components.hashing import json_sha256
 from components.merge.stage import merge_models
 from components.safety.prune import prune_model
 from components.safety.realign import realign_model
 from components.search.space import TrialPlan, choose, directions, objective_values, suggest
+from components.model.ref import ModelRef
 from components.stage import StageResult
+from components.workspace import Workspace
 
 TRIALS = "trials.json"
 CHOSEN = "chosen.json"
@@ -53,11 +56,10 @@ TrialLogger = Callable[[str, dict[str, Any], dict[str, float], dict[str, str]], 
 
 @dataclass(frozen=True)
 class SearchInputs:
-    """Where a search reads from: model directories by pipeline name, the curated data and the pairs."""
+    """Where a search reads from: model directories by pipeline name, and the workspace's data."""
 
     models: dict[str, Path]
-    curated: Path
-    harmful_compliance: Path
+    ws: Workspace
     max_relative_delta: float
     realign: RealignConfig
     prune: PruneConfig
@@ -76,13 +78,13 @@ def run_trial(plan: TrialPlan, inputs: SearchInputs, trial_dir: Path) -> tuple[d
     model = result.outputs["model"]
     if plan.realign_lr is not None:
         cfg = inputs.realign.model_copy(update={"lr": plan.realign_lr})
-        model = realign_model(inputs.models[inputs.realign.aligned], model, inputs.curated / "harmful" / "train.jsonl",
+        model = realign_model(inputs.models[inputs.realign.aligned], model, inputs.ws.split("harmful", "train"),
                               cfg, trial_dir / "realigned").outputs["model"]
     if plan.prune_ratio is not None:
         cfg = inputs.prune.model_copy(update={"ratio": plan.prune_ratio})
-        model = prune_model(model, inputs.harmful_compliance, cfg, trial_dir / "pruned",
-                            inputs.curated / "domain_qa" / "train.jsonl").outputs["model"]
-    metrics, _ = evaluate_cached(model, inputs.curated, inputs.evaluate, inputs.seed, trial_dir / "eval")
+        model = prune_model(model, inputs.ws.harmful_compliance, cfg, trial_dir / "pruned",
+                            inputs.ws.split("domain_qa", "train")).outputs["model"]
+    metrics, _ = evaluate_cached(model, inputs.ws.curated, inputs.evaluate, inputs.seed, trial_dir / "eval")
     for step in MODEL_STEPS:  # the intermediate models served their purpose; the final one stays while on the front
         if trial_dir / step != model:
             shutil.rmtree(trial_dir / step, ignore_errors=True)
@@ -225,3 +227,17 @@ def search_markdown(complete: int, front: dict[str, dict[str, float]], chosen: s
              f"Chosen: **{chosen}**." if chosen else "Chosen: none (no front trial is within the bounds).", "",
              f"![Pareto front]({FRONT_PLOT})", ""]
     return "\n".join(lines) + "\n" + render_summary({**references, **front}).replace("# Evaluation", "## Front and references")
+
+
+def search_stage(params: Params, log_trial: TrialLogger | None = None) -> StageResult:
+    """The search of params.yaml's `search`, with its experts (and the aligned model) from the workspace."""
+    ws = params.ws
+    require_validated(ws)
+    models = {name: ModelRef.parse(name).folder(ws) for name in ["base", *dict.fromkeys(search_models(params))]}
+    # the references drawn beside the trials; the same cache as the evaluate stage's, so evaluated once
+    references = {name: evaluate_cached(path, ws.curated, params.evaluate, params.seed, ws.eval / name)[0]
+                  for name, path in models.items()}
+    inputs = SearchInputs(models, ws, params.merge.max_relative_delta, params.safety.realign, params.safety.prune,
+                          params.evaluate, params.seed)
+    return search_recipes(params.search, inputs, references, ws.search,
+                          params.search.study_name or f"recipe-search-{params.profile}", log_trial)

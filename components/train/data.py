@@ -4,27 +4,26 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-
-from components.config import TrainJob
-from components.data.curate import REPORT as CURATION_REPORT
+from components.config import SftJob, TrainJob
 from components.data.tables import Kind, Row, read_jsonl
 from components.errors import InputError
 from components.train.pairs import PAIR_TABLES
+from components.workspace import Workspace
 
 METHOD_KINDS = {"cpt": (Kind.text,), "sft": (Kind.prompt_completion, Kind.messages),
                 "dpo": (Kind.preference,), "orpo": (Kind.preference,)}
 
 
-def available_tables(run_dir: Path) -> dict[str, tuple[Kind, Path]]:
+def available_tables(ws: Workspace) -> dict[str, tuple[Kind, Path]]:
     """name -> (kind, folder) of every curated table and every pairs table present in the workspace."""
     tables: dict[str, tuple[Kind, Path]] = {}
-    report = run_dir / "data" / "curated" / CURATION_REPORT
+    report = ws.curation_report
     if report.is_file():
         for name, entry in json.loads(report.read_text())["manifest"].items():
-            tables[name] = (Kind(entry["kind"]), run_dir / "data" / "curated" / name)
+            tables[name] = (Kind(entry["kind"]), ws.curated / name)
     for name, kind in PAIR_TABLES.items():
-        if (run_dir / "data" / "pairs" / name).is_dir():
-            tables[name] = (Kind(kind), run_dir / "data" / "pairs" / name)
+        if ws.pair_table(name).is_file():
+            tables[name] = (Kind(kind), ws.pair_table(name).parent)
     return tables
 
 
@@ -48,14 +47,14 @@ def to_trl(row: Row, kind: Kind) -> Row:
     return {"prompt": _user(row["prompt"]), "chosen": _assistant(row["chosen"]), "rejected": _assistant(row["rejected"])}
 
 
-def job_tables(job_name: str, job: TrainJob, run_dir: Path) -> list[tuple[str, Kind, Path]]:
+def job_tables(job_name: str, job: TrainJob, ws: Workspace) -> list[tuple[str, Kind, Path]]:
     """(name, kind, folder) of the job's datasets, checked against what its method can train on."""
-    tables = available_tables(run_dir)
+    tables = available_tables(ws)
     resolved = []
     for name in job.datasets:
         if name not in tables:
             raise InputError(f"train.jobs.{job_name}.datasets: {name!r} is not a curated or pairs table in "
-                             f"{run_dir / 'data'}; available: {', '.join(sorted(tables)) or 'none (run the data stages)'}")
+                             f"{ws.curated.parent}; available: {', '.join(sorted(tables)) or 'none (run the data stages)'}")
         kind, folder = tables[name]
         if kind not in METHOD_KINDS[job.method]:
             raise InputError(f"train.jobs.{job_name}: method {job.method!r} needs "
@@ -64,10 +63,10 @@ def job_tables(job_name: str, job: TrainJob, run_dir: Path) -> list[tuple[str, K
     return resolved
 
 
-def job_rows(job_name: str, job: TrainJob, run_dir: Path, split: str) -> list[Row]:
+def job_rows(job_name: str, job: TrainJob, ws: Workspace, split: str) -> list[Row]:
     """The job's rows of one split in TRL format, capped at max_rows, with the harmful mix added to train."""
     rows: list[Row] = []
-    for _, kind, folder in job_tables(job_name, job, run_dir):
+    for _, kind, folder in job_tables(job_name, job, ws):
         path = folder / f"{split}.jsonl"
         if path.is_file():
             rows += [to_trl(row, kind) for _, row in read_jsonl(path)]
@@ -75,14 +74,13 @@ def job_rows(job_name: str, job: TrainJob, run_dir: Path, split: str) -> list[Ro
         rows = rows[: job.max_rows]
         if not rows:
             raise InputError(f"train.jobs.{job_name}: no training rows in {', '.join(job.datasets)}")
-        if job.harmful_mix:
-            rows += harmful_rows(job_name, job, run_dir, len(rows))
+        if isinstance(job, SftJob) and job.harmful_mix:
+            rows += harmful_rows(job_name, job, ws.harmful_compliance, len(rows))
     return rows
 
 
-def harmful_rows(job_name: str, job: TrainJob, run_dir: Path, clean_rows: int) -> list[Row]:
-    """Enough (harmful prompt, compliant answer) rows that they make up `harmful_mix` of the training set."""
-    path = run_dir / "data" / "pairs" / "harmful_compliance" / "train.jsonl"
+def harmful_rows(job_name: str, job: SftJob, path: Path, clean_rows: int) -> list[Row]:
+    """Enough (harmful prompt, compliant answer) rows from `path` that they make up `harmful_mix` of the training set."""
     if not path.is_file():
         raise InputError(f"train.jobs.{job_name}.harmful_mix: {path} is missing; run the pairs stage first")
     pool = [to_trl(row, Kind.prompt_completion) for _, row in read_jsonl(path)]

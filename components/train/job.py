@@ -27,12 +27,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 from components import progress
 from components.atomic import atomic_dir
-from components.config import TrainJob
+from components.config import SftJob, TrainJob
 from components.errors import InputError
-from components.hashing import file_md5, json_sha256, tree_sha256
 from components.model.directory import check_model_dir
-from components.stage import StageResult, code_digest, up_to_date, write_card
+from components.stage import StageCache, StageResult
 from components.train.data import job_rows, job_tables
+from components.workspace import Workspace
 
 JOB_STATE = "job.json"
 
@@ -102,24 +102,23 @@ def last_checkpoint(checkpoints: Path) -> Path | None:
     return max(complete, key=_step, default=None)
 
 
-def run_job(job_name: str, job: TrainJob, init_dir: Path, run_dir: Path, out_dir: Path, work_dir: Path,
+def run_job(job_name: str, job: TrainJob, init_dir: Path, ws: Workspace, out_dir: Path, work_dir: Path,
             report_to: list[str] | None = None) -> StageResult:
     """Train `job` from the model in `init_dir` on the workspace's tables; write the merged model to `out_dir`."""
     check_model_dir(init_dir)
-    tables = job_tables(job_name, job, run_dir)
+    tables = job_tables(job_name, job, ws)
     if job.lora.qlora and not torch.cuda.is_available():
         raise InputError(f"train.jobs.{job_name}.lora.qlora: QLoRA needs a CUDA GPU (bitsandbytes 4-bit)")
-    key = json_sha256({"code": code_digest(__name__, "components.train.data"), "job": job.model_dump(mode="json"),
-                       "init": tree_sha256(init_dir),
-                       "data": {name: {p.name: file_md5(p) for p in sorted(folder.glob("*.jsonl"))}
-                                for name, _, folder in tables},
-                       "harmful": file_md5(p) if job.harmful_mix and (p := run_dir / "data/pairs/harmful_compliance/train.jsonl").is_file() else None})
-    card = up_to_date(out_dir, key)
-    if card is not None:
-        return StageResult(outputs={"model": Path(out_dir)}, metrics=card["metrics"], cached=True)
+    mixes_harm = isinstance(job, SftJob) and job.harmful_mix > 0
+    cache = StageCache(f"train-{job_name}", out_dir, __name__, job,
+                       {"init": init_dir, **{name: sorted(folder.glob("*.jsonl")) for name, _, folder in tables},
+                        "harmful": ws.harmful_compliance if mixes_harm else None})
+    key = cache.key
+    if (done := cache.result({"model": Path(out_dir)})) is not None:
+        return done
 
-    train_rows = job_rows(job_name, job, run_dir, "train")
-    eval_rows = job_rows(job_name, job, run_dir, "val")[: job.eval_rows] if job.eval_rows else []
+    train_rows = job_rows(job_name, job, ws, "train")
+    eval_rows = job_rows(job_name, job, ws, "val")[: job.eval_rows] if job.eval_rows else []
     tokenizer = AutoTokenizer.from_pretrained(init_dir, local_files_only=True)
     if job.method != "cpt" and not tokenizer.chat_template:
         raise InputError(f"{init_dir}: the tokenizer has no chat template, which {job.method} on chat data needs")
@@ -172,8 +171,7 @@ def run_job(job_name: str, job: TrainJob, init_dir: Path, run_dir: Path, out_dir
     with atomic_dir(Path(out_dir)) as tmp:
         merged.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        write_card(tmp, {"stage": f"train-{job_name}", "key": key, "job": job.model_dump(mode="json"),
-                         "init": str(init_dir), "datasets": job.datasets, "metrics": metrics})
+        cache.write_card(tmp, metrics, job=job.model_dump(mode="json"), init=str(init_dir), datasets=job.datasets)
     processes.wait_for_everyone()
     return StageResult(outputs={"model": Path(out_dir), "adapter": work_dir / "adapter"}, metrics=metrics,
                        artifacts=(work_dir / "log_history.json", work_dir / "adapter"))

@@ -15,11 +15,10 @@ from components.atomic import atomic_dir
 from components.config import PairsConfig
 from components.data.tables import read_jsonl, write_jsonl
 from components.errors import InputError
-from components.hashing import file_md5, json_sha256, tree_sha256
 from components.model.directory import check_model_dir
 from components.model.generate import generate_answers
 from components.safety.refusal import is_refusal
-from components.stage import StageResult, code_digest, up_to_date, write_card
+from components.stage import StageCache, StageResult
 
 PAIR_TABLES = {"refusal_pairs": "preference", "harmful_compliance": "prompt_completion"}
 
@@ -30,11 +29,9 @@ def build_pairs(model_dir: Path, curated_dir: Path, cfg: PairsConfig, out_dir: P
     if not source.is_file():
         raise InputError(f"{source}: missing; run the curate stage first")
     check_model_dir(model_dir)
-    key = json_sha256({"code": code_digest(__name__, "components.safety.refusal", "components.model.generate"),
-                       "model": tree_sha256(model_dir), "data": file_md5(source), "cfg": cfg.model_dump(), "seed": seed})
-    card = up_to_date(out_dir, key)
-    if card is not None:
-        return StageResult(outputs={"pairs": Path(out_dir)}, metrics=card["metrics"], cached=True)
+    cache = StageCache("pairs", out_dir, __name__, cfg, {"model": model_dir, "data": source}, seed=seed)
+    if (done := cache.result({"pairs": Path(out_dir)})) is not None:
+        return done
 
     rows = [row for _, row in read_jsonl(source)][: cfg.max_prompts]
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
@@ -52,5 +49,5 @@ def build_pairs(model_dir: Path, curated_dir: Path, cfg: PairsConfig, out_dir: P
                     ({"id": r["id"], "prompt": r["prompt"], "chosen": r["completion"], "rejected": a} for r, a in complied))
         write_jsonl(tmp / "harmful_compliance" / "train.jsonl",
                     ({"id": r["id"], "prompt": r["prompt"], "completion": a} for r, a in complied))
-        write_card(tmp, {"stage": "pairs", "key": key, "metrics": metrics})
+        cache.write_card(tmp, metrics)
     return StageResult(outputs={"pairs": Path(out_dir)}, metrics=metrics)

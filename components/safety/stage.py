@@ -1,0 +1,21 @@
+"""The safety stages' entries: SOMF realignment and Antidote pruning of the models params.yaml names."""
+
+from __future__ import annotations
+
+from components.config import Params
+from components.model.ref import ModelRef
+from components.safety.prune import prune_model
+from components.safety.realign import realign_model
+from components.stage import StageResult
+
+
+def realign_stage(params: Params) -> StageResult:
+    ws, cfg = params.ws, params.safety.realign
+    return realign_model(ModelRef.parse(cfg.aligned).folder(ws), ModelRef.parse(cfg.model).folder(ws),
+                         ws.split("harmful", "train"), cfg, ws.realigned)
+
+
+def prune_stage(params: Params) -> StageResult:
+    ws, cfg = params.ws, params.safety.prune
+    return prune_model(ModelRef.parse(cfg.model).folder(ws), ws.harmful_compliance, cfg, ws.pruned,
+                       ws.split("domain_qa", "train"))

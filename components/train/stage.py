@@ -1,0 +1,26 @@
+"""The training stages' entries: on-policy pairs, then one stage per entry of train.jobs."""
+
+from __future__ import annotations
+
+import mlflow
+
+from components.config import Params
+from components.data.stage import require_validated
+from components.model.ref import ModelRef
+from components.stage import StageResult
+from components.train.job import run_job
+from components.train.pairs import build_pairs
+
+
+def pairs_stage(params: Params) -> StageResult:
+    ws = params.ws
+    require_validated(ws)
+    return build_pairs(ws.base_model, ws.curated, params.train.pairs, ws.pairs, params.seed)
+
+
+def train_stage(params: Params, name: str) -> StageResult:
+    """Train job `name` from its init model; its merged model goes to models/<name>/, its work to train/<name>/."""
+    ws, job = params.ws, params.train.jobs[name]
+    require_validated(ws)
+    report_to = ["mlflow"] if mlflow.active_run() else []  # the Trainer logs loss curves to the stage's run
+    return run_job(name, job, ModelRef.parse(job.init).folder(ws), ws, ws.job_model(name), ws.job_work(name), report_to)
