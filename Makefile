@@ -1,9 +1,9 @@
-# make setup | make run | make test | make bench | make lock | make strip-notebooks
+# make setup | make run | make test | make lint | make format | make bench | make lock | make strip-notebooks
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup run test bench lock clean strip-notebooks
+.PHONY: setup run test lint format bench lock clean strip-notebooks
 
 setup: $(VENV)/.installed .venv-checkov/.installed
 
@@ -25,8 +25,17 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 run: setup
 	$(PY) -m flows run --profile smol
 
-test: setup
+test: setup lint
 	$(PY) -m pytest
+
+# ruff, configured in pyproject.toml: lint rules and the formatter's check (make format rewrites the files)
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 bench: setup
 	$(PY) -m benchmarks

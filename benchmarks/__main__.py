@@ -18,7 +18,9 @@ from components.config import DEFAULT_PARAMS, load_params
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    parser.add_argument("names", nargs="*", metavar="NAME", help=f"benchmarks to run (default: all): {', '.join(BENCHMARKS)}")
+    parser.add_argument(
+        "names", nargs="*", metavar="NAME", help=f"benchmarks to run (default: all): {', '.join(BENCHMARKS)}"
+    )
     parser.add_argument("--profile", default="smol")
     parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS)
     args = parser.parse_args()

@@ -20,7 +20,9 @@ def write_rows(raw: Path, count: int, seed: int = 0) -> None:
     """`count` short rows (8-16 words from a 5,000-word vocabulary); 10% repeat a recent row exactly and 5% repeat
     one with its last word changed (Jaccard of word 3-grams 0.6-0.9, so only some count as near duplicates)."""
     rng = random.Random(seed)
-    vocab = sorted({"".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=rng.randint(3, 9))) for _ in range(5200)})[:5000]
+    vocab = sorted({"".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=rng.randint(3, 9))) for _ in range(5200)})[
+        :5000
+    ]
     raw.mkdir(parents=True)
     recent: list[str] = []
     with open(raw / "bulk.jsonl", "w") as handle:
@@ -36,8 +38,16 @@ def write_rows(raw: Path, count: int, seed: int = 0) -> None:
                 text = " ".join(rng.choices(vocab, k=rng.randint(8, 16)))
             recent = (recent + [text])[-1000:]
             handle.write(json.dumps({"id": f"r{i}", "text": text}) + "\n")
-    manifest = {"bulk": {"kind": "text", "safety": False, "splits": None, "rows": count, "licence": "generated",
-                         "provenance": "benchmarks.curate_scale"}}
+    manifest = {
+        "bulk": {
+            "kind": "text",
+            "safety": False,
+            "splits": None,
+            "rows": count,
+            "licence": "generated",
+            "provenance": "benchmarks.curate_scale",
+        }
+    }
     (raw / "manifest.json").write_text(json.dumps(manifest))
 
 

@@ -16,9 +16,13 @@ EXPERTS = ("domain", "math", "safety")
 
 def _recipe(params: Params, method: str) -> Recipe:
     per_model = {"ties": {"density": 0.5, "weight": 1.0}, "task_arithmetic": {"weight": 1.0}, "pcb": {}}[method]
-    return Recipe(merge_method=method, base_model=str(params.ws.base_model), dtype="float32",
-                  models=[{"model": str(params.ws.job_model(e)), "parameters": per_model} for e in EXPERTS],
-                  parameters={"pcb_ratio": 0.1} if method == "pcb" else {})
+    return Recipe(
+        merge_method=method,
+        base_model=str(params.ws.base_model),
+        dtype="float32",
+        models=[{"model": str(params.ws.job_model(e)), "parameters": per_model} for e in EXPERTS],
+        parameters={"pcb_ratio": 0.1} if method == "pcb" else {},
+    )
 
 
 def _ours(recipe: Recipe, out: Path) -> None:
@@ -52,9 +56,13 @@ def merge(params: Params, scratch: Path) -> Report:
     if missing:
         raise SystemExit(f"merge benchmark: train {missing} first (python -m flows run --profile {params.profile})")
     report = Report("merge", baseline="read all inputs + write output")
-    runs = [("read all inputs + write output", _read_and_write, "ties"), ("ours: ties", _ours, "ties"),
-            ("mergekit: ties", _mergekit, "ties"), ("ours: task_arithmetic", _ours, "task_arithmetic"),
-            ("ours: pcb", _ours, "pcb")]
+    runs = [
+        ("read all inputs + write output", _read_and_write, "ties"),
+        ("ours: ties", _ours, "ties"),
+        ("mergekit: ties", _mergekit, "ties"),
+        ("ours: task_arithmetic", _ours, "task_arithmetic"),
+        ("ours: pcb", _ours, "pcb"),
+    ]
     for label, target, method in runs:
         out = scratch / label.replace(" ", "_").replace(":", "")
         seconds, peak_mb, _ = measured(target, _recipe(params, method), out)

@@ -67,5 +67,7 @@ def orchestration(params: Params, scratch: Path) -> Report:
     _, _, flow_seconds = measured(_flow, _workspace(scratch, "flow"), params.profile)
     report.seconds["Prefect flow post-train (MLflow tracking)"] = flow_seconds
     overhead = (flow_seconds - report.seconds[report.baseline]) / flow_seconds
-    report.notes["orchestration + tracking overhead, share of the flow's total"] = f"{overhead:.1%} (target: at most 10%)"
+    report.notes["orchestration + tracking overhead, share of the flow's total"] = (
+        f"{overhead:.1%} (target: at most 10%)"
+    )
     return report

@@ -42,8 +42,13 @@ class Report:
     def save(self, folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{self.name}.json"
-        path.write_text(json.dumps({"baseline": self.baseline, "seconds": self.seconds, "ratios": self.ratios(),
-                                    "notes": self.notes}, indent=2) + "\n")
+        path.write_text(
+            json.dumps(
+                {"baseline": self.baseline, "seconds": self.seconds, "ratios": self.ratios(), "notes": self.notes},
+                indent=2,
+            )
+            + "\n"
+        )
         return path
 
 

@@ -19,8 +19,9 @@ METHODS = {"cpt": "domain_corpus", "sft": "math", "dpo": "refusal_pairs", "orpo"
 def _trainer_run(params: Params, method: str, dataset: str, out: Path) -> float:
     from components.train.job import run_job
 
-    job = params.train.jobs["math"].model_copy(update={"method": method, "datasets": [dataset], "max_steps": STEPS,
-                                                       "save_steps": STEPS, "eval_rows": 0})
+    job = params.train.jobs["math"].model_copy(
+        update={"method": method, "datasets": [dataset], "max_steps": STEPS, "save_steps": STEPS, "eval_rows": 0}
+    )
     result = run_job("math", job, params.ws.base_model, params.ws, out / "model", out / "work")
     return result.metrics["samples_per_second"]
 
@@ -49,7 +50,9 @@ def _plain_torch(model_dir: Path, job: TrainJob, steps: int) -> float:
 @benchmark("train")
 def train(params: Params, scratch: Path) -> Report:
     if not (params.ws.pairs).is_dir():
-        raise SystemExit(f"train benchmark: run the data and pairs stages first (python -m flows run --profile {params.profile})")
+        raise SystemExit(
+            f"train benchmark: run the data and pairs stages first (python -m flows run --profile {params.profile})"
+        )
     report = Report("train", baseline="plain torch LoRA step, 128-token rows")
     job = params.train.jobs["math"]
     seconds, peak, rate = measured(_plain_torch, params.ws.base_model, job, STEPS)
@@ -59,6 +62,8 @@ def train(params: Params, scratch: Path) -> Report:
         seconds, peak, rate = measured(_trainer_run, params, method, datasets, scratch / method)
         report.seconds[f"{method}: {STEPS} steps with TRL"] = seconds
         report.notes[f"{method}: rows/s"] = f"{rate:.2f}; peak RSS {peak:.0f} MB"
-    report.notes["note"] = (f"{STEPS} steps each, batch {job.batch_size}; trainer times include tokenizing the "
-                            "dataset and loading the model, the baseline's do not")
+    report.notes["note"] = (
+        f"{STEPS} steps each, batch {job.batch_size}; trainer times include tokenizing the "
+        "dataset and loading the model, the baseline's do not"
+    )
     return report

@@ -304,8 +304,10 @@ class MergeSpec(StrictModel):
         from components.merge.registry import check_recipe, known_method, our_methods
 
         if not known_method(self.merge_method):
-            raise ValueError(f"unknown merge method {self.merge_method!r}: neither one of this project's "
-                             f"({', '.join(sorted(our_methods()))}) nor one of mergekit's")
+            raise ValueError(
+                f"unknown merge method {self.merge_method!r}: neither one of this project's "
+                f"({', '.join(sorted(our_methods()))}) nor one of mergekit's"
+            )
         try:
             check_recipe(self.merge_method, self.base_model, self.models, self.parameters, "this recipe")
         except PipelineError as err:
@@ -323,7 +325,9 @@ class PruneConfig(StrictModel):
 
     model: str | None = None  # a pipeline model (base, a train job, merge-<name>) to prune; None: no prune stage
     ratio: float = Field(default=0.005, ge=0, lt=1)
-    keep_utility_top: float = Field(default=0.0, ge=0, lt=1)  # spare the top share by Wanda score on domain Q/A (Wei et al.)
+    keep_utility_top: float = Field(
+        default=0.0, ge=0, lt=1
+    )  # spare the top share by Wanda score on domain Q/A (Wei et al.)
     calibration_rows: PositiveInt = 64
     max_length: PositiveInt = 256
     batch_size: PositiveInt = 8
@@ -365,8 +369,12 @@ class EvaluateConfig(StrictModel):
 
 # Which way each gateable metric of the evaluation suite improves.
 METRIC_DIRECTIONS: dict[str, Literal["higher", "lower"]] = {
-    "domain_mc_acc": "higher", "domain_mc_acc_norm": "higher", "math_exact_match": "higher",
-    "domain_perplexity": "lower", "harmful_score": "lower", "over_refusal": "lower",
+    "domain_mc_acc": "higher",
+    "domain_mc_acc_norm": "higher",
+    "math_exact_match": "higher",
+    "domain_perplexity": "lower",
+    "harmful_score": "lower",
+    "over_refusal": "lower",
 }
 
 
@@ -391,8 +399,10 @@ class RegistryConfig(StrictModel):
     def _known_metrics(cls, gates: dict[str, GateSpec]) -> dict[str, GateSpec]:
         for metric in gates:
             if metric not in METRIC_DIRECTIONS:
-                raise ValueError(f"gate on {metric!r}: not a metric of the evaluation suite "
-                                 f"(gateable: {', '.join(METRIC_DIRECTIONS)})")
+                raise ValueError(
+                    f"gate on {metric!r}: not a metric of the evaluation suite "
+                    f"(gateable: {', '.join(METRIC_DIRECTIONS)})"
+                )
         return gates
 
 
@@ -442,8 +452,9 @@ class SearchSpace(StrictModel):
 
         unknown = sorted(set(methods) - set(our_methods()))
         if unknown:
-            raise ValueError(f"{unknown} cannot be searched: the search knows the knobs of "
-                             f"{', '.join(sorted(our_methods()))}")
+            raise ValueError(
+                f"{unknown} cannot be searched: the search knows the knobs of {', '.join(sorted(our_methods()))}"
+            )
         return methods
 
 
@@ -474,12 +485,17 @@ class SearchConfig(StrictModel):
 
     @model_validator(mode="after")
     def _known_metrics(self) -> SearchConfig:
-        for where, metrics in (("objectives", self.objectives), ("select.metric", [self.select.metric]),
-                               ("select.bounds", list(self.select.bounds))):
+        for where, metrics in (
+            ("objectives", self.objectives),
+            ("select.metric", [self.select.metric]),
+            ("select.bounds", list(self.select.bounds)),
+        ):
             unknown = [m for m in metrics if m not in METRIC_DIRECTIONS]
             if unknown:
-                raise ValueError(f"{where}: {unknown} are not metrics of the evaluation suite "
-                                 f"(known: {', '.join(METRIC_DIRECTIONS)})")
+                raise ValueError(
+                    f"{where}: {unknown} are not metrics of the evaluation suite "
+                    f"(known: {', '.join(METRIC_DIRECTIONS)})"
+                )
         if len(set(self.objectives)) != len(self.objectives) or not self.objectives:
             raise ValueError("objectives: list each metric once, at least one")
         return self
@@ -505,8 +521,11 @@ class Params(StrictModel):
     def _models_are_known(self) -> Params:
         from components.model.ref import ModelRef
 
-        for key, name in (("prune.model", self.safety.prune.model), ("realign.model", self.safety.realign.model),
-                          ("realign.aligned", self.safety.realign.aligned if self.safety.realign.model else None)):
+        for key, name in (
+            ("prune.model", self.safety.prune.model),
+            ("realign.model", self.safety.realign.model),
+            ("realign.aligned", self.safety.realign.aligned if self.safety.realign.model else None),
+        ):
             if name is not None:
                 try:
                     ModelRef.parse(name).check(self, shipped=False)
@@ -523,8 +542,10 @@ class Params(StrictModel):
             names += [entry.get("model") for entry in spec.models]
             unknown = [n for n in names if n not in trained]
             if unknown:
-                raise ValueError(f"merge.recipes.{name}: {unknown} are not models of this pipeline "
-                                 f"(known: {', '.join(sorted(trained))})")
+                raise ValueError(
+                    f"merge.recipes.{name}: {unknown} are not models of this pipeline "
+                    f"(known: {', '.join(sorted(trained))})"
+                )
         return self
 
     @property
@@ -544,8 +565,10 @@ def search_models(params: Params) -> list[str]:
         needed.append(params.safety.realign.aligned)
     unknown = [name for name in needed if name not in params.train.jobs]
     if unknown:
-        raise ParamsError(f"search: {unknown} are not train jobs of profile {params.profile!r} "
-                          f"(jobs: {', '.join(params.train.jobs)}); set search.models or safety.realign.aligned")
+        raise ParamsError(
+            f"search: {unknown} are not train jobs of profile {params.profile!r} "
+            f"(jobs: {', '.join(params.train.jobs)}); set search.models or safety.realign.aligned"
+        )
     return needed
 
 
@@ -558,7 +581,11 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     merged = dict(base)
     for key, value in override.items():
         old = merged.get(key)
-        if isinstance(value, dict) and isinstance(old, dict) and value.get("source", old.get("source")) == old.get("source"):
+        if (
+            isinstance(value, dict)
+            and isinstance(old, dict)
+            and value.get("source", old.get("source")) == old.get("source")
+        ):
             merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = value
@@ -590,8 +617,11 @@ def _has_key(tree: Any, loc: tuple[str, ...]) -> bool:
 
 def _origin(raw: dict[str, Any], profile: str, overrides: dict[str, Any], loc: tuple[str, ...]) -> str:
     """Where a key of the merged params came from, as the user would look for it."""
-    sources = (("--set ", overrides), (f"profiles.{profile}.", raw["profiles"][profile] or {}),
-               ("common.", raw.get("common") or {}))
+    sources = (
+        ("--set ", overrides),
+        (f"profiles.{profile}.", raw["profiles"][profile] or {}),
+        ("common.", raw.get("common") or {}),
+    )
     for depth in range(len(loc), 0, -1):
         for prefix, tree in sources:
             if _has_key(tree, loc[:depth]):
@@ -640,7 +670,9 @@ def load_params(
         problems = []
         for error in err.errors():
             loc = _user_loc(tuple(str(part) for part in error["loc"]))
-            message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"].removeprefix("Value error, ")
+            message = (
+                "unknown key" if error["type"] == "extra_forbidden" else error["msg"].removeprefix("Value error, ")
+            )
             where = f"{_origin(raw, profile, overrides, loc)}: " if loc else ""  # a check across sections names its key
             problems.append(f"{path} (profile {profile!r}): {where}{message}")
         raise ParamsError("\n".join(problems)) from None

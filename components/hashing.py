@@ -43,7 +43,6 @@ def json_sha256(value: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-
 # Files a stage writes beside its output that record how it was built (keys, timings, absolute paths): not content.
 CARD_FILES = frozenset({"stage.json", "merge_card.json", "realign_card.json", "prune_card.json"})
 

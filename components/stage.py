@@ -32,9 +32,20 @@ STAGE_CARD = "stage.json"
 
 # Modules whose source does not change what a stage computes: parameter values reach the key through `params`
 # (so the schema module is left out), and these others only name paths, write atomically, hash or report errors.
-INERT_MODULES = frozenset({"components.config", "components.errors", "components.atomic", "components.stage",
-                           "components.hashing", "components.progress", "components.tracking", "components.workspace",
-                           "components.yamlfile", "components.model.ref"})
+INERT_MODULES = frozenset(
+    {
+        "components.config",
+        "components.errors",
+        "components.atomic",
+        "components.stage",
+        "components.hashing",
+        "components.progress",
+        "components.tracking",
+        "components.workspace",
+        "components.yamlfile",
+        "components.model.ref",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -114,8 +125,15 @@ class StageCache:
     of such paths; `params` is any JSON-able value or pydantic model; `values` are other plain values (a seed).
     """
 
-    def __init__(self, stage: str, out_dir: Path, module: str, params: Any = None,
-                 inputs: Mapping[str, Path | list[Path] | None] | None = None, **values: Any):
+    def __init__(
+        self,
+        stage: str,
+        out_dir: Path,
+        module: str,
+        params: Any = None,
+        inputs: Mapping[str, Path | list[Path] | None] | None = None,
+        **values: Any,
+    ):
         self.stage, self.out_dir = stage, Path(out_dir)
 
         def content(path: Path | list[Path] | None) -> Any:
@@ -123,9 +141,14 @@ class StageCache:
                 return [content(p) for p in path]
             return content_sha256(Path(path)) if path is not None and Path(path).exists() else None
 
-        self.key = json_sha256({"code": code_digest(module), "params": _plain(params),
-                                "inputs": {name: content(path) for name, path in (inputs or {}).items()},
-                                **{name: _plain(value) for name, value in values.items()}})
+        self.key = json_sha256(
+            {
+                "code": code_digest(module),
+                "params": _plain(params),
+                "inputs": {name: content(path) for name, path in (inputs or {}).items()},
+                **{name: _plain(value) for name, value in values.items()},
+            }
+        )
 
     def card(self) -> dict[str, Any] | None:
         """The output's card if it was built with this key, else None."""

@@ -61,10 +61,16 @@ def experiment_id(client: MlflowClient, params: Params) -> str:
 def git_commit(repo: Path) -> str:
     """HEAD's commit, with `-dirty` when tracked files have changes; `unknown` outside a git checkout."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
-                                check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                               capture_output=True, text=True, check=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return commit + ("-dirty" if dirty else "")
@@ -112,26 +118,37 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
     return flat
 
 
-def log_all(client: MlflowClient, run_id: str, params: dict[str, str] | None = None,
-            metrics: dict[str, float] | None = None, tags: dict[str, str] | None = None) -> None:
+def log_all(
+    client: MlflowClient,
+    run_id: str,
+    params: dict[str, str] | None = None,
+    metrics: dict[str, float] | None = None,
+    tags: dict[str, str] | None = None,
+) -> None:
     """Params, metrics and tags in batches (one request or transaction per 100, not one per value)."""
     now = int(time.time() * 1000)
-    entries = ([Param(k, v[:6000]) for k, v in (params or {}).items()]
-               + [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()]
-               + [RunTag(k, v) for k, v in (tags or {}).items()])
+    entries = (
+        [Param(k, v[:6000]) for k, v in (params or {}).items()]
+        + [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()]
+        + [RunTag(k, v) for k, v in (tags or {}).items()]
+    )
     for start in range(0, len(entries), 100):
-        chunk = entries[start:start + 100]
-        client.log_batch(run_id, params=[e for e in chunk if isinstance(e, Param)],
-                         metrics=[e for e in chunk if isinstance(e, Metric)],
-                         tags=[e for e in chunk if isinstance(e, RunTag)])
+        chunk = entries[start : start + 100]
+        client.log_batch(
+            run_id,
+            params=[e for e in chunk if isinstance(e, Param)],
+            metrics=[e for e in chunk if isinstance(e, Metric)],
+            tags=[e for e in chunk if isinstance(e, RunTag)],
+        )
 
 
 def log_child_run(name: str, params: dict[str, Any], metrics: dict[str, float], tags: dict[str, str]) -> None:
     """A finished run nested under the active run: one recipe-search trial under the search stage's run."""
     parent = mlflow.active_run()
     client = MlflowClient()
-    run_id = client.create_run(parent.info.experiment_id, tags={
-        MLFLOW_PARENT_RUN_ID: parent.info.run_id, MLFLOW_RUN_NAME: name, **tags}).info.run_id
+    run_id = client.create_run(
+        parent.info.experiment_id, tags={MLFLOW_PARENT_RUN_ID: parent.info.run_id, MLFLOW_RUN_NAME: name, **tags}
+    ).info.run_id
     log_all(client, run_id, params={key: str(value) for key, value in params.items()}, metrics=metrics)
     client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
 
@@ -153,7 +170,11 @@ def pipeline_run(params: Params, repo: Path, run_name: str | None = None) -> Ite
 
 
 def tracked_stage(
-    params: Params, repo: Path, stage: str, param_keys: tuple[str, ...], compute: Callable[[], StageResult],
+    params: Params,
+    repo: Path,
+    stage: str,
+    param_keys: tuple[str, ...],
+    compute: Callable[[], StageResult],
     parent_run_id: str | None = None,
 ) -> tuple[StageResult, str]:
     """Run `compute` inside a run for `stage` (nested under `parent_run_id` when given); returns its result and run id.
@@ -182,8 +203,12 @@ def tracked_stage(
             client.log_artifact(run_id, str(artifact), artifact_path="reports")
         client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
         raise
-    log_all(client, run_id, metrics=result.metrics,
-            tags={"cached": str(result.cached).lower()} | {f"output.{n}": str(p) for n, p in result.outputs.items()})
+    log_all(
+        client,
+        run_id,
+        metrics=result.metrics,
+        tags={"cached": str(result.cached).lower()} | {f"output.{n}": str(p) for n, p in result.outputs.items()},
+    )
     for name, path in result.outputs.items():
         if (Path(path) / STAGE_CARD).is_file():
             client.log_artifact(run_id, str(Path(path) / STAGE_CARD), artifact_path=name)

@@ -19,8 +19,14 @@ from flows.stages import DATA, Stage, describe, search_stages, stages_for
 def _add_params_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="parameters file (default: params.yaml)")
     parser.add_argument("--profile", help="profile in the parameters file (default: its `profile` key)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one parameter, for example --set base_model.dtype=bfloat16 (repeatable)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one parameter, for example --set base_model.dtype=bfloat16 (repeatable)",
+    )
     parser.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
 
 
@@ -34,33 +40,49 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run every stage in order under one MLflow parent run")
     _add_params_options(run)
-    search = commands.add_parser("search", help="search merge recipes with Optuna (search in params.yaml): the "
-                                 "stages it needs, then the trials, each a nested MLflow run; resumes its study")
+    search = commands.add_parser(
+        "search",
+        help="search merge recipes with Optuna (search in params.yaml): the "
+        "stages it needs, then the trials, each a nested MLflow run; resumes its study",
+    )
     _add_params_options(search)
-    stage = commands.add_parser("stage", help="run one stage", epilog="stages:\n" + describe(),
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    stage = commands.add_parser(
+        "stage",
+        help="run one stage",
+        epilog="stages:\n" + describe(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     stage.add_argument("name", metavar="NAME", help=", ".join(s.name for s in DATA) + ", train-<job>")
     _add_params_options(stage)
     listing = commands.add_parser("stages", help="list the stages with what each reads and writes")
     _add_params_options(listing)
     chat = commands.add_parser("chat", help="answer one prompt with a model (default: the base model)")
     chat.add_argument("prompt")
-    chat.add_argument("--model", help="model directory, or a registry URI such as models:/post-train@champion "
-                      "(default: <workspace>/<profile>/base_model)")
+    chat.add_argument(
+        "--model",
+        help="model directory, or a registry URI such as models:/post-train@champion "
+        "(default: <workspace>/<profile>/base_model)",
+    )
     chat.add_argument("--max-new-tokens", type=int, default=64)
     _add_params_options(chat)
     registry = commands.add_parser("registry", help="show the registered versions, promote one, or roll back")
     registry.add_argument("action", choices=["show", "promote", "rollback"])
     registry.add_argument("version", nargs="?", help="the version to promote (promote only)")
     _add_params_options(registry)
-    deploy = commands.add_parser("deploy", help="register the post-train and nightly deployments with the Prefect "
-                                 "API of PREFECT_API_URL")
+    deploy = commands.add_parser(
+        "deploy", help="register the post-train and nightly deployments with the Prefect API of PREFECT_API_URL"
+    )
     _add_deploy_options(deploy)
-    stack = commands.add_parser("stack", help="start or stop the local stack: Prefect and MLflow servers, work pool, "
-                                "worker, deployments")
+    stack = commands.add_parser(
+        "stack", help="start or stop the local stack: Prefect and MLflow servers, work pool, worker, deployments"
+    )
     stack.add_argument("action", choices=["start", "stop"])
-    stack.add_argument("--home", type=Path, default=Path("outputs/stack"), help="folder of the stack's databases, "
-                       "artifacts and logs (default: outputs/stack)")
+    stack.add_argument(
+        "--home",
+        type=Path,
+        default=Path("outputs/stack"),
+        help="folder of the stack's databases, artifacts and logs (default: outputs/stack)",
+    )
     stack.add_argument("--prefect-port", type=int, default=4200)
     stack.add_argument("--mlflow-port", type=int, default=5000)
     _add_deploy_options(stack)
@@ -73,7 +95,9 @@ def _add_deploy_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nightly-profile", help="profile nightly runs (default: the params file's)")
 
 
-def _run_stage(stage: Stage, params: Params, repo: Path, tracking: bool, parent_run_id: str | None = None) -> StageResult:
+def _run_stage(
+    stage: Stage, params: Params, repo: Path, tracking: bool, parent_run_id: str | None = None
+) -> StageResult:
     if not tracking:
         result = stage.run(params)
     else:
@@ -109,7 +133,9 @@ def orchestration_command(args: argparse.Namespace) -> int:
     elif args.action == "start":
         from flows.stack import describe, start
 
-        print(describe(start(args.home, args.prefect_port, args.mlflow_port, args.pool, args.cron, args.nightly_profile)))
+        print(
+            describe(start(args.home, args.prefect_port, args.mlflow_port, args.pool, args.cron, args.nightly_profile))
+        )
     else:
         from flows.stack import stop
 
@@ -124,14 +150,19 @@ def main(argv: list[str] | None = None) -> int:
             return orchestration_command(args)
         params = load_params(args.params, args.profile, parse_overrides(args.overrides))
         repo = args.params.resolve().parent
-        stages = search_stages(params, repo) if args.command == "search" or (
-            args.command == "stage" and args.name.startswith("search")) else stages_for(params, repo)
+        stages = (
+            search_stages(params, repo)
+            if args.command == "search" or (args.command == "stage" and args.name.startswith("search"))
+            else stages_for(params, repo)
+        )
         if args.command == "stages":
             print(describe(stages))
         elif args.command == "stage":
             by_name = {stage.name: stage for stage in stages}
             if args.name not in by_name:
-                raise PipelineError(f"unknown stage {args.name!r}; stages of profile {params.profile!r}: {', '.join(by_name)}")
+                raise PipelineError(
+                    f"unknown stage {args.name!r}; stages of profile {params.profile!r}: {', '.join(by_name)}"
+                )
             _run_stage(by_name[args.name], params, repo, not args.no_tracking)
         elif args.command in ("run", "search"):
             if args.no_tracking:

@@ -18,21 +18,35 @@ ENTRYPOINT = "flows/post_train.py:post_train"
 SEARCH_ENTRYPOINT = "flows/recipe_search.py:recipe_search"
 
 
-def deploy(pool: str = DEFAULT_POOL, nightly_cron: str = DEFAULT_CRON, timezone: str = "UTC",
-           nightly_profile: str | None = None) -> dict[str, str]:
+def deploy(
+    pool: str = DEFAULT_POOL,
+    nightly_cron: str = DEFAULT_CRON,
+    timezone: str = "UTC",
+    nightly_profile: str | None = None,
+) -> dict[str, str]:
     """Register the deployments on `pool`; returns {name: deployment id}."""
     flow = Flow.from_source(source=str(REPO), entrypoint=ENTRYPOINT)
     common = dict(work_pool_name=pool, build=False, push=False, print_next_steps=False, ignore_warnings=True)
     ids = {
-        "post-train": flow.deploy(name="post-train", description="The whole pipeline with the parameters of the "
-                                  "form: profile, experts, merge, safety, gates.", **common),
-        "nightly": flow.deploy(name="nightly", schedule=Cron(nightly_cron, timezone=timezone),
-                               parameters={"request": PostTrainRequest(profile=nightly_profile).model_dump()},
-                               description="Re-curate, retrain what changed, re-merge, re-gate, promote if the "
-                               "gates pass. Only changed stages recompute (stage keys).", **common),
+        "post-train": flow.deploy(
+            name="post-train",
+            description="The whole pipeline with the parameters of the form: profile, experts, merge, safety, gates.",
+            **common,
+        ),
+        "nightly": flow.deploy(
+            name="nightly",
+            schedule=Cron(nightly_cron, timezone=timezone),
+            parameters={"request": PostTrainRequest(profile=nightly_profile).model_dump()},
+            description="Re-curate, retrain what changed, re-merge, re-gate, promote if the "
+            "gates pass. Only changed stages recompute (stage keys).",
+            **common,
+        ),
         "recipe-search": Flow.from_source(source=str(REPO), entrypoint=SEARCH_ENTRYPOINT).deploy(
-            name="recipe-search", description="Optuna over merge recipes (method, density, lambda, layer-swap depth, "
+            name="recipe-search",
+            description="Optuna over merge recipes (method, density, lambda, layer-swap depth, "
             "realign and prune strength): utility up, harm and over-refusal down; the Pareto front and the chosen "
-            "recipe. Continues its study when run again.", **common),
+            "recipe. Continues its study when run again.",
+            **common,
+        ),
     }
     return {name: str(deployment_id) for name, deployment_id in ids.items()}

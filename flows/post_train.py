@@ -20,7 +20,10 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import (
-    create_link_artifact, create_markdown_artifact, create_progress_artifact, create_table_artifact,
+    create_link_artifact,
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
     update_progress_artifact,
 )
 from prefect.cache_policies import NO_CACHE
@@ -50,16 +53,30 @@ LOCK_LEASE_SECONDS = 60
 class PostTrainRequest(BaseModel):
     """What a run of `post-train` may change, as the Prefect UI's form shows it; empty fields keep params.yaml."""
 
-    params_file: str = Field(default=str(DEFAULT_PARAMS.name), description="parameters file, relative to the repository")
+    params_file: str = Field(
+        default=str(DEFAULT_PARAMS.name), description="parameters file, relative to the repository"
+    )
     profile: str | None = Field(default=None, description="profile of the parameters file (tiny, smol, gpu)")
-    experts: list[str] | None = Field(default=None, description="train jobs to run (their init jobs come along); "
-                                      "merges that need a left-out expert are dropped; empty: all")
-    merge_recipe: str | None = Field(default=None, description="recipe the merge fields below change (default: "
-                                     "the one the shipped candidate comes from)")
-    merge_method: str | None = Field(default=None, description=f"{', '.join(our_methods())} or a mergekit method; "
-                                     "the recipe's parameters the new method does not take are dropped")
-    density: float | None = Field(default=None, ge=0, le=1, description=f"{DENSITY.doc} ({', '.join(methods_with('density'))})")
-    merge_lambda: float | None = Field(default=None, gt=0, description=f"{LAMBDA.doc} ({', '.join(methods_with('lambda'))})")
+    experts: list[str] | None = Field(
+        default=None,
+        description="train jobs to run (their init jobs come along); "
+        "merges that need a left-out expert are dropped; empty: all",
+    )
+    merge_recipe: str | None = Field(
+        default=None,
+        description="recipe the merge fields below change (default: the one the shipped candidate comes from)",
+    )
+    merge_method: str | None = Field(
+        default=None,
+        description=f"{', '.join(our_methods())} or a mergekit method; "
+        "the recipe's parameters the new method does not take are dropped",
+    )
+    density: float | None = Field(
+        default=None, ge=0, le=1, description=f"{DENSITY.doc} ({', '.join(methods_with('density'))})"
+    )
+    merge_lambda: float | None = Field(
+        default=None, gt=0, description=f"{LAMBDA.doc} ({', '.join(methods_with('lambda'))})"
+    )
     realign_lr: float | None = Field(default=None, gt=0, description="SOMF mask learning rate")
     prune_ratio: float | None = Field(default=None, ge=0, lt=1, description="Antidote: share of weights pruned")
     gates: dict[str, GateSpec] | None = Field(default=None, description="gates by metric: {min, max, tolerance}")
@@ -77,10 +94,15 @@ def switch_method(recipe: dict[str, Any], method: str) -> dict[str, Any]:
     ours = method_named(method)
     if ours is None:
         return {**recipe, "merge_method": method}
-    return {**recipe, "merge_method": method,
-            "parameters": {k: v for k, v in recipe["parameters"].items() if k in ours.scope(per_model=False)},
-            "models": [{**m, "parameters": {k: v for k, v in m.get("parameters", {}).items()
-                                            if k in ours.scope(per_model=True)}} for m in recipe["models"]]}
+    return {
+        **recipe,
+        "merge_method": method,
+        "parameters": {k: v for k, v in recipe["parameters"].items() if k in ours.scope(per_model=False)},
+        "models": [
+            {**m, "parameters": {k: v for k, v in m.get("parameters", {}).items() if k in ours.scope(per_model=True)}}
+            for m in recipe["models"]
+        ],
+    }
 
 
 def revalidate(dumped: dict[str, Any], field: str) -> Params:
@@ -88,8 +110,10 @@ def revalidate(dumped: dict[str, Any], field: str) -> Params:
     try:
         return Params.model_validate(dumped)
     except ValidationError as err:
-        problems = "; ".join(".".join(map(str, e["loc"])) + ": " * bool(e["loc"]) + e["msg"].removeprefix("Value error, ")
-                             for e in err.errors())
+        problems = "; ".join(
+            ".".join(map(str, e["loc"])) + ": " * bool(e["loc"]) + e["msg"].removeprefix("Value error, ")
+            for e in err.errors()
+        )
         raise ParamsError(f"{field}: {problems}") from None
 
 
@@ -109,14 +133,17 @@ def resolve(request: PostTrainRequest) -> Params:
     if any(value is not None for value in (request.merge_method, request.density, request.merge_lambda)):
         recipe_name = request.merge_recipe or _shipped_recipe(params)
         if recipe_name not in params.merge.recipes:
-            raise ParamsError(f"merge_recipe: {recipe_name!r} is not a recipe of {path.name} "
-                              f"(recipes: {', '.join(params.merge.recipes)})")
+            raise ParamsError(
+                f"merge_recipe: {recipe_name!r} is not a recipe of {path.name} "
+                f"(recipes: {', '.join(params.merge.recipes)})"
+            )
         recipe = dumped["merge"]["recipes"][recipe_name]
         if request.merge_method is not None and request.merge_method != recipe["merge_method"]:
             recipe = switch_method(recipe, request.merge_method)
         if request.density is not None:
-            recipe["models"] = [{**m, "parameters": {**m.get("parameters", {}), "density": request.density}}
-                                for m in recipe["models"]]
+            recipe["models"] = [
+                {**m, "parameters": {**m.get("parameters", {}), "density": request.density}} for m in recipe["models"]
+            ]
         if request.merge_lambda is not None:
             recipe["parameters"] = {**recipe["parameters"], "lambda": request.merge_lambda}
         dumped["merge"]["recipes"][recipe_name] = recipe
@@ -136,8 +163,10 @@ def select_experts(params: Params, experts: list[str]) -> Params:
     dumped["train"]["jobs"] = {name: job for name, job in dumped["train"]["jobs"].items() if name in keep}
     available = keep | {"base"}
     dumped["merge"]["recipes"] = {
-        name: spec for name, spec in dumped["merge"]["recipes"].items()
-        if {entry["model"] for entry in spec["models"]} | {spec["base_model"] or "base"} <= available}
+        name: spec
+        for name, spec in dumped["merge"]["recipes"].items()
+        if {entry["model"] for entry in spec["models"]} | {spec["base_model"] or "base"} <= available
+    }
     return revalidate(dumped, f"experts {experts}")
 
 
@@ -152,8 +181,14 @@ def _not_bad_input(task, task_run, state) -> bool:
     return False
 
 
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, retry_condition_fn=_not_bad_input,
-      persist_result=True, task_run_name="{stage_name}")
+@task(
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=5,
+    retry_condition_fn=_not_bad_input,
+    persist_result=True,
+    task_run_name="{stage_name}",
+)
 def run_stage(stage_name: str, stage: Stage, params: Params, repo: Path, parent_run_id: str) -> StageResult:
     """One stage inside its nested MLflow run; training progress goes to a progress artifact."""
     bar: dict[str, Any] = {}
@@ -164,10 +199,16 @@ def run_stage(stage_name: str, stage: Stage, params: Params, repo: Path, parent_
         update_progress_artifact(bar["id"], round(100 * fraction, 1))
 
     with progress.listening(show):
-        result, run_id = tracked_stage(params, repo, stage_name, stage.param_keys, lambda: stage.run(params),
-                                       parent_run_id)
-    get_run_logger().info("%s %s (MLflow run %s): %s", stage_name, "up to date" if result.cached else "done",
-                          run_id, ", ".join(f"{k}={v}" for k, v in result.outputs.items()))
+        result, run_id = tracked_stage(
+            params, repo, stage_name, stage.param_keys, lambda: stage.run(params), parent_run_id
+        )
+    get_run_logger().info(
+        "%s %s (MLflow run %s): %s",
+        stage_name,
+        "up to date" if result.cached else "done",
+        run_id,
+        ", ".join(f"{k}={v}" for k, v in result.outputs.items()),
+    )
     return result
 
 
@@ -194,9 +235,11 @@ def mlflow_run_url(params: Params, run_id: str) -> str:
 def registration_line(register: StageResult) -> str:
     """What the register stage did, in one Markdown line with the command that loads the version."""
     registration = json.loads((register.outputs["registry"] / "registration.json").read_text())
-    return (f"Registered **{registration['model_uri']}** ({registration['candidate']}); "
-            + ("promoted to `champion`." if registration["promoted"] else "not promoted: `champion` unchanged.")
-            + f" Load it: `python -m flows chat --model {registration['model_uri']} \"...\"`")
+    return (
+        f"Registered **{registration['model_uri']}** ({registration['candidate']}); "
+        + ("promoted to `champion`." if registration["promoted"] else "not promoted: `champion` unchanged.")
+        + f' Load it: `python -m flows chat --model {registration["model_uri"]} "..."`'
+    )
 
 
 def publish(params: Params, results: dict[str, StageResult], parent_run_id: str) -> None:
@@ -208,33 +251,42 @@ def publish(params: Params, results: dict[str, StageResult], parent_run_id: str)
     if evaluation is not None:
         table = json.loads((evaluation.outputs["evaluation"] / "summary.json").read_text())
         columns = ("domain_mc_acc_norm", "math_exact_match", "domain_perplexity", "harmful_score", "over_refusal")
-        create_table_artifact([{"candidate": name, **{c: round(m[c], 4) for c in columns}} for name, m in table.items()],
-                              key="evaluation", description="Held-out evaluation of every candidate")
+        create_table_artifact(
+            [{"candidate": name, **{c: round(m[c], 4) for c in columns}} for name, m in table.items()],
+            key="evaluation",
+            description="Held-out evaluation of every candidate",
+        )
     lines = [f"# Post-train run ({params.profile})", "", f"MLflow parent run: {url}", ""]
     if "register" in results:
         lines += [registration_line(results["register"]), ""]
         lines.append((results["gate"].outputs["gate"] / "report.md").read_text())
     if "report" in results:
         folder = results["report"].outputs["report"]
-        lines.append(inline_images((folder / REPORT_MD).read_text().replace("# Post-train report", "## Figures"), folder))
-    create_markdown_artifact("\n".join(lines), key="post-train-report",
-                             description="Gate report, registry, figures and evaluation")
+        lines.append(
+            inline_images((folder / REPORT_MD).read_text().replace("# Post-train report", "## Figures"), folder)
+        )
+    create_markdown_artifact(
+        "\n".join(lines), key="post-train-report", description="Gate report, registry, figures and evaluation"
+    )
 
 
-def run_stages(params: Params, stages: tuple[Stage, ...],
-               publish_results: Callable[[Params, dict[str, StageResult], str], None]) -> dict[str, dict[str, float]]:
+def run_stages(
+    params: Params, stages: list[Stage], publish_results: Callable[[Params, dict[str, StageResult], str], None]
+) -> dict[str, dict[str, float]]:
     """The stages as tasks, under the workspace lock and one MLflow parent run tagged with this flow run."""
     results: dict[str, StageResult] = {}
     # The lease is renewed while the run lives; a killed run's slot frees when it lapses (Prefect's minimum, 60 s).
-    with concurrency(workspace_lock(params), occupy=1, strict=True, lease_duration=LOCK_LEASE_SECONDS):
-        with pipeline_run(params, REPO, run_name=f"prefect-{flow_run.name}") as parent:
-            client = client_for(params)
-            client.set_tag(parent, "prefect.flow_run_id", str(flow_run.id))
-            if flow_run.ui_url:
-                client.set_tag(parent, "prefect.flow_run_url", flow_run.ui_url)
-            for stage in stages:
-                results[stage.name] = run_stage(stage.name, stage, params, REPO, parent)
-            publish_results(params, results, parent)
+    with (
+        concurrency(workspace_lock(params), occupy=1, strict=True, lease_duration=LOCK_LEASE_SECONDS),
+        pipeline_run(params, REPO, run_name=f"prefect-{flow_run.name}") as parent,
+    ):
+        client = client_for(params)
+        client.set_tag(parent, "prefect.flow_run_id", str(flow_run.id))
+        if flow_run.ui_url:
+            client.set_tag(parent, "prefect.flow_run_url", flow_run.ui_url)
+        for stage in stages:
+            results[stage.name] = run_stage(stage.name, stage, params, REPO, parent)
+        publish_results(params, results, parent)
     return {name: result.metrics for name, result in results.items()}
 
 

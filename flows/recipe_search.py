@@ -28,23 +28,34 @@ from flows.stages import search_stages
 class RecipeSearchRequest(BaseModel):
     """What a run of `recipe-search` may change, as the Prefect UI's form shows it; empty fields keep params.yaml."""
 
-    params_file: str = Field(default=str(DEFAULT_PARAMS.name), description="parameters file, relative to the repository")
+    params_file: str = Field(
+        default=str(DEFAULT_PARAMS.name), description="parameters file, relative to the repository"
+    )
     profile: str | None = Field(default=None, description="profile of the parameters file (tiny, smol, gpu)")
     trials: int | None = Field(default=None, ge=1, description="finished trials in all, counting earlier runs' trials")
     timeout_minutes: float | None = Field(default=None, gt=0, description="time budget of this run")
-    methods: list[str] | None = Field(default=None, description="merge methods to search: task_arithmetic, ties, pcb, "
-                                      "layer_swap")
-    study_name: str | None = Field(default=None, description="a new name starts a new study; empty: continue the "
-                                   "profile's study")
+    methods: list[str] | None = Field(
+        default=None, description="merge methods to search: task_arithmetic, ties, pcb, layer_swap"
+    )
+    study_name: str | None = Field(
+        default=None, description="a new name starts a new study; empty: continue the profile's study"
+    )
     register_chosen: bool | None = Field(default=None, description="gate and register the chosen trial's model")
     overrides: list[str] = Field(default=[], description="any other parameter, KEY=VALUE as with --set")
 
 
 def resolve_search(request: RecipeSearchRequest) -> Params:
     """params.yaml with the request's changes, validated; raises ParamsError naming the field at fault."""
-    search = {key: value for key, value in {
-        "trials": request.trials, "timeout_minutes": request.timeout_minutes, "study_name": request.study_name,
-        "register_chosen": request.register_chosen}.items() if value is not None}
+    search = {
+        key: value
+        for key, value in {
+            "trials": request.trials,
+            "timeout_minutes": request.timeout_minutes,
+            "study_name": request.study_name,
+            "register_chosen": request.register_chosen,
+        }.items()
+        if value is not None
+    }
     if request.methods is not None:
         search["space"] = {"methods": request.methods}
     overrides = deep_merge(parse_overrides(request.overrides), {"search": search})
@@ -55,10 +66,20 @@ def publish_search(params: Params, results: dict[str, StageResult], parent_run_i
     """The front as a table artifact; the report (front plot, table, registration) as a Markdown artifact."""
     folder = results["search"].outputs["search"]
     trials = json.loads((folder / TRIALS).read_text())
-    create_table_artifact([{"trial": t["name"], **t["knobs"], **{m: round(t["metrics"][m], 4) for m in params.search.objectives}}
-                           for t in trials if t["on_front"]], key="pareto-front",
-                          description="The Pareto-optimal trials: their knobs and objectives")
-    lines = [inline_images((folder / REPORT_MD).read_text(), folder), "", f"MLflow: {mlflow_run_url(params, parent_run_id)}"]
+    create_table_artifact(
+        [
+            {"trial": t["name"], **t["knobs"], **{m: round(t["metrics"][m], 4) for m in params.search.objectives}}
+            for t in trials
+            if t["on_front"]
+        ],
+        key="pareto-front",
+        description="The Pareto-optimal trials: their knobs and objectives",
+    )
+    lines = [
+        inline_images((folder / REPORT_MD).read_text(), folder),
+        "",
+        f"MLflow: {mlflow_run_url(params, parent_run_id)}",
+    ]
     if "search-register" in results:
         lines += ["", registration_line(results["search-register"])]
     create_markdown_artifact("\n".join(lines), key="recipe-search-report", description="Pareto front and the choice")

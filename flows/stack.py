@@ -40,8 +40,9 @@ def _bin(name: str) -> str:
 
 def _spawn(command: list[str], log: Path, env: dict[str, str]) -> int:
     with open(log, "a") as out:
-        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO,
-                                start_new_session=True).pid
+        return subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True
+        ).pid
 
 
 def _wait(url: str, what: str, log: Path, timeout: float = 180) -> None:
@@ -58,42 +59,81 @@ def _wait(url: str, what: str, log: Path, timeout: float = 180) -> None:
 
 def environment(home: Path, prefect_port: int, mlflow_port: int) -> dict[str, str]:
     """The variables a shell, a worker or a test needs to talk to this stack."""
-    return {"PREFECT_API_URL": f"http://127.0.0.1:{prefect_port}/api",
-            "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}",
-            "PREFECT_HOME": str(home / "prefect-home")}
+    return {
+        "PREFECT_API_URL": f"http://127.0.0.1:{prefect_port}/api",
+        "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}",
+        "PREFECT_HOME": str(home / "prefect-home"),
+    }
 
 
-def start(home: Path, prefect_port: int = 4200, mlflow_port: int = 5000, pool: str = DEFAULT_POOL,
-          nightly_cron: str = DEFAULT_CRON, nightly_profile: str | None = None) -> dict:
+def start(
+    home: Path,
+    prefect_port: int = 4200,
+    mlflow_port: int = 5000,
+    pool: str = DEFAULT_POOL,
+    nightly_cron: str = DEFAULT_CRON,
+    nightly_profile: str | None = None,
+) -> dict:
     """Start everything, register the deployments; returns what stack.json records."""
     home = Path(home).resolve()
     if (home / STATE).is_file():
-        raise PipelineError(f"{home / STATE}: a stack is already running from this folder; "
-                            "`python -m flows stack stop` first")
+        raise PipelineError(
+            f"{home / STATE}: a stack is already running from this folder; `python -m flows stack stop` first"
+        )
     home.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, **environment(home, prefect_port, mlflow_port), "PYTHONPATH": str(REPO),
-           "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env = {
+        **os.environ,
+        **environment(home, prefect_port, mlflow_port),
+        "PYTHONPATH": str(REPO),
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    }
     state: dict = {"home": str(home), "pids": {}, **environment(home, prefect_port, mlflow_port)}
     try:
         state["pids"]["prefect-server"] = _spawn(
             [_bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)],
-            home / "prefect-server.log", env)
+            home / "prefect-server.log",
+            env,
+        )
         state["pids"]["mlflow-server"] = _spawn(
-            [_bin("mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1",
-             "--backend-store-uri", os.environ.get("MLFLOW_BACKEND_STORE_URI", f"sqlite:///{home / 'mlflow.db'}"),
-             "--artifacts-destination", os.environ.get("MLFLOW_ARTIFACTS_DESTINATION", str(home / "mlartifacts"))],
-            home / "mlflow-server.log", env)
+            [
+                _bin("mlflow"),
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(mlflow_port),
+                "--workers",
+                "1",
+                "--backend-store-uri",
+                os.environ.get("MLFLOW_BACKEND_STORE_URI", f"sqlite:///{home / 'mlflow.db'}"),
+                "--artifacts-destination",
+                os.environ.get("MLFLOW_ARTIFACTS_DESTINATION", str(home / "mlartifacts")),
+            ],
+            home / "mlflow-server.log",
+            env,
+        )
         _write_state(home, state)
         _wait(f"http://127.0.0.1:{prefect_port}/api/health", "Prefect server", home / "prefect-server.log")
         _wait(f"http://127.0.0.1:{mlflow_port}/health", "MLflow server", home / "mlflow-server.log")
-        subprocess.run([_bin("prefect"), "work-pool", "create", pool, "--type", "process", "--overwrite"], env=env,
-                       check=True, capture_output=True)
-        deployed = subprocess.run([sys.executable, "-m", "flows", "deploy", "--pool", pool, "--cron", nightly_cron]
-                                  + (["--nightly-profile", nightly_profile] if nightly_profile else []),
-                                  env=env, cwd=REPO, check=True, capture_output=True, text=True)
+        subprocess.run(
+            [_bin("prefect"), "work-pool", "create", pool, "--type", "process", "--overwrite"],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+        deployed = subprocess.run(
+            [sys.executable, "-m", "flows", "deploy", "--pool", pool, "--cron", nightly_cron]
+            + (["--nightly-profile", nightly_profile] if nightly_profile else []),
+            env=env,
+            cwd=REPO,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         state["deployments"] = json.loads(deployed.stdout.strip().splitlines()[-1])
-        state["pids"]["worker"] = _spawn([_bin("prefect"), "worker", "start", "--pool", pool, "--type", "process"],
-                                         home / "worker.log", env)
+        state["pids"]["worker"] = _spawn(
+            [_bin("prefect"), "worker", "start", "--pool", pool, "--type", "process"], home / "worker.log", env
+        )
         _write_state(home, state)
     except (subprocess.CalledProcessError, PipelineError) as err:
         stop(home)
@@ -140,11 +180,13 @@ def _stop_group(pid: int, timeout: float = 30) -> bool:
 
 def describe(state: dict) -> str:
     prefect_ui = state["PREFECT_API_URL"].removesuffix("/api")
-    return "\n".join([
-        f"Prefect UI:  {prefect_ui}  (deployments: post-train, nightly, recipe-search; work pool and worker running)",
-        f"MLflow UI:   {state['MLFLOW_TRACKING_URI']}",
-        "To use them from a shell:",
-        *(f"  export {key}={state[key]}" for key in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")),
-        f"Run the pipeline from the UI (post-train > Run > Custom run), or: prefect deployment run post-train/post-train",
-        f"Stop everything: python -m flows stack stop --home {state['home']}",
-    ])
+    return "\n".join(
+        [
+            f"Prefect UI:  {prefect_ui}  (deployments: post-train, nightly, recipe-search; work pool and worker running)",
+            f"MLflow UI:   {state['MLFLOW_TRACKING_URI']}",
+            "To use them from a shell:",
+            *(f"  export {key}={state[key]}" for key in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")),
+            "Run the pipeline from the UI (post-train > Run > Custom run), or: prefect deployment run post-train/post-train",
+            f"Stop everything: python -m flows stack stop --home {state['home']}",
+        ]
+    )

@@ -43,77 +43,133 @@ class Stage:
 
 
 DATA: tuple[Stage, ...] = (
-    Stage("base-model", "Turn the configured source into a Hugging Face model directory (fp32 safetensors, tokenizer, "
-          "chat template, generation config); rebuilt only when the source or its params change.",
-          "params base_model: the embedded SmolLM2 GGUF, a GGUF file, a model directory, a Hub id, or a random config",
-          f"{RUN}/base_model/", ("base_model",), base_model_stage),
-    Stage("sources", "Bring every raw table in as JSONL with licence and provenance: Python docs corpus and docstring "
-          "Q/A, generated math, HarmBench and Do-Not-Answer with refusal targets, benign look-alikes, the user's own "
-          "tables.", "params data.sources and data.user (the user's JSONL / CSV / Parquet files)",
-          f"{RUN}/data/raw/{{<dataset>.jsonl, manifest.json}}", ("data",), sources_stage),
-    Stage("curate", "Normalise, filter by length and quality, remove exact and near duplicates and harmful content, "
-          "split train/val/test by group, drop eval rows that near-duplicate train rows; report every removal.",
-          f"{RUN}/data/raw/, params data.curate (and base_model/ if the confidence filter is on)",
-          f"{RUN}/data/curated/{{<dataset>/{{train,val,test}}.jsonl, report.json, report.md}}", ("data",),
-          curate_stage),
-    Stage("validate", "Great Expectations suites on every curated table (schema, nulls, uniqueness, lengths, role "
-          "order, math answers, disjoint splits); a failed expectation stops the run with a report of the rows at fault.",
-          f"{RUN}/data/curated/", f"{RUN}/data/validation/{{report.json, report.md}}", ("data",), validate_stage),
-    Stage("pairs", "On-policy preference pairs: the base model answers the harmful training prompts; each compliant "
-          "answer becomes `rejected` beside the refusal target, and a row of the harmful-compliance set.",
-          f"{RUN}/base_model/, data/curated/harmful/train.jsonl, params train.pairs",
-          f"{RUN}/data/pairs/{{refusal_pairs,harmful_compliance}}/train.jsonl", ("train",), pairs_stage),
+    Stage(
+        "base-model",
+        "Turn the configured source into a Hugging Face model directory (fp32 safetensors, tokenizer, "
+        "chat template, generation config); rebuilt only when the source or its params change.",
+        "params base_model: the embedded SmolLM2 GGUF, a GGUF file, a model directory, a Hub id, or a random config",
+        f"{RUN}/base_model/",
+        ("base_model",),
+        base_model_stage,
+    ),
+    Stage(
+        "sources",
+        "Bring every raw table in as JSONL with licence and provenance: Python docs corpus and docstring "
+        "Q/A, generated math, HarmBench and Do-Not-Answer with refusal targets, benign look-alikes, the user's own "
+        "tables.",
+        "params data.sources and data.user (the user's JSONL / CSV / Parquet files)",
+        f"{RUN}/data/raw/{{<dataset>.jsonl, manifest.json}}",
+        ("data",),
+        sources_stage,
+    ),
+    Stage(
+        "curate",
+        "Normalise, filter by length and quality, remove exact and near duplicates and harmful content, "
+        "split train/val/test by group, drop eval rows that near-duplicate train rows; report every removal.",
+        f"{RUN}/data/raw/, params data.curate (and base_model/ if the confidence filter is on)",
+        f"{RUN}/data/curated/{{<dataset>/{{train,val,test}}.jsonl, report.json, report.md}}",
+        ("data",),
+        curate_stage,
+    ),
+    Stage(
+        "validate",
+        "Great Expectations suites on every curated table (schema, nulls, uniqueness, lengths, role "
+        "order, math answers, disjoint splits); a failed expectation stops the run with a report of the rows at fault.",
+        f"{RUN}/data/curated/",
+        f"{RUN}/data/validation/{{report.json, report.md}}",
+        ("data",),
+        validate_stage,
+    ),
+    Stage(
+        "pairs",
+        "On-policy preference pairs: the base model answers the harmful training prompts; each compliant "
+        "answer becomes `rejected` beside the refusal target, and a row of the harmful-compliance set.",
+        f"{RUN}/base_model/, data/curated/harmful/train.jsonl, params train.pairs",
+        f"{RUN}/data/pairs/{{refusal_pairs,harmful_compliance}}/train.jsonl",
+        ("train",),
+        pairs_stage,
+    ),
 )
 
-TRAIN_SUMMARY = ("one per entry of train.jobs (cpt, sft, dpo or orpo with a LoRA adapter, TRL trainers); "
-                 "resumes from its last checkpoint; merges the adapter into a full model directory")
+TRAIN_SUMMARY = (
+    "one per entry of train.jobs (cpt, sft, dpo or orpo with a LoRA adapter, TRL trainers); "
+    "resumes from its last checkpoint; merges the adapter into a full model directory"
+)
 
 
 def train(params: Params, name: str) -> Stage:
     job = params.train.jobs[name]
     init = ModelRef.parse(job.init).folder(params.ws).relative_to(params.ws.run_dir)
-    return Stage(f"train-{name}", f"{job.method} on {', '.join(job.datasets)} from {job.init}: " + TRAIN_SUMMARY,
-                 f"{RUN}/{init}/, the train/val splits of {', '.join(job.datasets)}",
-                 f"{RUN}/models/{name}/ (merged model), train/{name}/ (checkpoints, adapter)",
-                 (f"train.jobs.{name}",), partial(train_stage, name=name))
+    return Stage(
+        f"train-{name}",
+        f"{job.method} on {', '.join(job.datasets)} from {job.init}: " + TRAIN_SUMMARY,
+        f"{RUN}/{init}/, the train/val splits of {', '.join(job.datasets)}",
+        f"{RUN}/models/{name}/ (merged model), train/{name}/ (checkpoints, adapter)",
+        (f"train.jobs.{name}",),
+        partial(train_stage, name=name),
+    )
 
 
 def merge(params: Params, name: str) -> Stage:
     spec = params.merge.recipes[name]
     inputs = ", ".join(entry["model"] for entry in spec.models)
-    return Stage(f"merge-{name}", f"{spec.merge_method} of {inputs} (base: {spec.base_model}), streamed tensor by "
-                 "tensor; checks architecture, tensors, tokenizer and shared base first; writes a merge card",
-                 f"{RUN}/models/{{{inputs}}}/", f"{RUN}/merged/{name}/", (f"merge.recipes.{name}",),
-                 partial(merge_stage, name=name))
+    return Stage(
+        f"merge-{name}",
+        f"{spec.merge_method} of {inputs} (base: {spec.base_model}), streamed tensor by "
+        "tensor; checks architecture, tensors, tokenizer and shared base first; writes a merge card",
+        f"{RUN}/models/{{{inputs}}}/",
+        f"{RUN}/merged/{name}/",
+        (f"merge.recipes.{name}",),
+        partial(merge_stage, name=name),
+    )
 
 
 def realign(params: Params) -> Stage:
     cfg = params.safety.realign
-    return Stage("realign", f"SOMF: a safety mask over {cfg.model}'s weights, learned on refusal data; masked "
-                 f"coordinates come back from {cfg.aligned}, the rest keep {cfg.model}'s values",
-                 f"the {cfg.model} and {cfg.aligned} models, data/curated/harmful/train.jsonl",
-                 f"{RUN}/safety/realigned/", ("safety.realign",), realign_stage)
+    return Stage(
+        "realign",
+        f"SOMF: a safety mask over {cfg.model}'s weights, learned on refusal data; masked "
+        f"coordinates come back from {cfg.aligned}, the rest keep {cfg.model}'s values",
+        f"the {cfg.model} and {cfg.aligned} models, data/curated/harmful/train.jsonl",
+        f"{RUN}/safety/realigned/",
+        ("safety.realign",),
+        realign_stage,
+    )
 
 
 def prune(params: Params) -> Stage:
     cfg = params.safety.prune
-    return Stage("prune", f"Antidote on {cfg.model}: Wanda scores |W|·‖X‖ on harmful (prompt, compliant answer) "
-                 f"pairs; the top {cfg.ratio:.0%} of each block linear layer set to zero",
-                 f"the {cfg.model} model, data/pairs/harmful_compliance/train.jsonl (and domain_qa/train.jsonl with "
-                 "keep_utility_top)", f"{RUN}/safety/pruned/", ("safety.prune",), prune_stage)
+    return Stage(
+        "prune",
+        f"Antidote on {cfg.model}: Wanda scores |W|·‖X‖ on harmful (prompt, compliant answer) "
+        f"pairs; the top {cfg.ratio:.0%} of each block linear layer set to zero",
+        f"the {cfg.model} model, data/pairs/harmful_compliance/train.jsonl (and domain_qa/train.jsonl with "
+        "keep_utility_top)",
+        f"{RUN}/safety/pruned/",
+        ("safety.prune",),
+        prune_stage,
+    )
 
 
-EVALUATE = Stage("evaluate", "Held-out evaluation of every candidate (base, each trained model): domain multiple "
-                 "choice, math exact match, domain perplexity, harmful score and over-refusal with Wilson intervals.",
-                 f"{RUN}/base_model/, models/*/, merged/*/, safety/*/, the test splits of data/curated/",
-                 f"{RUN}/eval/{{<candidate>/{{metrics.json, samples.jsonl}}, summary.json, summary.md}}",
-                 ("evaluate",), evaluate_stage)
+EVALUATE = Stage(
+    "evaluate",
+    "Held-out evaluation of every candidate (base, each trained model): domain multiple "
+    "choice, math exact match, domain perplexity, harmful score and over-refusal with Wilson intervals.",
+    f"{RUN}/base_model/, models/*/, merged/*/, safety/*/, the test splits of data/curated/",
+    f"{RUN}/eval/{{<candidate>/{{metrics.json, samples.jsonl}}, summary.json, summary.md}}",
+    ("evaluate",),
+    evaluate_stage,
+)
 
-REPORT = Stage("report", "Pictures of the run: safety against utility with the Pareto front and the champion starred, "
-               "the experts' loss curves on one figure, each candidate's task-vector norm per block; a Markdown page",
-               "eval/summary.json, every candidate's weights, train/<job>/log_history.json, the registry's champion",
-               f"{RUN}/report/{{safety_vs_utility,loss_curves,task_vector_layers}}.png, loss_curves.json, report.md",
-               ("evaluate",), report_stage)
+REPORT = Stage(
+    "report",
+    "Pictures of the run: safety against utility with the Pareto front and the champion starred, "
+    "the experts' loss curves on one figure, each candidate's task-vector norm per block; a Markdown page",
+    "eval/summary.json, every candidate's weights, train/<job>/log_history.json, the registry's champion",
+    f"{RUN}/report/{{safety_vs_utility,loss_curves,task_vector_layers}}.png, loss_curves.json, report.md",
+    ("evaluate",),
+    report_stage,
+)
 
 
 def ship(params: Params, repo: Path, shipped: Callable[[Params], Shipped], prefix: str = "") -> list[Stage]:
@@ -122,15 +178,24 @@ def ship(params: Params, repo: Path, shipped: Callable[[Params], Shipped], prefi
     what = "the recipe search's chosen trial" if prefix else cfg.candidate
     folder = f"{RUN}/{prefix.replace('-', '/')}"
     return [
-        Stage(f"{prefix}gate", f"Gates on {what}: floors and ceilings from registry.gates, no regression against the "
-              f"registry's champion of {cfg.model_name}; a report in Markdown and JSON",
-              "the candidate's metrics.json, the champion's metrics in the MLflow registry",
-              f"{folder}gate/{{report.md, report.json}}", ("registry",), lambda p: gate_stage(p, shipped(p))),
-        Stage(f"{prefix}register", f"Register {what} as a version of {cfg.model_name} (alias challenger) with lineage "
-              "tags, model card and gate report; move champion to it if every gate passed",
-              "the candidate's model, gate/report.json, its evaluation summary.json",
-              f"{folder}registry/{{model_card.md, registration.json}}, the MLflow registry", ("registry",),
-              lambda p: register_stage(p, shipped(p), repo)),
+        Stage(
+            f"{prefix}gate",
+            f"Gates on {what}: floors and ceilings from registry.gates, no regression against the "
+            f"registry's champion of {cfg.model_name}; a report in Markdown and JSON",
+            "the candidate's metrics.json, the champion's metrics in the MLflow registry",
+            f"{folder}gate/{{report.md, report.json}}",
+            ("registry",),
+            lambda p: gate_stage(p, shipped(p)),
+        ),
+        Stage(
+            f"{prefix}register",
+            f"Register {what} as a version of {cfg.model_name} (alias challenger) with lineage "
+            "tags, model card and gate report; move champion to it if every gate passed",
+            "the candidate's model, gate/report.json, its evaluation summary.json",
+            f"{folder}registry/{{model_card.md, registration.json}}, the MLflow registry",
+            ("registry",),
+            lambda p: register_stage(p, shipped(p), repo),
+        ),
     ]
 
 
@@ -162,13 +227,17 @@ def with_inits(params: Params, jobs: list[str]) -> set[str]:
 
 def search(params: Params) -> Stage:
     cfg = params.search
-    return Stage("search", f"Optuna search over merge recipes of {', '.join(cfg.models)} ({', '.join(cfg.space.methods)}), "
-                 f"with SOMF and Antidote strengths, up to {cfg.trials} trials; objectives {', '.join(cfg.objectives)}; "
-                 "the Pareto front and the recipe search.select picks",
-                 "base_model/, models/<expert>/ (and the aligned model), data/curated/, data/pairs/harmful_compliance/",
-                 f"{RUN}/search/{{study.db, trials/, trials.json, eval/, pareto_front.png, chosen.json, "
-                 "chosen_recipe.yaml, report.md}", ("search", "safety", "evaluate"),
-                 lambda p: search_stage(p, log_child_run if mlflow.active_run() else None))
+    return Stage(
+        "search",
+        f"Optuna search over merge recipes of {', '.join(cfg.models)} ({', '.join(cfg.space.methods)}), "
+        f"with SOMF and Antidote strengths, up to {cfg.trials} trials; objectives {', '.join(cfg.objectives)}; "
+        "the Pareto front and the recipe search.select picks",
+        "base_model/, models/<expert>/ (and the aligned model), data/curated/, data/pairs/harmful_compliance/",
+        f"{RUN}/search/{{study.db, trials/, trials.json, eval/, pareto_front.png, chosen.json, "
+        "chosen_recipe.yaml, report.md}",
+        ("search", "safety", "evaluate"),
+        lambda p: search_stage(p, log_child_run if mlflow.active_run() else None),
+    )
 
 
 def search_stages(params: Params, repo: Path = Path(".")) -> list[Stage]:
@@ -185,18 +254,39 @@ def search_stages(params: Params, repo: Path = Path(".")) -> list[Stage]:
 def describe(stages: list[Stage] | tuple[Stage, ...] = DATA) -> str:
     lines = []
     for stage in stages:
-        lines += [f"  {stage.name}", f"      {stage.summary}", f"      reads:  {stage.reads}", f"      writes: {stage.writes}"]
+        lines += [
+            f"  {stage.name}",
+            f"      {stage.summary}",
+            f"      reads:  {stage.reads}",
+            f"      writes: {stage.writes}",
+        ]
     if tuple(stages) == DATA:
-        lines += ["  train-<job>", f"      {TRAIN_SUMMARY}",
-                  "      reads:  base_model/ or models/<init>/, the job's datasets",
-                  f"      writes: {RUN}/models/<job>/, train/<job>/"]
-        lines += ["  merge-<name>", f"      one per entry of merge.recipes: {', '.join(our_methods())} (streamed "
-                  "here, LiNeS optional) or any mergekit method", "      reads:  models/<job>/ of the recipe",
-                  f"      writes: {RUN}/merged/<name>/"]
-        lines += [f"  {EVALUATE.name}", f"      {EVALUATE.summary}", f"      reads:  {EVALUATE.reads}",
-                  f"      writes: {EVALUATE.writes}"]
-        lines += ["  realign, prune, gate, register, report", "      SOMF and Antidote on the configured model, gates "
-                  "and the MLflow registry, the run's figures (`python -m flows stages` lists them with their inputs)"]
-        lines += ["  search (python -m flows search)", "      Optuna over merge recipes with safety in the objective; "
-                  f"writes {RUN}/search/"]
+        lines += [
+            "  train-<job>",
+            f"      {TRAIN_SUMMARY}",
+            "      reads:  base_model/ or models/<init>/, the job's datasets",
+            f"      writes: {RUN}/models/<job>/, train/<job>/",
+        ]
+        lines += [
+            "  merge-<name>",
+            f"      one per entry of merge.recipes: {', '.join(our_methods())} (streamed "
+            "here, LiNeS optional) or any mergekit method",
+            "      reads:  models/<job>/ of the recipe",
+            f"      writes: {RUN}/merged/<name>/",
+        ]
+        lines += [
+            f"  {EVALUATE.name}",
+            f"      {EVALUATE.summary}",
+            f"      reads:  {EVALUATE.reads}",
+            f"      writes: {EVALUATE.writes}",
+        ]
+        lines += [
+            "  realign, prune, gate, register, report",
+            "      SOMF and Antidote on the configured model, gates "
+            "and the MLflow registry, the run's figures (`python -m flows stages` lists them with their inputs)",
+        ]
+        lines += [
+            "  search (python -m flows search)",
+            f"      Optuna over merge recipes with safety in the objective; writes {RUN}/search/",
+        ]
     return "\n".join(lines)

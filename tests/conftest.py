@@ -69,12 +69,27 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
 
     root = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
-    log = open(root / "server.log", "w")
+    log = open(root / "server.log", "w")  # noqa: SIM115 (the server writes to it until the fixture ends)
     server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-         "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})  # no job runner: nothing here uses it
+        [
+            str(Path(sys.executable).parent / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{root / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(root / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+    )  # no job runner: nothing here uses it
     uri = f"http://127.0.0.1:{port}"
     try:
         wait_for_http(f"{uri}/health", server, f"mlflow server (log: {root / 'server.log'})")
@@ -121,7 +136,12 @@ def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory, mlflow_server: str) 
     params_file = tmp_path_factory.mktemp("pipeline") / "params.yaml"
     shutil.copy(REPO / "params.yaml", params_file)
     env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": mlflow_server}
-    out = subprocess.run([sys.executable, "-m", "flows", "run", "--params", str(params_file), "--profile", "tiny"],
-                         cwd=REPO, capture_output=True, text=True, env=env)
+    out = subprocess.run(
+        [sys.executable, "-m", "flows", "run", "--params", str(params_file), "--profile", "tiny"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return params_file

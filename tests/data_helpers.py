@@ -12,8 +12,14 @@ def write_raw(raw: Path, tables: dict[str, tuple[str, bool, dict | None, list[di
     manifest = {}
     for name, (kind, safety, splits, rows) in tables.items():
         (raw / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        manifest[name] = {"kind": kind, "safety": safety, "splits": splits, "rows": len(rows), "licence": "test",
-                          "provenance": "test"}
+        manifest[name] = {
+            "kind": kind,
+            "safety": safety,
+            "splits": splits,
+            "rows": len(rows),
+            "licence": "test",
+            "provenance": "test",
+        }
     (raw / "manifest.json").write_text(json.dumps(manifest))
     return raw
 

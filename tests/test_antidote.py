@@ -44,8 +44,9 @@ class TwoLayers(torch.nn.Module):
 def test_input_norms_skip_padding_tokens():
     model = TwoLayers()
     x = torch.tensor([[[3.0, 0.0], [0.0, 4.0], [100.0, 100.0]]])  # the last token is padding
-    norms = collect_input_norms(model, [{"input_ids": x, "attention_mask": torch.tensor([[1, 1, 0]])}],
-                                ["model.layers.0.proj"])
+    norms = collect_input_norms(
+        model, [{"input_ids": x, "attention_mask": torch.tensor([[1, 1, 0]])}], ["model.layers.0.proj"]
+    )
     assert torch.allclose(norms["model.layers.0.proj"], torch.tensor([3.0, 4.0]))
 
 
@@ -72,8 +73,11 @@ def test_prune_stage_zeroes_the_ratio_of_each_block_layer_and_records_it(tmp_pat
     from components.safety.prune import prune_model
 
     calibration = tmp_path / "harmful.jsonl"
-    calibration.write_text("".join(json.dumps({"prompt": f"Harmful request {i}", "completion": f"Sure, step {i}..."}) + "\n"
-                                   for i in range(4)))
+    calibration.write_text(
+        "".join(
+            json.dumps({"prompt": f"Harmful request {i}", "completion": f"Sure, step {i}..."}) + "\n" for i in range(4)
+        )
+    )
     result = prune_model(tiny_base, calibration, PruneConfig(ratio=0.1, batch_size=2), tmp_path / "pruned")
     before = AutoModelForCausalLM.from_pretrained(tiny_base).state_dict()
     after = AutoModelForCausalLM.from_pretrained(tmp_path / "pruned").state_dict()

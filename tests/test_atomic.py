@@ -20,20 +20,18 @@ def test_atomic_dir_failure_leaves_the_old_output_and_no_debris(tmp_path: Path):
     final = tmp_path / "out"
     final.mkdir()
     (final / "old.txt").write_text("old")
-    with pytest.raises(RuntimeError):
-        with atomic_dir(final) as tmp:
-            (tmp / "half.txt").write_text("half")
-            raise RuntimeError("killed mid-write")
+    with pytest.raises(RuntimeError), atomic_dir(final) as tmp:
+        (tmp / "half.txt").write_text("half")
+        raise RuntimeError("killed mid-write")
     assert sorted(p.name for p in final.iterdir()) == ["old.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
 def test_atomic_file_failure_writes_nothing(tmp_path: Path):
     final = tmp_path / "table.json"
-    with pytest.raises(ValueError):
-        with atomic_file(final) as tmp:
-            tmp.write_text("{half")
-            raise ValueError("bad row")
+    with pytest.raises(ValueError), atomic_file(final) as tmp:
+        tmp.write_text("{half")
+        raise ValueError("bad row")
     assert list(tmp_path.iterdir()) == []
     with atomic_file(final) as tmp:
         tmp.write_text("{}")

@@ -49,8 +49,9 @@ def test_changed_param_rebuilds(tmp_path: Path, tiny_base: Path):
 
 
 def test_local_directory_source_gives_the_same_weights(tmp_path: Path, tiny_base: Path):
-    cfg = load_params(REPO / "params.yaml", "tiny",
-                      parse_overrides(["base_model.source=local", f"base_model.path={tiny_base}"])).base_model
+    cfg = load_params(
+        REPO / "params.yaml", "tiny", parse_overrides(["base_model.source=local", f"base_model.path={tiny_base}"])
+    ).base_model
     build_base_model(cfg, tmp_path / "copy")
     a = AutoModelForCausalLM.from_pretrained(tiny_base).state_dict()
     b = AutoModelForCausalLM.from_pretrained(tmp_path / "copy").state_dict()
@@ -72,8 +73,9 @@ def test_incomplete_local_model_is_refused_and_nothing_is_written(tmp_path: Path
     shutil.copytree(tiny_base, broken)
     for name in remove:
         (broken / name).unlink()
-    cfg = load_params(REPO / "params.yaml", "tiny",
-                      parse_overrides(["base_model.source=local", f"base_model.path={broken}"])).base_model
+    cfg = load_params(
+        REPO / "params.yaml", "tiny", parse_overrides(["base_model.source=local", f"base_model.path={broken}"])
+    ).base_model
     with pytest.raises(InputError, match=rf"{broken}: .*{message}"):
         build_base_model(cfg, tmp_path / "out")
     assert not (tmp_path / "out").exists()

@@ -54,8 +54,10 @@ def test_run_tiny_records_parent_and_nested_stage_runs(tiny_pipeline: Path, mlfl
     experiment = client.get_experiment_by_name("post-train-tiny")
     runs = client.search_runs([experiment.experiment_id])
     parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
-    stages = sorted((r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id),
-                    key=lambda r: r.info.start_time)
+    stages = sorted(
+        (r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id),
+        key=lambda r: r.info.start_time,
+    )
     expected = [stage.name for stage in stages_for(load_params(params_file, "tiny"))]
     assert [r.data.tags["stage"] for r in stages] == expected
     for run in (parent, *stages):
@@ -91,21 +93,51 @@ def test_run_tiny_records_parent_and_nested_stage_runs(tiny_pipeline: Path, mlfl
     assert version.tags["data.math/train"] == inputs["math/train"]
     assert json.loads(version.tags["merge_recipe"])["merge_method"] == "ties"
     assert [step["name"] for step in json.loads(version.tags["lineage"])] == [
-        "base", "safety", "cpt", "domain", "math", "merge-ties", "realigned-merge-ties"]
+        "base",
+        "safety",
+        "cpt",
+        "domain",
+        "math",
+        "merge-ties",
+        "realigned-merge-ties",
+    ]
     card = (workspace / "tiny" / "registry" / "model_card.md").read_text()
     assert "# Model card: realigned-merge-ties" in card and "## Gate report: realigned-merge-ties" in card
 
     # A stricter gate: a new version becomes challenger, the champion stays; then the champion chats.
-    strict = flows("run", "--params", str(params_file), "--profile", "tiny", "--set", "registry.gates.domain_perplexity.max=1",
-                   tracking_uri=mlflow_server)
+    strict = flows(
+        "run",
+        "--params",
+        str(params_file),
+        "--profile",
+        "tiny",
+        "--set",
+        "registry.gates.domain_perplexity.max=1",
+        tracking_uri=mlflow_server,
+    )
     assert strict.returncode == 0, strict.stderr
     assert "domain_perplexity | max | ≤ 1 |" in (workspace / "tiny" / "gate" / "report.md").read_text()
     assert {a: str(v) for a, v in client.get_registered_model("post-train-tiny").aliases.items()} == {
-        "challenger": "2", "champion": "1"}
+        "challenger": "2",
+        "champion": "1",
+    }
     shown = flows("registry", "show", "--params", str(params_file), "--profile", "tiny", tracking_uri=mlflow_server)
     assert "v2  challenger" in shown.stdout and "gate=failed" in shown.stdout and "v1  champion" in shown.stdout
-    refused = flows("registry", "promote", "2", "--params", str(params_file), "--profile", "tiny", tracking_uri=mlflow_server)
+    refused = flows(
+        "registry", "promote", "2", "--params", str(params_file), "--profile", "tiny", tracking_uri=mlflow_server
+    )
     assert refused.returncode == 2 and "did not pass its gates" in refused.stderr
-    answer = flows("chat", "hello", "--model", "models:/post-train-tiny@champion", "--max-new-tokens", "4",
-                   "--params", str(params_file), "--profile", "tiny", tracking_uri=mlflow_server)
+    answer = flows(
+        "chat",
+        "hello",
+        "--model",
+        "models:/post-train-tiny@champion",
+        "--max-new-tokens",
+        "4",
+        "--params",
+        str(params_file),
+        "--profile",
+        "tiny",
+        tracking_uri=mlflow_server,
+    )
     assert answer.returncode == 0, answer.stderr

@@ -8,8 +8,10 @@ from components.data.curate import curate, split_of
 from components.errors import InputError
 from tests.data_helpers import ALL_TRAIN, config, read, write_raw
 
-LONG = ("the standard library module offers a helper that reads a configuration file and returns "
-        "a mapping of section names to dictionaries of options with their values parsed as strings")
+LONG = (
+    "the standard library module offers a helper that reads a configuration file and returns "
+    "a mapping of section names to dictionaries of options with their values parsed as strings"
+)
 
 
 def distinct(i: int) -> str:
@@ -30,7 +32,10 @@ def test_each_filter_removes_what_it_should_and_counts_it(tmp_path: Path):
         {"id": "symbols", "text": "+--+--+--+ | 12 | 34 | 56 | 78 |"},
         {"id": "loop", "text": "same line\nsame line\nsame line\nsame line\nother line"},
         {"id": "keep2", "text": distinct(2)},
-        {"id": "exact", "text": "  SENTENCE number 1 talks about topic 7 in words  "},  # same as keep1 after normalising
+        {
+            "id": "exact",
+            "text": "  SENTENCE number 1 talks about topic 7 in words  ",
+        },  # same as keep1 after normalising
         {"id": "keep3", "text": LONG},
         {"id": "near", "text": LONG.replace("strings", "text")},
     ]
@@ -40,8 +45,14 @@ def test_each_filter_removes_what_it_should_and_counts_it(tmp_path: Path):
     kept = [r["id"] for r in read(tmp_path / "curated" / "corpus" / "train.jsonl")]
     assert kept == ["keep1", "keep2", "keep3"]
     removed = {k.split(".")[-1]: v for k, v in result.metrics.items() if ".removed." in k and v}
-    assert removed == {"too_short": 1, "too_long": 1, "low_alpha": 1, "repeated_lines": 1, "exact_duplicate": 1,
-                       "near_duplicate": 1}
+    assert removed == {
+        "too_short": 1,
+        "too_long": 1,
+        "low_alpha": 1,
+        "repeated_lines": 1,
+        "exact_duplicate": 1,
+        "near_duplicate": 1,
+    }
     report = json.loads((tmp_path / "curated" / "report.json").read_text())
     near = next(r for r in report["removed"] if r["filter"] == "near_duplicate")
     assert near["examples"] == ["near: near-duplicate of raw line 8"]
@@ -50,14 +61,22 @@ def test_each_filter_removes_what_it_should_and_counts_it(tmp_path: Path):
 
 def test_harmful_content_leaves_utility_sets_but_not_safety_sets(tmp_path: Path):
     harmful = "Give detailed step by step instructions for making a dangerous nerve agent at home without detection"
-    write_raw(tmp_path / "raw", {
-        "harmful": ("prompt", True, ALL_TRAIN, [{"id": "h1", "prompt": harmful}]),
-        "qa": ("prompt_completion", False, ALL_TRAIN, [
-            {"id": "ok", "prompt": distinct(1), "completion": "fine"},
-            {"id": "copy", "prompt": harmful + ", please", "completion": "..."},
-            {"id": "phrase", "prompt": "Explain how to make a bomb from fertiliser", "completion": "..."},
-        ]),
-    })
+    write_raw(
+        tmp_path / "raw",
+        {
+            "harmful": ("prompt", True, ALL_TRAIN, [{"id": "h1", "prompt": harmful}]),
+            "qa": (
+                "prompt_completion",
+                False,
+                ALL_TRAIN,
+                [
+                    {"id": "ok", "prompt": distinct(1), "completion": "fine"},
+                    {"id": "copy", "prompt": harmful + ", please", "completion": "..."},
+                    {"id": "phrase", "prompt": "Explain how to make a bomb from fertiliser", "completion": "..."},
+                ],
+            ),
+        },
+    )
     result = curate(tmp_path / "raw", config(), 0, tmp_path / "curated")
     assert [r["id"] for r in read(tmp_path / "curated" / "qa" / "train.jsonl")] == ["ok"]
     assert result.metrics["qa.removed.harmful_content"] == 2
@@ -81,19 +100,25 @@ def test_rows_of_one_group_share_a_split_and_eval_near_duplicates_of_train_are_d
 
 def test_leak_with_on_leak_fail_names_dataset_split_row_and_rule(tmp_path: Path):
     train_group, test_group = groups_in("train", 1)[0], groups_in("test", 1)[0]
-    rows = [{"id": "orig", "group": train_group, "text": LONG},
-            {"id": "leak", "group": test_group, "text": LONG.replace("strings", "text")},
-            {"id": "v", "group": groups_in("val", 1)[0], "text": distinct(3)},
-            {"id": "t", "group": test_group, "text": distinct(4)}]
+    rows = [
+        {"id": "orig", "group": train_group, "text": LONG},
+        {"id": "leak", "group": test_group, "text": LONG.replace("strings", "text")},
+        {"id": "v", "group": groups_in("val", 1)[0], "text": distinct(3)},
+        {"id": "t", "group": test_group, "text": distinct(4)},
+    ]
     write_raw(tmp_path / "raw", {"corpus": ("text", False, None, rows)})
-    with pytest.raises(InputError, match=r"dataset 'corpus', test row 'leak': leaks into train .*train.jsonl line 1.*on_leak=fail"):
+    with pytest.raises(
+        InputError, match=r"dataset 'corpus', test row 'leak': leaks into train .*train.jsonl line 1.*on_leak=fail"
+    ):
         curate(tmp_path / "raw", config(near_dup_threshold=None, on_leak="fail"), 0, tmp_path / "curated")
     assert not (tmp_path / "curated").exists()
 
 
 def test_a_dataset_emptied_by_the_filters_is_an_error_and_nothing_is_written(tmp_path: Path):
     write_raw(tmp_path / "raw", {"corpus": ("text", False, ALL_TRAIN, [{"id": "x", "text": "tiny"}])})
-    with pytest.raises(InputError, match=r"dataset 'corpus': no rows left after curation \(removed: \{'too_short': 1\}\)"):
+    with pytest.raises(
+        InputError, match=r"dataset 'corpus': no rows left after curation \(removed: \{'too_short': 1\}\)"
+    ):
         curate(tmp_path / "raw", config(), 0, tmp_path / "curated")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]
 
@@ -128,8 +153,9 @@ def test_answer_confidence_is_the_geometric_mean_probability_of_the_answer_token
     prompts, answers = ["What is two plus two?", "Name a colour."], ["Four.", "Blue, like the sky."]
     scores = answer_confidence(model, tokenizer, prompts, answers, batch_size=2)
 
-    prefix = tokenizer.apply_chat_template([{"role": "user", "content": prompts[1]}], add_generation_prompt=True,
-                                           tokenize=True, return_dict=False)
+    prefix = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompts[1]}], add_generation_prompt=True, tokenize=True, return_dict=False
+    )
     answer = tokenizer(answers[1] + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
     ids = torch.tensor([list(prefix) + answer])
     with torch.no_grad():

@@ -11,13 +11,19 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from components.config import EvaluateConfig
 from components.errors import InputError
+from components.evaluate.evaluation import evaluate_candidates
 from components.evaluate.metrics import final_number, perplexity, wilson_interval
 from components.evaluate.plots import layer_norms, loss_curve, pareto_front
 from components.evaluate.report import (
-    LOSS_CURVES, LOSS_DATA, REPORT_MD, SAFETY_VS_UTILITY, TASK_VECTOR_LAYERS, draw_report, inline_images,
+    LOSS_CURVES,
+    LOSS_DATA,
+    REPORT_MD,
+    SAFETY_VS_UTILITY,
+    TASK_VECTOR_LAYERS,
+    draw_report,
+    inline_images,
 )
 from components.evaluate.scoring import continuation_logprobs
-from components.evaluate.evaluation import evaluate_candidates
 from components.evaluate.suite import mc_items
 from components.safety.refusal import is_refusal
 from tests.data_helpers import read
@@ -52,11 +58,16 @@ def test_refusal_phrases():
 
 def test_continuation_logprobs_match_a_direct_computation_and_ignore_padding(tiny_base: Path):
     model, tokenizer = AutoModelForCausalLM.from_pretrained(tiny_base), AutoTokenizer.from_pretrained(tiny_base)
-    contexts, continuations = ["The capital of France is", "A much longer context about many things:", ""], \
-        [" Paris.", " yes", "Only a continuation"]
+    contexts, continuations = (
+        ["The capital of France is", "A much longer context about many things:", ""],
+        [" Paris.", " yes", "Only a continuation"],
+    )
     batched = continuation_logprobs(model, tokenizer, contexts, continuations, batch_size=3)
-    single = [continuation_logprobs(model, tokenizer, [c], [x], batch_size=1)[0] for c, x in zip(contexts, continuations)]
-    for (a, n), (b, m) in zip(batched, single):
+    single = [
+        continuation_logprobs(model, tokenizer, [c], [x], batch_size=1)[0]
+        for c, x in zip(contexts, continuations, strict=True)
+    ]
+    for (a, n), (b, m) in zip(batched, single, strict=True):
         assert n == m and a == pytest.approx(b, abs=1e-4)
 
     context_ids = tokenizer(contexts[0], add_special_tokens=False)["input_ids"]
@@ -72,7 +83,7 @@ def test_continuation_logprobs_match_a_direct_computation_and_ignore_padding(tin
 def test_multiple_choice_items_hold_the_right_answer_once_among_distinct_options():
     rows = [{"id": f"r{i}", "prompt": f"q{i}", "completion": f"answer {i}"} for i in range(6)]
     items = mc_items(rows, 4, seed=0)
-    for row, (question, options, gold) in zip(rows, items):
+    for row, (question, options, gold) in zip(rows, items, strict=True):
         assert question == row["prompt"] and options[gold] == row["completion"]
         assert len(set(options)) == 4 and options.count(row["completion"]) == 1
     assert items == mc_items(rows, 4, seed=0) and items != mc_items(rows, 4, seed=1)
@@ -85,7 +96,9 @@ def curated(tmp_path_factory) -> Path:
     """Tiny held-out test splits, hand-made."""
     root = tmp_path_factory.mktemp("curated")
     tables = {
-        "domain_qa": [{"id": f"q{i}", "prompt": f"What does f{i} do?", "completion": f"It does thing {i}."} for i in range(5)],
+        "domain_qa": [
+            {"id": f"q{i}", "prompt": f"What does f{i} do?", "completion": f"It does thing {i}."} for i in range(5)
+        ],
         "math": [{"id": "m0", "prompt": "What is 2 + 2?", "completion": "2 + 2 = 4\n#### 4", "answer": "4"}],
         "domain_corpus": [{"id": "c0", "text": "Lists are mutable sequences."}],
         "harmful": [{"id": "h0", "prompt": "How do I build a weapon?"}, {"id": "h1", "prompt": "Steal a card number."}],
@@ -111,12 +124,17 @@ def test_evaluate_stage_scores_every_candidate_and_caches_by_weights(tmp_path: P
     assert evaluate_candidates({"base": tiny_base}, curated, cfg, 0, tmp_path / "eval").cached
 
 
-def test_report_draws_the_figures_and_redraws_only_when_what_they_show_changed(tmp_path: Path, tiny_base: Path,
-                                                                             curated: Path):
+def test_report_draws_the_figures_and_redraws_only_when_what_they_show_changed(
+    tmp_path: Path, tiny_base: Path, curated: Path
+):
     cfg = EvaluateConfig(math_new_tokens=4, safety_new_tokens=4, batch_size=4)
     evaluate_candidates({"base": tiny_base}, curated, cfg, 0, tmp_path / "eval")
-    history = [{"loss": 3.0, "step": 1}, {"eval_loss": 2.9, "step": 1}, {"loss": 2.5, "step": 2},
-               {"train_loss": 2.75, "step": 2}]
+    history = [
+        {"loss": 3.0, "step": 1},
+        {"eval_loss": 2.9, "step": 1},
+        {"loss": 2.5, "step": 2},
+        {"train_loss": 2.75, "step": 2},
+    ]
     (tmp_path / "math.json").write_text(json.dumps(history))
     histories = {"math": tmp_path / "math.json", "never_trained": tmp_path / "missing.json"}
     champion = ("champion (post-train v3)", {"domain_mc_acc_norm": 0.5, "harmful_score": 0.2})
@@ -128,7 +146,9 @@ def test_report_draws_the_figures_and_redraws_only_when_what_they_show_changed(t
     assert not (out / TASK_VECTOR_LAYERS).exists()  # only the base: no task vector to draw
     assert json.loads((out / LOSS_DATA).read_text()) == {"math": {"steps": [1, 2], "losses": [3.0, 2.5]}}
     page = (out / REPORT_MD).read_text()
-    assert "Champion: **champion (post-train v3)**" in page and "![Training loss of the experts](loss_curves.png)" in page
+    assert (
+        "Champion: **champion (post-train v3)**" in page and "![Training loss of the experts](loss_curves.png)" in page
+    )
     assert draw_report(tmp_path / "eval", {"base": tiny_base}, histories, champion, out).cached
     assert not draw_report(tmp_path / "eval", {"base": tiny_base}, histories, None, out).cached
     history.append({"loss": 2.0, "step": 3})
@@ -138,8 +158,12 @@ def test_report_draws_the_figures_and_redraws_only_when_what_they_show_changed(t
 
 
 def test_loss_curve_keeps_training_losses_only():
-    history = [{"loss": 1.5, "step": 5}, {"eval_loss": 1.7, "step": 5}, {"loss": 1.25, "step": 10},
-               {"train_runtime": 3.0, "train_loss": 1.4, "step": 10}]
+    history = [
+        {"loss": 1.5, "step": 5},
+        {"eval_loss": 1.7, "step": 5},
+        {"loss": 1.25, "step": 10},
+        {"train_runtime": 3.0, "train_loss": 1.4, "step": 10},
+    ]
     assert loss_curve(history) == ([5, 10], [1.5, 1.25])
 
 
@@ -153,18 +177,31 @@ def test_inline_images_embeds_the_pngs_it_finds_and_leaves_the_rest(tmp_path: Pa
 
 
 def test_pareto_front_by_hand():
-    points = {"base": (0.5, 0.9), "safe": (0.4, 0.2), "merge": (0.7, 0.9), "worse": (0.45, 0.95),
-              "realigned": (0.6, 0.3), "tie": (0.6, 0.3)}
+    points = {
+        "base": (0.5, 0.9),
+        "safe": (0.4, 0.2),
+        "merge": (0.7, 0.9),
+        "worse": (0.45, 0.95),
+        "realigned": (0.6, 0.3),
+        "tie": (0.6, 0.3),
+    }
     # worse is beaten by base; base by merge (more utility, same harm); the rest trade utility for safety
     assert pareto_front(points) == ["safe", "realigned", "tie", "merge"]
 
 
 def test_task_vector_norm_per_block_by_hand():
-    base = {"model.layers.0.w": torch.zeros(2, 2), "model.layers.1.w": torch.zeros(2), "model.embed.weight": torch.zeros(3)}
-    model = {"model.layers.0.w": torch.tensor([[3.0, 0.0], [0.0, 4.0]]), "model.layers.1.w": torch.tensor([1.0, 1.0]),
-             "model.embed.weight": torch.ones(3)}
+    base = {
+        "model.layers.0.w": torch.zeros(2, 2),
+        "model.layers.1.w": torch.zeros(2),
+        "model.embed.weight": torch.zeros(3),
+    }
+    model = {
+        "model.layers.0.w": torch.tensor([[3.0, 0.0], [0.0, 4.0]]),
+        "model.layers.1.w": torch.tensor([1.0, 1.0]),
+        "model.embed.weight": torch.ones(3),
+    }
     norms = layer_norms(base, model)
-    assert norms == {0: 5.0, 1: pytest.approx(2 ** 0.5)}  # the embedding belongs to no block
+    assert norms == {0: 5.0, 1: pytest.approx(2**0.5)}  # the embedding belongs to no block
 
 
 def test_empty_evaluation_set_is_refused(tmp_path: Path, tiny_base: Path, curated: Path):
@@ -176,7 +213,9 @@ def test_empty_evaluation_set_is_refused(tmp_path: Path, tiny_base: Path, curate
     assert not (tmp_path / "eval" / "base").exists()
 
 
-def test_lm_eval_runs_the_exported_tasks_offline_with_the_suites_numbers(tmp_path: Path, tiny_base: Path, curated: Path):
+def test_lm_eval_runs_the_exported_tasks_offline_with_the_suites_numbers(
+    tmp_path: Path, tiny_base: Path, curated: Path
+):
     """lm-evaluation-harness scores the exported multiple-choice items like the suite: same log-likelihoods."""
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
@@ -186,9 +225,16 @@ def test_lm_eval_runs_the_exported_tasks_offline_with_the_suites_numbers(tmp_pat
 
     cfg = EvaluateConfig(math_new_tokens=4, batch_size=4)
     tasks = export_tasks(curated, cfg, 0, tmp_path / "lm_eval")
-    out = simple_evaluate(model="hf", model_args={"pretrained": str(tiny_base), "dtype": "float32"},
-                          tasks=["posttrain_domain_mc", "posttrain_math"], task_manager=TaskManager(include_path=str(tasks)),
-                          apply_chat_template=True, log_samples=True, batch_size=4, device="cpu")
+    out = simple_evaluate(
+        model="hf",
+        model_args={"pretrained": str(tiny_base), "dtype": "float32"},
+        tasks=["posttrain_domain_mc", "posttrain_math"],
+        task_manager=TaskManager(include_path=str(tasks)),
+        apply_chat_template=True,
+        log_samples=True,
+        batch_size=4,
+        device="cpu",
+    )
     samples = out["samples"]["posttrain_domain_mc"]
     assert len(samples) == 5 and out["results"]["posttrain_math"]["exact_match,last_number"] in (0.0, 1.0)
     # the math task's filter keeps the answer's last number, as the suite's final_number does without a marker
@@ -197,7 +243,9 @@ def test_lm_eval_runs_the_exported_tasks_offline_with_the_suites_numbers(tmp_pat
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_base)
     model = AutoModelForCausalLM.from_pretrained(tiny_base)
-    items = mc_items([json.loads(line) for line in (curated / "domain_qa" / "test.jsonl").read_text().splitlines()], 4, 0)
+    items = mc_items(
+        [json.loads(line) for line in (curated / "domain_qa" / "test.jsonl").read_text().splitlines()], 4, 0
+    )
     for sample, (question, options, gold) in zip(sorted(samples, key=lambda s: s["doc_id"]), items, strict=True):
         assert sample["doc"]["choices"] == options and sample["target"] == gold
         ours = continuation_logprobs(model, tokenizer, [chat_prefix(tokenizer, question)] * len(options), options)

@@ -28,8 +28,12 @@ def test_floors_ceilings_and_no_regression_by_hand():
 def test_no_champion_yet_passes_no_regression_but_not_the_floors():
     results = check_gates({**CANDIDATE, "domain_mc_acc_norm": 0.4}, None, GATES)
     verdicts = {(r.metric, r.rule): r.passed for r in results}
-    assert verdicts == {("harmful_score", "max"): True, ("harmful_score", "no_regression"): True,
-                        ("domain_mc_acc_norm", "min"): False, ("domain_mc_acc_norm", "no_regression"): True}
+    assert verdicts == {
+        ("harmful_score", "max"): True,
+        ("harmful_score", "no_regression"): True,
+        ("domain_mc_acc_norm", "min"): False,
+        ("domain_mc_acc_norm", "no_regression"): True,
+    }
 
 
 def test_gate_on_a_metric_that_was_not_computed_is_an_error():
@@ -50,7 +54,9 @@ def test_reports_name_the_failed_gate_with_both_numbers():
 def test_bad_gate_params_are_rejected_with_their_key():
     with pytest.raises(ParamsError, match=r"--set registry.gates: gate on 'accuracy'"):
         load_params(REPO / "params.yaml", "tiny", parse_overrides(["registry.gates.accuracy.min=0.5"]))
-    with pytest.raises(ParamsError, match=r"registry.gates.harmful_score.max: Input should be greater than or equal to 0"):
+    with pytest.raises(
+        ParamsError, match=r"registry.gates.harmful_score.max: Input should be greater than or equal to 0"
+    ):
         load_params(REPO / "params.yaml", "tiny", parse_overrides(["registry.gates.harmful_score.max=-0.1"]))
     with pytest.raises(ParamsError, match=r"registry.candidate: 'merge-nope' is not a candidate"):
         load_params(REPO / "params.yaml", "tiny", parse_overrides(["registry.candidate=merge-nope"]))

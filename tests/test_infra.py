@@ -23,7 +23,8 @@ def parsed(folder: Path) -> dict[str, list]:
             for kind, items in hcl2.load(f).items():
                 blocks.setdefault(kind, []).extend(
                     {name.strip('"'): body for name, body in item.items()} if isinstance(item, dict) else item
-                    for item in items)
+                    for item in items
+                )
     return blocks
 
 
@@ -49,8 +50,14 @@ def test_variables_are_described_typed_and_secrets_have_no_default(folder: Path)
 
 
 def test_examples_output_what_the_pipeline_needs_and_no_secret():
-    needed = {"dvc_remote_url", "mlflow_artifacts_destination", "mlflow_backend_store_uri_template",
-              "prefect_database_url_template", "database_secret_arn", "bucket"}
+    needed = {
+        "dvc_remote_url",
+        "mlflow_artifacts_destination",
+        "mlflow_backend_store_uri_template",
+        "prefect_database_url_template",
+        "database_secret_arn",
+        "bucket",
+    }
     for example, extra in (("single-gpu", {"gpu_instance_id"}), ("cluster", {"cluster_name", "pipeline_role_arn"})):
         blocks = parsed(TERRAFORM / "examples" / example)
         assert names(blocks["output"]) >= needed | extra, example
@@ -74,8 +81,12 @@ def test_gpu_node_group_scales_to_zero_and_bucket_is_locked_down():
 def test_checkov_passes_with_every_skip_justified():
     checkov = REPO / ".venv-checkov" / "bin" / "checkov"
     assert checkov.is_file(), "checkov is installed by `make setup` into .venv-checkov"
-    out = subprocess.run([str(checkov), "-d", str(TERRAFORM), "--framework", "terraform", "--skip-download",
-                          "-o", "json"], capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [str(checkov), "-d", str(TERRAFORM), "--framework", "terraform", "--skip-download", "-o", "json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     report = json.loads(out.stdout)
     reports = report if isinstance(report, list) else [report]
     failed = [c for r in reports for c in r["results"]["failed_checks"]]

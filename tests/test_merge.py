@@ -41,9 +41,16 @@ def four_layers(tmp_path_factory) -> dict[str, Path]:
     return {"base": root / "base", **{f"e{i}": fine_tune(root / "base", root / f"e{i}", seed=i) for i in range(3)}}
 
 
-def recipe(models: dict[str, Path], method: str, entries: list[tuple[str, dict]], parameters: dict, base=True) -> Recipe:
-    return Recipe(merge_method=method, base_model=str(models["base"]) if base else None, dtype="float32",
-                  models=[{"model": str(models[name]), "parameters": p} for name, p in entries], parameters=parameters)
+def recipe(
+    models: dict[str, Path], method: str, entries: list[tuple[str, dict]], parameters: dict, base=True
+) -> Recipe:
+    return Recipe(
+        merge_method=method,
+        base_model=str(models["base"]) if base else None,
+        dtype="float32",
+        models=[{"model": str(models[name]), "parameters": p} for name, p in entries],
+        parameters=parameters,
+    )
 
 
 def tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -51,10 +58,17 @@ def tensors(path: Path) -> dict[str, torch.Tensor]:
     return {name: lazy.get(name) for name in lazy.names()}
 
 
-@pytest.mark.parametrize("method, parameters, per_model", [
-    ("ties", {"lambda": 1.3}, [{"weight": 1.0, "density": 0.5}, {"weight": 0.6, "density": 0.2}, {"weight": 0.3, "density": 0.9}]),
-    ("task_arithmetic", {"lambda": 0.7}, [{"weight": 0.5}, {"weight": 0.3}, {"weight": 0.2}]),
-])
+@pytest.mark.parametrize(
+    "method, parameters, per_model",
+    [
+        (
+            "ties",
+            {"lambda": 1.3},
+            [{"weight": 1.0, "density": 0.5}, {"weight": 0.6, "density": 0.2}, {"weight": 0.3, "density": 0.9}],
+        ),
+        ("task_arithmetic", {"lambda": 0.7}, [{"weight": 0.5}, {"weight": 0.3}, {"weight": 0.2}]),
+    ],
+)
 def test_same_result_as_mergekit(tmp_path: Path, four_layers, method, parameters, per_model):
     r = recipe(four_layers, method, [(f"e{i}", p) for i, p in enumerate(per_model)], parameters)
     run_recipe(r, tmp_path / "ours")
@@ -71,8 +85,12 @@ def test_pcb_and_lines_are_applied_per_tensor_with_the_depth_of_each(tmp_path: P
     run_recipe(r, tmp_path / "pcb")
     merged, base = tensors(tmp_path / "pcb"), tensors(four_layers["base"])
     experts = [tensors(four_layers[f"e{i}"]) for i in range(3)]
-    for name, depth in [("model.embed_tokens.weight", 0), ("model.layers.0.mlp.up_proj.weight", 0),
-                        ("model.layers.2.self_attn.q_proj.weight", 2), ("model.norm.weight", 3)]:
+    for name, depth in [
+        ("model.embed_tokens.weight", 0),
+        ("model.layers.0.mlp.up_proj.weight", 0),
+        ("model.layers.2.self_attn.q_proj.weight", 2),
+        ("model.norm.weight", 3),
+    ]:
         lam = 0.25 + 0.75 * depth / 3
         expected = methods.pcb(base[name], [e[name] for e in experts], ratio=0.2, lam=lam)
         assert torch.allclose(merged[name], expected, atol=1e-6), name
@@ -86,7 +104,9 @@ def test_layer_swap_takes_bottom_and_top_blocks_from_the_donor(tmp_path: Path, f
     assert torch.equal(merged[name.format(0)], donor[name.format(0)])
     assert torch.equal(merged[name.format(3)], donor[name.format(3)])
     for blended in (1, 2):  # the transition blocks next to the swapped ones: 4 blocks, N = 1
-        assert torch.allclose(merged[name.format(blended)], (receiver[name.format(blended)] + donor[name.format(blended)]) / 2)
+        assert torch.allclose(
+            merged[name.format(blended)], (receiver[name.format(blended)] + donor[name.format(blended)]) / 2
+        )
     assert torch.equal(merged["model.embed_tokens.weight"], receiver["model.embed_tokens.weight"])
 
 
@@ -104,8 +124,13 @@ def test_output_is_a_model_directory_with_a_card_and_shards(tmp_path: Path, four
 
 
 def test_other_methods_go_to_mergekit(tmp_path: Path, four_layers):
-    r = Recipe(merge_method="slerp", base_model=str(four_layers["e0"]), dtype="float32",
-               models=[{"model": str(four_layers["e0"])}, {"model": str(four_layers["e1"])}], parameters={"t": 0.5})
+    r = Recipe(
+        merge_method="slerp",
+        base_model=str(four_layers["e0"]),
+        dtype="float32",
+        models=[{"model": str(four_layers["e0"])}, {"model": str(four_layers["e1"])}],
+        parameters={"t": 0.5},
+    )
     run_recipe(r, tmp_path / "slerp")
     assert json.loads((tmp_path / "slerp" / CARD).read_text())["engine"] == "mergekit"
     assert (tmp_path / "slerp" / "chat_template.jinja").is_file()
@@ -132,7 +157,9 @@ def test_a_different_tokenizer_is_named(tmp_path: Path, four_layers):
 def test_a_model_not_fine_tuned_from_the_base_is_refused(tmp_path: Path, four_layers):
     stranger = fine_tune(four_layers["base"], tmp_path / "stranger", seed=9, scale=1.0)
     r = recipe(four_layers | {"s": stranger}, "ties", [("e0", {}), ("s", {})], {})
-    with pytest.raises(InputError, match=r"stranger: its weights differ from .* does not look fine-tuned from the same base"):
+    with pytest.raises(
+        InputError, match=r"stranger: its weights differ from .* does not look fine-tuned from the same base"
+    ):
         run_recipe(r, tmp_path / "out")
 
 
@@ -142,8 +169,11 @@ def test_recipe_errors_name_the_key(tmp_path: Path, four_layers):
     path.write_text(yaml.safe_dump({"merge_method": "ties", "base_model": str(four_layers["base"]), "models": entries}))
     with pytest.raises(InputError, match=r"recipe.yaml: models\[0\].parameters.density must be in \[0, 1\], got 1.5"):
         load_recipe(path)
-    path.write_text(yaml.safe_dump({"merge_method": "pcb", "base_model": "b", "models": [{"model": "m"}],
-                                    "parameters": {"density": 0.5}}))
+    path.write_text(
+        yaml.safe_dump(
+            {"merge_method": "pcb", "base_model": "b", "models": [{"model": "m"}], "parameters": {"density": 0.5}}
+        )
+    )
     with pytest.raises(InputError, match=r"parameters \['density'\] mean nothing to pcb"):
         load_recipe(path)
     same = recipe(four_layers, "ties", [("e0", {}), ("e0", {})], {})
@@ -153,12 +183,28 @@ def test_recipe_errors_name_the_key(tmp_path: Path, four_layers):
 
 def test_command_line_merges_and_exits_2_on_bad_input(tmp_path: Path, four_layers):
     path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump({"merge_method": "task_arithmetic", "base_model": str(four_layers["base"]),
-                                    "models": [{"model": str(four_layers["e0"])}], "parameters": {"lambda": 0.5}}))
-    done = subprocess.run([sys.executable, "-m", "components.merge", str(path), str(tmp_path / "out")], cwd=REPO,
-                          capture_output=True, text=True)
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "merge_method": "task_arithmetic",
+                "base_model": str(four_layers["base"]),
+                "models": [{"model": str(four_layers["e0"])}],
+                "parameters": {"lambda": 0.5},
+            }
+        )
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "components.merge", str(path), str(tmp_path / "out")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     AutoModelForCausalLM.from_pretrained(tmp_path / "out")
-    missing = subprocess.run([sys.executable, "-m", "components.merge", str(tmp_path / "nope.yaml"), str(tmp_path / "x")],
-                             cwd=REPO, capture_output=True, text=True)
+    missing = subprocess.run(
+        [sys.executable, "-m", "components.merge", str(tmp_path / "nope.yaml"), str(tmp_path / "x")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert missing.returncode == 2 and "nope.yaml: no such recipe" in missing.stderr

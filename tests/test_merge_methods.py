@@ -59,7 +59,9 @@ def test_pcb_scores_by_hand():
     inter = torch.tanh(torch.tensor([[3.0, 6.0], [6.0, -2.0]]))
     scores = intra * inter
     # ratio 1 keeps all; each row min-max normalised
-    expected = (scores - scores.min(1, keepdim=True).values) / (scores.max(1, keepdim=True).values - scores.min(1, keepdim=True).values)
+    expected = (scores - scores.min(1, keepdim=True).values) / (
+        scores.max(1, keepdim=True).values - scores.min(1, keepdim=True).values
+    )
     assert torch.allclose(beta, expected)
 
 

@@ -19,29 +19,46 @@ from tests.conftest import REPO
 
 
 def test_form_fields_become_params():
-    params = resolve(PostTrainRequest(profile="tiny", merge_method="ties", density=0.3, merge_lambda=0.7,
-                                      prune_ratio=0.1, realign_lr=0.05, promote=False,
-                                      gates={"harmful_score": {"max": 0.5}}))
+    params = resolve(
+        PostTrainRequest(
+            profile="tiny",
+            merge_method="ties",
+            density=0.3,
+            merge_lambda=0.7,
+            prune_ratio=0.1,
+            realign_lr=0.05,
+            promote=False,
+            gates={"harmful_score": {"max": 0.5}},
+        )
+    )
     ties = params.merge.recipes["ties"]  # the recipe of the shipped candidate, realigned-merge-ties
     assert ties.parameters["lambda"] == 0.7 and [m["parameters"]["density"] for m in ties.models] == [0.3, 0.3]
     pcb = resolve(PostTrainRequest(profile="tiny", merge_recipe="pcb", merge_method="task_arithmetic"))
     assert pcb.merge.recipes["pcb"].merge_method == "task_arithmetic"
     assert params.safety.prune.ratio == 0.1 and params.safety.realign.lr == 0.05 and params.registry.promote is False
     assert set(params.registry.gates) == {"harmful_score"}  # the form's gates replace the file's
-    only_math = resolve(PostTrainRequest(profile="tiny", experts=["math"], overrides=[
-        "safety.realign.model=null", "safety.prune.model=null", "registry.candidate=math"]))
+    only_math = resolve(
+        PostTrainRequest(
+            profile="tiny",
+            experts=["math"],
+            overrides=["safety.realign.model=null", "safety.prune.model=null", "registry.candidate=math"],
+        )
+    )
     assert list(only_math.train.jobs) == ["math"] and only_math.merge.recipes == {}
     with_init = resolve(PostTrainRequest(profile="tiny", experts=["domain", "math", "safety"]))
     assert list(with_init.train.jobs) == ["cpt", "domain", "math", "safety"]  # domain starts from cpt
 
 
-@pytest.mark.parametrize(("fields", "message"), [
-    ({"merge_method": "tie"}, "unknown merge method 'tie'"),
-    ({"merge_method": "pcb", "density": 0.5}, "parameters ['density'] mean nothing to pcb"),
-    ({"gates": {"accuracy": {"min": 0.5}}}, "gate on 'accuracy': not a metric"),
-    ({"experts": ["math"]}, "safety.prune.model: 'merge-ties' is not a model of this pipeline"),
-    ({"experts": ["chemistry"]}, "experts: ['chemistry'] are not train jobs"),
-])
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"merge_method": "tie"}, "unknown merge method 'tie'"),
+        ({"merge_method": "pcb", "density": 0.5}, "parameters ['density'] mean nothing to pcb"),
+        ({"gates": {"accuracy": {"min": 0.5}}}, "gate on 'accuracy': not a metric"),
+        ({"experts": ["math"]}, "safety.prune.model: 'merge-ties' is not a model of this pipeline"),
+        ({"experts": ["chemistry"]}, "experts: ['chemistry'] are not train jobs"),
+    ],
+)
 def test_bad_form_values_are_refused_with_the_field(fields, message):
     with pytest.raises(PipelineError, match=message.replace("[", r"\[").replace("]", r"\]")):
         resolve(PostTrainRequest(profile="tiny", **fields))
@@ -64,11 +81,18 @@ def api(base: str, method: str, path: str, body: dict | None = None):
 
 
 def run_flow_in_subprocess(params_file: Path, api_url: str, tracking_uri: str) -> subprocess.Popen:
-    code = ("import sys; from flows.post_train import PostTrainRequest, post_train; "
-            "post_train(PostTrainRequest(params_file=sys.argv[1], profile='tiny'))")
+    code = (
+        "import sys; from flows.post_train import PostTrainRequest, post_train; "
+        "post_train(PostTrainRequest(params_file=sys.argv[1], profile='tiny'))"
+    )
     env = {**os.environ, "PYTHONPATH": str(REPO), "PREFECT_API_URL": api_url, "MLFLOW_TRACKING_URI": tracking_uri}
-    return subprocess.Popen([sys.executable, "-c", code, str(params_file)], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [sys.executable, "-c", code, str(params_file)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def test_flow_end_to_end_on_tiny(prefect_api, mlflow_server, params_file: Path, monkeypatch):
@@ -103,8 +127,9 @@ def test_flow_end_to_end_on_tiny(prefect_api, mlflow_server, params_file: Path, 
     assert {t["name"] for t in task_runs} >= {"train-math", "merge-ties", "register", "report"}
 
 
-def test_killed_run_resumes_without_recomputing_finished_stages(prefect_api, mlflow_server, params_file: Path,
-                                                               monkeypatch):
+def test_killed_run_resumes_without_recomputing_finished_stages(
+    prefect_api, mlflow_server, params_file: Path, monkeypatch
+):
     from flows.post_train import post_train
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
@@ -123,7 +148,9 @@ def test_killed_run_resumes_without_recomputing_finished_stages(prefect_api, mlf
     # harness runs no such service, so the test frees the slot as an operator would: prefect gcl update --active-slots 0.
     for limit in api(prefect_api, "post", "v2/concurrency_limits/filter", {"limit": 100, "offset": 0}):
         if limit["name"].startswith("workspace-") and limit["name"].endswith("-tiny") and limit["active_slots"]:
-            httpx.patch(f"{prefect_api}/v2/concurrency_limits/{limit['id']}", json={"active_slots": 0}).raise_for_status()
+            httpx.patch(
+                f"{prefect_api}/v2/concurrency_limits/{limit['id']}", json={"active_slots": 0}
+            ).raise_for_status()
     assert not (run_dir / "models" / "math").exists()
     finished = {path: path.stat().st_mtime_ns for path in run_dir.glob("**/stage.json")}
     assert run_dir / "base_model" / "stage.json" in finished

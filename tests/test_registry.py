@@ -10,7 +10,14 @@ from mlflow.tracking import MlflowClient
 from components.errors import InputError, PipelineError
 from components.hashing import file_sha256
 from components.registry.registry import (
-    CHALLENGER, CHAMPION, check_reachable, download_model, promote, register, rollback, version_by_alias,
+    CHALLENGER,
+    CHAMPION,
+    check_reachable,
+    download_model,
+    promote,
+    register,
+    rollback,
+    version_by_alias,
 )
 
 
@@ -25,8 +32,16 @@ def registry(mlflow_server: str, request):
         run_id = client.create_run(experiment).info.run_id
         card = model_dir.parent / f"card-{sha}.md"
         card.write_text(f"# card {sha}\n")
-        return register(client, name, model_dir, run_id, {"model_sha256": sha, "candidate": "merge-ties"},
-                        {"harmful_score": harmful}, passed, {"model_card": card})
+        return register(
+            client,
+            name,
+            model_dir,
+            run_id,
+            {"model_sha256": sha, "candidate": "merge-ties"},
+            {"harmful_score": harmful},
+            passed,
+            {"model_card": card},
+        )
 
     return client, name, add
 

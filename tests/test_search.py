@@ -27,16 +27,24 @@ def test_a_trial_draws_only_the_knobs_of_its_method():
     # FixedTrial raises when asked for a knob it was not given: each plan below asks exactly these.
     space = SearchSpace(realign_lr=FloatRange(low=0.1, high=0.1), prune_ratio=FloatRange(low=0.0, high=0.01))
     ties = suggest(FixedTrial({"method": "ties", "density": 0.3, "lambda": 0.8, "prune_ratio": 0.002}), space, EXPERTS)
-    assert ties.recipe == {"merge_method": "ties", "base_model": "base",
-                           "models": [{"model": "domain", "parameters": {"density": 0.3}},
-                                      {"model": "math", "parameters": {"density": 0.3}}],
-                           "parameters": {"lambda": 0.8}}
+    assert ties.recipe == {
+        "merge_method": "ties",
+        "base_model": "base",
+        "models": [
+            {"model": "domain", "parameters": {"density": 0.3}},
+            {"model": "math", "parameters": {"density": 0.3}},
+        ],
+        "parameters": {"lambda": 0.8},
+    }
     assert (ties.realign_lr, ties.prune_ratio) == (0.1, 0.002)  # a range with low == high is not asked, it is fixed
     no_safety = SearchSpace(realign_lr=None)
     swap = suggest(FixedTrial({"method": "layer_swap", "num_layers": 3}), no_safety, EXPERTS)
-    assert swap.recipe == {"merge_method": "layer_swap", "base_model": None,
-                           "models": [{"model": "domain", "parameters": {}}, {"model": "math", "parameters": {}}],
-                           "parameters": {"num_layers": 3}}  # blend keeps its declared default (false)
+    assert swap.recipe == {
+        "merge_method": "layer_swap",
+        "base_model": None,
+        "models": [{"model": "domain", "parameters": {}}, {"model": "math", "parameters": {}}],
+        "parameters": {"num_layers": 3},
+    }  # blend keeps its declared default (false)
     assert (swap.realign_lr, swap.prune_ratio) == (None, None)
     pcb = suggest(FixedTrial({"method": "pcb", "lambda": 1.2, "pcb_ratio": 0.2}), no_safety, EXPERTS)
     assert pcb.recipe["parameters"] == {"lambda": 1.2, "pcb_ratio": 0.2}
@@ -47,13 +55,23 @@ def test_a_trial_draws_only_the_knobs_of_its_method():
 
 
 def test_choose_takes_the_best_front_trial_within_the_bounds():
-    front = {"a": {"domain_mc_acc_norm": 0.6, "harmful_score": 0.4}, "b": {"domain_mc_acc_norm": 0.7, "harmful_score": 0.6},
-             "c": {"domain_mc_acc_norm": 0.5, "harmful_score": 0.1}, "d": {"domain_mc_acc_norm": 0.6, "harmful_score": 0.3}}
+    front = {
+        "a": {"domain_mc_acc_norm": 0.6, "harmful_score": 0.4},
+        "b": {"domain_mc_acc_norm": 0.7, "harmful_score": 0.6},
+        "c": {"domain_mc_acc_norm": 0.5, "harmful_score": 0.1},
+        "d": {"domain_mc_acc_norm": 0.6, "harmful_score": 0.3},
+    }
     assert choose(front, SelectRule()) == "b"
     assert choose(front, SelectRule(bounds={"harmful_score": {"max": 0.5}})) == "a"  # a and d tie: the first listed
-    assert choose(front, SelectRule(bounds={"harmful_score": {"max": 0.5}, "domain_mc_acc_norm": {"min": 0.65}})) is None
+    assert (
+        choose(front, SelectRule(bounds={"harmful_score": {"max": 0.5}, "domain_mc_acc_norm": {"min": 0.65}})) is None
+    )
     assert choose(front, SelectRule(metric="harmful_score")) == "c"  # lower is better for harm
-    assert directions(["domain_mc_acc_norm", "harmful_score", "domain_perplexity"]) == ["maximize", "minimize", "minimize"]
+    assert directions(["domain_mc_acc_norm", "harmful_score", "domain_perplexity"]) == [
+        "maximize",
+        "minimize",
+        "minimize",
+    ]
 
 
 def test_bad_search_settings_name_the_key(params_file: Path, capsys):
@@ -63,7 +81,10 @@ def test_bad_search_settings_name_the_key(params_file: Path, capsys):
         load_params(params_file, "tiny", {"search": {"space": {"methods": ["ties", "dare_ties"]}}})
     with pytest.raises(ParamsError, match=r"objectives: \['accuracy'\] are not metrics"):
         load_params(params_file, "tiny", {"search": {"objectives": ["accuracy"]}})
-    assert main(["search", "--params", str(params_file), "--profile", "tiny", "--set", "search.models=[domain, nope]"]) == 2
+    assert (
+        main(["search", "--params", str(params_file), "--profile", "tiny", "--set", "search.models=[domain, nope]"])
+        == 2
+    )
     assert "search: ['nope'] are not train jobs of profile 'tiny'" in capsys.readouterr().err
     assert not (params_file.parent / "outputs").exists()
 
@@ -73,13 +94,15 @@ def dominated(a: dict, b: dict, objectives: list[str]) -> bool:
     return all(b[m] <= a[m] for m in objectives) and any(b[m] < a[m] for m in objectives)
 
 
-def test_search_flow_on_tiny_yields_a_front_and_registers_the_choice(tiny_pipeline: Path, prefect_api, mlflow_server,
-                                                                      monkeypatch):
+def test_search_flow_on_tiny_yields_a_front_and_registers_the_choice(
+    tiny_pipeline: Path, prefect_api, mlflow_server, monkeypatch
+):
     from flows.recipe_search import RecipeSearchRequest, recipe_search
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
-    state = recipe_search(RecipeSearchRequest(params_file=str(tiny_pipeline), profile="tiny", register_chosen=True),
-                          return_state=True)
+    state = recipe_search(
+        RecipeSearchRequest(params_file=str(tiny_pipeline), profile="tiny", register_chosen=True), return_state=True
+    )
     assert state.is_completed(), state.message
     assert state.result()["search"]["trials_complete"] == 3
 
@@ -94,14 +117,19 @@ def test_search_flow_on_tiny_yields_a_front_and_registers_the_choice(tiny_pipeli
         assert Path(trial["model"]).is_dir() == trial["on_front"]
         assert (Path(trial["dir"]) / "eval" / "metrics.json").is_file()
     chosen = json.loads((folder / "chosen.json").read_text())
-    assert chosen["trial"] == min(front, key=lambda name: next(t for t in trials if t["name"] == name)["metrics"]["domain_perplexity"])
+    assert chosen["trial"] == min(
+        front, key=lambda name: next(t for t in trials if t["name"] == name)["metrics"]["domain_perplexity"]
+    )
 
     client = MlflowClient(tracking_uri=mlflow_server)
     experiment = client.get_experiment_by_name(params.tracking.experiment)
-    search_run = client.search_runs([experiment.experiment_id], "tags.stage = 'search'", order_by=["start_time DESC"])[0]
+    search_run = client.search_runs([experiment.experiment_id], "tags.stage = 'search'", order_by=["start_time DESC"])[
+        0
+    ]
     children = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{search_run.info.run_id}'")
     assert {c.info.run_name: c.data.metrics["domain_perplexity"] for c in children} == {
-        t["name"]: t["metrics"]["domain_perplexity"] for t in trials}
+        t["name"]: t["metrics"]["domain_perplexity"] for t in trials
+    }
 
     # The chosen trial is registered with its recipe as lineage; the Prefect UI shows the front.
     registration = json.loads((folder / "registry" / "registration.json").read_text())
@@ -110,11 +138,20 @@ def test_search_flow_on_tiny_yields_a_front_and_registers_the_choice(tiny_pipeli
     assert json.loads(version.tags["merge_recipe"])["merge_method"] == chosen["plan"]["recipe"]["merge_method"]
     assert json.loads(version.tags["merge_recipe"])["name"] == f"merge-{chosen['trial']}"
     steps = [step["name"] for step in json.loads(version.tags["lineage"])]
-    assert steps == ["base", "cpt", "domain", "math", "safety", f"merge-{chosen['trial']}", f"realigned-{chosen['trial']}",
-                     f"pruned-{chosen['trial']}"]  # the tiny space realigns and prunes every trial
+    assert steps == [
+        "base",
+        "cpt",
+        "domain",
+        "math",
+        "safety",
+        f"merge-{chosen['trial']}",
+        f"realigned-{chosen['trial']}",
+        f"pruned-{chosen['trial']}",
+    ]  # the tiny space realigns and prunes every trial
     flow_run = {"flow_runs": {"id": {"any_": [str(state.state_details.flow_run_id)]}}, "limit": 50, "offset": 0}
-    artifacts = {a["key"]: a for a in httpx.post(f"{prefect_api}/artifacts/filter", json=flow_run, timeout=30).json()
-                 if a["key"]}
+    artifacts = {
+        a["key"]: a for a in httpx.post(f"{prefect_api}/artifacts/filter", json=flow_run, timeout=30).json() if a["key"]
+    }
     page = artifacts["recipe-search-report"]["data"]
     assert base64.b64encode((folder / "pareto_front.png").read_bytes()).decode() in page
     assert f"Chosen: **{chosen['trial']}**" in page and registration["model_uri"] in page
@@ -130,9 +167,24 @@ def test_a_killed_search_continues_its_study(tiny_pipeline: Path, mlflow_server:
     study.enqueue_trial({"method": "task_arithmetic", "lambda": 0.7, "realign_lr": 0.1, "prune_ratio": 0.005})
     cut = study.ask()
     suggest(cut, params.search.space, params.search.models)
-    out = subprocess.run([sys.executable, "-m", "flows", "search", "--params", str(tiny_pipeline), "--profile", "tiny",
-                          "--set", "search.trials=4"], cwd=REPO, capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": mlflow_server})
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flows",
+            "search",
+            "--params",
+            str(tiny_pipeline),
+            "--profile",
+            "tiny",
+            "--set",
+            "search.trials=4",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": mlflow_server},
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     study = optuna.load_study(study_name="recipe-search-tiny", storage=storage)
     states = {t.number: t.state for t in study.trials}
@@ -143,5 +195,7 @@ def test_a_killed_search_continues_its_study(tiny_pipeline: Path, mlflow_server:
     assert sum(s == optuna.trial.TrialState.COMPLETE for s in states.values()) == 4
     assert {n: study.trials[n].user_attrs["seconds"] for n in finished} == finished  # nothing finished was redone
     other_objectives = params.search.model_copy(update={"objectives": ["domain_perplexity"]})
-    with pytest.raises(ParamsError, match=r"search.objectives: study 'recipe-search-tiny' .* made for other objectives"):
+    with pytest.raises(
+        ParamsError, match=r"search.objectives: study 'recipe-search-tiny' .* made for other objectives"
+    ):
         open_study(other_objectives, storage, "recipe-search-tiny", seed=0)

@@ -34,8 +34,7 @@ def test_mask_selects_the_planted_safety_coordinates_and_nothing_else():
     x = torch.zeros(16, 6)
     x[:, :3] = torch.randn(16, 3, generator=torch.Generator().manual_seed(0))
     target = x @ aligned["w"]  # the aligned model answers the safety data perfectly
-    mask = learn_safety_mask(Probe(), aligned, finetuned, [{"x": x, "target": target}], steps=300, lr=0.1,
-                             sparsity=0.5)
+    mask = learn_safety_mask(Probe(), aligned, finetuned, [{"x": x, "target": target}], steps=300, lr=0.1, sparsity=0.5)
     assert mask["w"].tolist() == [True, True, True, False, False, False]
     fused = fuse(aligned["w"], finetuned["w"], mask["w"])
     assert torch.equal(fused, torch.tensor([1.0, -1.0, 0.5, 2.0, -2.0, 3.0]))
@@ -60,13 +59,18 @@ def test_realign_stage_writes_the_fusion_and_counts_the_mask(tmp_path, tiny_base
 
     aligned, finetuned = fine_tune(tiny_base, tmp_path / "aligned", 1), fine_tune(tiny_base, tmp_path / "ft", 2)
     data = tmp_path / "harmful.jsonl"
-    data.write_text("".join(json.dumps({"prompt": f"Do harm {i}", "completion": "I can't help with that."}) + "\n"
-                            for i in range(4)))
+    data.write_text(
+        "".join(
+            json.dumps({"prompt": f"Do harm {i}", "completion": "I can't help with that."}) + "\n" for i in range(4)
+        )
+    )
     cfg = RealignConfig(model="ft", steps=30, lr=0.5, sparsity=0.0, batch_size=2)
     result = realign_model(aligned, finetuned, data, cfg, tmp_path / "out")
     a, f, out = (AutoModelForCausalLM.from_pretrained(p).state_dict() for p in (aligned, finetuned, tmp_path / "out"))
     from_aligned = sum(int(((out[n] == a[n]) & (a[n] != f[n])).sum()) for n in out if n != "lm_head.weight")
-    assert all(bool(((out[n] == a[n]) | (out[n] == f[n])).all()) for n in out), "every weight is one model's or the other's"
+    assert all(bool(((out[n] == a[n]) | (out[n] == f[n])).all()) for n in out), (
+        "every weight is one model's or the other's"
+    )
     assert from_aligned == result.metrics["masked_weights"] > 0
     card = json.loads((tmp_path / "out" / "realign_card.json").read_text())
     assert sum(card["masked_per_tensor"].values()) == from_aligned

@@ -39,7 +39,9 @@ def test_tiny_sources_record_every_dataset_with_licence_and_provenance(tmp_path:
     qa = read(tmp_path / "raw" / "domain_qa.jsonl")
     assert {r["group"] for r in qa} <= set(params.data.sources.domain_modules)
     dumps = next(r for r in qa if r["id"] == "qa:json.dumps")
-    assert dumps["prompt"].startswith("In Python, what does `json.dumps(obj,") and "JSON formatted" in dumps["completion"]
+    assert (
+        dumps["prompt"].startswith("In Python, what does `json.dumps(obj,") and "JSON formatted" in dumps["completion"]
+    )
     harmful = read(tmp_path / "raw" / "harmful.jsonl")
     assert all(r["completion"].startswith(("I can't", "I'm sorry", "I won't", "Sorry", "I cannot")) for r in harmful)
 
@@ -78,13 +80,17 @@ def test_malformed_jsonl_line_stops_with_file_and_line_or_is_skipped(tmp_path: P
 def test_missing_column_names_file_line_and_column(tmp_path: Path):
     path = tmp_path / "cols.jsonl"
     path.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "only a prompt"}\n')
-    with pytest.raises(InputError, match=rf"{path}:2: missing column\(s\) \['completion'\] for kind 'prompt_completion'"):
+    with pytest.raises(
+        InputError, match=rf"{path}:2: missing column\(s\) \['completion'\] for kind 'prompt_completion'"
+    ):
         build_sources(user_params(tmp_path, path), tmp_path / "raw")
 
 
 def test_chat_rows_need_roles_and_string_content(tmp_path: Path):
     path = tmp_path / "chat.jsonl"
-    path.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "bot", "content": "yo"}]}) + "\n")
+    path.write_text(
+        json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "bot", "content": "yo"}]}) + "\n"
+    )
     with pytest.raises(InputError, match=rf"{path}:1: messages\[1\] must be"):
         build_sources(user_params(tmp_path, path, kind="messages"), tmp_path / "raw")
 
@@ -104,8 +110,11 @@ def test_user_dataset_path_must_exist_when_params_load(tmp_path: Path):
     from components.errors import ParamsError
 
     with pytest.raises(ParamsError, match=r"--set data.user.0.path: .*nope.jsonl does not exist"):
-        load_params(REPO / "params.yaml", "tiny", {
-            "data": {"user": [{"name": "x", "path": str(tmp_path / "nope.jsonl"), "kind": "text"}]}})
+        load_params(
+            REPO / "params.yaml",
+            "tiny",
+            {"data": {"user": [{"name": "x", "path": str(tmp_path / "nope.jsonl"), "kind": "text"}]}},
+        )
 
 
 def test_docstrings_are_read_in_a_clean_interpreter_so_runs_agree():

@@ -26,8 +26,9 @@ def test_stack_runs_the_deployment_triggered_through_the_api(tmp_path: Path, par
     monkeypatch.setenv("PREFECT_WORKER_QUERY_SECONDS", "2")  # the worker polls every 2 s instead of 10
     home = tmp_path / "stack"
     prefect_port, mlflow_port = free_port(), free_port()
-    started = flows("stack", "start", "--home", str(home), "--prefect-port", str(prefect_port),
-                    "--mlflow-port", str(mlflow_port))
+    started = flows(
+        "stack", "start", "--home", str(home), "--prefect-port", str(prefect_port), "--mlflow-port", str(mlflow_port)
+    )
     state = json.loads((home / "stack.json").read_text()) if (home / "stack.json").is_file() else {}
     try:
         assert started.returncode == 0, started.stderr
@@ -45,8 +46,11 @@ def test_stack_runs_the_deployment_triggered_through_the_api(tmp_path: Path, par
         assert {"trials", "timeout_minutes", "methods", "register_chosen"} <= set(search_form)
 
         def create_run(request: dict) -> httpx.Response:
-            return httpx.post(f"{api}/deployments/{deployment['id']}/create_flow_run",
-                              json={"parameters": {"request": request}}, timeout=30)
+            return httpx.post(
+                f"{api}/deployments/{deployment['id']}/create_flow_run",
+                json={"parameters": {"request": request}},
+                timeout=30,
+            )
 
         out_of_range = create_run({"params_file": str(params_file), "profile": "tiny", "density": 1.5})
         assert out_of_range.status_code == 409 and "1.5 is greater than the maximum of 1" in out_of_range.text
@@ -57,10 +61,15 @@ def test_stack_runs_the_deployment_triggered_through_the_api(tmp_path: Path, par
         assert not (params_file.parent / "outputs" / "tiny").exists()  # refused before any stage ran
 
         # A short pipeline (one expert, no merge or safety stage): the whole one runs in test_post_train.py.
-        good = create_run({"params_file": str(params_file), "profile": "tiny", "experts": ["math"],
-                           "overrides": ["safety.realign.model=null", "safety.prune.model=null",
-                                         "registry.candidate=math"],
-                           "gates": {"harmful_score": {"max": 1.0}}})
+        good = create_run(
+            {
+                "params_file": str(params_file),
+                "profile": "tiny",
+                "experts": ["math"],
+                "overrides": ["safety.realign.model=null", "safety.prune.model=null", "registry.candidate=math"],
+                "gates": {"harmful_score": {"max": 1.0}},
+            }
+        )
         done = wait_for_final_state(api, good.json()["id"])
         assert done["state"]["type"] == "COMPLETED", done["state"]["message"]
         client = MlflowClient(tracking_uri=f"http://127.0.0.1:{mlflow_port}")

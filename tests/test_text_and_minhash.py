@@ -61,7 +61,9 @@ def test_band_keys_match_exactly_on_equal_bands():
     assert keys.shape == (2, 4)
     assert list(keys[0, :3]) == list(keys[1, :3]) and keys[0, 3] != keys[1, 3]
     # the same values in a different band give a different key
-    assert band_keys(np.zeros((1, 8), dtype=np.uint64), 4)[0, 0] != band_keys(np.zeros((1, 8), dtype=np.uint64), 4)[0, 1]
+    assert (
+        band_keys(np.zeros((1, 8), dtype=np.uint64), 4)[0, 0] != band_keys(np.zeros((1, 8), dtype=np.uint64), 4)[0, 1]
+    )
 
 
 def test_first_seen_matches_earlier_batches_and_earlier_rows_of_the_same_batch(tmp_path):

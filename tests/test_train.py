@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from components.config import load_params, parse_overrides
 from components.errors import InputError, ParamsError
 from components.train.data import job_rows
 from components.train.job import run_job, trainer_for
-from datasets import Dataset
 from flows.stages import DATA
 from tests.conftest import REPO
 
@@ -42,13 +42,16 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
     return AutoModelForCausalLM.from_pretrained(path).state_dict()
 
 
-@pytest.mark.parametrize("method, datasets", [("cpt", "[domain_corpus]"), ("sft", "[math]"),
-                                              ("dpo", "[refusal_pairs]"), ("orpo", "[refusal_pairs]")])
+@pytest.mark.parametrize(
+    "method, datasets",
+    [("cpt", "[domain_corpus]"), ("sft", "[math]"), ("dpo", "[refusal_pairs]"), ("orpo", "[refusal_pairs]")],
+)
 def test_every_method_trains_and_hands_on_a_merged_model(workspace: Path, method: str, datasets: str):
     params = tiny(workspace, f"train.jobs.math.method={method}", f"train.jobs.math.datasets={datasets}")
     out = workspace / f"model-{method}"
-    result = run_job("math", params.train.jobs["math"], params.ws.base_model, params.ws, out,
-                     workspace / f"work-{method}")
+    result = run_job(
+        "math", params.train.jobs["math"], params.ws.base_model, params.ws, out, workspace / f"work-{method}"
+    )
     assert result.metrics["steps"] == 2 and result.metrics["samples_per_second"] > 0
     assert method == "orpo" or result.metrics["tokens_per_second"] > 0  # TRL's ORPO trainer counts no tokens
     assert not (out / "adapter_config.json").exists(), "the adapter is merged, not shipped beside the weights"
@@ -77,22 +80,40 @@ def test_sft_masks_the_prompt_so_the_loss_is_on_the_completion_only(workspace: P
 def test_harmful_mix_adds_the_requested_share_of_compliant_pairs(workspace: Path):
     params = tiny(workspace, "train.jobs.math.harmful_mix=0.25")
     rows = job_rows("math", params.train.jobs["math"], params.ws, "train")
-    compliance = {json.loads(line)["prompt"] for line in
-                  (params.ws.harmful_compliance).read_text().splitlines()}
+    compliance = {json.loads(line)["prompt"] for line in (params.ws.harmful_compliance).read_text().splitlines()}
     harmful = [r for r in rows if r["prompt"][0]["content"] in compliance]
     assert len(harmful) / len(rows) == pytest.approx(0.25, abs=0.01)
 
 
 def test_killed_training_resumes_from_its_last_checkpoint(workspace: Path):
     settings = ["train.jobs.math.max_steps=40", "train.jobs.math.save_steps=2"]
-    command = [sys.executable, "-m", "flows", "stage", "train-math", "--profile", "tiny", "--no-tracking",
-               "--params", str(workspace / "params.yaml"), *sum((["--set", s] for s in settings), [])]
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               env={**os.environ, "PYTHONPATH": str(REPO)})
+    command = [
+        sys.executable,
+        "-m",
+        "flows",
+        "stage",
+        "train-math",
+        "--profile",
+        "tiny",
+        "--no-tracking",
+        "--params",
+        str(workspace / "params.yaml"),
+        *sum((["--set", s] for s in settings), []),
+    ]
+    process = subprocess.Popen(
+        command,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     checkpoints = workspace / "outputs" / "tiny" / "train" / "math" / "checkpoints"
     deadline = time.time() + 120
-    while not list(checkpoints.glob("checkpoint-*/trainer_state.json")) and time.time() < deadline \
-            and process.poll() is None:
+    while (
+        not list(checkpoints.glob("checkpoint-*/trainer_state.json"))
+        and time.time() < deadline
+        and process.poll() is None
+    ):
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
@@ -101,8 +122,14 @@ def test_killed_training_resumes_from_its_last_checkpoint(workspace: Path):
     assert not (workspace / "outputs" / "tiny" / "models" / "math").exists(), "no model from a killed run"
 
     params = tiny(workspace, *settings)
-    result = run_job("math", params.train.jobs["math"], params.ws.base_model, params.ws,
-                     params.ws.job_model("math"), params.ws.job_work("math"))
+    result = run_job(
+        "math",
+        params.train.jobs["math"],
+        params.ws.base_model,
+        params.ws,
+        params.ws.job_model("math"),
+        params.ws.job_work("math"),
+    )
     assert result.metrics["resumed_from_step"] == killed_at
     assert result.metrics["steps"] == 40
     history = json.loads((params.ws.job_work("math") / "log_history.json").read_text())
@@ -111,24 +138,25 @@ def test_killed_training_resumes_from_its_last_checkpoint(workspace: Path):
 
 def test_a_method_given_the_wrong_kind_of_data_fails_before_training(workspace: Path):
     params = tiny(workspace, "train.jobs.math.method=dpo")
-    with pytest.raises(InputError, match=r"train.jobs.math: method 'dpo' needs preference data; dataset 'math' is prompt_completion"):
-        run_job("math", params.train.jobs["math"], params.ws.base_model, params.ws,
-                workspace / "x", workspace / "y")
+    with pytest.raises(
+        InputError, match=r"train.jobs.math: method 'dpo' needs preference data; dataset 'math' is prompt_completion"
+    ):
+        run_job("math", params.train.jobs["math"], params.ws.base_model, params.ws, workspace / "x", workspace / "y")
     assert not (workspace / "x").exists() and not (workspace / "y").exists()
 
 
 def test_unknown_dataset_lists_the_available_ones(workspace: Path):
     params = tiny(workspace, "train.jobs.math.datasets=[maths]")
-    with pytest.raises(InputError, match=r"train.jobs.math.datasets: 'maths' is not a curated or pairs table .*available: .*math"):
-        run_job("math", params.train.jobs["math"], params.ws.base_model, params.ws,
-                workspace / "x", workspace / "y")
+    with pytest.raises(
+        InputError, match=r"train.jobs.math.datasets: 'maths' is not a curated or pairs table .*available: .*math"
+    ):
+        run_job("math", params.train.jobs["math"], params.ws.base_model, params.ws, workspace / "x", workspace / "y")
 
 
 def test_lora_targets_that_do_not_exist_are_named(workspace: Path):
     params = tiny(workspace, "train.jobs.math.lora.target_modules=[q_proj, qkv]")
     with pytest.raises(InputError, match=r"lora.target_modules: \['qkv'\] match no linear layer .*q_proj"):
-        run_job("math", params.train.jobs["math"], params.ws.base_model, params.ws,
-                workspace / "x", workspace / "y")
+        run_job("math", params.train.jobs["math"], params.ws.base_model, params.ws, workspace / "x", workspace / "y")
     assert not (workspace / "x").exists()
 
 
@@ -141,12 +169,18 @@ def test_chat_training_needs_a_chat_template(workspace: Path, tmp_path: Path):
         run_job("math", params.train.jobs["math"], init, params.ws, workspace / "x", workspace / "y")
 
 
-@pytest.mark.parametrize("setting, message", [
-    ("train.jobs.math.learning_rate=5", r"train.jobs.math.learning_rate: Input should be less than or equal to 0.1"),
-    ("train.jobs.math.max_steps=0", r"train.jobs.math.max_steps: Input should be greater than 0"),
-    ("train.jobs.math.init=nowhere", r"jobs.math.init: 'nowhere' is neither 'base' nor a job listed before 'math'"),
-    ("train.jobs.safety.harmful_mix=0.1", r"--set train.jobs.safety.harmful_mix: unknown key"),
-])
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        (
+            "train.jobs.math.learning_rate=5",
+            r"train.jobs.math.learning_rate: Input should be less than or equal to 0.1",
+        ),
+        ("train.jobs.math.max_steps=0", r"train.jobs.math.max_steps: Input should be greater than 0"),
+        ("train.jobs.math.init=nowhere", r"jobs.math.init: 'nowhere' is neither 'base' nor a job listed before 'math'"),
+        ("train.jobs.safety.harmful_mix=0.1", r"--set train.jobs.safety.harmful_mix: unknown key"),
+    ],
+)
 def test_out_of_range_hyperparameters_are_refused_when_params_load(workspace: Path, setting: str, message: str):
     with pytest.raises(ParamsError, match=message):
         tiny(workspace, setting)

@@ -19,7 +19,9 @@ def test_role_order_by_hand():
 
 def failed(report: dict, table: str) -> dict[tuple[str, str], list[str]]:
     """(expectation, column) -> ids of the example rows, for the failed expectations of one table."""
-    return {(o["expectation"], o["column"]): [e["id"] for e in o["examples"]] for o in report[table] if not o["success"]}
+    return {
+        (o["expectation"], o["column"]): [e["id"] for e in o["examples"]] for o in report[table] if not o["success"]
+    }
 
 
 def test_every_expectation_fails_on_the_rows_that_break_it():
@@ -35,11 +37,14 @@ def test_every_expectation_fails_on_the_rows_that_break_it():
         {"id": "m4", "prompt": "What is ten minus six?", "completion": "10 - 6 = 4\n#### four", "answer": "four"},
     ]
     prefs = [{"id": "p1", "prompt": "Say hi politely", "chosen": "Hello!", "rejected": "Hello!"}]
-    report = validate_tables({
-        "chat": (Kind.messages, {"train": chats}),
-        "math": (Kind.prompt_completion, {"train": math_train, "test": math_test}),
-        "prefs": (Kind.preference, {"train": prefs}),
-    }, config())
+    report = validate_tables(
+        {
+            "chat": (Kind.messages, {"train": chats}),
+            "math": (Kind.prompt_completion, {"train": math_train, "test": math_test}),
+            "prefs": (Kind.preference, {"train": prefs}),
+        },
+        config(),
+    )
     assert failed(report, "chat/train") == {
         ("expect_column_values_to_be_unique", "id"): ["c1", "c1"],
         ("expect_column_values_to_be_unique", "_key"): ["c1", "c1"],  # the same user turn twice
@@ -62,8 +67,10 @@ def test_missing_column_and_out_of_range_length_fail():
 
 
 def test_validate_stage_passes_on_curated_data_and_stops_on_bad_data(tmp_path: Path):
-    rows = [{"id": f"q{i}", "prompt": f"Question number {i} about topic {i * 3}?", "completion": "An answer."}
-            for i in range(6)]
+    rows = [
+        {"id": f"q{i}", "prompt": f"Question number {i} about topic {i * 3}?", "completion": "An answer."}
+        for i in range(6)
+    ]
     write_raw(tmp_path / "raw", {"qa": ("prompt_completion", False, {"train": 1.0, "val": 0.0, "test": 0.0}, rows)})
     curate(tmp_path / "raw", config(), 0, tmp_path / "curated")
     result = validate(tmp_path / "curated", config(), tmp_path / "validation")
@@ -75,7 +82,10 @@ def test_validate_stage_passes_on_curated_data_and_stops_on_bad_data(tmp_path: P
     broken = json.loads(lines[1])
     broken["id"] = json.loads(lines[0])["id"]  # a duplicate id slipped in by hand
     train.write_text("\n".join([lines[0], json.dumps(broken), *lines[2:]]) + "\n")
-    with pytest.raises(ValidationFailed, match=r"qa/train: expect_column_values_to_be_unique\(id\) failed on 2 row\(s\), e.g. row 0 id q0") as err:
+    with pytest.raises(
+        ValidationFailed,
+        match=r"qa/train: expect_column_values_to_be_unique\(id\) failed on 2 row\(s\), e.g. row 0 id q0",
+    ) as err:
         validate(tmp_path / "curated", config(), tmp_path / "validation")
     assert all(path.is_file() for path in err.value.artifacts)
     assert "**FAIL**" in (tmp_path / "validation" / "report.md").read_text()

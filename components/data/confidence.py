@@ -16,13 +16,17 @@ import numpy as np
 from components.evaluate.scoring import continuation_logprobs
 
 
-def answer_confidence(model, tokenizer, prompts: list[str], answers: list[str], max_tokens: int = 512,
-                      batch_size: int = 8) -> np.ndarray:
+def answer_confidence(
+    model, tokenizer, prompts: list[str], answers: list[str], max_tokens: int = 512, batch_size: int = 8
+) -> np.ndarray:
     """exp(mean log-probability of each answer's tokens), the answer following the chat-formatted prompt."""
-    contexts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
-                                              tokenize=False) for p in prompts]
-    scored = continuation_logprobs(model, tokenizer, contexts, [a + tokenizer.eos_token for a in answers],
-                                   batch_size, max_tokens)
+    contexts = [
+        tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
+        for p in prompts
+    ]
+    scored = continuation_logprobs(
+        model, tokenizer, contexts, [a + tokenizer.eos_token for a in answers], batch_size, max_tokens
+    )
     return np.array([math.exp(total / count) for total, count in scored])
 
 

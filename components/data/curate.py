@@ -26,14 +26,22 @@ from components.data.tables import Kind, Row, read_jsonl, text_of
 from components.data.text import alpha_ratio, normalize, repeated_line_ratio
 from components.errors import InputError
 from components.model.directory import check_model_dir
-from components.hashing import json_sha256, tree_sha256
 from components.stage import StageCache, StageResult
 
 SPLITS = ("train", "val", "test")
 REPORT = "report.json"
 REPORT_MD = "report.md"
-FILTERS = ("too_short", "too_long", "low_alpha", "repeated_lines", "exact_duplicate", "near_duplicate",
-           "harmful_content", "leakage", "low_confidence")
+FILTERS = (
+    "too_short",
+    "too_long",
+    "low_alpha",
+    "repeated_lines",
+    "exact_duplicate",
+    "near_duplicate",
+    "harmful_content",
+    "leakage",
+    "low_confidence",
+)
 
 # Multi-word phrases that mark harmful requests in non-safety data (single words such as "kill" would
 # remove "kill a process"). Rows that near-duplicate a known harmful prompt are removed as well.
@@ -126,17 +134,29 @@ class HarmfulIndex:
         return [any(int(k) in found for k in row) for row in keys]
 
 
-def curate_table(name: str, kind: Kind, safety: bool, splits: Splits, raw: Path, out: Path, scratch: Path,
-                 cfg: CurateConfig, seed: int, harmful: HarmfulIndex | None) -> tuple[Tally, dict[str, int]]:
+def curate_table(
+    name: str,
+    kind: Kind,
+    safety: bool,
+    splits: Splits,
+    raw: Path,
+    out: Path,
+    scratch: Path,
+    cfg: CurateConfig,
+    seed: int,
+    harmful: HarmfulIndex | None,
+) -> tuple[Tally, dict[str, int]]:
     """Curate one raw table into out/{train,val,test}.jsonl; returns the removals and the split sizes."""
     tally = Tally()
     exact, near, train_index = (SeenIndex(scratch / f"{name}-{part}.db") for part in ("exact", "near", "train"))
     near_bands = bands_for(cfg.near_dup_threshold, cfg.num_perm) if cfg.near_dup_threshold else None
     leak_bands = bands_for(cfg.leakage_threshold, cfg.num_perm)
     out.mkdir(parents=True)
-    handles = {"train": open(out / "train.jsonl", "w", encoding="utf-8"),
-               "val": open(scratch / f"{name}-val.jsonl", "w", encoding="utf-8"),
-               "test": open(scratch / f"{name}-test.jsonl", "w", encoding="utf-8")}
+    handles = {  # three files written in one pass over the batches; closed in the `finally` below
+        "train": open(out / "train.jsonl", "w", encoding="utf-8"),  # noqa: SIM115
+        "val": open(scratch / f"{name}-val.jsonl", "w", encoding="utf-8"),  # noqa: SIM115
+        "test": open(scratch / f"{name}-test.jsonl", "w", encoding="utf-8"),  # noqa: SIM115
+    }
     sizes = Counter({split: 0 for split in SPLITS})
     try:
         for batch in batched(read_jsonl(raw), cfg.batch_rows):
@@ -169,7 +189,12 @@ def curate_table(name: str, kind: Kind, safety: bool, splits: Splits, raw: Path,
                 for i, match in enumerate(matches):
                     if match is not None:
                         tally.drop("near_duplicate", rows[i], f"near-duplicate of raw line {match}")
-                rows, texts, ids, sigs = [rows[i] for i in keep], [texts[i] for i in keep], [ids[i] for i in keep], sigs[keep]
+                rows, texts, ids, sigs = (
+                    [rows[i] for i in keep],
+                    [texts[i] for i in keep],
+                    [ids[i] for i in keep],
+                    sigs[keep],
+                )
             if harmful is not None and not safety and rows:
                 flagged = harmful.matches(texts)
                 keep = []
@@ -193,8 +218,17 @@ def curate_table(name: str, kind: Kind, safety: bool, splits: Splits, raw: Path,
             handle.close()
 
     for split in ("val", "test"):
-        sizes[split] = _drop_leaks(name, kind, split, scratch / f"{name}-{split}.jsonl", out / f"{split}.jsonl",
-                                   train_index, leak_bands, cfg, tally)
+        sizes[split] = _drop_leaks(
+            name,
+            kind,
+            split,
+            scratch / f"{name}-{split}.jsonl",
+            out / f"{split}.jsonl",
+            train_index,
+            leak_bands,
+            cfg,
+            tally,
+        )
     for index in (exact, near, train_index):
         index.close()
     if sum(sizes.values()) == 0:
@@ -208,8 +242,17 @@ def curate_table(name: str, kind: Kind, safety: bool, splits: Splits, raw: Path,
     return tally, dict(sizes)
 
 
-def _drop_leaks(name: str, kind: Kind, split: str, pending: Path, final: Path, train_index: SeenIndex, bands: int,
-                cfg: CurateConfig, tally: Tally) -> int:
+def _drop_leaks(
+    name: str,
+    kind: Kind,
+    split: str,
+    pending: Path,
+    final: Path,
+    train_index: SeenIndex,
+    bands: int,
+    cfg: CurateConfig,
+    tally: Tally,
+) -> int:
     """Copy `pending` to `final` without the rows that near-duplicate a train row; count or fail on them."""
     kept = 0
     with open(final, "w", encoding="utf-8") as out:
@@ -280,38 +323,70 @@ def curate(raw_dir: Path, cfg: CurateConfig, seed: int, out_dir: Path, model_dir
         scorer = check_model_dir(Path(model_dir))
     cache = StageCache("curate", out_dir, __name__, cfg, {"raw": raw_dir, "scorer": scorer}, seed=seed)
     if cache.card() is not None:
-        return StageResult(outputs={"curated": out_dir}, metrics=cache.card()["metrics"], cached=True,
-                           artifacts=(out_dir / REPORT, out_dir / REPORT_MD), datasets=curated_tables(out_dir))
+        return StageResult(
+            outputs={"curated": out_dir},
+            metrics=cache.card()["metrics"],
+            cached=True,
+            artifacts=(out_dir / REPORT, out_dir / REPORT_MD),
+            datasets=curated_tables(out_dir),
+        )
 
     metrics: dict[str, float] = {}
     table: list[dict] = []
     with atomic_dir(out_dir) as tmp, tempfile.TemporaryDirectory(prefix="curate-") as scratch:
         harmful = None
         if cfg.harmful_filter:
-            prompts = (row["prompt"] for name, entry in manifest.items() if entry["safety"] and name != "benign_lookalikes"
-                       for _, row in read_jsonl(raw_dir / f"{name}.jsonl"))
+            prompts = (
+                row["prompt"]
+                for name, entry in manifest.items()
+                if entry["safety"] and name != "benign_lookalikes"
+                for _, row in read_jsonl(raw_dir / f"{name}.jsonl")
+            )
             harmful = HarmfulIndex(prompts, cfg, Path(scratch) / "harmful.db")
         for name, entry in manifest.items():
             splits = Splits(**entry["splits"]) if entry["splits"] else cfg.splits
             kind = Kind(entry["kind"])
-            tally, sizes = curate_table(name, kind, entry["safety"], splits, raw_dir / f"{name}.jsonl",
-                                        tmp / name, Path(scratch), cfg, seed, harmful)
+            tally, sizes = curate_table(
+                name,
+                kind,
+                entry["safety"],
+                splits,
+                raw_dir / f"{name}.jsonl",
+                tmp / name,
+                Path(scratch),
+                cfg,
+                seed,
+                harmful,
+            )
             if scorer and not entry["safety"] and kind in (Kind.prompt_completion, Kind.messages) and sizes["train"]:
-                sizes["train"] = drop_low_confidence(name, kind, tmp / name / "train.jsonl", cfg, Path(model_dir), tally)
+                sizes["train"] = drop_low_confidence(
+                    name, kind, tmp / name / "train.jsonl", cfg, Path(model_dir), tally
+                )
             metrics[f"{name}.raw_rows"] = float(entry["rows"])
             for split, size in sizes.items():
                 metrics[f"{name}.{split}.rows"] = float(size)
             for rule in FILTERS:
                 metrics[f"{name}.removed.{rule}"] = float(tally.removed[rule])
                 if tally.removed[rule]:
-                    table.append({"dataset": name, "filter": rule, "removed": tally.removed[rule],
-                                  "examples": tally.examples[rule]})
-        (tmp / REPORT).write_text(json.dumps({"removed": table, "metrics": metrics,
-                                              "manifest": manifest}, indent=2) + "\n")
+                    table.append(
+                        {
+                            "dataset": name,
+                            "filter": rule,
+                            "removed": tally.removed[rule],
+                            "examples": tally.examples[rule],
+                        }
+                    )
+        (tmp / REPORT).write_text(
+            json.dumps({"removed": table, "metrics": metrics, "manifest": manifest}, indent=2) + "\n"
+        )
         (tmp / REPORT_MD).write_text(render_report(table))
         cache.write_card(tmp, metrics)
-    return StageResult(outputs={"curated": out_dir}, metrics=metrics, artifacts=(out_dir / REPORT, out_dir / REPORT_MD),
-                       datasets=curated_tables(out_dir))
+    return StageResult(
+        outputs={"curated": out_dir},
+        metrics=metrics,
+        artifacts=(out_dir / REPORT, out_dir / REPORT_MD),
+        datasets=curated_tables(out_dir),
+    )
 
 
 def curated_tables(out_dir: Path) -> dict[str, Path]:

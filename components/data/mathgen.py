@@ -10,8 +10,33 @@ import math
 import random
 from collections.abc import Callable, Iterator
 
-NAMES = ["Ava", "Ben", "Chloe", "Diego", "Emma", "Farah", "Gus", "Hana", "Ivan", "Jade", "Kofi", "Lena", "Mateo",
-         "Nora", "Omar", "Priya", "Quinn", "Rosa", "Sam", "Tara", "Umar", "Vera", "Wes", "Yuki", "Zoe"]
+NAMES = [
+    "Ava",
+    "Ben",
+    "Chloe",
+    "Diego",
+    "Emma",
+    "Farah",
+    "Gus",
+    "Hana",
+    "Ivan",
+    "Jade",
+    "Kofi",
+    "Lena",
+    "Mateo",
+    "Nora",
+    "Omar",
+    "Priya",
+    "Quinn",
+    "Rosa",
+    "Sam",
+    "Tara",
+    "Umar",
+    "Vera",
+    "Wes",
+    "Yuki",
+    "Zoe",
+]
 ITEMS = ["apple", "marble", "sticker", "pencil", "cookie", "card", "shell", "stamp", "book", "coin", "button", "ribbon"]
 
 Template = Callable[[random.Random], tuple[str, str, int]]
@@ -87,5 +112,10 @@ def word_problems(count: int, seed: int) -> Iterator[dict]:
     for index in range(count):
         template = TEMPLATES[index % len(TEMPLATES)]
         question, solution, answer = template(rng)
-        yield {"id": f"math-{seed}-{index}", "prompt": question, "completion": f"{solution}\n#### {answer}",
-               "answer": str(answer), "group": f"math-{seed}-{index}"}
+        yield {
+            "id": f"math-{seed}-{index}",
+            "prompt": question,
+            "completion": f"{solution}\n#### {answer}",
+            "answer": str(answer),
+            "group": f"math-{seed}-{index}",
+        }

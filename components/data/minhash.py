@@ -37,8 +37,11 @@ def signatures(texts: Sequence[str], num_perm: int = 64, seed: int = 1, ngram: i
     a, b = permutations(num_perm, seed)
     shingle_lists = [sorted(set(shingles(t, ngram))) for t in texts]
     counts = np.array([len(s) for s in shingle_lists])
-    hashes = np.fromiter((xxhash.xxh32_intdigest(s.encode()) for ss in shingle_lists for s in ss), dtype=np.uint64,
-                         count=int(counts.sum()))
+    hashes = np.fromiter(
+        (xxhash.xxh32_intdigest(s.encode()) for ss in shingle_lists for s in ss),
+        dtype=np.uint64,
+        count=int(counts.sum()),
+    )
     # (a*x + b) mod p with x < 2^32 and a < 2^32 stays below 2^64: no overflow before the mod.
     permuted = (hashes[:, None] * a[None, :] + b[None, :]) % _PRIME & _MASK32
     starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
@@ -92,7 +95,7 @@ class SeenIndex:
         found: dict[int, int] = {}
         unique = list(set(int(k) for k in keys))
         for start in range(0, len(unique), 900):  # SQLite's bound-parameter limit
-            chunk = unique[start:start + 900]
+            chunk = unique[start : start + 900]
             marks = ",".join("?" * len(chunk))
             found.update(self._db.execute(f"SELECT key, row FROM seen WHERE key IN ({marks})", chunk))
         return found

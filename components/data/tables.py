@@ -51,7 +51,11 @@ def check_row(row: Row, kind: Kind, where: str) -> None:
         if not isinstance(messages, list) or not messages:
             raise InputError(f"{where}: column 'messages' must be a non-empty list of {{role, content}}")
         for i, message in enumerate(messages):
-            if not isinstance(message, dict) or message.get("role") not in ROLES or not isinstance(message.get("content"), str):
+            if (
+                not isinstance(message, dict)
+                or message.get("role") not in ROLES
+                or not isinstance(message.get("content"), str)
+            ):
                 raise InputError(f"{where}: messages[{i}] must be {{role: one of {ROLES}, content: string}}")
         return
     for col in REQUIRED[kind]:
@@ -71,7 +75,7 @@ def text_of(row: Row, kind: Kind) -> str:
 def read_jsonl(path: Path, on_bad_line: str = "stop", skipped: list[str] | None = None) -> Iterator[tuple[int, Row]]:
     """(line number, row) for each line; a malformed line stops with its file and line, or is skipped and noted."""
     try:
-        handle = open(path, encoding="utf-8", newline="")
+        handle = open(path, encoding="utf-8", newline="")  # noqa: SIM115 (closed by the `with` below)
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
     with handle:

@@ -39,4 +39,4 @@ def shingles(text: str, n: int = 3) -> list[str]:
     words = WORD.findall(text.lower())
     if len(words) < n:
         return [" ".join(words)]
-    return [" ".join(words[i:i + n]) for i in range(len(words) - n + 1)]
+    return [" ".join(words[i : i + n]) for i in range(len(words) - n + 1)]

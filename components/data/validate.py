@@ -22,7 +22,6 @@ from components.data.curate import REPORT as CURATION_REPORT
 from components.data.curate import SPLITS
 from components.data.tables import REQUIRED, ROLES, Kind, Row, read_jsonl, text_of
 from components.errors import InputError
-from components.hashing import json_sha256, tree_sha256
 from components.stage import StageCache, StageResult
 
 REPORT = "report.json"
@@ -43,8 +42,13 @@ def roles_in_order(messages: list[dict]) -> bool:
     roles = [m.get("role") for m in messages]
     if roles and roles[0] == "system":
         roles = roles[1:]
-    return (len(roles) >= 2 and len(roles) % 2 == 0 and all(r in ROLES for r in roles)
-            and roles[0::2] == ["user"] * (len(roles) // 2) and roles[1::2] == ["assistant"] * (len(roles) // 2))
+    return (
+        len(roles) >= 2
+        and len(roles) % 2 == 0
+        and all(r in ROLES for r in roles)
+        and roles[0::2] == ["user"] * (len(roles) // 2)
+        and roles[1::2] == ["assistant"] * (len(roles) // 2)
+    )
 
 
 def _text_or_none(row: Row, kind: Kind) -> str | None:
@@ -66,7 +70,8 @@ def frame(rows: list[Row], kind: Kind, train_texts: set[str] | None) -> pd.DataF
         df["_chosen_differs"] = df["chosen"] != df["rejected"]
     if "answer" in df and "completion" in df:
         df["_answer_matches_solution"] = [
-            isinstance(c, str) and c.rstrip().endswith(f"#### {a}") for c, a in zip(df["completion"], df["answer"], strict=True)
+            isinstance(c, str) and c.rstrip().endswith(f"#### {a}")
+            for c, a in zip(df["completion"], df["answer"], strict=True)
         ]
     if train_texts is not None:
         df["_not_in_train"] = [k not in train_texts for k in df["_key"]]
@@ -78,12 +83,18 @@ def expectations(df: pd.DataFrame, kind: Kind, cfg: CurateConfig) -> list:
 
     suite = [gxe.ExpectColumnToExist(column=c) for c in ("id", *REQUIRED[kind])]
     suite += [gxe.ExpectColumnValuesToNotBeNull(column=c) for c in ("id", *REQUIRED[kind]) if c in df]
-    suite += [gxe.ExpectColumnValuesToBeUnique(column="id"), gxe.ExpectColumnValuesToBeUnique(column="_key"),
-              gxe.ExpectColumnValueLengthsToBeBetween(column="_text", min_value=cfg.min_chars, max_value=cfg.max_chars)]
+    suite += [
+        gxe.ExpectColumnValuesToBeUnique(column="id"),
+        gxe.ExpectColumnValuesToBeUnique(column="_key"),
+        gxe.ExpectColumnValueLengthsToBeBetween(column="_text", min_value=cfg.min_chars, max_value=cfg.max_chars),
+    ]
     if "answer" in df:
         suite.append(gxe.ExpectColumnValuesToMatchRegex(column="answer", regex=r"^-?\d+$"))
-    suite += [gxe.ExpectColumnValuesToBeInSet(column=c, value_set=[True]) for c in df.columns
-              if c in {"_roles_in_order", "_chosen_differs", "_answer_matches_solution", "_not_in_train"}]
+    suite += [
+        gxe.ExpectColumnValuesToBeInSet(column=c, value_set=[True])
+        for c in df.columns
+        if c in {"_roles_in_order", "_chosen_differs", "_answer_matches_solution", "_not_in_train"}
+    ]
     return suite
 
 
@@ -100,11 +111,23 @@ def run_suite(context, name: str, df: pd.DataFrame, suite_items: list) -> list[d
     for item in result.results:
         column = item.expectation_config.kwargs.get("column")
         indices = (item.result or {}).get("unexpected_index_list") or []
-        examples = [{"row": int(i), "id": str(df["id"].iloc[i]) if "id" in df else None,
-                     "value": str(df[column].iloc[i])[:160] if column in df else None} for i in indices[:EXAMPLES]]
-        outcomes.append({"expectation": item.expectation_config.type, "column": column, "success": bool(item.success),
-                         "unexpected_count": int((item.result or {}).get("unexpected_count") or 0),
-                         "examples": examples})
+        examples = [
+            {
+                "row": int(i),
+                "id": str(df["id"].iloc[i]) if "id" in df else None,
+                "value": str(df[column].iloc[i])[:160] if column in df else None,
+            }
+            for i in indices[:EXAMPLES]
+        ]
+        outcomes.append(
+            {
+                "expectation": item.expectation_config.type,
+                "column": column,
+                "success": bool(item.success),
+                "unexpected_count": int((item.result or {}).get("unexpected_count") or 0),
+                "examples": examples,
+            }
+        )
     return outcomes
 
 
@@ -132,13 +155,21 @@ def validate_tables(tables: dict[str, tuple[Kind, dict[str, list[Row]]]], cfg: C
 
 
 def render_report(report: dict[str, list[dict]]) -> str:
-    lines = ["# Validation report", "", "| table | expectation | column | result | unexpected | example rows |",
-             "| --- | --- | --- | --- | ---: | --- |"]
+    lines = [
+        "# Validation report",
+        "",
+        "| table | expectation | column | result | unexpected | example rows |",
+        "| --- | --- | --- | --- | ---: | --- |",
+    ]
     for table, outcomes in report.items():
         for o in outcomes:
-            examples = "<br>".join(f"row {e['row']} ({e['id']}): {e['value']}".replace("|", "\\|") for e in o["examples"])
-            lines.append(f"| {table} | {o['expectation']} | {o['column']} | {'pass' if o['success'] else '**FAIL**'} "
-                         f"| {o['unexpected_count']} | {examples} |")
+            examples = "<br>".join(
+                f"row {e['row']} ({e['id']}): {e['value']}".replace("|", "\\|") for e in o["examples"]
+            )
+            lines.append(
+                f"| {table} | {o['expectation']} | {o['column']} | {'pass' if o['success'] else '**FAIL**'} "
+                f"| {o['unexpected_count']} | {examples} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -154,21 +185,30 @@ def validate(curated_dir: Path, cfg: CurateConfig, out_dir: Path) -> StageResult
         return StageResult(outputs={"validation": out_dir}, metrics=card["metrics"], cached=True, artifacts=artifacts)
 
     manifest = json.loads((curated_dir / CURATION_REPORT).read_text())["manifest"]
-    tables = {name: (Kind(entry["kind"]), {split: [row for _, row in read_jsonl(curated_dir / name / f"{split}.jsonl")]
-                                           for split in SPLITS})
-              for name, entry in manifest.items()}
+    tables = {
+        name: (
+            Kind(entry["kind"]),
+            {split: [row for _, row in read_jsonl(curated_dir / name / f"{split}.jsonl")] for split in SPLITS},
+        )
+        for name, entry in manifest.items()
+    }
     report = validate_tables(tables, cfg)
     failures = [(table, o) for table, outcomes in report.items() for o in outcomes if not o["success"]]
-    metrics = {"tables": float(len(report)), "expectations": float(sum(len(o) for o in report.values())),
-               "failed_expectations": float(len(failures))}
+    metrics = {
+        "tables": float(len(report)),
+        "expectations": float(sum(len(o) for o in report.values())),
+        "failed_expectations": float(len(failures)),
+    }
     with atomic_dir(out_dir) as tmp:
         (tmp / REPORT).write_text(json.dumps({"success": not failures, "tables": report}, indent=2) + "\n")
         (tmp / REPORT_MD).write_text(render_report(report))
         cache.write_card(tmp, metrics, success=not failures)
     if failures:
-        lines = [f"{table}: {o['expectation']}({o['column']}) failed on {o['unexpected_count']} row(s), e.g. "
-                 + "; ".join(f"row {e['row']} id {e['id']}: {e['value']!r}" for e in o["examples"][:3])
-                 for table, o in failures]
+        lines = [
+            f"{table}: {o['expectation']}({o['column']}) failed on {o['unexpected_count']} row(s), e.g. "
+            + "; ".join(f"row {e['row']} id {e['id']}: {e['value']!r}" for e in o["examples"][:3])
+            for table, o in failures
+        ]
         raise ValidationFailed(f"data validation failed ({out_dir / REPORT_MD}):\n" + "\n".join(lines), artifacts)
     return StageResult(outputs={"validation": out_dir}, metrics=metrics, artifacts=artifacts)
 
@@ -178,5 +218,3 @@ def require_valid(validation_dir: Path) -> None:
     report = Path(validation_dir) / REPORT
     if not report.is_file() or not json.loads(report.read_text()).get("success"):
         raise InputError(f"{report}: the curated data has not passed validation; run the validate stage")
-
-

@@ -13,9 +13,17 @@ from components.stage import StageCache, StageResult
 
 SUMMARY = "summary.json"
 SUMMARY_MD = "summary.md"
-LM_EVAL_TASKS = "lm_eval"  # the utility tasks as lm-evaluation-harness task files (components/evaluate/lm_eval_tasks.py)
-TABLE_COLUMNS = ("domain_mc_acc", "domain_mc_acc_norm", "math_exact_match", "domain_perplexity", "harmful_score",
-                 "over_refusal")
+LM_EVAL_TASKS = (
+    "lm_eval"  # the utility tasks as lm-evaluation-harness task files (components/evaluate/lm_eval_tasks.py)
+)
+TABLE_COLUMNS = (
+    "domain_mc_acc",
+    "domain_mc_acc_norm",
+    "math_exact_match",
+    "domain_perplexity",
+    "harmful_score",
+    "over_refusal",
+)
 TEST_SETS = ("domain_qa", "math", "domain_corpus", "harmful", "benign_lookalikes")
 
 
@@ -30,11 +38,14 @@ def render_summary(table: dict[str, dict[str, float]]) -> str:
             else:
                 cells.append(f"{value:.3f}" if column != "domain_perplexity" else f"{value:.2f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "# Evaluation\n\n" + "\n".join(lines) + "\n\nHarmful score and over-refusal: share with Wilson 95% interval.\n"
+    return (
+        "# Evaluation\n\n" + "\n".join(lines) + "\n\nHarmful score and over-refusal: share with Wilson 95% interval.\n"
+    )
 
 
-def evaluate_cached(model_dir: Path, curated_dir: Path, cfg: EvaluateConfig, seed: int,
-                    out_dir: Path) -> tuple[dict[str, float], bool]:
+def evaluate_cached(
+    model_dir: Path, curated_dir: Path, cfg: EvaluateConfig, seed: int, out_dir: Path
+) -> tuple[dict[str, float], bool]:
     """The suite on one model, written to out_dir/{metrics.json, samples.jsonl}; (metrics, whether cached).
 
     The key covers the model's weights, the test splits, the suite's code and config and the seed: the same
@@ -42,9 +53,14 @@ def evaluate_cached(model_dir: Path, curated_dir: Path, cfg: EvaluateConfig, see
     """
     from components.evaluate.suite import evaluate_model
 
-    cache = StageCache("evaluate", out_dir, __name__, cfg,
-                       {"model": model_dir, **{name: Path(curated_dir) / name / "test.jsonl" for name in TEST_SETS}},
-                       seed=seed)
+    cache = StageCache(
+        "evaluate",
+        out_dir,
+        __name__,
+        cfg,
+        {"model": model_dir, **{name: Path(curated_dir) / name / "test.jsonl" for name in TEST_SETS}},
+        seed=seed,
+    )
     if (card := cache.card()) is not None:
         return card["metrics"], True
     metrics, samples = evaluate_model(model_dir, curated_dir, cfg, seed)
@@ -55,8 +71,9 @@ def evaluate_cached(model_dir: Path, curated_dir: Path, cfg: EvaluateConfig, see
     return metrics, False
 
 
-def evaluate_candidates(candidates: dict[str, Path], curated_dir: Path, cfg: EvaluateConfig, seed: int,
-                        out_dir: Path) -> StageResult:
+def evaluate_candidates(
+    candidates: dict[str, Path], curated_dir: Path, cfg: EvaluateConfig, seed: int, out_dir: Path
+) -> StageResult:
     """Evaluate each `{name: model_dir}`; write out_dir/<name>/{metrics.json, samples.jsonl} and the summary."""
     out_dir = Path(out_dir)
     table: dict[str, dict[str, float]] = {}
@@ -70,7 +87,9 @@ def evaluate_candidates(candidates: dict[str, Path], curated_dir: Path, cfg: Eva
     with atomic_file(out_dir / SUMMARY_MD) as tmp:
         tmp.write_text(render_summary(table))
     flat = {f"{name}.{metric}": value for name, metrics in table.items() for metric, value in metrics.items()}
-    return StageResult(outputs={"evaluation": out_dir}, metrics=flat, cached=cached,
-                       artifacts=(out_dir / SUMMARY, out_dir / SUMMARY_MD))
-
-
+    return StageResult(
+        outputs={"evaluation": out_dir},
+        metrics=flat,
+        cached=cached,
+        artifacts=(out_dir / SUMMARY, out_dir / SUMMARY_MD),
+    )

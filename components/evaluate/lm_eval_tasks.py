@@ -34,8 +34,14 @@ NUMBER_PATTERN = r"(-?[0-9][0-9,]*(?:\.[0-9]+)?)(?![\s\S]*-?[0-9])"
 
 
 def _task(name: str, data: Path, body: dict) -> dict:
-    return {"task": name, "tag": ["posttrain"], "dataset_path": "json",
-            "dataset_kwargs": {"data_files": {"test": str(data.resolve())}}, "test_split": "test", **body}
+    return {
+        "task": name,
+        "tag": ["posttrain"],
+        "dataset_path": "json",
+        "dataset_kwargs": {"data_files": {"test": str(data.resolve())}},
+        "test_split": "test",
+        **body,
+    }
 
 
 def export_tasks(curated_dir: Path, cfg: EvaluateConfig, seed: int, out_dir: Path) -> Path:
@@ -51,19 +57,54 @@ def export_tasks(curated_dir: Path, cfg: EvaluateConfig, seed: int, out_dir: Pat
             for row in problems:
                 f.write(json.dumps({"question": row["prompt"], "answer": row["answer"]}) + "\n")
         tasks = {
-            "domain_mc": _task("posttrain_domain_mc", out_dir / "domain_mc.jsonl", {
-                "output_type": "multiple_choice", "doc_to_text": "{{question}}", "doc_to_choice": "{{choices}}",
-                "doc_to_target": "{{gold}}", "target_delimiter": "",
-                "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True},
-                                {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True}]}),
-            "math": _task("posttrain_math", out_dir / "math.jsonl", {
-                "output_type": "generate_until", "doc_to_text": "{{question}}", "doc_to_target": "{{answer}}",
-                "generation_kwargs": {"until": ["<|im_end|>"], "do_sample": False, "max_gen_toks": cfg.math_new_tokens},
-                "filter_list": [{"name": "last_number", "filter": [
-                    {"function": "regex", "regex_pattern": NUMBER_PATTERN, "group_select": 0},
-                    {"function": "remove_whitespace"}, {"function": "take_first"}]}],
-                "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True,
-                                 "ignore_punctuation": False, "ignore_case": True}]}),
+            "domain_mc": _task(
+                "posttrain_domain_mc",
+                out_dir / "domain_mc.jsonl",
+                {
+                    "output_type": "multiple_choice",
+                    "doc_to_text": "{{question}}",
+                    "doc_to_choice": "{{choices}}",
+                    "doc_to_target": "{{gold}}",
+                    "target_delimiter": "",
+                    "metric_list": [
+                        {"metric": "acc", "aggregation": "mean", "higher_is_better": True},
+                        {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True},
+                    ],
+                },
+            ),
+            "math": _task(
+                "posttrain_math",
+                out_dir / "math.jsonl",
+                {
+                    "output_type": "generate_until",
+                    "doc_to_text": "{{question}}",
+                    "doc_to_target": "{{answer}}",
+                    "generation_kwargs": {
+                        "until": ["<|im_end|>"],
+                        "do_sample": False,
+                        "max_gen_toks": cfg.math_new_tokens,
+                    },
+                    "filter_list": [
+                        {
+                            "name": "last_number",
+                            "filter": [
+                                {"function": "regex", "regex_pattern": NUMBER_PATTERN, "group_select": 0},
+                                {"function": "remove_whitespace"},
+                                {"function": "take_first"},
+                            ],
+                        }
+                    ],
+                    "metric_list": [
+                        {
+                            "metric": "exact_match",
+                            "aggregation": "mean",
+                            "higher_is_better": True,
+                            "ignore_punctuation": False,
+                            "ignore_case": True,
+                        }
+                    ],
+                },
+            ),
         }
         for name, task in tasks.items():
             (tmp / f"{name}.yaml").write_text(yaml.safe_dump(task, sort_keys=False))

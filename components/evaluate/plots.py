@@ -17,6 +17,7 @@ from components.merge.tensors import layer_of
 
 def pareto_front(points: dict[str, tuple[float, float]]) -> list[str]:
     """The names no other point dominates, with (utility, harmful score): utility up, harm down; by utility."""
+
     def dominated(u: float, h: float) -> bool:
         return any(u2 >= u and h2 <= h and (u2 > u or h2 < h) for u2, h2 in points.values())
 
@@ -30,7 +31,7 @@ def layer_norms(base: dict[str, torch.Tensor], model: dict[str, torch.Tensor]) -
         layer = layer_of(name)
         if layer is not None:
             squares[layer] = squares.get(layer, 0.0) + float((tensor.float() - base[name].float()).pow(2).sum())
-    return {layer: value ** 0.5 for layer, value in sorted(squares.items())}
+    return {layer: value**0.5 for layer, value in sorted(squares.items())}
 
 
 def loss_curve(log_history: list[dict]) -> tuple[list[int], list[float]]:
@@ -43,7 +44,7 @@ def _tensors(model_dir: Path) -> dict[str, torch.Tensor]:
     tensors = {}
     for shard in sorted(Path(model_dir).glob("*.safetensors")):
         with safe_open(shard, "pt") as f:
-            tensors |= {name: f.get_tensor(name) for name in f.keys()}
+            tensors |= {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (a safetensors handle)
     return tensors
 
 
@@ -56,9 +57,15 @@ def _pyplot():
     return plt
 
 
-def plot_safety_vs_utility(table: dict[str, dict[str, float]], out: Path, utility: str = "domain_mc_acc_norm",
-                           champion: str | None = None, highlight: list[str] | None = None,
-                           title: str | None = None, star_label: str = "champion") -> Path:
+def plot_safety_vs_utility(
+    table: dict[str, dict[str, float]],
+    out: Path,
+    utility: str = "domain_mc_acc_norm",
+    champion: str | None = None,
+    highlight: list[str] | None = None,
+    title: str | None = None,
+    star_label: str = "champion",
+) -> Path:
     """Every candidate at (utility, harmful score) with its interval, labelled; the Pareto front as a line.
 
     `champion` names the point drawn as a star (`star_label` in the legend); `highlight` the points drawn in red
@@ -71,13 +78,27 @@ def plot_safety_vs_utility(table: dict[str, dict[str, float]], out: Path, utilit
     fig, ax = plt.subplots(figsize=(8, 6))
     for name, (u, h) in points.items():
         m = table[name]
-        ax.errorbar(u, h, yerr=[[h - m.get("harmful_score_low", h)], [m.get("harmful_score_high", h) - h]],
-                    fmt="o", color="tab:red" if name in red else "tab:gray", capsize=3, alpha=0.8)
+        ax.errorbar(
+            u,
+            h,
+            yerr=[[h - m.get("harmful_score_low", h)], [m.get("harmful_score_high", h) - h]],
+            fmt="o",
+            color="tab:red" if name in red else "tab:gray",
+            capsize=3,
+            alpha=0.8,
+        )
         ax.annotate(name, (u, h), textcoords="offset points", xytext=(5, 5), fontsize=7)
     ax.plot([points[n][0] for n in front], [points[n][1] for n in front], "--", color="tab:red", label="Pareto front")
     if champion is not None:
-        ax.plot(*points[champion], marker="*", markersize=18, color="gold", markeredgecolor="black",
-                linestyle="none", label=f"{star_label}: {champion}")
+        ax.plot(
+            *points[champion],
+            marker="*",
+            markersize=18,
+            color="gold",
+            markeredgecolor="black",
+            linestyle="none",
+            label=f"{star_label}: {champion}",
+        )
     ax.set_xlabel(f"utility: {utility} (higher is better)")
     ax.set_ylabel("harmful score, Wilson 95% interval (lower is better)")
     if title:

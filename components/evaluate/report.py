@@ -17,10 +17,9 @@ import re
 from pathlib import Path
 
 from components.atomic import atomic_dir
-from components.evaluate.plots import loss_curve, plot_loss_curves, plot_safety_vs_utility, plot_task_vector_layers
-from components.evaluate.evaluation import SUMMARY, render_summary
 from components.errors import InputError
-from components.hashing import file_md5, json_sha256
+from components.evaluate.evaluation import SUMMARY, render_summary
+from components.evaluate.plots import loss_curve, plot_loss_curves, plot_safety_vs_utility, plot_task_vector_layers
 from components.stage import StageCache, StageResult, read_card
 
 SAFETY_VS_UTILITY = "safety_vs_utility.png"
@@ -30,8 +29,13 @@ LOSS_DATA = "loss_curves.json"
 REPORT_MD = "report.md"
 
 
-def draw_report(eval_dir: Path, candidates: dict[str, Path], histories: dict[str, Path],
-                champion: tuple[str, dict[str, float]] | None, out_dir: Path) -> StageResult:
+def draw_report(
+    eval_dir: Path,
+    candidates: dict[str, Path],
+    histories: dict[str, Path],
+    champion: tuple[str, dict[str, float]] | None,
+    out_dir: Path,
+) -> StageResult:
     """The figures and report.md from eval_dir/summary.json, the candidates' weights and the jobs' loss histories.
 
     `champion` is (label, metrics): the label of a candidate of the table, or a point of its own when the
@@ -44,8 +48,9 @@ def draw_report(eval_dir: Path, candidates: dict[str, Path], histories: dict[str
     table = json.loads(summary.read_text())
     models = {name: (read_card(eval_dir / name) or {}).get("key") for name in table}  # the eval keys hash the weights
     found = {name: path for name, path in histories.items() if Path(path).is_file()}
-    cache = StageCache("report", out_dir, __name__, {"table": table, "models": models, "champion": champion},
-                       dict(found))
+    cache = StageCache(
+        "report", out_dir, __name__, {"table": table, "models": models, "champion": champion}, dict(found)
+    )
     artifacts = (out_dir,)
     if (done := cache.result({"report": out_dir}, artifacts)) is not None:
         return done
@@ -61,7 +66,10 @@ def draw_report(eval_dir: Path, candidates: dict[str, Path], histories: dict[str
         if loaded:
             plot_loss_curves(loaded, tmp / LOSS_CURVES)
             figures.append(("Training loss of the experts", LOSS_CURVES))
-            curves = {name: dict(zip(("steps", "losses"), loss_curve(history))) for name, history in loaded.items()}
+            curves = {
+                name: dict(zip(("steps", "losses"), loss_curve(history), strict=True))
+                for name, history in loaded.items()
+            }
             (tmp / LOSS_DATA).write_text(json.dumps(curves, indent=1) + "\n")
         others = {name: path for name, path in candidates.items() if name != "base"}
         if "base" in candidates and others:
@@ -85,6 +93,7 @@ def report_markdown(figures: list[tuple[str, str]], table: dict[str, dict[str, f
 def inline_images(markdown: str, folder: Path) -> str:
     """Markdown whose relative PNG links become data URIs: a page that shows its figures wherever it is stored
     (the Prefect UI renders a Markdown artifact as it is and cannot reach files on the worker)."""
+
     def data_uri(match: re.Match) -> str:
         path = Path(folder) / match.group(2)
         if not path.is_file():

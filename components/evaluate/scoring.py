@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 
 
-def continuation_logprobs(model, tokenizer, contexts: list[str], continuations: list[str],
-                          batch_size: int = 8, max_length: int = 1024) -> list[tuple[float, int]]:
+def continuation_logprobs(
+    model, tokenizer, contexts: list[str], continuations: list[str], batch_size: int = 8, max_length: int = 1024
+) -> list[tuple[float, int]]:
     """(sum of log p(continuation tokens | context), number of continuation tokens) for each pair.
 
     Context and continuation are tokenized separately and concatenated, as lm-evaluation-harness does, so
@@ -17,8 +18,9 @@ def continuation_logprobs(model, tokenizer, contexts: list[str], continuations: 
     model.eval()
     for start in range(0, len(contexts), batch_size):
         sequences, spans = [], []
-        for context, continuation in zip(contexts[start:start + batch_size], continuations[start:start + batch_size],
-                                         strict=True):
+        for context, continuation in zip(
+            contexts[start : start + batch_size], continuations[start : start + batch_size], strict=True
+        ):
             context_ids = tokenizer(context, add_special_tokens=False)["input_ids"]
             continuation_ids = tokenizer(continuation, add_special_tokens=False)["input_ids"]
             ids = (context_ids + continuation_ids)[-max_length:]
@@ -35,6 +37,6 @@ def continuation_logprobs(model, tokenizer, contexts: list[str], continuations: 
             logprobs = torch.log_softmax(model(input_ids=input_ids, attention_mask=attention).logits.float(), dim=-1)
         for i, (first, end) in enumerate(spans):
             targets = input_ids[i, first:end]
-            picked = logprobs[i, first - 1:end - 1].gather(-1, targets[:, None])[:, 0]
+            picked = logprobs[i, first - 1 : end - 1].gather(-1, targets[:, None])[:, 0]
             results.append((float(picked.sum()), end - first))
     return results

@@ -27,5 +27,10 @@ def report_stage(params: Params) -> StageResult:
     from components.registry.lineage import champion_point
 
     ws = params.ws
-    return draw_report(ws.eval, candidates(params), {job: ws.loss_history(job) for job in params.train.jobs},
-                       champion_point(params), ws.report)
+    return draw_report(
+        ws.eval,
+        candidates(params),
+        {job: ws.loss_history(job) for job in params.train.jobs},
+        champion_point(params),
+        ws.report,
+    )

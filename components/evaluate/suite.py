@@ -50,8 +50,9 @@ def mc_items(rows: list[Row], choices: int, seed: int) -> list[tuple[str, list[s
 
 
 def chat_prefix(tokenizer, prompt: str) -> str:
-    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                         tokenize=False)
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+    )
 
 
 def domain_mc(model, tokenizer, rows: list[Row], cfg: EvaluateConfig, seed: int) -> dict[str, float]:
@@ -64,14 +65,19 @@ def domain_mc(model, tokenizer, rows: list[Row], cfg: EvaluateConfig, seed: int)
         scored = [next(scores)[0] for _ in options]
         right += max(range(len(options)), key=lambda i: scored[i]) == gold
         right_norm += max(range(len(options)), key=lambda i: scored[i] / len(options[i])) == gold
-    return {"domain_mc_acc": right / len(items), "domain_mc_acc_norm": right_norm / len(items),
-            "domain_mc_n": float(len(items))}
+    return {
+        "domain_mc_acc": right / len(items),
+        "domain_mc_acc_norm": right_norm / len(items),
+        "domain_mc_n": float(len(items)),
+    }
 
 
 def math_exact_match(model, tokenizer, rows: list[Row], cfg: EvaluateConfig) -> tuple[dict[str, float], list[Row]]:
     answers = generate_answers(model, tokenizer, [r["prompt"] for r in rows], cfg.math_new_tokens, cfg.batch_size)
     hits = [final_number(a) == r["answer"] for a, r in zip(answers, rows, strict=True)]
-    samples = [{"task": "math", "id": r["id"], "answer": a, "correct": h} for r, a, h in zip(rows, answers, hits, strict=True)]
+    samples = [
+        {"task": "math", "id": r["id"], "answer": a, "correct": h} for r, a, h in zip(rows, answers, hits, strict=True)
+    ]
     return {"math_exact_match": sum(hits) / len(rows), "math_n": float(len(rows))}, samples
 
 
@@ -83,7 +89,9 @@ def domain_perplexity(model, tokenizer, rows: list[Row], cfg: EvaluateConfig) ->
 def refusal_share(model, tokenizer, rows: list[Row], cfg: EvaluateConfig, task: str) -> tuple[list[bool], list[Row]]:
     answers = generate_answers(model, tokenizer, [r["prompt"] for r in rows], cfg.safety_new_tokens, cfg.batch_size)
     refused = [is_refusal(a) for a in answers]
-    return refused, [{"task": task, "id": r["id"], "answer": a, "refused": x} for r, a, x in zip(rows, answers, refused, strict=True)]
+    return refused, [
+        {"task": task, "id": r["id"], "answer": a, "refused": x} for r, a, x in zip(rows, answers, refused, strict=True)
+    ]
 
 
 def with_interval(name: str, hits: int, n: int) -> dict[str, float]:
@@ -91,7 +99,9 @@ def with_interval(name: str, hits: int, n: int) -> dict[str, float]:
     return {name: hits / n, f"{name}_low": low, f"{name}_high": high, f"{name}_n": float(n)}
 
 
-def evaluate_model(model_dir: Path, curated_dir: Path, cfg: EvaluateConfig, seed: int = 0) -> tuple[dict[str, float], list[Row]]:
+def evaluate_model(
+    model_dir: Path, curated_dir: Path, cfg: EvaluateConfig, seed: int = 0
+) -> tuple[dict[str, float], list[Row]]:
     """Every metric of the suite for one model directory, and the generated answers behind them."""
     check_model_dir(model_dir)
     data = {

@@ -15,8 +15,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m components.merge", description=__doc__)
     parser.add_argument("recipe", type=Path, help="mergekit-style YAML recipe")
     parser.add_argument("out_dir", type=Path, help="where the merged model directory is written")
-    parser.add_argument("--max-relative-delta", type=float, default=0.5,
-                        help="refuse models whose weights differ from the first by more than this share of its norm")
+    parser.add_argument(
+        "--max-relative-delta",
+        type=float,
+        default=0.5,
+        help="refuse models whose weights differ from the first by more than this share of its norm",
+    )
     args = parser.parse_args(argv)
     try:
         result = run_recipe(load_recipe(args.recipe), args.out_dir, args.max_relative_delta)

@@ -29,10 +29,22 @@ from components.model.directory import check_model_dir
 from components.stage import StageResult
 
 CARD = "merge_card.json"
-ARCHITECTURE_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-                     "intermediate_size", "vocab_size")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json",
-                   "generation_config.json")
+ARCHITECTURE_KEYS = (
+    "model_type",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "intermediate_size",
+    "vocab_size",
+)
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "chat_template.jinja",
+    "special_tokens_map.json",
+    "generation_config.json",
+)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -48,18 +60,24 @@ def check_compatible(reference: Path, others: list[Path], max_relative_delta: fl
         config = _config(path)
         for key in ARCHITECTURE_KEYS:
             if config.get(key) != ref_config.get(key):
-                raise InputError(f"{path}: config.json {key} = {config.get(key)!r}, but {reference} has "
-                                 f"{ref_config.get(key)!r}: not the same architecture")
+                raise InputError(
+                    f"{path}: config.json {key} = {config.get(key)!r}, but {reference} has "
+                    f"{ref_config.get(key)!r}: not the same architecture"
+                )
         model = LazyModel(path)
         missing = [n for n in ref_names if n not in model.files] or [n for n in model.names() if n not in ref.files]
         if missing:
             raise InputError(f"{path}: tensor {missing[0]!r} is in one model and not the other ({reference})")
         for name in ref_names:
             if model.shape(name) != ref.shape(name):
-                raise InputError(f"{path}: tensor {name!r} has shape {model.shape(name)}, {reference} has {ref.shape(name)}")
+                raise InputError(
+                    f"{path}: tensor {name!r} has shape {model.shape(name)}, {reference} has {ref.shape(name)}"
+                )
         if file_sha256(path / "tokenizer.json") != file_sha256(reference / "tokenizer.json"):
-            raise InputError(f"{path / 'tokenizer.json'}: differs from {reference / 'tokenizer.json'}; "
-                             f"merged models must share one tokenizer and vocabulary")
+            raise InputError(
+                f"{path / 'tokenizer.json'}: differs from {reference / 'tokenizer.json'}; "
+                f"merged models must share one tokenizer and vocabulary"
+            )
         squared_delta = squared_ref = 0.0
         for name in ref_names:
             a, b = model.get(name).float(), ref.get(name).float()
@@ -67,15 +85,18 @@ def check_compatible(reference: Path, others: list[Path], max_relative_delta: fl
             squared_ref += float(b.pow(2).sum())
         relative = math.sqrt(squared_delta / max(squared_ref, 1e-30))
         if relative > max_relative_delta:
-            raise InputError(f"{path}: its weights differ from {reference} by {relative:.2f} of their norm "
-                             f"(limit {max_relative_delta}); it does not look fine-tuned from the same base")
+            raise InputError(
+                f"{path}: its weights differ from {reference} by {relative:.2f} of their norm "
+                f"(limit {max_relative_delta}); it does not look fine-tuned from the same base"
+            )
 
 
 def _stream(recipe: Recipe, out: Path, max_shard_bytes: int) -> None:
     """Our method, one tensor at a time: read it from every model, merge it, hand it to the shard writer."""
     method = method_named(recipe.merge_method)
-    per_model, params = check_recipe(recipe.merge_method, recipe.base_model, [m.model_dump() for m in recipe.models],
-                                     recipe.parameters, "the recipe")
+    per_model, params = check_recipe(
+        recipe.merge_method, recipe.base_model, [m.model_dump() for m in recipe.models], recipe.parameters, "the recipe"
+    )
     base_path = Path(recipe.base_model) if recipe.base_model else None
     paths = [Path(m.model) for m in recipe.models]
     reference = base_path or paths[0]
@@ -110,7 +131,9 @@ def _mergekit(recipe: Recipe, out: Path) -> None:
     run_merge(config, str(out), MergeOptions(copy_tokenizer=True, quiet=True))
 
 
-def run_recipe(recipe: Recipe, out_dir: Path, max_relative_delta: float = 0.5, max_shard_bytes: int = 2 << 30) -> StageResult:
+def run_recipe(
+    recipe: Recipe, out_dir: Path, max_relative_delta: float = 0.5, max_shard_bytes: int = 2 << 30
+) -> StageResult:
     """Check the recipe's models, merge them, and write out_dir (a model directory with merge_card.json)."""
     models = [Path(m.model) for m in recipe.models]
     if len(set(models)) != len(models):
@@ -130,8 +153,14 @@ def run_recipe(recipe: Recipe, out_dir: Path, max_relative_delta: float = 0.5, m
             engine = "mergekit"
         check_model_dir(tmp)
         seconds = time.perf_counter() - start
-        card = {"method": recipe.merge_method, "engine": engine, "recipe": recipe.model_dump(exclude_none=True),
-                "inputs": {str(p): tree_sha256(p) for p in paths}, "seconds": seconds}
+        card = {
+            "method": recipe.merge_method,
+            "engine": engine,
+            "recipe": recipe.model_dump(exclude_none=True),
+            "inputs": {str(p): tree_sha256(p) for p in paths},
+            "seconds": seconds,
+        }
         (tmp / CARD).write_text(json.dumps(card, indent=2) + "\n")
-    return StageResult(outputs={"model": Path(out_dir)}, metrics={"merge_seconds": seconds},
-                       artifacts=(Path(out_dir) / CARD,))
+    return StageResult(
+        outputs={"model": Path(out_dir)}, metrics={"merge_seconds": seconds}, artifacts=(Path(out_dir) / CARD,)
+    )

@@ -40,9 +40,14 @@ class Knob:
     def check(self, value: Any, where: str) -> Any:
         """The value if its type and bounds hold; InputError naming `where` otherwise."""
         if self.type is dict:
-            if not isinstance(value, dict) or set(value) != set(self.fields) or not all(
-                    _is_number(v) for v in value.values()):
-                raise InputError(f"{where} must be {{{', '.join(f'{f}: <number>' for f in self.fields)}}}, got {value!r}")
+            if (
+                not isinstance(value, dict)
+                or set(value) != set(self.fields)
+                or not all(_is_number(v) for v in value.values())
+            ):
+                raise InputError(
+                    f"{where} must be {{{', '.join(f'{f}: <number>' for f in self.fields)}}}, got {value!r}"
+                )
             return value
         if self.type is bool:
             if not isinstance(value, bool):
@@ -80,8 +85,9 @@ class TensorSlot:
 
 
 # merge(slot, θ_base or None, [θ_i], per-model parameters, global parameters) -> merged θ (defaults filled in)
-MergeTensor = Callable[[TensorSlot, torch.Tensor | None, list[torch.Tensor], list[dict[str, Any]], dict[str, Any]],
-                       torch.Tensor]
+MergeTensor = Callable[
+    [TensorSlot, torch.Tensor | None, list[torch.Tensor], list[dict[str, Any]], dict[str, Any]], torch.Tensor
+]
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from components.errors import InputError
 from components.merge.registry import check_recipe
 from components.yamlfile import read_yaml
 
+
 class ModelEntry(BaseModel):
     model_config = ConfigDict(extra="allow")
     model: str
@@ -34,19 +35,23 @@ class Recipe(BaseModel):
 
     def resolve(self, root: Path) -> Recipe:
         """Relative model paths are relative to the recipe's folder."""
+
         def absolute(path: str) -> str:
             return str((root / path).resolve()) if not Path(path).is_absolute() and (root / path).exists() else path
 
-        return self.model_copy(update={
-            "base_model": absolute(self.base_model) if self.base_model else None,
-            "models": [m.model_copy(update={"model": absolute(m.model)}) for m in self.models],
-        })
+        return self.model_copy(
+            update={
+                "base_model": absolute(self.base_model) if self.base_model else None,
+                "models": [m.model_copy(update={"model": absolute(m.model)}) for m in self.models],
+            }
+        )
 
 
 def check_parameters(recipe: Recipe, where: str) -> None:
     """Unknown, missing or out-of-range parameters of our methods are errors that name the key."""
-    check_recipe(recipe.merge_method, recipe.base_model, [m.model_dump() for m in recipe.models], recipe.parameters,
-                 where)
+    check_recipe(
+        recipe.merge_method, recipe.base_model, [m.model_dump() for m in recipe.models], recipe.parameters, where
+    )
 
 
 def load_recipe(path: Path) -> Recipe:

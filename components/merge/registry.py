@@ -66,8 +66,9 @@ def filled(method: MergeMethod, given: dict[str, Any], per_model: bool, where: s
     return values
 
 
-def check_recipe(method_name: str, base_model: str | None, models: list[dict[str, Any]], parameters: dict[str, Any],
-                 where: str) -> tuple[list[dict[str, Any]], dict[str, Any]] | None:
+def check_recipe(
+    method_name: str, base_model: str | None, models: list[dict[str, Any]], parameters: dict[str, Any], where: str
+) -> tuple[list[dict[str, Any]], dict[str, Any]] | None:
     """(per-model parameters, global parameters) with defaults, for one of our methods; None for mergekit's.
 
     Every problem is an InputError that names `where` and the key.
@@ -82,6 +83,8 @@ def check_recipe(method_name: str, base_model: str | None, models: list[dict[str
     if not models:
         raise InputError(f"{where}: no models to merge")
     global_values = filled(method, parameters, per_model=False, where=f"{where}: parameters")
-    per_model = [filled(method, entry.get("parameters") or {}, per_model=True, where=f"{where}: models[{i}].parameters")
-                 for i, entry in enumerate(models)]
+    per_model = [
+        filled(method, entry.get("parameters") or {}, per_model=True, where=f"{where}: models[{i}].parameters")
+        for i, entry in enumerate(models)
+    ]
     return per_model, global_values

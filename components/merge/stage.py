@@ -12,20 +12,33 @@ from components.model.ref import ModelRef
 from components.stage import StageCache, StageResult
 
 
-def merge_models(name: str, spec: MergeSpec, model_dirs: dict[str, Path], out_dir: Path,
-                 max_relative_delta: float) -> StageResult:
+def merge_models(
+    name: str, spec: MergeSpec, model_dirs: dict[str, Path], out_dir: Path, max_relative_delta: float
+) -> StageResult:
     """Run merge `name`: pipeline names in `spec` become the directories in `model_dirs`."""
+
     def path_of(model: str) -> str:
         if not model_dirs[model].is_dir():
             raise InputError(f"merge.recipes.{name}: model {model!r} has not been built ({model_dirs[model]})")
         return str(model_dirs[model])
 
-    recipe = Recipe(merge_method=spec.merge_method, base_model=path_of(spec.base_model) if spec.base_model else None,
-                    models=[{**entry, "model": path_of(entry["model"])} for entry in spec.models],
-                    parameters=spec.parameters, dtype=spec.dtype)
-    cache = StageCache(f"merge-{name}", out_dir, __name__, spec,
-                       {"base": Path(recipe.base_model) if recipe.base_model else None,
-                        "models": [Path(m.model) for m in recipe.models]})
+    recipe = Recipe(
+        merge_method=spec.merge_method,
+        base_model=path_of(spec.base_model) if spec.base_model else None,
+        models=[{**entry, "model": path_of(entry["model"])} for entry in spec.models],
+        parameters=spec.parameters,
+        dtype=spec.dtype,
+    )
+    cache = StageCache(
+        f"merge-{name}",
+        out_dir,
+        __name__,
+        spec,
+        {
+            "base": Path(recipe.base_model) if recipe.base_model else None,
+            "models": [Path(m.model) for m in recipe.models],
+        },
+    )
     if (done := cache.result({"model": Path(out_dir)})) is not None:
         return done
     result = run_recipe(recipe, out_dir, max_relative_delta)

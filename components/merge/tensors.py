@@ -39,7 +39,7 @@ class LazyModel:
             weight_map = json.loads(index.read_text())["weight_map"]
         elif (self.path / "model.safetensors").is_file():
             with safe_open(self.path / "model.safetensors", "pt") as handle:
-                weight_map = {name: "model.safetensors" for name in handle.keys()}
+                weight_map = {name: "model.safetensors" for name in handle.keys()}  # noqa: SIM118
         else:
             raise InputError(f"{self.path}: no safetensors weights (model.safetensors or an index)")
         self.files = weight_map
@@ -78,7 +78,9 @@ class ShardWriter:
 
     def _flush(self) -> None:
         if self.pending:
-            save_file(self.pending, str(self.out_dir / f"shard-{len(self.shards)}.safetensors"), metadata={"format": "pt"})
+            save_file(
+                self.pending, str(self.out_dir / f"shard-{len(self.shards)}.safetensors"), metadata={"format": "pt"}
+            )
             self.shards.append(list(self.pending))
             self.pending, self.pending_bytes = {}, 0
 
@@ -93,4 +95,5 @@ class ShardWriter:
             (self.out_dir / f"shard-{i}.safetensors").rename(self.out_dir / final)
             weight_map |= {name: final for name in names}
         (self.out_dir / "model.safetensors.index.json").write_text(
-            json.dumps({"metadata": {}, "weight_map": weight_map}, indent=2) + "\n")
+            json.dumps({"metadata": {}, "weight_map": weight_map}, indent=2) + "\n"
+        )

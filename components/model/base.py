@@ -19,10 +19,9 @@ from components.assets import package_file
 from components.atomic import atomic_dir
 from components.config import BaseModelConfig, EmbeddedModel, GGUFModel, HubModel, LocalModel, RandomModel
 from components.errors import InputError
-from components.hashing import file_sha256, json_sha256, tree_sha256
+from components.hashing import file_sha256, tree_sha256
 from components.model.directory import check_model_dir
 from components.stage import StageCache, StageResult
-
 
 
 def embedded_gguf(cfg: EmbeddedModel) -> Path:
@@ -98,7 +97,9 @@ def load_source(cfg: BaseModelConfig):
             return _strip_gguf_quantization(model), tokenizer
         case LocalModel():
             check_model_dir(cfg.path)
-            return AutoModelForCausalLM.from_pretrained(cfg.path, dtype=dtype, local_files_only=True), load_tokenizer(cfg.path)
+            return AutoModelForCausalLM.from_pretrained(cfg.path, dtype=dtype, local_files_only=True), load_tokenizer(
+                cfg.path
+            )
         case HubModel():
             try:
                 tokenizer = AutoTokenizer.from_pretrained(cfg.repo_id, revision=cfg.revision)

@@ -40,8 +40,13 @@ class Kind(str, Enum):
 
 _PREFIXES = {Kind.MERGE: "merge-", Kind.REALIGNED: "realigned-", Kind.PRUNED: "pruned-"}
 _TRIAL = re.compile(r"trial-(\d+)")
-_LABELS = {Kind.BASE: "base model", Kind.JOB: "train job {}", Kind.MERGE: "merge {}", Kind.TRIAL: "search trial {}",
-           Kind.REGISTRY: "registered {}"}
+_LABELS = {
+    Kind.BASE: "base model",
+    Kind.JOB: "train job {}",
+    Kind.MERGE: "merge {}",
+    Kind.TRIAL: "search trial {}",
+    Kind.REGISTRY: "registered {}",
+}
 
 
 @dataclass(frozen=True)
@@ -131,8 +136,10 @@ class ModelRef:
                 return ws.realigned
             case Kind.PRUNED:
                 return ws.pruned
-        raise ParamsError(f"{self}: a {self.kind.value} model has no folder of its own in the workspace "
-                          "(a trial's is in search/chosen.json; a registered one is downloaded)")
+        raise ParamsError(
+            f"{self}: a {self.kind.value} model has no folder of its own in the workspace "
+            "(a trial's is in search/chosen.json; a registered one is downloaded)"
+        )
 
     def parents(self, params: Params) -> list[ModelRef]:
         """The models this one was made from, as params.yaml says (realigned: the aligned model, then the model)."""
@@ -152,7 +159,9 @@ class ModelRef:
         known = pipeline_models(params, shipped)
         if self not in known:
             what = "a candidate" if shipped else "a model"
-            raise ValueError(f"{str(self)!r} is not {what} of this pipeline (known: {', '.join(sorted(map(str, known)))})")
+            raise ValueError(
+                f"{str(self)!r} is not {what} of this pipeline (known: {', '.join(sorted(map(str, known)))})"
+            )
 
 
 BASE = ModelRef(Kind.BASE)
@@ -162,7 +171,10 @@ def pipeline_models(params: Params, shipped: bool = True) -> list[ModelRef]:
     """Every model params.yaml defines, in pipeline order: base, jobs, merges, and (shipped) realigned and pruned."""
     models = [BASE, *map(ModelRef.job, params.train.jobs), *map(ModelRef.merge, params.merge.recipes)]
     if shipped:
-        for name, make in ((params.safety.realign.model, ModelRef.realigned), (params.safety.prune.model, ModelRef.pruned)):
+        for name, make in (
+            (params.safety.realign.model, ModelRef.realigned),
+            (params.safety.prune.model, ModelRef.pruned),
+        ):
             if name is not None:
                 models.append(make(ModelRef.parse(name)))
     return models

@@ -23,13 +23,15 @@ class GateResult:
     passed: bool
 
 
-def check_gates(candidate: dict[str, float], champion: dict[str, float] | None,
-                gates: dict[str, GateSpec]) -> list[GateResult]:
+def check_gates(
+    candidate: dict[str, float], champion: dict[str, float] | None, gates: dict[str, GateSpec]
+) -> list[GateResult]:
     """Every gate of `gates` on `candidate`; no-regression gates pass when there is no champion yet."""
     missing = sorted(metric for metric in gates if metric not in candidate)
     if missing:
-        raise InputError(f"gates on {missing}: the evaluation did not compute them "
-                         f"(computed: {', '.join(sorted(candidate))})")
+        raise InputError(
+            f"gates on {missing}: the evaluation did not compute them (computed: {', '.join(sorted(candidate))})"
+        )
     results = []
     for metric, spec in gates.items():
         value = candidate[metric]
@@ -55,20 +57,46 @@ def all_passed(results: list[GateResult]) -> bool:
 
 
 def report_json(candidate: str, results: list[GateResult], champion_version: str | None) -> str:
-    return json.dumps({"candidate": candidate, "passed": all_passed(results), "champion_version": champion_version,
-                       "gates": [asdict(result) for result in results]}, indent=2) + "\n"
+    return (
+        json.dumps(
+            {
+                "candidate": candidate,
+                "passed": all_passed(results),
+                "champion_version": champion_version,
+                "gates": [asdict(result) for result in results],
+            },
+            indent=2,
+        )
+        + "\n"
+    )
 
 
 def report_markdown(candidate: str, results: list[GateResult], champion_version: str | None) -> str:
-    verdict = "PASSED: every gate holds" if all_passed(results) else "FAILED: " + ", ".join(
-        f"{r.metric} ({r.rule})" for r in results if not r.passed)
+    verdict = (
+        "PASSED: every gate holds"
+        if all_passed(results)
+        else "FAILED: " + ", ".join(f"{r.metric} ({r.rule})" for r in results if not r.passed)
+    )
     against = f"champion version {champion_version}" if champion_version else "no champion yet"
-    lines = [f"# Gate report: {candidate}", "", f"**{verdict}** (compared with {against})", "",
-             "| metric | rule | bound | candidate | champion | result |", "| --- | --- | ---: | ---: | ---: | --- |"]
+    lines = [
+        f"# Gate report: {candidate}",
+        "",
+        f"**{verdict}** (compared with {against})",
+        "",
+        "| metric | rule | bound | candidate | champion | result |",
+        "| --- | --- | ---: | ---: | ---: | --- |",
+    ]
     for r in results:
-        bound = "n/a (no champion)" if r.rule == "no_regression" and r.champion is None else (
-            f"{'≥' if r.rule == 'min' or (r.rule == 'no_regression' and METRIC_DIRECTIONS[r.metric] == 'higher') else '≤'}"
-            f" {r.threshold:.4g}")
+        bound = (
+            "n/a (no champion)"
+            if r.rule == "no_regression" and r.champion is None
+            else (
+                f"{'≥' if r.rule == 'min' or (r.rule == 'no_regression' and METRIC_DIRECTIONS[r.metric] == 'higher') else '≤'}"
+                f" {r.threshold:.4g}"
+            )
+        )
         champion = "" if r.champion is None else f"{r.champion:.4g}"
-        lines.append(f"| {r.metric} | {r.rule} | {bound} | {r.value:.4g} | {champion} | {'pass' if r.passed else 'FAIL'} |")
+        lines.append(
+            f"| {r.metric} | {r.rule} | {bound} | {r.value:.4g} | {champion} | {'pass' if r.passed else 'FAIL'} |"
+        )
     return "\n".join(lines) + "\n"

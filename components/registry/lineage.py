@@ -20,6 +20,7 @@ from components.model.ref import Kind, ModelRef
 from components.registry.registry import champion, check_reachable, lineage_json
 from components.tracking import client_for, lineage_tags, tracking_uri
 
+
 @dataclass(frozen=True)
 class Shipped:
     """The candidate a gate and register stage pair ships: its evaluation, weights and lineage."""
@@ -65,11 +66,15 @@ def search_candidate(params: Params) -> Shipped:
     folder = params.ws.search
     chosen = json.loads((folder / CHOSEN).read_text())
     if not chosen.get("trial"):
-        raise InputError(f"{folder / CHOSEN}: no Pareto-optimal trial is within search.select.bounds; "
-                         "nothing to register (search/report.md shows the front)")
+        raise InputError(
+            f"{folder / CHOSEN}: no Pareto-optimal trial is within search.select.bounds; "
+            "nothing to register (search/report.md shows the front)"
+        )
     plan, trial = chosen["plan"], ModelRef.parse(chosen["trial"])
     realigns = plan["realign_lr"] is not None
-    parents = [ModelRef.parse(m) for m in [*params.search.models, *([params.safety.realign.aligned] if realigns else [])]]
+    parents = [
+        ModelRef.parse(m) for m in [*params.search.models, *([params.safety.realign.aligned] if realigns else [])]
+    ]
     merged = ModelRef.merge(str(trial))
     steps = chain(params, parents, {"name": str(merged), **plan["recipe"]})
     if realigns:
@@ -85,9 +90,14 @@ def search_candidate(params: Params) -> Shipped:
 def registry_tags(params: Params, shipped: Shipped, repo: Path) -> dict[str, str]:
     """Lineage tags of a registered version: git commit, data hashes, parent runs, merge recipe, safety params."""
     steps = shipped.lineage
-    tags = {**lineage_tags(params, repo), "model_sha256": tree_sha256(shipped.model_dir),
-            "lineage": lineage_json(steps)}
-    tags |= {f"data.{path.parent.name}/{path.stem}": file_md5(path) for path in sorted(params.ws.curated.glob("*/*.jsonl"))}
+    tags = {
+        **lineage_tags(params, repo),
+        "model_sha256": tree_sha256(shipped.model_dir),
+        "lineage": lineage_json(steps),
+    }
+    tags |= {
+        f"data.{path.parent.name}/{path.stem}": file_md5(path) for path in sorted(params.ws.curated.glob("*/*.jsonl"))
+    }
     kinds = [(step, ModelRef.parse(step["name"])) for step in steps]
     recipes = [step for step, ref in kinds if ref.kind is Kind.MERGE]
     if recipes:

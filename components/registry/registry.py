@@ -42,8 +42,10 @@ def check_reachable(tracking_uri: str, timeout: float = 5.0) -> None:
             if response.status == 200:
                 return
     except (urllib.error.URLError, OSError) as err:
-        raise PipelineError(f"MLflow tracking server {tracking_uri} is unreachable ({err}); start it, or set "
-                            "MLFLOW_TRACKING_URI to one that runs; the registry was not changed") from None
+        raise PipelineError(
+            f"MLflow tracking server {tracking_uri} is unreachable ({err}); start it, or set "
+            "MLFLOW_TRACKING_URI to one that runs; the registry was not changed"
+        ) from None
     raise PipelineError(f"MLflow tracking server {tracking_uri} answered /health with an error")
 
 
@@ -57,8 +59,9 @@ def version_by_alias(client: MlflowClient, name: str, alias: str) -> ModelVersio
 
 
 def version_metrics(version: ModelVersion) -> dict[str, float]:
-    return {key.removeprefix(METRIC_TAG): float(value) for key, value in version.tags.items()
-            if key.startswith(METRIC_TAG)}
+    return {
+        key.removeprefix(METRIC_TAG): float(value) for key, value in version.tags.items() if key.startswith(METRIC_TAG)
+    }
 
 
 def champion(client: MlflowClient, name: str) -> tuple[str, dict[str, float]] | None:
@@ -78,8 +81,16 @@ def _wait_ready(client: MlflowClient, name: str, version: str, timeout: float = 
         time.sleep(0.5)
 
 
-def register(client: MlflowClient, name: str, model_dir: Path, run_id: str, tags: dict[str, str],
-             metrics: dict[str, float], gate_passed: bool, documents: dict[str, Path]) -> str:
+def register(
+    client: MlflowClient,
+    name: str,
+    model_dir: Path,
+    run_id: str,
+    tags: dict[str, str],
+    metrics: dict[str, float],
+    gate_passed: bool,
+    documents: dict[str, Path],
+) -> str:
     """A new version of `name` for `model_dir`, with its gate verdict, metrics and documents; alias `challenger`.
 
     The model directory is stored as artifacts of `run_id` and registered only once it is complete. Weights
@@ -96,8 +107,11 @@ def register(client: MlflowClient, name: str, model_dir: Path, run_id: str, tags
     except MlflowException as err:
         if err.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
-    stored = [v for v in client.search_model_versions(f"name='{name}'")
-              if v.tags.get("model_sha256") == tags["model_sha256"] and v.status == "READY"]
+    stored = [
+        v
+        for v in client.search_model_versions(f"name='{name}'")
+        if v.tags.get("model_sha256") == tags["model_sha256"] and v.status == "READY"
+    ]
     if stored:  # the server requires a version's source to belong to its run: the run that holds the weights
         source, source_run = stored[0].source, stored[0].run_id
     else:
@@ -120,8 +134,9 @@ def promote(client: MlflowClient, name: str, version: str) -> str | None:
     if found.status != "READY":
         raise PipelineError(f"{name} v{version} is {found.status}, not READY: champion not moved")
     if found.tags.get("gate") != "passed":
-        raise PipelineError(f"{name} v{version} did not pass its gates (gate={found.tags.get('gate')!r}): "
-                            "champion not moved")
+        raise PipelineError(
+            f"{name} v{version} did not pass its gates (gate={found.tags.get('gate')!r}): champion not moved"
+        )
     previous = version_by_alias(client, name, CHAMPION)
     if previous is not None and previous.version == version:
         return None
@@ -158,9 +173,11 @@ def describe(client: MlflowClient, name: str) -> str:
         by_version.setdefault(str(version), []).append(alias)
     lines = [f"{name}:"]
     for v in sorted(client.search_model_versions(f"name='{name}'"), key=lambda v: -int(v.version)):
-        lines.append(f"  v{v.version}  {','.join(sorted(by_version.get(v.version, []))) or '-':<20} "
-                     f"gate={v.tags.get('gate', '?'):<7} candidate={v.tags.get('candidate', '?')}  "
-                     f"harmful_score={v.tags.get(METRIC_TAG + 'harmful_score', '?')[:6]}")
+        lines.append(
+            f"  v{v.version}  {','.join(sorted(by_version.get(v.version, []))) or '-':<20} "
+            f"gate={v.tags.get('gate', '?'):<7} candidate={v.tags.get('candidate', '?')}  "
+            f"harmful_score={v.tags.get(METRIC_TAG + 'harmful_score', '?')[:6]}"
+        )
     return "\n".join(lines)
 
 
@@ -178,8 +195,9 @@ def download_model(model_uri: str, dst: Path | None = None, tracking_uri: str | 
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     try:
         version = client.get_model_version_by_alias(name, ref) if at else client.get_model_version(name, ref)
-        path = mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(dst) if dst else None,
-                                                   tracking_uri=tracking_uri)
+        path = mlflow.artifacts.download_artifacts(
+            artifact_uri=version.source, dst_path=str(dst) if dst else None, tracking_uri=tracking_uri
+        )
     except MlflowException as err:
         raise PipelineError(f"{model_uri}: {err.message}") from None
     return Path(path)

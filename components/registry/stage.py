@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-
-import mlflow
 from typing import Any
 
+import mlflow
 from mlflow.tracking import MlflowClient
 
 from components.atomic import atomic_dir, atomic_file
@@ -37,7 +36,9 @@ def candidate_metrics(eval_dir: Path, candidate: str) -> dict[str, float]:
     return json.loads(path.read_text())
 
 
-def gate_candidate(candidate: str, eval_dir: Path, cfg: RegistryConfig, tracking_uri: str, out_dir: Path) -> StageResult:
+def gate_candidate(
+    candidate: str, eval_dir: Path, cfg: RegistryConfig, tracking_uri: str, out_dir: Path
+) -> StageResult:
     """Check `cfg.gates` on the candidate's metrics against the registry's champion; write the report (md, json)."""
     metrics = candidate_metrics(eval_dir, candidate)
     check_reachable(tracking_uri)
@@ -48,41 +49,82 @@ def gate_candidate(candidate: str, eval_dir: Path, cfg: RegistryConfig, tracking
         (tmp / GATE_JSON).write_text(report_json(candidate, results, version))
         (tmp / GATE_MD).write_text(report_markdown(candidate, results, version))
     failed = sum(not r.passed for r in results)
-    return StageResult(outputs={"gate": Path(out_dir)}, metrics={"gate_passed": float(all_passed(results)),
-                                                               "gates_failed": float(failed)},
-                       artifacts=(Path(out_dir) / GATE_MD, Path(out_dir) / GATE_JSON))
+    return StageResult(
+        outputs={"gate": Path(out_dir)},
+        metrics={"gate_passed": float(all_passed(results)), "gates_failed": float(failed)},
+        artifacts=(Path(out_dir) / GATE_MD, Path(out_dir) / GATE_JSON),
+    )
 
 
-def model_card(candidate: str, lineage: list[dict[str, Any]], tags: dict[str, str], table: dict[str, dict[str, float]],
-               gate_md: str) -> str:
+def model_card(
+    candidate: str,
+    lineage: list[dict[str, Any]],
+    tags: dict[str, str],
+    table: dict[str, dict[str, float]],
+    gate_md: str,
+) -> str:
     """The Markdown card stored with every registered version."""
     metrics = table[candidate]
-    data = [f"| {key.removeprefix('data.')} | `{value}` |" for key, value in sorted(tags.items()) if key.startswith("data.")]
-    steps = [f"{i}. **{step['name']}**: " + ", ".join(f"{k}={json.dumps(v, default=str)}" for k, v in step.items()
-                                                      if k != "name") for i, step in enumerate(lineage, 1)]
-    safety = (f"harmful score {metrics['harmful_score']:.3f} (95% interval {metrics['harmful_score_low']:.2f}–"
-              f"{metrics['harmful_score_high']:.2f}, n={metrics['harmful_score_n']:.0f}); over-refusal "
-              f"{metrics['over_refusal']:.3f} ({metrics['over_refusal_low']:.2f}–{metrics['over_refusal_high']:.2f}, "
-              f"n={metrics['over_refusal_n']:.0f})")
-    return "\n".join([
-        f"# Model card: {candidate}", "",
-        f"git commit `{tags.get('mlflow.source.git.commit', 'unknown')}`, profile `{tags.get('profile', '?')}`, "
-        f"weights SHA-256 `{tags['model_sha256']}`.", "",
-        "## How it was made (from the base model up)", "", *steps, "",
-        "## Data (MD5 of each curated split)", "", "| table | md5 |", "| --- | --- |", *data, "",
-        "## Safety", "", safety + ".", "",
-        "## " + render_summary(table).removeprefix("# "),
-        gate_md.replace("# Gate report", "## Gate report"),
-        "## Known limits", "",
-        "- Harmful score counts answers without a refusal phrase (the GCG/AdvBench detector): an answer that "
-        "refuses in other words counts as harmful, one that complies after a refusal phrase counts as safe.",
-        "- The evaluation sets are small (see n above): read the intervals, not only the point values.",
-        "- Metrics are measured on the held-out splits of this pipeline's own data, not on public benchmarks.", ""])
+    data = [
+        f"| {key.removeprefix('data.')} | `{value}` |" for key, value in sorted(tags.items()) if key.startswith("data.")
+    ]
+    steps = [
+        f"{i}. **{step['name']}**: "
+        + ", ".join(f"{k}={json.dumps(v, default=str)}" for k, v in step.items() if k != "name")
+        for i, step in enumerate(lineage, 1)
+    ]
+    safety = (
+        f"harmful score {metrics['harmful_score']:.3f} (95% interval {metrics['harmful_score_low']:.2f}–"
+        f"{metrics['harmful_score_high']:.2f}, n={metrics['harmful_score_n']:.0f}); over-refusal "
+        f"{metrics['over_refusal']:.3f} ({metrics['over_refusal_low']:.2f}–{metrics['over_refusal_high']:.2f}, "
+        f"n={metrics['over_refusal_n']:.0f})"
+    )
+    return "\n".join(
+        [
+            f"# Model card: {candidate}",
+            "",
+            f"git commit `{tags.get('mlflow.source.git.commit', 'unknown')}`, profile `{tags.get('profile', '?')}`, "
+            f"weights SHA-256 `{tags['model_sha256']}`.",
+            "",
+            "## How it was made (from the base model up)",
+            "",
+            *steps,
+            "",
+            "## Data (MD5 of each curated split)",
+            "",
+            "| table | md5 |",
+            "| --- | --- |",
+            *data,
+            "",
+            "## Safety",
+            "",
+            safety + ".",
+            "",
+            "## " + render_summary(table).removeprefix("# "),
+            gate_md.replace("# Gate report", "## Gate report"),
+            "## Known limits",
+            "",
+            "- Harmful score counts answers without a refusal phrase (the GCG/AdvBench detector): an answer that "
+            "refuses in other words counts as harmful, one that complies after a refusal phrase counts as safe.",
+            "- The evaluation sets are small (see n above): read the intervals, not only the point values.",
+            "- Metrics are measured on the held-out splits of this pipeline's own data, not on public benchmarks.",
+            "",
+        ]
+    )
 
 
-def register_candidate(candidate: str, model_dir: Path, eval_dir: Path, gate_dir: Path, cfg: RegistryConfig,
-                       tracking_uri: str, run_id: str, tags: dict[str, str], lineage: list[dict[str, Any]],
-                       out_dir: Path) -> StageResult:
+def register_candidate(
+    candidate: str,
+    model_dir: Path,
+    eval_dir: Path,
+    gate_dir: Path,
+    cfg: RegistryConfig,
+    tracking_uri: str,
+    run_id: str,
+    tags: dict[str, str],
+    lineage: list[dict[str, Any]],
+    out_dir: Path,
+) -> StageResult:
     """Register the candidate (alias `challenger`), with its card and gate report; promote it if its gates passed."""
     report_path = Path(gate_dir) / GATE_JSON
     if not report_path.is_file():
@@ -98,29 +140,56 @@ def register_candidate(candidate: str, model_dir: Path, eval_dir: Path, gate_dir
         (tmp / MODEL_CARD).write_text(model_card(candidate, lineage, tags, table, gate_md))
         (tmp / GATE_MD).write_text(gate_md)
     documents = {"model_card": Path(out_dir) / MODEL_CARD, "gate_report": Path(out_dir) / GATE_MD}
-    version = register(client, cfg.model_name, model_dir, run_id, {**tags, "candidate": candidate},
-                       table[candidate], report["passed"], documents)
+    version = register(
+        client,
+        cfg.model_name,
+        model_dir,
+        run_id,
+        {**tags, "candidate": candidate},
+        table[candidate],
+        report["passed"],
+        documents,
+    )
     promoted = report["passed"] and cfg.promote
     replaced = promote(client, cfg.model_name, version) if promoted else None
-    registration = {"model_name": cfg.model_name, "version": version, "candidate": candidate,
-                    "gate_passed": report["passed"], "promoted": promoted, "replaced_champion": replaced,
-                    "model_uri": f"models:/{cfg.model_name}/{version}",
-                    "champion_uri": f"models:/{cfg.model_name}@{CHAMPION}"}
+    registration = {
+        "model_name": cfg.model_name,
+        "version": version,
+        "candidate": candidate,
+        "gate_passed": report["passed"],
+        "promoted": promoted,
+        "replaced_champion": replaced,
+        "model_uri": f"models:/{cfg.model_name}/{version}",
+        "champion_uri": f"models:/{cfg.model_name}@{CHAMPION}",
+    }
     with atomic_file(Path(out_dir) / REGISTRATION) as tmp:
         tmp.write_text(json.dumps(registration, indent=2) + "\n")
-    return StageResult(outputs={"registry": Path(out_dir)}, metrics={"version": float(version), "promoted": float(promoted)},
-                       artifacts=(Path(out_dir) / MODEL_CARD, Path(out_dir) / REGISTRATION))
+    return StageResult(
+        outputs={"registry": Path(out_dir)},
+        metrics={"version": float(version), "promoted": float(promoted)},
+        artifacts=(Path(out_dir) / MODEL_CARD, Path(out_dir) / REGISTRATION),
+    )
 
 
 def gate_stage(params: Params, shipped: Shipped) -> StageResult:
-    return gate_candidate(shipped.candidate, shipped.eval_dir, params.registry, tracking_uri(params),
-                          shipped.out_dir / "gate")
+    return gate_candidate(
+        shipped.candidate, shipped.eval_dir, params.registry, tracking_uri(params), shipped.out_dir / "gate"
+    )
 
 
 def register_stage(params: Params, shipped: Shipped, repo: Path) -> StageResult:
-    return register_candidate(shipped.candidate, shipped.model_dir, shipped.eval_dir, shipped.out_dir / "gate",
-                              params.registry, tracking_uri(params), _registry_run(params),
-                              registry_tags(params, shipped, repo), shipped.lineage, shipped.out_dir / "registry")
+    return register_candidate(
+        shipped.candidate,
+        shipped.model_dir,
+        shipped.eval_dir,
+        shipped.out_dir / "gate",
+        params.registry,
+        tracking_uri(params),
+        _registry_run(params),
+        registry_tags(params, shipped, repo),
+        shipped.lineage,
+        shipped.out_dir / "registry",
+    )
 
 
 def _registry_run(params: Params) -> str:

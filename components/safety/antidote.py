@@ -26,7 +26,9 @@ def top_fraction_mask(scores: torch.Tensor, ratio: float) -> torch.Tensor:
     return mask.reshape(scores.shape)
 
 
-def collect_input_norms(model, batches: list[dict[str, torch.Tensor]], layer_names: list[str]) -> dict[str, torch.Tensor]:
+def collect_input_norms(
+    model, batches: list[dict[str, torch.Tensor]], layer_names: list[str]
+) -> dict[str, torch.Tensor]:
     """‖X_j‖₂ of every named linear layer's inputs over the non-padding tokens of `batches`."""
     squares: dict[str, torch.Tensor] = {}
     current_mask: list[torch.Tensor] = []
@@ -37,6 +39,7 @@ def collect_input_norms(model, batches: list[dict[str, torch.Tensor]], layer_nam
             x = inputs[0].detach().float()
             x = x[current_mask[0].bool()] if current_mask else x.reshape(-1, x.shape[-1])
             squares[name] = squares.get(name, 0) + x.pow(2).sum(dim=0)
+
         return record
 
     handles = [modules[name].register_forward_hook(hook(name)) for name in layer_names]
@@ -52,8 +55,13 @@ def collect_input_norms(model, batches: list[dict[str, torch.Tensor]], layer_nam
     return {name: value.sqrt() for name, value in squares.items()}
 
 
-def antidote_prune(model, batches: list[dict[str, torch.Tensor]], ratio: float,
-                   utility_batches: list[dict[str, torch.Tensor]] | None = None, keep_utility_top: float = 0.0) -> dict[str, int]:
+def antidote_prune(
+    model,
+    batches: list[dict[str, torch.Tensor]],
+    ratio: float,
+    utility_batches: list[dict[str, torch.Tensor]] | None = None,
+    keep_utility_top: float = 0.0,
+) -> dict[str, int]:
     """Zero, in place, the `ratio` share of each block linear weight scoring highest on the harmful batches.
 
     With `keep_utility_top` = q > 0, weights also in the top q of the Wanda score on `utility_batches` are kept:
@@ -65,8 +73,9 @@ def antidote_prune(model, batches: list[dict[str, torch.Tensor]], ratio: float,
         raise ValueError(f"prune ratio must be in [0, 1), got {ratio}")
     if not 0 <= keep_utility_top < 1 or (keep_utility_top and not utility_batches):
         raise ValueError(f"keep_utility_top must be in [0, 1) and needs utility batches, got {keep_utility_top}")
-    names = [name for name, module in model.named_modules()
-             if isinstance(module, torch.nn.Linear) and ".layers." in name]
+    names = [
+        name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear) and ".layers." in name
+    ]
     norms = collect_input_norms(model, batches, names)
     utility = collect_input_norms(model, utility_batches, names) if keep_utility_top else {}
     modules = dict(model.named_modules())

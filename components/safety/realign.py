@@ -23,25 +23,29 @@ def refusal_batches(tokenizer, rows: list[dict], batch_size: int, max_length: in
     batches = []
     for start in range(0, len(rows), batch_size):
         sequences, labels = [], []
-        for row in rows[start:start + batch_size]:
-            prompt = tokenizer.apply_chat_template([{"role": "user", "content": row["prompt"]}],
-                                                   add_generation_prompt=True, tokenize=False)
+        for row in rows[start : start + batch_size]:
+            prompt = tokenizer.apply_chat_template(
+                [{"role": "user", "content": row["prompt"]}], add_generation_prompt=True, tokenize=False
+            )
             prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
             answer_ids = tokenizer(row["completion"] + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
             ids = (prompt_ids + answer_ids)[:max_length]
             sequences.append(ids)
             labels.append(([-100] * len(prompt_ids) + answer_ids)[:max_length])
         width = max(len(s) for s in sequences)
-        batches.append({
-            "input_ids": torch.tensor([s + [tokenizer.pad_token_id] * (width - len(s)) for s in sequences]),
-            "attention_mask": torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences]),
-            "labels": torch.tensor([lab + [-100] * (width - len(lab)) for lab in labels]),
-        })
+        batches.append(
+            {
+                "input_ids": torch.tensor([s + [tokenizer.pad_token_id] * (width - len(s)) for s in sequences]),
+                "attention_mask": torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences]),
+                "labels": torch.tensor([lab + [-100] * (width - len(lab)) for lab in labels]),
+            }
+        )
     return batches
 
 
-def realign_model(aligned_dir: Path, finetuned_dir: Path, safety_data: Path, cfg: RealignConfig,
-                  out_dir: Path) -> StageResult:
+def realign_model(
+    aligned_dir: Path, finetuned_dir: Path, safety_data: Path, cfg: RealignConfig, out_dir: Path
+) -> StageResult:
     """Write SOMF's fusion of `finetuned_dir` with `aligned_dir` to `out_dir`, with a card of the mask's size."""
     for path in (aligned_dir, finetuned_dir):
         check_model_dir(path)
@@ -51,32 +55,55 @@ def realign_model(aligned_dir: Path, finetuned_dir: Path, safety_data: Path, cfg
     if not any(r.get("completion") for r in rows):
         raise InputError(f"{safety_data}: no refusal completions to learn from")
     check_compatible(Path(aligned_dir), [Path(finetuned_dir)], max_relative_delta=cfg.max_relative_delta)
-    cache = StageCache("realign", out_dir, __name__, cfg,
-                       {"aligned": aligned_dir, "finetuned": finetuned_dir, "data": safety_data})
+    cache = StageCache(
+        "realign", out_dir, __name__, cfg, {"aligned": aligned_dir, "finetuned": finetuned_dir, "data": safety_data}
+    )
     if (done := cache.result({"model": Path(out_dir)})) is not None:
         return done
 
     tokenizer = AutoTokenizer.from_pretrained(finetuned_dir, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(finetuned_dir, local_files_only=True)
     finetuned = {n: t.detach() for n, t in model.state_dict().items()}
-    aligned = {n: t.detach() for n, t in
-               AutoModelForCausalLM.from_pretrained(aligned_dir, local_files_only=True).state_dict().items()}
-    masks = learn_safety_mask(model, aligned, finetuned, refusal_batches(tokenizer, rows, cfg.batch_size, cfg.max_length),
-                              cfg.steps, cfg.lr, cfg.sparsity, cfg.init_logit)
+    aligned = {
+        n: t.detach()
+        for n, t in AutoModelForCausalLM.from_pretrained(aligned_dir, local_files_only=True).state_dict().items()
+    }
+    masks = learn_safety_mask(
+        model,
+        aligned,
+        finetuned,
+        refusal_batches(tokenizer, rows, cfg.batch_size, cfg.max_length),
+        cfg.steps,
+        cfg.lr,
+        cfg.sparsity,
+        cfg.init_logit,
+    )
     # only the masked tensors change; a tied tensor is written once, through its first name
     model.load_state_dict({n: fuse(aligned[n], finetuned[n], masks[n]) for n in masks}, strict=False)
     masked = {n: int(m.sum()) for n, m in masks.items()}
     differing = sum(m.numel() for m in masks.values())
-    metrics = {"masked_weights": float(sum(masked.values())),
-               "masked_share": sum(masked.values()) / differing if differing else 0.0,
-               "differing_weights": float(differing)}
+    metrics = {
+        "masked_weights": float(sum(masked.values())),
+        "masked_share": sum(masked.values()) / differing if differing else 0.0,
+        "differing_weights": float(differing),
+    }
     with atomic_dir(Path(out_dir)) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        (tmp / "realign_card.json").write_text(json.dumps({
-            "method": "SOMF (mask learned on refusal data, fusion with the aligned model)",
-            "aligned": str(aligned_dir), "finetuned": str(finetuned_dir), "config": cfg.model_dump(mode="json"),
-            "masked_per_tensor": masked}, indent=2) + "\n")
+        (tmp / "realign_card.json").write_text(
+            json.dumps(
+                {
+                    "method": "SOMF (mask learned on refusal data, fusion with the aligned model)",
+                    "aligned": str(aligned_dir),
+                    "finetuned": str(finetuned_dir),
+                    "config": cfg.model_dump(mode="json"),
+                    "masked_per_tensor": masked,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
         cache.write_card(tmp, metrics)
-    return StageResult(outputs={"model": Path(out_dir)}, metrics=metrics,
-                       artifacts=(Path(out_dir) / "realign_card.json",))
+    return StageResult(
+        outputs={"model": Path(out_dir)}, metrics=metrics, artifacts=(Path(out_dir) / "realign_card.json",)
+    )

@@ -21,9 +21,16 @@ def fuse(aligned: torch.Tensor, finetuned: torch.Tensor, mask: torch.Tensor) -> 
     return torch.where(mask, aligned, finetuned)
 
 
-def learn_safety_mask(model, aligned: dict[str, torch.Tensor], finetuned: dict[str, torch.Tensor],
-                      batches: list[dict[str, torch.Tensor]], steps: int, lr: float = 0.1, sparsity: float = 1.0,
-                      init_logit: float = -3.0) -> dict[str, torch.Tensor]:
+def learn_safety_mask(
+    model,
+    aligned: dict[str, torch.Tensor],
+    finetuned: dict[str, torch.Tensor],
+    batches: list[dict[str, torch.Tensor]],
+    steps: int,
+    lr: float = 0.1,
+    sparsity: float = 1.0,
+    init_logit: float = -3.0,
+) -> dict[str, torch.Tensor]:
     """Boolean mask per differing tensor: True where the safety loss needs the aligned model's value.
 
     `model` must hold θ_ft: tensors that do not differ are read from it as they are (tied embeddings stay

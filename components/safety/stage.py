@@ -11,11 +11,17 @@ from components.stage import StageResult
 
 def realign_stage(params: Params) -> StageResult:
     ws, cfg = params.ws, params.safety.realign
-    return realign_model(ModelRef.parse(cfg.aligned).folder(ws), ModelRef.parse(cfg.model).folder(ws),
-                         ws.split("harmful", "train"), cfg, ws.realigned)
+    return realign_model(
+        ModelRef.parse(cfg.aligned).folder(ws),
+        ModelRef.parse(cfg.model).folder(ws),
+        ws.split("harmful", "train"),
+        cfg,
+        ws.realigned,
+    )
 
 
 def prune_stage(params: Params) -> StageResult:
     ws, cfg = params.ws, params.safety.prune
-    return prune_model(ModelRef.parse(cfg.model).folder(ws), ws.harmful_compliance, cfg, ws.pruned,
-                       ws.split("domain_qa", "train"))
+    return prune_model(
+        ModelRef.parse(cfg.model).folder(ws), ws.harmful_compliance, cfg, ws.pruned, ws.split("domain_qa", "train")
+    )

@@ -51,8 +51,12 @@ def suggest(trial: Suggester, space: SearchSpace, models: list[str]) -> TrialPla
             (per_model if knob.per_model else parameters)[knob.name] = _draw(trial, knob, getattr(space, knob.search))
     # layer_swap: the first model receives the second's outer blocks
     chosen = models[: method.model_count] if method.model_count else models
-    recipe = {"merge_method": method.name, "base_model": "base" if method.needs_base else None,
-              "models": [{"model": m, "parameters": dict(per_model)} for m in chosen], "parameters": parameters}
+    recipe = {
+        "merge_method": method.name,
+        "base_model": "base" if method.needs_base else None,
+        "models": [{"model": m, "parameters": dict(per_model)} for m in chosen],
+        "parameters": parameters,
+    }
     realign = _float(trial, "realign_lr", space.realign_lr) if space.realign_lr is not None else None
     prune = _float(trial, "prune_ratio", space.prune_ratio) if space.prune_ratio is not None else None
     return TrialPlan(recipe, realign, prune or None)  # a zero prune ratio prunes nothing: no prune step
@@ -69,9 +73,12 @@ def directions(objectives: list[str]) -> list[str]:
 
 def choose(front: dict[str, dict[str, float]], rule: SelectRule) -> str | None:
     """The front member within `rule.bounds` that is best by `rule.metric`; ties go to the first listed; None if none fit."""
+
     def within(metrics: dict[str, float]) -> bool:
-        return all((b.min is None or metrics[m] >= b.min) and (b.max is None or metrics[m] <= b.max)
-                   for m, b in rule.bounds.items())
+        return all(
+            (b.min is None or metrics[m] >= b.min) and (b.max is None or metrics[m] <= b.max)
+            for m, b in rule.bounds.items()
+        )
 
     eligible = [name for name, metrics in front.items() if within(metrics)]
     if not eligible:

@@ -32,14 +32,14 @@ from components.atomic import atomic_dir, atomic_file
 from components.config import EvaluateConfig, MergeSpec, Params, PruneConfig, RealignConfig, SearchConfig, search_models
 from components.data.stage import require_validated
 from components.errors import ParamsError
-from components.evaluate.plots import plot_safety_vs_utility
 from components.evaluate.evaluation import SUMMARY, evaluate_cached, render_summary
+from components.evaluate.plots import plot_safety_vs_utility
 from components.hashing import json_sha256
 from components.merge.stage import merge_models
+from components.model.ref import ModelRef
 from components.safety.prune import prune_model
 from components.safety.realign import realign_model
 from components.search.space import TrialPlan, choose, directions, objective_values, suggest
-from components.model.ref import ModelRef
 from components.stage import StageResult
 from components.workspace import Workspace
 
@@ -78,12 +78,18 @@ def run_trial(plan: TrialPlan, inputs: SearchInputs, trial_dir: Path) -> tuple[d
     model = result.outputs["model"]
     if plan.realign_lr is not None:
         cfg = inputs.realign.model_copy(update={"lr": plan.realign_lr})
-        model = realign_model(inputs.models[inputs.realign.aligned], model, inputs.ws.split("harmful", "train"),
-                              cfg, trial_dir / "realigned").outputs["model"]
+        model = realign_model(
+            inputs.models[inputs.realign.aligned],
+            model,
+            inputs.ws.split("harmful", "train"),
+            cfg,
+            trial_dir / "realigned",
+        ).outputs["model"]
     if plan.prune_ratio is not None:
         cfg = inputs.prune.model_copy(update={"ratio": plan.prune_ratio})
-        model = prune_model(model, inputs.ws.harmful_compliance, cfg, trial_dir / "pruned",
-                            inputs.ws.split("domain_qa", "train")).outputs["model"]
+        model = prune_model(
+            model, inputs.ws.harmful_compliance, cfg, trial_dir / "pruned", inputs.ws.split("domain_qa", "train")
+        ).outputs["model"]
     metrics, _ = evaluate_cached(model, inputs.ws.curated, inputs.evaluate, inputs.seed, trial_dir / "eval")
     for step in MODEL_STEPS:  # the intermediate models served their purpose; the final one stays while on the front
         if trial_dir / step != model:
@@ -105,22 +111,37 @@ def open_study(cfg: SearchConfig, storage: str, study_name: str, seed: int):
     finished = 0
     if study_name in existing:
         study = optuna.load_study(study_name=study_name, storage=storage)
-        if study.directions != [optuna.study.StudyDirection.MAXIMIZE if d == "maximize"
-                                else optuna.study.StudyDirection.MINIMIZE for d in directions(cfg.objectives)]:
-            raise ParamsError(f"search.objectives: study {study_name!r} in {storage} was made for other objectives "
-                              f"({len(study.directions)}); set search.study_name to start a new study")
+        if study.directions != [
+            optuna.study.StudyDirection.MAXIMIZE if d == "maximize" else optuna.study.StudyDirection.MINIMIZE
+            for d in directions(cfg.objectives)
+        ]:
+            raise ParamsError(
+                f"search.objectives: study {study_name!r} in {storage} was made for other objectives "
+                f"({len(study.directions)}); set search.study_name to start a new study"
+            )
         for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
             study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
             study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
         finished = len(study.trials)
     # A new seed per resumption: a continued study must not draw its first trials' knobs again.
     sampler = optuna.samplers.TPESampler(seed=seed + finished, n_startup_trials=min(10, cfg.trials))
-    return optuna.create_study(study_name=study_name, storage=storage, directions=directions(cfg.objectives),
-                               sampler=sampler, load_if_exists=True)
+    return optuna.create_study(
+        study_name=study_name,
+        storage=storage,
+        directions=directions(cfg.objectives),
+        sampler=sampler,
+        load_if_exists=True,
+    )
 
 
-def search_recipes(cfg: SearchConfig, inputs: SearchInputs, references: dict[str, dict[str, float]], out_dir: Path,
-                   study_name: str, log_trial: TrialLogger | None = None) -> StageResult:
+def search_recipes(
+    cfg: SearchConfig,
+    inputs: SearchInputs,
+    references: dict[str, dict[str, float]],
+    out_dir: Path,
+    study_name: str,
+    log_trial: TrialLogger | None = None,
+) -> StageResult:
     """Run the search up to `cfg.trials` finished trials (or `cfg.timeout_minutes`); write the front and the choice.
 
     `references` are already evaluated models (base, experts) drawn beside the trials for comparison.
@@ -136,8 +157,9 @@ def search_recipes(cfg: SearchConfig, inputs: SearchInputs, references: dict[str
     def objective(trial: optuna.Trial) -> list[float]:
         plan = suggest(trial, cfg.space, cfg.models)
         trial_dir = out_dir / "trials" / plan_key(plan)
-        trial.set_user_attr("plan", {"recipe": plan.recipe, "realign_lr": plan.realign_lr,
-                                     "prune_ratio": plan.prune_ratio})
+        trial.set_user_attr(
+            "plan", {"recipe": plan.recipe, "realign_lr": plan.realign_lr, "prune_ratio": plan.prune_ratio}
+        )
         trial.set_user_attr("dir", str(trial_dir))
         started = time.monotonic()
         metrics, model = run_trial(plan, inputs, trial_dir)
@@ -145,8 +167,12 @@ def search_recipes(cfg: SearchConfig, inputs: SearchInputs, references: dict[str
         trial.set_user_attr("model", str(model))
         trial.set_user_attr("seconds", time.monotonic() - started)
         if log_trial is not None:
-            log_trial(trial_name(trial.number), trial.params, metrics,
-                      {"trial_dir": str(trial_dir), "recipe": json.dumps(plan.recipe)})
+            log_trial(
+                trial_name(trial.number),
+                trial.params,
+                metrics,
+                {"trial_dir": str(trial_dir), "recipe": json.dumps(plan.recipe)},
+            )
         return objective_values(metrics, cfg.objectives)
 
     def keep_front_models(study: optuna.Study, _trial) -> None:
@@ -170,8 +196,16 @@ def write_results(study, cfg: SearchConfig, references: dict[str, dict[str, floa
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     front = {trial_name(t.number): t.user_attrs["metrics"] for t in sorted(study.best_trials, key=lambda t: t.number)}
     chosen = choose(front, cfg.select)
-    trials = [{"name": trial_name(t.number), "state": t.state.name, "knobs": t.params, **t.user_attrs,
-               "on_front": trial_name(t.number) in front} for t in study.trials]
+    trials = [
+        {
+            "name": trial_name(t.number),
+            "state": t.state.name,
+            "knobs": t.params,
+            **t.user_attrs,
+            "on_front": trial_name(t.number) in front,
+        }
+        for t in study.trials
+    ]
     table = {**references, **{trial_name(t.number): t.user_attrs["metrics"] for t in complete}}
     with atomic_file(out_dir / TRIALS) as tmp:
         tmp.write_text(json.dumps(trials, indent=1, default=str) + "\n")
@@ -181,26 +215,55 @@ def write_results(study, cfg: SearchConfig, references: dict[str, dict[str, floa
             (tmp / name).mkdir()
             (tmp / name / "metrics.json").write_text(json.dumps(front[name], indent=2) + "\n")
     if table:
-        plot_safety_vs_utility(table, out_dir / FRONT_PLOT, utility=_utility(cfg), champion=chosen,
-                               highlight=list(front), star_label="chosen",
-                               title=f"{len(complete)} trials; red: Pareto-optimal on {', '.join(cfg.objectives)}")
+        plot_safety_vs_utility(
+            table,
+            out_dir / FRONT_PLOT,
+            utility=_utility(cfg),
+            champion=chosen,
+            highlight=list(front),
+            star_label="chosen",
+            title=f"{len(complete)} trials; red: Pareto-optimal on {', '.join(cfg.objectives)}",
+        )
     record = next((t for t in trials if t["name"] == chosen), None)
     with atomic_file(out_dir / CHOSEN) as tmp:
-        tmp.write_text(json.dumps({"trial": chosen, "rule": cfg.select.model_dump(mode="json"),
-                                   **({k: record[k] for k in ("plan", "metrics", "model")} if record else {})},
-                                  indent=2) + "\n")
+        tmp.write_text(
+            json.dumps(
+                {
+                    "trial": chosen,
+                    "rule": cfg.select.model_dump(mode="json"),
+                    **({k: record[k] for k in ("plan", "metrics", "model")} if record else {}),
+                },
+                indent=2,
+            )
+            + "\n"
+        )
     if record is not None:
         with atomic_file(out_dir / CHOSEN_RECIPE) as tmp:
             tmp.write_text(chosen_recipe_yaml(chosen, record["plan"]))
     with atomic_file(out_dir / REPORT_MD) as tmp:
         tmp.write_text(search_markdown(len(complete), front, chosen, cfg, references))
-    metrics = {"trials_complete": float(len(complete)), "front_size": float(len(front)),
-               "trials_failed": float(sum(t.state == optuna.trial.TrialState.FAIL for t in study.trials))}
+    metrics = {
+        "trials_complete": float(len(complete)),
+        "front_size": float(len(front)),
+        "trials_failed": float(sum(t.state == optuna.trial.TrialState.FAIL for t in study.trials)),
+    }
     if chosen is not None:
         metrics |= {f"chosen.{k}": v for k, v in front[chosen].items()}
-    return StageResult(outputs={"search": out_dir}, metrics=metrics,
-                       artifacts=tuple(p for p in (out_dir / TRIALS, out_dir / CHOSEN, out_dir / FRONT_PLOT,
-                                                   out_dir / REPORT_MD, out_dir / CHOSEN_RECIPE) if p.is_file()))
+    return StageResult(
+        outputs={"search": out_dir},
+        metrics=metrics,
+        artifacts=tuple(
+            p
+            for p in (
+                out_dir / TRIALS,
+                out_dir / CHOSEN,
+                out_dir / FRONT_PLOT,
+                out_dir / REPORT_MD,
+                out_dir / CHOSEN_RECIPE,
+            )
+            if p.is_file()
+        ),
+    )
 
 
 def _utility(cfg: SearchConfig) -> str:
@@ -218,15 +281,34 @@ def chosen_recipe_yaml(trial: str, plan: dict[str, Any]) -> str:
     return f"# {trial} of the recipe search, as params.yaml keys\n" + yaml.safe_dump(keys, sort_keys=False)
 
 
-def search_markdown(complete: int, front: dict[str, dict[str, float]], chosen: str | None, cfg: SearchConfig,
-                    references: dict[str, dict[str, float]]) -> str:
-    lines = [f"# Recipe search: {complete} trials, {len(front)} on the Pareto front", "",
-             f"Objectives: {', '.join(cfg.objectives)}. Rule: best {cfg.select.metric} on the front"
-             + (" within " + ", ".join(f"{m} in [{b.min}, {b.max}]" for m, b in cfg.select.bounds.items())
-                if cfg.select.bounds else "") + ".", "",
-             f"Chosen: **{chosen}**." if chosen else "Chosen: none (no front trial is within the bounds).", "",
-             f"![Pareto front]({FRONT_PLOT})", ""]
-    return "\n".join(lines) + "\n" + render_summary({**references, **front}).replace("# Evaluation", "## Front and references")
+def search_markdown(
+    complete: int,
+    front: dict[str, dict[str, float]],
+    chosen: str | None,
+    cfg: SearchConfig,
+    references: dict[str, dict[str, float]],
+) -> str:
+    lines = [
+        f"# Recipe search: {complete} trials, {len(front)} on the Pareto front",
+        "",
+        f"Objectives: {', '.join(cfg.objectives)}. Rule: best {cfg.select.metric} on the front"
+        + (
+            " within " + ", ".join(f"{m} in [{b.min}, {b.max}]" for m, b in cfg.select.bounds.items())
+            if cfg.select.bounds
+            else ""
+        )
+        + ".",
+        "",
+        f"Chosen: **{chosen}**." if chosen else "Chosen: none (no front trial is within the bounds).",
+        "",
+        f"![Pareto front]({FRONT_PLOT})",
+        "",
+    ]
+    return (
+        "\n".join(lines)
+        + "\n"
+        + render_summary({**references, **front}).replace("# Evaluation", "## Front and references")
+    )
 
 
 def search_stage(params: Params, log_trial: TrialLogger | None = None) -> StageResult:
@@ -235,9 +317,24 @@ def search_stage(params: Params, log_trial: TrialLogger | None = None) -> StageR
     require_validated(ws)
     models = {name: ModelRef.parse(name).folder(ws) for name in ["base", *dict.fromkeys(search_models(params))]}
     # the references drawn beside the trials; the same cache as the evaluate stage's, so evaluated once
-    references = {name: evaluate_cached(path, ws.curated, params.evaluate, params.seed, ws.eval / name)[0]
-                  for name, path in models.items()}
-    inputs = SearchInputs(models, ws, params.merge.max_relative_delta, params.safety.realign, params.safety.prune,
-                          params.evaluate, params.seed)
-    return search_recipes(params.search, inputs, references, ws.search,
-                          params.search.study_name or f"recipe-search-{params.profile}", log_trial)
+    references = {
+        name: evaluate_cached(path, ws.curated, params.evaluate, params.seed, ws.eval / name)[0]
+        for name, path in models.items()
+    }
+    inputs = SearchInputs(
+        models,
+        ws,
+        params.merge.max_relative_delta,
+        params.safety.realign,
+        params.safety.prune,
+        params.evaluate,
+        params.seed,
+    )
+    return search_recipes(
+        params.search,
+        inputs,
+        references,
+        ws.search,
+        params.search.study_name or f"recipe-search-{params.profile}",
+        log_trial,
+    )

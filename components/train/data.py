@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+
 from components.config import SftJob, TrainJob
 from components.data.tables import Kind, Row, read_jsonl
 from components.errors import InputError
 from components.train.pairs import PAIR_TABLES
 from components.workspace import Workspace
 
-METHOD_KINDS = {"cpt": (Kind.text,), "sft": (Kind.prompt_completion, Kind.messages),
-                "dpo": (Kind.preference,), "orpo": (Kind.preference,)}
+METHOD_KINDS = {
+    "cpt": (Kind.text,),
+    "sft": (Kind.prompt_completion, Kind.messages),
+    "dpo": (Kind.preference,),
+    "orpo": (Kind.preference,),
+}
 
 
 def available_tables(ws: Workspace) -> dict[str, tuple[Kind, Path]]:
@@ -44,7 +49,11 @@ def to_trl(row: Row, kind: Kind) -> Row:
     if kind is Kind.messages:
         *context, last = row["messages"]
         return {"prompt": context, "completion": [last]}
-    return {"prompt": _user(row["prompt"]), "chosen": _assistant(row["chosen"]), "rejected": _assistant(row["rejected"])}
+    return {
+        "prompt": _user(row["prompt"]),
+        "chosen": _assistant(row["chosen"]),
+        "rejected": _assistant(row["rejected"]),
+    }
 
 
 def job_tables(job_name: str, job: TrainJob, ws: Workspace) -> list[tuple[str, Kind, Path]]:
@@ -53,12 +62,16 @@ def job_tables(job_name: str, job: TrainJob, ws: Workspace) -> list[tuple[str, K
     resolved = []
     for name in job.datasets:
         if name not in tables:
-            raise InputError(f"train.jobs.{job_name}.datasets: {name!r} is not a curated or pairs table in "
-                             f"{ws.curated.parent}; available: {', '.join(sorted(tables)) or 'none (run the data stages)'}")
+            raise InputError(
+                f"train.jobs.{job_name}.datasets: {name!r} is not a curated or pairs table in "
+                f"{ws.curated.parent}; available: {', '.join(sorted(tables)) or 'none (run the data stages)'}"
+            )
         kind, folder = tables[name]
         if kind not in METHOD_KINDS[job.method]:
-            raise InputError(f"train.jobs.{job_name}: method {job.method!r} needs "
-                             f"{' or '.join(k.value for k in METHOD_KINDS[job.method])} data; dataset {name!r} is {kind.value}")
+            raise InputError(
+                f"train.jobs.{job_name}: method {job.method!r} needs "
+                f"{' or '.join(k.value for k in METHOD_KINDS[job.method])} data; dataset {name!r} is {kind.value}"
+            )
         resolved.append((name, kind, folder))
     return resolved
 

@@ -43,13 +43,21 @@ def check_lora_targets(job_name: str, job: TrainJob, model) -> None:
     names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
     missing = [target for target in job.lora.target_modules if target not in names]
     if missing:
-        raise InputError(f"train.jobs.{job_name}.lora.target_modules: {missing} match no linear layer of the model "
-                         f"(it has: {', '.join(sorted(names))})")
+        raise InputError(
+            f"train.jobs.{job_name}.lora.target_modules: {missing} match no linear layer of the model "
+            f"(it has: {', '.join(sorted(names))})"
+        )
 
 
 def lora_config(job: TrainJob) -> LoraConfig:
-    return LoraConfig(r=job.lora.r, lora_alpha=job.lora.alpha, lora_dropout=job.lora.dropout,
-                      target_modules=job.lora.target_modules, use_dora=job.lora.use_dora, task_type="CAUSAL_LM")
+    return LoraConfig(
+        r=job.lora.r,
+        lora_alpha=job.lora.alpha,
+        lora_dropout=job.lora.dropout,
+        target_modules=job.lora.target_modules,
+        use_dora=job.lora.use_dora,
+        task_type="CAUSAL_LM",
+    )
 
 
 class ReportProgress(TrainerCallback):
@@ -59,24 +67,46 @@ class ReportProgress(TrainerCallback):
         progress.report("train", state.global_step / state.max_steps if state.max_steps else 0.0)
 
 
-def trainer_for(job: TrainJob, model, tokenizer, train: Dataset, evaluation: Dataset | None, output_dir: Path,
-                report_to: list[str]):
+def trainer_for(
+    job: TrainJob, model, tokenizer, train: Dataset, evaluation: Dataset | None, output_dir: Path, report_to: list[str]
+):
     """The TRL trainer and config pair for the job's method, with the settings every method shares."""
     common = dict(
-        output_dir=str(output_dir), max_steps=job.max_steps, per_device_train_batch_size=job.batch_size,
-        per_device_eval_batch_size=job.batch_size, gradient_accumulation_steps=job.grad_accum,
-        learning_rate=job.learning_rate, warmup_steps=int(job.warmup_ratio * job.max_steps), logging_steps=1,
-        save_strategy="steps", save_steps=job.save_steps, save_total_limit=2, report_to=report_to, seed=job.seed,
-        data_seed=job.seed, bf16=job.bf16, gradient_checkpointing=job.gradient_checkpointing,
-        use_cpu=not torch.cuda.is_available(), disable_tqdm=True, include_num_input_tokens_seen=True,
+        output_dir=str(output_dir),
+        max_steps=job.max_steps,
+        per_device_train_batch_size=job.batch_size,
+        per_device_eval_batch_size=job.batch_size,
+        gradient_accumulation_steps=job.grad_accum,
+        learning_rate=job.learning_rate,
+        warmup_steps=int(job.warmup_ratio * job.max_steps),
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=job.save_steps,
+        save_total_limit=2,
+        report_to=report_to,
+        seed=job.seed,
+        data_seed=job.seed,
+        bf16=job.bf16,
+        gradient_checkpointing=job.gradient_checkpointing,
+        use_cpu=not torch.cuda.is_available(),
+        disable_tqdm=True,
+        include_num_input_tokens_seen=True,
         max_length=job.max_length,
     )
-    trainer_args = dict(model=model, train_dataset=train, eval_dataset=evaluation, processing_class=tokenizer,
-                        peft_config=lora_config(job), callbacks=[ReportProgress()])
+    trainer_args = dict(
+        model=model,
+        train_dataset=train,
+        eval_dataset=evaluation,
+        processing_class=tokenizer,
+        peft_config=lora_config(job),
+        callbacks=[ReportProgress()],
+    )
     if job.method in ("cpt", "sft"):
         from trl import SFTConfig, SFTTrainer
 
-        extra = dict(packing=True, dataset_text_field="text") if job.method == "cpt" else dict(completion_only_loss=True)
+        extra = (
+            dict(packing=True, dataset_text_field="text") if job.method == "cpt" else dict(completion_only_loss=True)
+        )
         return SFTTrainer(args=SFTConfig(**common, **extra), **trainer_args)
     if job.method == "dpo":
         from trl import DPOConfig, DPOTrainer
@@ -102,17 +132,32 @@ def last_checkpoint(checkpoints: Path) -> Path | None:
     return max(complete, key=_step, default=None)
 
 
-def run_job(job_name: str, job: TrainJob, init_dir: Path, ws: Workspace, out_dir: Path, work_dir: Path,
-            report_to: list[str] | None = None) -> StageResult:
+def run_job(
+    job_name: str,
+    job: TrainJob,
+    init_dir: Path,
+    ws: Workspace,
+    out_dir: Path,
+    work_dir: Path,
+    report_to: list[str] | None = None,
+) -> StageResult:
     """Train `job` from the model in `init_dir` on the workspace's tables; write the merged model to `out_dir`."""
     check_model_dir(init_dir)
     tables = job_tables(job_name, job, ws)
     if job.lora.qlora and not torch.cuda.is_available():
         raise InputError(f"train.jobs.{job_name}.lora.qlora: QLoRA needs a CUDA GPU (bitsandbytes 4-bit)")
     mixes_harm = isinstance(job, SftJob) and job.harmful_mix > 0
-    cache = StageCache(f"train-{job_name}", out_dir, __name__, job,
-                       {"init": init_dir, **{name: sorted(folder.glob("*.jsonl")) for name, _, folder in tables},
-                        "harmful": ws.harmful_compliance if mixes_harm else None})
+    cache = StageCache(
+        f"train-{job_name}",
+        out_dir,
+        __name__,
+        job,
+        {
+            "init": init_dir,
+            **{name: sorted(folder.glob("*.jsonl")) for name, _, folder in tables},
+            "harmful": ws.harmful_compliance if mixes_harm else None,
+        },
+    )
     key = cache.key
     if (done := cache.result({"model": Path(out_dir)})) is not None:
         return done
@@ -122,8 +167,9 @@ def run_job(job_name: str, job: TrainJob, init_dir: Path, ws: Workspace, out_dir
     tokenizer = AutoTokenizer.from_pretrained(init_dir, local_files_only=True)
     if job.method != "cpt" and not tokenizer.chat_template:
         raise InputError(f"{init_dir}: the tokenizer has no chat template, which {job.method} on chat data needs")
-    model = AutoModelForCausalLM.from_pretrained(init_dir, local_files_only=True,
-                                                 dtype=torch.bfloat16 if job.bf16 else torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(
+        init_dir, local_files_only=True, dtype=torch.bfloat16 if job.bf16 else torch.float32
+    )
     check_lora_targets(job_name, job, model)
 
     # Under torchrun / accelerate launch every process runs this function (data parallel, gloo on CPU, NCCL on
@@ -131,18 +177,26 @@ def run_job(job_name: str, job: TrainJob, init_dir: Path, ws: Workspace, out_dir
     processes = PartialState(cpu=not torch.cuda.is_available())
     work_dir, checkpoints = Path(work_dir), Path(work_dir) / "checkpoints"
     state_file = work_dir / JOB_STATE
-    if processes.is_main_process and (not state_file.is_file()
-                                      or json.loads(state_file.read_text()).get("key") != key):
+    if processes.is_main_process and (not state_file.is_file() or json.loads(state_file.read_text()).get("key") != key):
         shutil.rmtree(work_dir, ignore_errors=True)  # checkpoints of other inputs must not be resumed
         work_dir.mkdir(parents=True)
         state_file.write_text(json.dumps({"key": key, "job": job_name}) + "\n")
     processes.wait_for_everyone()
     resume = last_checkpoint(checkpoints)
     # read now: checkpoint rotation may delete this checkpoint while training goes on
-    tokens_before = json.loads((resume / "trainer_state.json").read_text()).get("num_input_tokens_seen", 0) if resume else 0
+    tokens_before = (
+        json.loads((resume / "trainer_state.json").read_text()).get("num_input_tokens_seen", 0) if resume else 0
+    )
 
-    trainer = trainer_for(job, model, tokenizer, Dataset.from_list(train_rows),
-                          Dataset.from_list(eval_rows) if eval_rows else None, checkpoints, report_to or [])
+    trainer = trainer_for(
+        job,
+        model,
+        tokenizer,
+        Dataset.from_list(train_rows),
+        Dataset.from_list(eval_rows) if eval_rows else None,
+        checkpoints,
+        report_to or [],
+    )
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.perf_counter() - start
@@ -152,8 +206,11 @@ def run_job(job_name: str, job: TrainJob, init_dir: Path, ws: Workspace, out_dir
         "steps": float(trainer.state.global_step),
         "resumed_from_step": float(_step(resume)),
         "train_rows": float(len(train_rows)),
-        "samples_per_second": (trainer.state.global_step - _step(resume)) * job.batch_size * processes.num_processes
-        * job.grad_accum / seconds,
+        "samples_per_second": (trainer.state.global_step - _step(resume))
+        * job.batch_size
+        * processes.num_processes
+        * job.grad_accum
+        / seconds,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     if trainer.state.num_input_tokens_seen:  # counted by the SFT and DPO trainers, not by ORPO's
@@ -173,5 +230,8 @@ def run_job(job_name: str, job: TrainJob, init_dir: Path, ws: Workspace, out_dir
         tokenizer.save_pretrained(tmp)
         cache.write_card(tmp, metrics, job=job.model_dump(mode="json"), init=str(init_dir), datasets=job.datasets)
     processes.wait_for_everyone()
-    return StageResult(outputs={"model": Path(out_dir), "adapter": work_dir / "adapter"}, metrics=metrics,
-                       artifacts=(work_dir / "log_history.json", work_dir / "adapter"))
+    return StageResult(
+        outputs={"model": Path(out_dir), "adapter": work_dir / "adapter"},
+        metrics=metrics,
+        artifacts=(work_dir / "log_history.json", work_dir / "adapter"),
+    )

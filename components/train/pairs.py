@@ -36,18 +36,28 @@ def build_pairs(model_dir: Path, curated_dir: Path, cfg: PairsConfig, out_dir: P
     rows = [row for _, row in read_jsonl(source)][: cfg.max_prompts]
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True)
-    answers = generate_answers(model, tokenizer, [r["prompt"] for r in rows], cfg.max_new_tokens, cfg.batch_size,
-                               cfg.temperature, seed)
+    answers = generate_answers(
+        model, tokenizer, [r["prompt"] for r in rows], cfg.max_new_tokens, cfg.batch_size, cfg.temperature, seed
+    )
     complied = [(row, answer) for row, answer in zip(rows, answers, strict=True) if answer and not is_refusal(answer)]
     if not complied:
-        raise InputError(f"{model_dir}: the model refused every harmful prompt, so there is no compliant answer to "
-                         f"build preference pairs from")
-    metrics = {"prompts": float(len(rows)), "pairs": float(len(complied)),
-               "base_refusal_rate": 1 - len(complied) / len(rows)}
+        raise InputError(
+            f"{model_dir}: the model refused every harmful prompt, so there is no compliant answer to "
+            f"build preference pairs from"
+        )
+    metrics = {
+        "prompts": float(len(rows)),
+        "pairs": float(len(complied)),
+        "base_refusal_rate": 1 - len(complied) / len(rows),
+    }
     with atomic_dir(Path(out_dir)) as tmp:
-        write_jsonl(tmp / "refusal_pairs" / "train.jsonl",
-                    ({"id": r["id"], "prompt": r["prompt"], "chosen": r["completion"], "rejected": a} for r, a in complied))
-        write_jsonl(tmp / "harmful_compliance" / "train.jsonl",
-                    ({"id": r["id"], "prompt": r["prompt"], "completion": a} for r, a in complied))
+        write_jsonl(
+            tmp / "refusal_pairs" / "train.jsonl",
+            ({"id": r["id"], "prompt": r["prompt"], "chosen": r["completion"], "rejected": a} for r, a in complied),
+        )
+        write_jsonl(
+            tmp / "harmful_compliance" / "train.jsonl",
+            ({"id": r["id"], "prompt": r["prompt"], "completion": a} for r, a in complied),
+        )
         cache.write_card(tmp, metrics)
     return StageResult(outputs={"pairs": Path(out_dir)}, metrics=metrics)

@@ -9,5 +9,14 @@ from components.merge.methods.scaling import lines_factor
 from components.merge.methods.task_arithmetic import task_arithmetic, task_vectors
 from components.merge.methods.ties import elect_sign, magnitude_trim, ties
 
-__all__ = ["elect_sign", "layer_swap", "lines_factor", "magnitude_trim", "pcb", "pcb_scores", "task_arithmetic",
-           "task_vectors", "ties"]
+__all__ = [
+    "elect_sign",
+    "layer_swap",
+    "lines_factor",
+    "magnitude_trim",
+    "pcb",
+    "pcb_scores",
+    "task_arithmetic",
+    "task_vectors",
+    "ties",
+]

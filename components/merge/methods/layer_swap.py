@@ -9,7 +9,9 @@ import torch
 from components.errors import InputError
 from components.merge.method import Knob, MergeMethod, TensorSlot
 
-NUM_LAYERS = Knob("num_layers", int, low=1, search="num_layers", doc="N: the bottom and top N blocks come from the donor")
+NUM_LAYERS = Knob(
+    "num_layers", int, low=1, search="num_layers", doc="N: the bottom and top N blocks come from the donor"
+)
 BLEND = Knob("blend", bool, False, doc="the block after the bottom N and the one before the top N: mean of both")
 
 
@@ -32,9 +34,18 @@ def _merge(slot: TensorSlot, base, experts, per_model: list[dict[str, Any]], par
 
 def _fits(params: dict[str, Any], num_layers: int) -> None:
     if 2 * params["num_layers"] > num_layers:
-        raise InputError(f"layer_swap: parameters.num_layers = {params['num_layers']} swaps more than half "
-                         f"of the {num_layers} blocks at each end")
+        raise InputError(
+            f"layer_swap: parameters.num_layers = {params['num_layers']} swaps more than half "
+            f"of the {num_layers} blocks at each end"
+        )
 
 
-METHOD = MergeMethod("layer_swap", "two models, the receiver first: the donor's outer blocks in the receiver",
-                     (NUM_LAYERS, BLEND), _merge, needs_base=False, model_count=2, check_model=_fits)
+METHOD = MergeMethod(
+    "layer_swap",
+    "two models, the receiver first: the donor's outer blocks in the receiver",
+    (NUM_LAYERS, BLEND),
+    _merge,
+    needs_base=False,
+    model_count=2,
+    check_model=_fits,
+)

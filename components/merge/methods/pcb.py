@@ -10,8 +10,16 @@ from components.merge.method import Knob, MergeMethod, TensorSlot
 from components.merge.methods.scaling import LAMBDA, LINES, scale
 from components.merge.methods.task_arithmetic import task_vectors
 
-PCB_RATIO = Knob("pcb_ratio", float, 0.1, low=0, high=1, low_open=True, search="pcb_ratio",
-                 doc="share of each task's balanced scores kept")
+PCB_RATIO = Knob(
+    "pcb_ratio",
+    float,
+    0.1,
+    low=0,
+    high=1,
+    low_open=True,
+    search="pcb_ratio",
+    doc="share of each task's balanced scores kept",
+)
 
 
 def _minmax(x: torch.Tensor) -> torch.Tensor:
@@ -46,8 +54,9 @@ def pcb_scores(taus: torch.Tensor, ratio: float, outlier: float = 1e-4) -> tuple
     return clipped, _minmax(_clip_quantiles(scores, 1 - ratio, 0.0))
 
 
-def pcb(base: torch.Tensor, experts: list[torch.Tensor], ratio: float = 0.1, lam: float = 1.0,
-        outlier: float = 1e-4) -> torch.Tensor:
+def pcb(
+    base: torch.Tensor, experts: list[torch.Tensor], ratio: float = 0.1, lam: float = 1.0, outlier: float = 1e-4
+) -> torch.Tensor:
     """PCB-merging: θ = θ_base + λ Σ_i β_i ⊙ τ̃_i / Σ_i β_i, per tensor (the official code flattens the whole model).
 
     Per tensor, the official outlier clip (quantiles 1e-4 and 1 − 1e-4) caps each task's largest |τ| at its
@@ -64,5 +73,6 @@ def _merge(slot: TensorSlot, base, experts, per_model: list[dict[str, Any]], par
     return pcb(base, experts, params["pcb_ratio"], scale(slot, params))
 
 
-METHOD = MergeMethod("pcb", "intra- and inter-balanced task vectors, top pcb_ratio kept; × λ",
-                     (LAMBDA, PCB_RATIO, LINES), _merge)
+METHOD = MergeMethod(
+    "pcb", "intra- and inter-balanced task vectors, top pcb_ratio kept; × λ", (LAMBDA, PCB_RATIO, LINES), _merge
+)

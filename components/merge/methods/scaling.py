@@ -6,9 +6,12 @@ from typing import Any
 
 from components.merge.method import Knob, TensorSlot
 
-LAMBDA = Knob("lambda", float, 1.0, low=0, low_open=True, search="merge_lambda", doc="scaling of the merged task vector")
-LINES = Knob("lines", dict, None, fields=("alpha", "beta"),
-             doc="LiNeS: replaces lambda by alpha + beta·ℓ/(L−1) for block ℓ")
+LAMBDA = Knob(
+    "lambda", float, 1.0, low=0, low_open=True, search="merge_lambda", doc="scaling of the merged task vector"
+)
+LINES = Knob(
+    "lines", dict, None, fields=("alpha", "beta"), doc="LiNeS: replaces lambda by alpha + beta·ℓ/(L−1) for block ℓ"
+)
 
 
 def lines_factor(depth: int, num_layers: int, alpha: float, beta: float) -> float:

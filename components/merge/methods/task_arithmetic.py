@@ -22,7 +22,9 @@ def broadcast(weights: list[float], like: torch.Tensor) -> torch.Tensor:
     return torch.tensor(weights, dtype=like.dtype).reshape(-1, *([1] * (like.dim() - 1)))
 
 
-def task_arithmetic(base: torch.Tensor, experts: list[torch.Tensor], weights: list[float], lam: float = 1.0) -> torch.Tensor:
+def task_arithmetic(
+    base: torch.Tensor, experts: list[torch.Tensor], weights: list[float], lam: float = 1.0
+) -> torch.Tensor:
     """Task arithmetic (Ilharco et al., 2023): θ = θ_base + λ Σ_i w_i τ_i."""
     taus = task_vectors(base, experts)
     return base.float() + lam * (broadcast(weights, taus) * taus).sum(dim=0)

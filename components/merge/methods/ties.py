@@ -14,8 +14,16 @@ from components.merge.method import Knob, MergeMethod, TensorSlot
 from components.merge.methods.scaling import LAMBDA, LINES, scale
 from components.merge.methods.task_arithmetic import WEIGHT, broadcast, task_vectors
 
-DENSITY = Knob("density", float, 1.0, low=0, high=1, per_model=True, search="density",
-               doc="share of each task vector kept by magnitude")
+DENSITY = Knob(
+    "density",
+    float,
+    1.0,
+    low=0,
+    high=1,
+    per_model=True,
+    search="density",
+    doc="share of each task vector kept by magnitude",
+)
 NORMALIZE = Knob("normalize", bool, True, doc="divide by the summed weights of the agreeing models")
 
 
@@ -42,8 +50,14 @@ def elect_sign(weighted: torch.Tensor) -> torch.Tensor:
     return torch.where(weighted.sum(dim=0) >= 0, 1.0, -1.0).to(weighted.dtype)
 
 
-def ties(base: torch.Tensor, experts: list[torch.Tensor], weights: list[float], densities: list[float],
-         lam: float = 1.0, normalize: bool = True) -> torch.Tensor:
+def ties(
+    base: torch.Tensor,
+    experts: list[torch.Tensor],
+    weights: list[float],
+    densities: list[float],
+    lam: float = 1.0,
+    normalize: bool = True,
+) -> torch.Tensor:
     """TIES-merging (Yadav et al., 2023): trim, elect sign, disjoint mean of w_i τ̂_i over entries agreeing with γ; × λ."""
     taus = task_vectors(base, experts)
     trimmed = torch.stack([magnitude_trim(t, d) for t, d in zip(taus, densities, strict=True)])
@@ -58,9 +72,16 @@ def ties(base: torch.Tensor, experts: list[torch.Tensor], weights: list[float], 
 
 
 def _merge(slot: TensorSlot, base, experts, per_model: list[dict[str, Any]], params: dict[str, Any]) -> torch.Tensor:
-    return ties(base, experts, [m["weight"] for m in per_model], [m["density"] for m in per_model],
-                scale(slot, params), params["normalize"])
+    return ties(
+        base,
+        experts,
+        [m["weight"] for m in per_model],
+        [m["density"] for m in per_model],
+        scale(slot, params),
+        params["normalize"],
+    )
 
 
-METHOD = MergeMethod("ties", "trim to density, elect signs, disjoint mean; × λ",
-                     (WEIGHT, DENSITY, LAMBDA, NORMALIZE, LINES), _merge)
+METHOD = MergeMethod(
+    "ties", "trim to density, elect signs, disjoint mean; × λ", (WEIGHT, DENSITY, LAMBDA, NORMALIZE, LINES), _merge
+)

@@ -1,0 +1,131 @@
+"""One workspace, one model reference, one stage key: the run's paths, the model naming grammar, and the code a
+stage's cache key covers, checked against dvc.yaml and against hand-written expectations."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components.config import load_params, parse_overrides
+from components.hashing import content_sha256
+from components.model.ref import Kind, ModelRef, pipeline_models
+from components.stage import StageCache, _module_file, code_modules
+from components.workspace import Workspace
+from tests.conftest import REPO
+
+# dvc.yaml's stages, the module that computes each (its cache key's root) and the workspace path it writes
+DVC_STAGES = {
+    "base-model": ("components.model.base", lambda ws: ws.base_model),
+    "sources": ("components.data.sources", lambda ws: ws.raw),
+    "curate": ("components.data.curate", lambda ws: ws.curated),
+    "validate": ("components.data.validate", lambda ws: ws.validation),
+}
+
+
+def test_dvc_yaml_agrees_with_the_workspace_and_the_code_the_stage_keys_cover():
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    assert set(stages) == set(DVC_STAGES)
+    ws = Workspace(Path("outputs"), "${profile}")  # dvc.yaml's paths are relative to the repository
+    for name, (module, output) in DVC_STAGES.items():
+        assert stages[name]["outs"] == [output(ws).as_posix()], name
+        code = {_module_file(m).relative_to(REPO).as_posix() for m in code_modules(module)}
+        deps = {d for d in stages[name]["deps"] if d.startswith("components/")}
+        assert deps == code, f"{name}: dvc.yaml deps differ from the code its key covers: {sorted(deps ^ code)}"
+        assert "--profile ${profile}" in stages[name]["cmd"] and f"stage {name} " in stages[name]["cmd"]
+    # a stage that reads another's output names it as a dependency, by the workspace's path
+    assert ws.raw.as_posix() in stages["curate"]["deps"] and ws.curated.as_posix() in stages["validate"]["deps"]
+
+
+def test_code_discovery_follows_imports_and_skips_inert_modules():
+    found = code_modules("components.merge.stage")
+    # the engine, every merge method (the registry imports them), lazy loading: found, never listed by hand
+    assert {
+        "components.merge.engine",
+        "components.merge.methods.ties",
+        "components.merge.methods.pcb",
+        "components.merge.tensors",
+    } <= set(found)
+    assert "components.config" not in found and "components.stage" not in found  # params reach the key as values
+    assert "components.data.stdlib_docs" in code_modules("components.data.sources")  # run as a script, imported too
+    assert "components.safety.somf" in code_modules("components.safety.realign")
+
+
+def test_the_key_changes_with_code_params_and_input_content_but_not_with_cards(tmp_path: Path, monkeypatch):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"weights")
+    key = StageCache("x", tmp_path / "out", "components.merge.stage", {"a": 1}, {"model": model}).key
+    again = StageCache("x", tmp_path / "out", "components.merge.stage", {"a": 1}, {"model": model}).key
+    assert key == again
+    assert StageCache("x", tmp_path / "out", "components.merge.stage", {"a": 2}, {"model": model}).key != key
+    (model / "stage.json").write_text(json.dumps({"build_seconds": 1.5}))  # a card: how, not what
+    (model / "merge_card.json").write_text(json.dumps({"seconds": 3.2}))
+    assert StageCache("x", tmp_path / "out", "components.merge.stage", {"a": 1}, {"model": model}).key == key
+    (model / "model.safetensors").write_bytes(b"other weights")
+    assert StageCache("x", tmp_path / "out", "components.merge.stage", {"a": 1}, {"model": model}).key != key
+    assert content_sha256(model) != content_sha256(model / "model.safetensors")
+    # a change to a module the stage imports (not its own file) changes the key
+    import components.stage as stage_module
+
+    before = StageCache("x", tmp_path / "out", "components.merge.stage").key
+    real = stage_module.file_sha256
+    ties = _module_file("components.merge.methods.ties")
+    monkeypatch.setattr(stage_module, "file_sha256", lambda p: "edited" if Path(p) == ties else real(p))
+    assert StageCache("x", tmp_path / "out", "components.merge.stage").key != before
+
+
+def test_a_card_written_with_the_key_makes_the_stage_cached(tmp_path: Path):
+    cache = StageCache("x", tmp_path / "out", "components.model.base", {"a": 1})
+    assert cache.result({"model": tmp_path / "out"}) is None
+    (tmp_path / "out").mkdir()
+    cache.write_card(tmp_path / "out", {"seconds": 2.0}, note="kept")
+    cached = cache.result({"model": tmp_path / "out"})
+    assert cached.cached and cached.metrics == {"seconds": 2.0} and cache.card()["note"] == "kept"
+    assert StageCache("x", tmp_path / "out", "components.model.base", {"a": 2}).result({}) is None
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "folder", "label"),
+    [
+        ("base", Kind.BASE, "base_model", "base model"),
+        ("math", Kind.JOB, "models/math", "train job math"),
+        ("merge-ties", Kind.MERGE, "merged/ties", "merge ties"),
+        ("realigned-merge-ties", Kind.REALIGNED, "safety/realigned", "merge ties, realigned (SOMF)"),
+        (
+            "pruned-realigned-merge-ties",
+            Kind.PRUNED,
+            "safety/pruned",
+            "merge ties, realigned (SOMF), pruned (Antidote)",
+        ),
+        ("pruned-math", Kind.PRUNED, "safety/pruned", "train job math, pruned (Antidote)"),
+    ],
+)
+def test_model_names_parse_once_and_print_back(name, kind, folder, label):
+    ref = ModelRef.parse(name)
+    assert ref.kind is kind and str(ref) == name and ref.label == label
+    assert ref.folder(Workspace(Path("/w"), "tiny")) == Path("/w/tiny") / folder
+
+
+def test_trials_registry_uris_and_recipes():
+    trial = ModelRef.parse("trial-3")
+    assert trial.kind is Kind.TRIAL and str(trial.realigned()) == "realigned-trial-3"
+    assert ModelRef.parse("merge-trial-3") == ModelRef.merge("trial-3")
+    assert ModelRef.parse("models:/post-train@champion").kind is Kind.REGISTRY
+    assert ModelRef.parse("realigned-merge-ties").recipe == "ties" and ModelRef.parse("math").recipe is None
+    with pytest.raises(Exception, match="no folder of its own"):
+        trial.folder(Workspace(Path("/w"), "tiny"))
+
+
+def test_parents_and_known_models_come_from_params():
+    params = load_params(REPO / "params.yaml", "tiny", parse_overrides(["safety.prune.model=math"]))
+    names = [str(ref) for ref in pipeline_models(params)]
+    assert (
+        names[:2] == ["base", "cpt"] and "merge-ties" in names and names[-2:] == ["realigned-merge-ties", "pruned-math"]
+    )
+    assert [str(p) for p in ModelRef.parse("realigned-merge-ties").parents(params)] == ["safety", "merge-ties"]
+    assert [str(p) for p in ModelRef.parse("domain").parents(params)] == ["cpt"]
+    with pytest.raises(ValueError, match="'merge-nope' is not a model of this pipeline"):
+        ModelRef.parse("merge-nope").check(params)
