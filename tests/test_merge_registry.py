@@ -1,0 +1,155 @@
+"""The merge-method registry: each method declares its knobs once; recipe checks, the engine, the search space and
+the Prefect form read that declaration, and a new method is one file."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from optuna.trial import FixedTrial
+
+from components.config import SearchSpace
+from components.errors import InputError
+from components.merge import methods as methods_package
+from components.merge import registry
+from components.merge.registry import check_recipe, methods_with, our_methods
+from components.search.space import suggest
+from flows.post_train import PostTrainRequest
+from tests.conftest import REPO
+from tests.test_merge import four_layers, recipe, tensors  # noqa: F401 (four_layers is a fixture)
+
+NEW_METHOD = '''
+"""Scaled copy of the first model: a test's stand-in for a new method, one file."""
+from components.merge.method import Knob, MergeMethod
+
+GAIN = Knob("gain", float, 1.0, low=0, high=4, search="merge_lambda")
+
+
+def _merge(slot, base, experts, per_model, params):
+    return experts[0].float() * params["gain"]
+
+
+METHOD = MergeMethod("gain_copy", "the first model times gain", (GAIN,), _merge, needs_base=False)
+'''
+
+
+def test_the_four_methods_are_found_with_their_knobs():
+    found = our_methods()
+    assert list(found) == ["layer_swap", "pcb", "task_arithmetic", "ties"]
+    assert {k.name for k in found["ties"].knobs} == {"weight", "density", "lambda", "normalize", "lines"}
+    assert [k.name for k in found["ties"].knobs if k.per_model] == ["weight", "density"]
+    assert methods_with("density") == ["ties"] and methods_with("lambda") == ["pcb", "task_arithmetic", "ties"]
+    ranges = set(SearchSpace.model_fields)
+    for method in found.values():
+        for knob in method.knobs:
+            assert knob.search is None or knob.search in ranges, f"{method.name}.{knob.name}: {knob.search}"
+
+
+def test_the_form_says_which_methods_take_a_knob():
+    fields = PostTrainRequest.model_fields
+    assert fields["density"].description.endswith("(ties)")  # it once said "ties, pcb...": pcb refuses density
+    assert fields["merge_lambda"].description.endswith("(pcb, task_arithmetic, ties)")
+
+
+@pytest.mark.parametrize(
+    ("method", "models", "parameters", "message"),
+    [
+        (
+            "ties",
+            [{"model": "a", "parameters": {"density": "high"}}],
+            {},
+            r"models\[0\].parameters.density must be a number, got 'high'",
+        ),
+        (
+            "ties",
+            [{"model": "a", "parameters": {"density": [0.2, 0.5]}}],
+            {},
+            r"models\[0\].parameters.density must be a number, got \[0.2, 0.5\]",
+        ),
+        ("ties", [{"model": "a"}], {"lambda": "abc"}, r"parameters.lambda must be a number, got 'abc'"),
+        ("ties", [{"model": "a"}], {"lambda": -5}, r"parameters.lambda must be in \(0, inf\), got -5"),
+        ("ties", [{"model": "a"}], {"normalize": "yes"}, r"parameters.normalize must be true or false"),
+        ("pcb", [{"model": "a"}], {"pcb_ratio": 0}, r"parameters.pcb_ratio must be in \(0, 1\], got 0"),
+        (
+            "pcb",
+            [{"model": "a"}],
+            {"lines": {"alpha": 1}},
+            r"parameters.lines must be \{alpha: <number>, beta: <number>\}",
+        ),
+        ("layer_swap", [{"model": "a"}, {"model": "b"}], {}, r"parameters.num_layers is required by layer_swap"),
+        ("layer_swap", [{"model": "a"}, {"model": "b"}], {"num_layers": 1.5}, r"parameters.num_layers must be an integer"),
+        ("layer_swap", [{"model": "a"}], {"num_layers": 1}, r"layer_swap takes exactly 2 models, got 1"),
+        (
+            "task_arithmetic",
+            [{"model": "a", "parameters": {"density": 0.5}}],
+            {},
+            r"models\[0\].parameters \['density'\] mean nothing to task_arithmetic",
+        ),
+    ],
+)
+def test_bad_knobs_are_named(method, models, parameters, message):
+    base = None if method == "layer_swap" else "base"
+    with pytest.raises(InputError, match=r"^R: " + message):
+        check_recipe(method, base, models, parameters, "R")
+
+
+def test_defaults_are_filled_from_the_declaration():
+    per_model, params = check_recipe(
+        "ties", "base", [{"model": "a"}, {"model": "b", "parameters": {"density": 0.3}}], {}, "R"
+    )
+    assert per_model == [{"weight": 1.0, "density": 1.0}, {"weight": 1.0, "density": 0.3}]
+    assert params == {"lambda": 1.0, "normalize": True, "lines": None}
+    assert check_recipe("slerp", "base", [{"model": "a"}], {"t": 0.5}, "R") is None  # mergekit's: not ours to check
+
+
+def test_a_new_method_is_one_file(tmp_path: Path, monkeypatch, four_layers):  # noqa: F811
+    folder = tmp_path / "more_methods"
+    folder.mkdir()
+    (folder / "gain_copy.py").write_text(NEW_METHOD)
+    monkeypatch.setattr(methods_package, "__path__", [*methods_package.__path__, str(folder)])
+    registry.our_methods.cache_clear()
+    try:
+        assert "gain_copy" in our_methods()
+        # the recipe check, the engine and the search space all know it from its declaration alone
+        with pytest.raises(InputError, match=r"parameters.gain must be in \[0, 4\], got 9"):
+            check_recipe("gain_copy", None, [{"model": "a"}], {"gain": 9}, "R")
+        from components.merge.engine import run_recipe
+
+        run_recipe(recipe(four_layers, "gain_copy", [("e0", {})], {"gain": 0.5}, base=False), tmp_path / "out")
+        merged, e0 = tensors(tmp_path / "out"), tensors(four_layers["e0"])
+        assert all(torch.allclose(merged[name], e0[name] * 0.5) for name in e0)
+        space = SearchSpace(methods=["gain_copy"], realign_lr=None)
+        plan = suggest(FixedTrial({"method": "gain_copy", "gain": 1.2}), space, ["domain", "math"])
+        assert plan.recipe["parameters"] == {"gain": 1.2} and plan.recipe["base_model"] is None
+    finally:
+        registry.our_methods.cache_clear()
+
+
+def test_the_merge_command_exits_2_naming_the_key(tmp_path: Path, four_layers):  # noqa: F811
+    for parameters, message in (
+        ({"lambda": "abc"}, "parameters.lambda must be a number"),
+        ({"density": 0.5}, "parameters ['density'] mean nothing to task_arithmetic"),
+    ):
+        path = tmp_path / "recipe.yaml"
+        path.write_text(
+            yaml.safe_dump(
+                {
+                    "merge_method": "task_arithmetic",
+                    "base_model": str(four_layers["base"]),
+                    "models": [{"model": str(four_layers["e0"])}],
+                    "parameters": parameters,
+                }
+            )
+        )
+        done = subprocess.run(
+            [sys.executable, "-m", "components.merge", str(path), str(tmp_path / "out")],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+        assert not (tmp_path / "out").exists()
