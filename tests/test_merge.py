@@ -208,3 +208,17 @@ def test_command_line_merges_and_exits_2_on_bad_input(tmp_path: Path, four_layer
         text=True,
     )
     assert missing.returncode == 2 and "nope.yaml: no such recipe" in missing.stderr
+    recipe_with = yaml.safe_load(path.read_text())
+    for parameters, message in (
+        ({"lambda": "abc"}, "parameters.lambda must be a number, got 'abc'"),
+        ({"density": 0.5}, "parameters ['density'] mean nothing to task_arithmetic"),
+    ):
+        path.write_text(yaml.safe_dump({**recipe_with, "parameters": parameters}))
+        bad = subprocess.run(
+            [sys.executable, "-m", "components.merge", str(path), str(tmp_path / "bad")],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+        )
+        assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr
+        assert not (tmp_path / "bad").exists()

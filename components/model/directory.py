@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from components.atomic import atomic_dir
 from components.errors import InputError
+from components.stage import StageCache, StageResult
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 
@@ -33,3 +35,16 @@ def check_model_dir(path: Path) -> Path:
     if not has_chat_template(path):
         raise InputError(f"{path}: the tokenizer has no chat template (chat_template.jinja or tokenizer_config.json)")
     return path
+
+
+def save_model_dir(
+    out_dir: Path, model, tokenizer, card_name: str, card: dict, cache: StageCache, metrics: dict[str, float]
+) -> StageResult:
+    """Write a changed model as a model directory with its own card (what changed) and the stage card, atomically."""
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / card_name).write_text(json.dumps(card, indent=2) + "\n")
+        cache.write_card(tmp, metrics)
+    return StageResult(outputs={"model": out_dir}, metrics=metrics, artifacts=(out_dir / card_name,))

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from components.atomic import atomic_dir
 from components.config import PruneConfig
 from components.data.tables import read_jsonl
 from components.errors import InputError
-from components.model.directory import check_model_dir
+from components.model.directory import check_model_dir, save_model_dir
 from components.safety.antidote import antidote_prune
 from components.stage import StageCache, StageResult
 
@@ -88,23 +86,11 @@ def prune_model(
         "pruned_share": sum(pruned.values()) / total,
         "calibration_rows": float(len(rows)),
     }
-    with atomic_dir(Path(out_dir)) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "prune_card.json").write_text(
-            json.dumps(
-                {
-                    "method": "antidote (Wanda score on harmful data)",
-                    "source": str(model_dir),
-                    "ratio": cfg.ratio,
-                    "keep_utility_top": cfg.keep_utility_top,
-                    "pruned_per_layer": pruned,
-                },
-                indent=2,
-            )
-            + "\n"
-        )
-        cache.write_card(tmp, metrics)
-    return StageResult(
-        outputs={"model": Path(out_dir)}, metrics=metrics, artifacts=(Path(out_dir) / "prune_card.json",)
-    )
+    card = {
+        "method": "antidote (Wanda score on harmful data)",
+        "source": str(model_dir),
+        "ratio": cfg.ratio,
+        "keep_utility_top": cfg.keep_utility_top,
+        "pruned_per_layer": pruned,
+    }
+    return save_model_dir(Path(out_dir), model, tokenizer, "prune_card.json", card, cache, metrics)

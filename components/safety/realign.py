@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from components.atomic import atomic_dir
 from components.config import RealignConfig
 from components.data.tables import read_jsonl
 from components.errors import InputError
 from components.merge.engine import check_compatible
-from components.model.directory import check_model_dir
+from components.model.directory import check_model_dir, save_model_dir
 from components.safety.somf import fuse, learn_safety_mask
 from components.stage import StageCache, StageResult
 
@@ -87,23 +85,11 @@ def realign_model(
         "masked_share": sum(masked.values()) / differing if differing else 0.0,
         "differing_weights": float(differing),
     }
-    with atomic_dir(Path(out_dir)) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "realign_card.json").write_text(
-            json.dumps(
-                {
-                    "method": "SOMF (mask learned on refusal data, fusion with the aligned model)",
-                    "aligned": str(aligned_dir),
-                    "finetuned": str(finetuned_dir),
-                    "config": cfg.model_dump(mode="json"),
-                    "masked_per_tensor": masked,
-                },
-                indent=2,
-            )
-            + "\n"
-        )
-        cache.write_card(tmp, metrics)
-    return StageResult(
-        outputs={"model": Path(out_dir)}, metrics=metrics, artifacts=(Path(out_dir) / "realign_card.json",)
-    )
+    card = {
+        "method": "SOMF (mask learned on refusal data, fusion with the aligned model)",
+        "aligned": str(aligned_dir),
+        "finetuned": str(finetuned_dir),
+        "config": cfg.model_dump(mode="json"),
+        "masked_per_tensor": masked,
+    }
+    return save_model_dir(Path(out_dir), model, tokenizer, "realign_card.json", card, cache, metrics)
