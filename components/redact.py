@@ -12,13 +12,19 @@ from typing import Any
 
 MASK = "***"
 # a key whose last word says it holds a secret: password, passwd, secret, token, api_key, access_key, credentials ...
-SECRET_KEY = re.compile(r"(^|[._-])(password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key|private[_-]?key|"
-                        r"credentials?|auth)$", re.IGNORECASE)
+SECRET_KEY = re.compile(
+    r"(^|[._-])(password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key|private[_-]?key|"
+    r"credentials?|auth)$",
+    re.IGNORECASE,
+)
 # scheme://user:password@host -> scheme://user:***@host
 URL_PASSWORD = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<password>[^@/\s]+)@")
 # ?password=... or &token=... in a query string
-QUERY_SECRET = re.compile(r"(?P<key>[?&](password|passwd|secret|token|api[_-]?key|access[_-]?key|sig|signature)=)"
-                          r"(?P<value>[^&\s]+)", re.IGNORECASE)
+QUERY_SECRET = re.compile(
+    r"(?P<key>[?&](password|passwd|secret|token|api[_-]?key|access[_-]?key|sig|signature)=)"
+    r"(?P<value>[^&\s]+)",
+    re.IGNORECASE,
+)
 
 
 def redact_text(text: str) -> str:

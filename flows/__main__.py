@@ -8,6 +8,7 @@ from pathlib import Path
 
 from components.config import DEFAULT_PARAMS, Params, load_params, parse_overrides
 from components.errors import PipelineError
+from components.model.ref import Kind, ModelRef
 from components.registry.registry import check_reachable, download_model, promote, rollback
 from components.registry.registry import describe as describe_registry
 from components.stage import StageResult
@@ -60,8 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("prompt")
     chat.add_argument(
         "--model",
-        help="model directory, or a registry URI such as models:/post-train@champion "
-        "(default: <workspace>/<profile>/base_model)",
+        help="a model directory, a pipeline model (base, math, merge-ties, realigned-merge-ties, ...) or a registry "
+        "URI such as models:/post-train@champion (default: base)",
     )
     chat.add_argument("--max-new-tokens", type=int, default=64)
     _add_params_options(chat)
@@ -105,6 +106,23 @@ def _run_stage(
     state = "up to date" if result.cached else "done"
     print(f"[{stage.name}] {state}: " + ", ".join(f"{k}={v}" for k, v in result.outputs.items()))
     return result
+
+
+def chat_model(params: Params, model: str | None) -> Path:
+    """A model directory, a registry URI (downloaded), or a pipeline name (base, math, merge-ties, ...)."""
+    if model and Path(model).is_dir():
+        return Path(model)
+    ref = ModelRef.parse(model or "base")
+    if ref.kind is Kind.REGISTRY:
+        check_reachable(tracking_uri(params))
+        return download_model(str(ref), tracking_uri=tracking_uri(params))
+    folder = ref.folder(params.ws)
+    if not folder.is_dir():
+        raise PipelineError(
+            f"--model {model}: neither a model directory nor a built model of profile "
+            f"{params.profile!r} ({folder} does not exist)"
+        )
+    return folder
 
 
 def registry_command(params: Params, action: str, version: str | None) -> str:
@@ -177,11 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "chat":
             from components.model.chat import chat
 
-            model = args.model or params.ws.base_model
-            if str(model).startswith("models:/"):
-                check_reachable(tracking_uri(params))
-                model = download_model(str(model), tracking_uri=tracking_uri(params))
-            print(chat(Path(model), args.prompt, args.max_new_tokens))
+            print(chat(chat_model(params, args.model), args.prompt, args.max_new_tokens))
         elif args.command == "registry":
             print(registry_command(params, args.action, args.version))
     except PipelineError as err:

@@ -141,3 +141,30 @@ def test_run_tiny_records_parent_and_nested_stage_runs(tiny_pipeline: Path, mlfl
         tracking_uri=mlflow_server,
     )
     assert answer.returncode == 0, answer.stderr
+    # a pipeline model by its name; a name the pipeline has not built is refused with its folder
+    by_name = flows(
+        "chat",
+        "hello",
+        "--model",
+        "merge-ties",
+        "--max-new-tokens",
+        "4",
+        "--params",
+        str(params_file),
+        "--profile",
+        "tiny",
+        tracking_uri=mlflow_server,
+    )
+    assert by_name.returncode == 0, by_name.stderr
+    unknown = flows(
+        "chat",
+        "hello",
+        "--model",
+        "merge-nope",
+        "--params",
+        str(params_file),
+        "--profile",
+        "tiny",
+        tracking_uri=mlflow_server,
+    )
+    assert unknown.returncode == 2 and "merged/nope does not exist" in unknown.stderr

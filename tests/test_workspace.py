@@ -113,7 +113,8 @@ def test_trials_registry_uris_and_recipes():
     trial = ModelRef.parse("trial-3")
     assert trial.kind is Kind.TRIAL and str(trial.realigned()) == "realigned-trial-3"
     assert ModelRef.parse("merge-trial-3") == ModelRef.merge("trial-3")
-    assert ModelRef.parse("models:/post-train@champion").kind is Kind.REGISTRY
+    assert ModelRef.parse("models:/post-train@champion").registered == ("post-train", "champion", None)
+    assert ModelRef.parse("models:/post-train/3").registered == ("post-train", None, "3")
     assert ModelRef.parse("realigned-merge-ties").recipe == "ties" and ModelRef.parse("math").recipe is None
     with pytest.raises(Exception, match="no folder of its own"):
         trial.folder(Workspace(Path("/w"), "tiny"))

@@ -113,6 +113,17 @@ class ModelRef:
         return _LABELS[self.kind].format(self.ident)
 
     @property
+    def registered(self) -> tuple[str, str | None, str | None]:
+        """A registry reference's (model name, alias, version): models:/post-train@champion, models:/post-train/3."""
+        if self.kind is not Kind.REGISTRY:
+            raise ParamsError(f"{self}: not a registry reference (models:/<name>@<alias> or models:/<name>/<version>)")
+        name, at, alias = self.ident.removeprefix("models:/").partition("@")
+        if at:
+            return name, alias or None, None
+        name, _, version = name.rpartition("/")
+        return name, None, version or None
+
+    @property
     def is_safety(self) -> bool:
         return self.kind in (Kind.REALIGNED, Kind.PRUNED)
 

@@ -26,6 +26,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from components.errors import InputError, PipelineError
+from components.model.ref import Kind, ModelRef
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -187,14 +188,13 @@ def download_model(model_uri: str, dst: Path | None = None, tracking_uri: str | 
     The version is resolved here, with a client on `tracking_uri`, because MLflow's `models:/` artifact
     repository reads the process-wide registry URI instead of the one it is given.
     """
-    name, at, ref = model_uri.removeprefix("models:/").partition("@")
-    if not at:
-        name, _, ref = name.rpartition("/")
-    if not model_uri.startswith("models:/") or not name or not ref:
+    ref = ModelRef.parse(model_uri)
+    name, alias, number = ref.registered if ref.kind is Kind.REGISTRY else (None, None, None)
+    if not name or not (alias or number):
         raise PipelineError(f"{model_uri}: expected models:/<name>@<alias> or models:/<name>/<version>")
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     try:
-        version = client.get_model_version_by_alias(name, ref) if at else client.get_model_version(name, ref)
+        version = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, number)
         path = mlflow.artifacts.download_artifacts(
             artifact_uri=version.source, dst_path=str(dst) if dst else None, tracking_uri=tracking_uri
         )
