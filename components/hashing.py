@@ -51,3 +51,22 @@ def content_sha256(path: Path) -> str:
     """Hash of a file, or of a folder's data and weights without its cards: what cache keys depend on."""
     path = Path(path)
     return file_sha256(path) if path.is_file() else tree_sha256(path, CARD_FILES)
+
+
+def weights_sha256(model_dir: Path) -> str:
+    """A model's identity: its tensors (name, dtype, shape, bytes) in name order, whatever the sharding, cards or
+    timings beside them. Every evaluation, gate report and registry version names the weights by this hash."""
+    import torch
+    from safetensors import safe_open
+
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{model_dir}: no safetensors weights")
+    handles = [safe_open(file, "pt") for file in files]
+    owner = {name: handle for handle in handles for name in handle.keys()}  # noqa: SIM118 (a safetensors handle)
+    digest = hashlib.sha256()
+    for name in sorted(owner):
+        tensor = owner[name].get_tensor(name).contiguous()
+        digest.update(f"{name}\0{tensor.dtype}\0{list(tensor.shape)}\0".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()

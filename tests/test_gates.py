@@ -60,3 +60,36 @@ def test_bad_gate_params_are_rejected_with_their_key():
         load_params(REPO / "params.yaml", "tiny", parse_overrides(["registry.gates.harmful_score.max=-0.1"]))
     with pytest.raises(ParamsError, match=r"registry.candidate: 'merge-nope' is not a candidate"):
         load_params(REPO / "params.yaml", "tiny", parse_overrides(["registry.candidate=merge-nope"]))
+
+
+def test_a_gate_refuses_metrics_that_describe_other_weights(tmp_path, tiny_base):
+    """Evaluation binds to weights: after the model changes (a realign with another lr, say), the old metrics are
+    refused with both hashes named, and no report is written."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from components.config import RegistryConfig
+    from components.hashing import weights_sha256
+    from components.registry.stage import gate_candidate
+
+    model = shutil.copytree(tiny_base, tmp_path / "model")
+    before = weights_sha256(model)
+    (model / "stage.json").write_text('{"build_seconds": 3.1}')  # cards and timings are not the weights
+    assert weights_sha256(model) == before
+    evaluated = tmp_path / "eval" / "cand"
+    evaluated.mkdir(parents=True)
+    (evaluated / "metrics.json").write_text(json.dumps(CANDIDATE))
+    (evaluated / "weights.json").write_text(json.dumps({"weights_sha256": before}))
+    tensors = load_file(model / "model.safetensors")
+    name = sorted(tensors)[0]
+    tensors[name] = tensors[name] + torch.ones_like(tensors[name])
+    save_file(tensors, model / "model.safetensors", metadata={"format": "pt"})
+    after = weights_sha256(model)
+    assert after != before
+    with pytest.raises(InputError, match=f"describe weights {before[:16]}, but .* now holds weights {after[:16]}"):
+        gate_candidate(
+            "cand", model, tmp_path / "eval", RegistryConfig(gates=GATES), "sqlite:///unused.db", tmp_path / "gate"
+        )
+    assert not (tmp_path / "gate").exists()

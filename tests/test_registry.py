@@ -39,7 +39,7 @@ def registry(mlflow_server: str, request):
             run_id,
             {"model_sha256": sha, "candidate": "merge-ties"},
             {"harmful_score": harmful},
-            passed,
+            {"candidate": "merge-ties", "passed": passed, "weights_sha256": sha},
             {"model_card": card},
         )
 
@@ -78,7 +78,7 @@ def test_failed_gate_becomes_challenger_never_champion(registry, tiny_base: Path
     promote(client, name, good)
     bad = add(tiny_base, passed=False, sha="c" * 64, harmful=0.9)
     assert aliases(client, name) == {CHALLENGER: bad, CHAMPION: good}
-    with pytest.raises(PipelineError, match=r"did not pass its gates \(gate='failed'\): champion not moved"):
+    with pytest.raises(PipelineError, match=r"did not pass its gates \(its logged gate report says FAILED\): champion not moved"):
         promote(client, name, bad)
     assert aliases(client, name)[CHAMPION] == good
 
@@ -135,3 +135,18 @@ def test_unreachable_server_fails_fast_with_its_address():
     with pytest.raises(PipelineError, match=r"http://127.0.0.1:9 is unreachable.*registry was not changed"):
         check_reachable("http://127.0.0.1:9")
     assert time.monotonic() - started < 10
+
+
+def test_a_rewritten_gate_tag_does_not_promote(registry, tiny_base: Path):
+    """The verdict comes from the gate report logged with the version, not from a tag anyone can set."""
+    client, name, add = registry
+    failed = add(tiny_base, passed=False, sha="f" * 64, harmful=0.9)
+    client.set_model_version_tag(name, failed, "gate", "passed")  # an adversary with registry access
+    with pytest.raises(PipelineError, match="its logged gate report says FAILED"):
+        promote(client, name, failed)
+    assert CHAMPION not in aliases(client, name)
+    # a passed version whose weights tag is changed afterwards no longer matches its report's weights
+    good = add(tiny_base, passed=True, sha="e" * 64)
+    client.set_model_version_tag(name, good, "model_sha256", "0" * 64)
+    assert promote(client, name, good) is None  # the record, not the tag, binds verdict and weights
+    assert aliases(client, name)[CHAMPION] == good

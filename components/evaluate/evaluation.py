@@ -9,10 +9,12 @@ from components.atomic import atomic_dir, atomic_file
 from components.config import EvaluateConfig
 from components.data.tables import write_jsonl
 from components.evaluate.lm_eval_tasks import export_tasks
+from components.hashing import weights_sha256
 from components.stage import StageCache, StageResult
 
 SUMMARY = "summary.json"
 SUMMARY_MD = "summary.md"
+WEIGHTS = "weights.json"  # beside each candidate's metrics.json: the content hash of the weights that were evaluated
 LM_EVAL_TASKS = (
     "lm_eval"  # the utility tasks as lm-evaluation-harness task files (components/evaluate/lm_eval_tasks.py)
 )
@@ -67,6 +69,8 @@ def evaluate_cached(
     with atomic_dir(Path(out_dir)) as tmp:
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         write_jsonl(tmp / "samples.jsonl", samples)
+        weights = {"weights_sha256": weights_sha256(model_dir), "model": str(model_dir)}
+        (tmp / WEIGHTS).write_text(json.dumps(weights) + "\n")
         cache.write_card(tmp, metrics, model=str(model_dir))
     return metrics, False
 

@@ -20,7 +20,7 @@ import torch
 
 from components.atomic import atomic_dir
 from components.errors import InputError
-from components.hashing import file_sha256, tree_sha256
+from components.hashing import file_sha256, weights_sha256
 from components.merge.method import TensorSlot
 from components.merge.recipe import Recipe
 from components.merge.registry import check_recipe, method_named
@@ -157,7 +157,7 @@ def run_recipe(
             "method": recipe.merge_method,
             "engine": engine,
             "recipe": recipe.model_dump(exclude_none=True),
-            "inputs": {str(p): tree_sha256(p) for p in paths},
+            "inputs": {str(p): weights_sha256(p) for p in paths},
             "seconds": seconds,
         }
         (tmp / CARD).write_text(json.dumps(card, indent=2) + "\n")

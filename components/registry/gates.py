@@ -56,11 +56,15 @@ def all_passed(results: list[GateResult]) -> bool:
     return all(result.passed for result in results)
 
 
-def report_json(candidate: str, results: list[GateResult], champion_version: str | None) -> str:
+def report_json(
+    candidate: str, results: list[GateResult], champion_version: str | None, weights_sha256: str | None = None
+) -> str:
+    """The verdict as the register stage and the registry read it, bound to the weights it judged."""
     return (
         json.dumps(
             {
                 "candidate": candidate,
+                "weights_sha256": weights_sha256,
                 "passed": all_passed(results),
                 "champion_version": champion_version,
                 "gates": [asdict(result) for result in results],

@@ -15,7 +15,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from components.config import Params
 from components.errors import InputError
-from components.hashing import file_md5, tree_sha256
+from components.hashing import file_md5, weights_sha256
 from components.model.ref import Kind, ModelRef
 from components.registry.registry import champion, check_reachable, lineage_json
 from components.tracking import client_for, lineage_tags, tracking_uri
@@ -92,7 +92,7 @@ def registry_tags(params: Params, shipped: Shipped, repo: Path) -> dict[str, str
     steps = shipped.lineage
     tags = {
         **lineage_tags(params, repo),
-        "model_sha256": tree_sha256(shipped.model_dir),
+        "model_sha256": weights_sha256(shipped.model_dir),
         "lineage": lineage_json(steps),
     }
     tags |= {

@@ -3,8 +3,10 @@
 Invariants, whatever order calls arrive in:
 - a version is created only after its whole model directory is stored as artifacts of its run, so a
   registered version is never partial;
-- `champion` is only ever moved to a version that is READY and whose gate passed (tag `gate` = `passed`),
-  checked right before the move; two promotions racing both satisfy this, and the last one wins;
+- `champion` is only ever moved to a version that is READY and whose gate report, logged with the version
+  (`gate/v<N>.json` in the run that holds its weights, bound to the version's source and weights hash),
+  says passed; checked right before the move, never from a tag anyone can rewrite; two promotions racing
+  both satisfy this, and the last one wins;
 - every promotion records the champion it replaced (tag `previous_champion`), which `rollback` moves back to.
 
 Why not `mlflow.transformers.log_model`: it re-serialises the weights through a pipeline object; the
@@ -15,6 +17,7 @@ stored as it is and loaded back with `download_model("models:/<name>@champion")`
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -31,6 +34,7 @@ from components.model.ref import Kind, ModelRef
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 MODEL_ARTIFACT = "model"
+GATE_RECORDS = "gate"  # artifact folder of the run holding a version's weights: v<N>.json, its verdict
 METRIC_TAG = "metric."  # version tags holding the evaluation metrics, so gates can compare without the run
 
 
@@ -89,7 +93,7 @@ def register(
     run_id: str,
     tags: dict[str, str],
     metrics: dict[str, float],
-    gate_passed: bool,
+    gate_report: dict,
     documents: dict[str, Path],
 ) -> str:
     """A new version of `name` for `model_dir`, with its gate verdict, metrics and documents; alias `challenger`.
@@ -120,10 +124,16 @@ def register(
         source, source_run = f"{client.get_run(run_id).info.artifact_uri}/{MODEL_ARTIFACT}", run_id
     for document in documents.values():
         client.log_artifact(run_id, str(document), artifact_path="card")
+    gate_passed = bool(gate_report["passed"])
     verdict = {"gate": "passed" if gate_passed else "failed", "registration_run": run_id}
     verdict |= {METRIC_TAG + metric: repr(float(value)) for metric, value in metrics.items()}
     verdict |= {f"document.{label}": f"runs:/{run_id}/card/{Path(doc).name}" for label, doc in documents.items()}
     version = client.create_model_version(name, source, run_id=source_run, tags={**tags, **verdict}).version
+    record = {"version": version, "source": source, "model_sha256": tags["model_sha256"], "report": gate_report}
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / f"v{version}.json"
+        path.write_text(json.dumps(record, indent=2) + "\n")
+        client.log_artifact(source_run, str(path), artifact_path=GATE_RECORDS)
     _wait_ready(client, name, version)
     client.set_registered_model_alias(name, CHALLENGER, version)
     return version
@@ -134,9 +144,10 @@ def promote(client: MlflowClient, name: str, version: str) -> str | None:
     found = client.get_model_version(name, version)
     if found.status != "READY":
         raise PipelineError(f"{name} v{version} is {found.status}, not READY: champion not moved")
-    if found.tags.get("gate") != "passed":
+    report = logged_gate_report(client, found)
+    if not report["passed"]:
         raise PipelineError(
-            f"{name} v{version} did not pass its gates (gate={found.tags.get('gate')!r}): champion not moved"
+            f"{name} v{version} did not pass its gates (its logged gate report says FAILED): champion not moved"
         )
     previous = version_by_alias(client, name, CHAMPION)
     if previous is not None and previous.version == version:
@@ -146,6 +157,31 @@ def promote(client: MlflowClient, name: str, version: str) -> str | None:
     client.set_model_version_tag(name, version, "promoted_at", str(time.time()))
     client.set_registered_model_alias(name, CHAMPION, version)
     return previous.version if previous is not None else None
+
+
+def logged_gate_report(client: MlflowClient, version: ModelVersion) -> dict:
+    """The gate report registered with `version`, checked to judge the weights this version points to."""
+    where = f"runs:/{version.run_id}/{GATE_RECORDS}/v{version.version}.json"
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            path = mlflow.artifacts.download_artifacts(
+                artifact_uri=where, dst_path=folder, tracking_uri=client.tracking_uri
+            )
+            record = json.loads(Path(path).read_text())
+    except (MlflowException, OSError, json.JSONDecodeError) as err:
+        raise PipelineError(
+            f"{version.name} v{version.version}: no gate report was registered with it ({where}: {err}); "
+            "champion not moved"
+        ) from None
+    report = record.get("report") or {}
+    if (record.get("version"), record.get("source")) != (version.version, version.source) or report.get(
+        "weights_sha256"
+    ) != record.get("model_sha256"):
+        raise PipelineError(
+            f"{version.name} v{version.version}: its gate report ({where}) is not about this version's weights; "
+            "champion not moved"
+        )
+    return report
 
 
 def rollback(client: MlflowClient, name: str) -> tuple[str, str]:

@@ -16,7 +16,8 @@ from mlflow.tracking import MlflowClient
 from components.atomic import atomic_dir, atomic_file
 from components.config import Params, RegistryConfig
 from components.errors import InputError
-from components.evaluate.evaluation import SUMMARY, render_summary
+from components.evaluate.evaluation import SUMMARY, WEIGHTS, render_summary
+from components.hashing import weights_sha256
 from components.registry.gates import all_passed, check_gates, report_json, report_markdown
 from components.registry.lineage import Shipped, registry_tags
 from components.registry.registry import CHAMPION, champion, check_reachable, promote, register
@@ -36,17 +37,36 @@ def candidate_metrics(eval_dir: Path, candidate: str) -> dict[str, float]:
     return json.loads(path.read_text())
 
 
+def evaluated_weights(eval_dir: Path, candidate: str, model_dir: Path) -> str:
+    """The weights hash the candidate's metrics describe, checked against the weights in `model_dir` now."""
+    path = Path(eval_dir) / candidate / WEIGHTS
+    if not path.is_file():
+        raise InputError(f"{path}: no record of which weights {candidate!r} was evaluated on; run the evaluate stage")
+    evaluated = json.loads(path.read_text())["weights_sha256"]
+    current = weights_sha256(model_dir)
+    if evaluated != current:
+        raise InputError(
+            f"{candidate}: its metrics ({path.parent / 'metrics.json'}) describe weights {evaluated[:16]}, but "
+            f"{model_dir} now holds weights {current[:16]}: run the evaluate stage again before gating or registering"
+        )
+    return current
+
+
 def gate_candidate(
-    candidate: str, eval_dir: Path, cfg: RegistryConfig, tracking_uri: str, out_dir: Path
+    candidate: str, model_dir: Path, eval_dir: Path, cfg: RegistryConfig, tracking_uri: str, out_dir: Path
 ) -> StageResult:
-    """Check `cfg.gates` on the candidate's metrics against the registry's champion; write the report (md, json)."""
+    """Check `cfg.gates` on the candidate's metrics against the registry's champion; write the report (md, json).
+
+    The report names the weights it judged: the candidate's metrics must describe the weights in `model_dir`.
+    """
     metrics = candidate_metrics(eval_dir, candidate)
+    weights = evaluated_weights(eval_dir, candidate, model_dir)
     check_reachable(tracking_uri)
     current = champion(MlflowClient(tracking_uri), cfg.model_name)
     results = check_gates(metrics, current[1] if current else None, cfg.gates)
     version = current[0] if current else None
     with atomic_dir(out_dir) as tmp:
-        (tmp / GATE_JSON).write_text(report_json(candidate, results, version))
+        (tmp / GATE_JSON).write_text(report_json(candidate, results, version, weights))
         (tmp / GATE_MD).write_text(report_markdown(candidate, results, version))
     failed = sum(not r.passed for r in results)
     return StageResult(
@@ -132,6 +152,12 @@ def register_candidate(
     report = json.loads(report_path.read_text())
     if report["candidate"] != candidate:
         raise InputError(f"{report_path}: the gate report is for {report['candidate']!r}, not {candidate!r}")
+    weights = evaluated_weights(eval_dir, candidate, model_dir)
+    if report.get("weights_sha256") != weights:
+        raise InputError(
+            f"{report_path}: the gate report judged weights {str(report.get('weights_sha256'))[:16]}, but "
+            f"{model_dir} holds weights {weights[:16]}: run the gate stage again"
+        )
     table = json.loads((Path(eval_dir) / SUMMARY).read_text())
     check_reachable(tracking_uri)
     client = MlflowClient(tracking_uri)
@@ -145,9 +171,9 @@ def register_candidate(
         cfg.model_name,
         model_dir,
         run_id,
-        {**tags, "candidate": candidate},
+        {**tags, "candidate": candidate, "model_sha256": weights},
         table[candidate],
-        report["passed"],
+        report,
         documents,
     )
     promoted = report["passed"] and cfg.promote
@@ -173,7 +199,12 @@ def register_candidate(
 
 def gate_stage(params: Params, shipped: Shipped) -> StageResult:
     return gate_candidate(
-        shipped.candidate, shipped.eval_dir, params.registry, tracking_uri(params), shipped.out_dir / "gate"
+        shipped.candidate,
+        shipped.model_dir,
+        shipped.eval_dir,
+        params.registry,
+        tracking_uri(params),
+        shipped.out_dir / "gate",
     )
 
 

@@ -32,7 +32,7 @@ from components.atomic import atomic_dir, atomic_file
 from components.config import EvaluateConfig, MergeSpec, Params, PruneConfig, RealignConfig, SearchConfig, search_models
 from components.data.stage import require_validated
 from components.errors import ParamsError
-from components.evaluate.evaluation import SUMMARY, evaluate_cached, render_summary
+from components.evaluate.evaluation import SUMMARY, WEIGHTS, evaluate_cached, render_summary
 from components.evaluate.plots import plot_safety_vs_utility
 from components.hashing import json_sha256
 from components.merge.stage import merge_models
@@ -211,9 +211,13 @@ def write_results(study, cfg: SearchConfig, references: dict[str, dict[str, floa
         tmp.write_text(json.dumps(trials, indent=1, default=str) + "\n")
     with atomic_dir(out_dir / "eval") as tmp:  # what the gate and register stages read, as for the evaluate stage
         (tmp / SUMMARY).write_text(json.dumps(table, indent=2) + "\n")
+        trial_dirs = {trial_name(t.number): Path(t.user_attrs["dir"]) for t in complete}
         for name in front:
             (tmp / name).mkdir()
             (tmp / name / "metrics.json").write_text(json.dumps(front[name], indent=2) + "\n")
+            evaluated = trial_dirs[name] / "eval" / WEIGHTS  # which weights the metrics describe
+            if evaluated.is_file():
+                shutil.copy(evaluated, tmp / name / WEIGHTS)
     if table:
         plot_safety_vs_utility(
             table,
