@@ -8,6 +8,8 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+from components.errors import InputError
+
 
 @contextlib.contextmanager
 def atomic_dir(final: Path) -> Iterator[Path]:
@@ -30,7 +32,10 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     if final.exists():
         final.rename(old)
     tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
+    if old.is_dir():
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        old.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -45,3 +50,24 @@ def atomic_file(final: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
         raise
     os.replace(tmp, final)
+
+
+def check_output(out: Path, inputs: list[Path], replace: bool) -> Path:
+    """Refuse an output that would destroy what the command did not create; returns `out` resolved.
+
+    Always refused: an output that is an input, holds one, or lies inside one, and the folder the command runs in
+    (or one above it). An existing file or non-empty folder is replaced only when `replace` says so.
+    """
+    out = Path(out).resolve()
+    for path in (Path(p).resolve() for p in inputs):
+        if out == path or path.is_relative_to(out) or out.is_relative_to(path):
+            relation = "is" if out == path else "holds" if path.is_relative_to(out) else "lies inside"
+            raise InputError(f"output {out} {relation} the input {path}: choose an output outside every input")
+    if Path.cwd().resolve().is_relative_to(out):
+        raise InputError(f"output {out} is the folder this command runs in (or one above it): choose a new folder")
+    if (out.is_file() or (out.is_dir() and any(out.iterdir()))) and not replace:
+        raise InputError(
+            f"output {out} exists{' and is not empty' if out.is_dir() else ' (a file)'}: choose a new folder, "
+            "or pass --force to replace it"
+        )
+    return out

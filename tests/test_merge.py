@@ -222,3 +222,40 @@ def test_command_line_merges_and_exits_2_on_bad_input(tmp_path: Path, four_layer
         )
         assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr
         assert not (tmp_path / "bad").exists()
+
+
+def test_the_merge_command_never_destroys_what_it_did_not_create(tmp_path: Path, four_layers):
+    """Each bad output: exit 2, a message naming it, and no file outside the output changed."""
+    from components.hashing import tree_sha256
+
+    path = tmp_path / "recipe.yaml"
+    entries = [{"model": str(four_layers[e]), "parameters": {"density": 0.5}} for e in ("e0", "e1")]
+    path.write_text(yaml.safe_dump({"merge_method": "ties", "base_model": str(four_layers["base"]), "models": entries}))
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    (tmp_path / "a_file").write_text("keep me too")
+    folder = four_layers["e0"].parent
+    cases = [
+        (tmp_path / "mine", "exists and is not empty: choose a new folder, or pass --force"),
+        (tmp_path / "a_file", "exists (a file)"),
+        (four_layers["e0"], "is the input"),
+        (folder, "holds the input"),
+        (four_layers["e1"] / "sub", "lies inside the input"),
+        (Path("."), "is the folder this command runs in"),
+    ]
+    before = {p: tree_sha256(p) for p in (folder, tmp_path / "mine")}
+    for out, message in cases:
+        done = subprocess.run(
+            [sys.executable, "-m", "components.merge", str(path), str(out)], cwd=REPO, capture_output=True, text=True
+        )
+        assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, (out, done.stderr)
+    assert {p: tree_sha256(p) for p in before} == before and (tmp_path / "a_file").read_text() == "keep me too"
+    assert not [p for p in folder.iterdir() if p.name.startswith(".")]  # no temporary folder left behind
+    forced = subprocess.run(
+        [sys.executable, "-m", "components.merge", str(path), str(tmp_path / "mine"), "--force"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert forced.returncode == 0 and not (tmp_path / "mine" / "notes.txt").exists()
+    assert (tmp_path / "mine" / "model.safetensors").is_file()

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from components.atomic import check_output
 from components.errors import PipelineError
 from components.merge.engine import run_recipe
 from components.merge.recipe import load_recipe
@@ -21,9 +22,17 @@ def main(argv: list[str] | None = None) -> int:
         default=0.5,
         help="refuse models whose weights differ from the first by more than this share of its norm",
     )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="replace OUT_DIR if it exists (never when it is, holds or lies in an input)",
+    )
     args = parser.parse_args(argv)
     try:
-        result = run_recipe(load_recipe(args.recipe), args.out_dir, args.max_relative_delta)
+        recipe = load_recipe(args.recipe)
+        inputs = [Path(m.model) for m in recipe.models] + ([Path(recipe.base_model)] if recipe.base_model else [])
+        out = check_output(args.out_dir, [p for p in inputs if p.exists()], replace=args.force)
+        result = run_recipe(recipe, out, args.max_relative_delta)
     except PipelineError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from components.atomic import atomic_dir
+from components.atomic import atomic_dir, check_output
 from components.errors import InputError
 from components.hashing import file_sha256, weights_sha256
 from components.merge.method import TensorSlot
@@ -140,6 +140,7 @@ def run_recipe(
         raise InputError(f"the recipe names the same model twice: {[str(p) for p in models]}")
     # mergekit's SLERP names its base among the models; each distinct directory is checked once
     paths = list(dict.fromkeys(([Path(recipe.base_model)] if recipe.base_model else []) + models))
+    check_output(out_dir, paths, replace=True)  # the pipeline replaces its own merges; never into an input
     for path in paths:
         check_model_dir(path)
     check_compatible(paths[0], paths[1:], max_relative_delta)
