@@ -7,6 +7,8 @@ names the key, not a silently ignored setting. Relative paths are relative to pa
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -49,8 +51,14 @@ RelPath = Annotated[Path, AfterValidator(_resolve_path)]
 ExistingPath = Annotated[Path, AfterValidator(_resolve_path), AfterValidator(_must_exist)]
 
 
+# Bounds where a value past them can only be a typo (1e12 steps, a batch of a billion): refused at load, named.
+BatchSize = Annotated[int, Field(gt=0, le=4096)]
+StepCount = Annotated[int, Field(gt=0, le=1_000_000)]
+TokenCount = Annotated[int, Field(gt=0, le=131_072)]
+
+
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class EmbeddedModel(StrictModel):
@@ -178,8 +186,8 @@ class ConfidenceFilter(StrictModel):
 
     enabled: bool = False
     drop_fraction: float = Field(default=0.1, ge=0, lt=1)
-    max_tokens: PositiveInt = 512
-    batch_size: PositiveInt = 8
+    max_tokens: TokenCount = 512
+    batch_size: BatchSize = 8
 
 
 class CurateConfig(StrictModel):
@@ -199,17 +207,31 @@ class CurateConfig(StrictModel):
     confidence: ConfidenceFilter = ConfidenceFilter()
 
 
+BUILTIN_DATASETS = ("domain_corpus", "domain_qa", "math", "harmful", "benign_lookalikes")  # components.data.sources
+
+
 class DataConfig(StrictModel):
     sources: SourcesConfig = SourcesConfig()
     user: list[UserDataset] = []
     curate: CurateConfig = CurateConfig()
 
+    @field_validator("user")
+    @classmethod
+    def _distinct_names(cls, user: list[UserDataset]) -> list[UserDataset]:
+        names = [d.name for d in user]
+        for i, name in enumerate(names):
+            if name in BUILTIN_DATASETS:
+                raise ValueError(f"[{i}].name: {name!r} is a built-in dataset's name; choose another")
+            if name in names[:i]:
+                raise ValueError(f"[{i}].name: {name!r} is also the name of data.user[{names.index(name)}]")
+        return user
+
 
 class LoraSettings(StrictModel):
     """PEFT adapter: LoRA by default; DoRA (use_dora) and QLoRA (4-bit base, GPU with bitsandbytes) as options."""
 
-    r: PositiveInt = 8
-    alpha: PositiveInt = 16
+    r: Annotated[int, Field(gt=0, le=1024)] = 8  # LoRA rank
+    alpha: Annotated[int, Field(gt=0, le=4096)] = 16
     dropout: float = Field(default=0.05, ge=0, lt=1)
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
     use_dora: bool = False
@@ -223,12 +245,12 @@ class _Job(StrictModel):
     datasets: list[str] = Field(min_length=1)  # curated tables (their train split; val for the eval loss)
     max_rows: PositiveInt | None = None  # cap on training rows, taken in file order
     learning_rate: float = Field(default=2e-4, gt=0, le=0.1)
-    max_steps: PositiveInt = 60
-    batch_size: PositiveInt = 8
-    grad_accum: PositiveInt = 1
-    max_length: PositiveInt = 256
+    max_steps: StepCount = 60
+    batch_size: BatchSize = 8
+    grad_accum: Annotated[int, Field(gt=0, le=1024)] = 1
+    max_length: TokenCount = 256
     warmup_ratio: float = Field(default=0.05, ge=0, lt=1)
-    save_steps: PositiveInt = 20
+    save_steps: StepCount = 20
     eval_rows: int = Field(default=64, ge=0)
     seed: int = 0
     bf16: bool = False
@@ -271,8 +293,8 @@ class PairsConfig(StrictModel):
     """On-policy preference pairs: the base model's own answers to harmful training prompts."""
 
     max_prompts: PositiveInt = 200
-    max_new_tokens: PositiveInt = 64
-    batch_size: PositiveInt = 8
+    max_new_tokens: TokenCount = 64
+    batch_size: BatchSize = 8
     temperature: float = Field(default=0.0, ge=0)  # 0: greedy; above: sampled (seed: params seed)
 
 
@@ -303,6 +325,10 @@ class MergeSpec(StrictModel):
     def _known_method_and_parameters(self) -> MergeSpec:
         from components.merge.registry import check_recipe, known_method, our_methods
 
+        named = [entry.get("model") for entry in self.models]
+        twice = sorted({name for name in named if named.count(name) > 1})
+        if twice:
+            raise ValueError(f"models: {twice} named more than once; a merge takes each model once")
         if not known_method(self.merge_method):
             raise ValueError(
                 f"unknown merge method {self.merge_method!r}: neither one of this project's "
@@ -329,8 +355,8 @@ class PruneConfig(StrictModel):
         default=0.0, ge=0, lt=1
     )  # spare the top share by Wanda score on domain Q/A (Wei et al.)
     calibration_rows: PositiveInt = 64
-    max_length: PositiveInt = 256
-    batch_size: PositiveInt = 8
+    max_length: TokenCount = 256
+    batch_size: BatchSize = 8
 
 
 class RealignConfig(StrictModel):
@@ -338,13 +364,15 @@ class RealignConfig(StrictModel):
 
     model: str | None = None  # the fine-tuned or merged model to realign (pipeline name); None: no realign stage
     aligned: str = "safety"  # the initially aligned model
-    steps: PositiveInt = 20
-    lr: float = Field(default=0.2, gt=0)  # Adam moves each mask logit by about lr per step
-    init_logit: float = -2.0  # σ(−2) ≈ 0.12: the mask starts nearly empty; a logit must pass 0 to enter it
+    steps: StepCount = 20
+    lr: float = Field(default=0.2, gt=0, le=10)  # Adam moves each mask logit by about lr per step
+    init_logit: float = Field(
+        default=-2.0, ge=-20, le=20
+    )  # σ(−2) ≈ 0.12: the mask starts nearly empty; a logit must pass 0 to enter it
     sparsity: float = Field(default=1.0, ge=0)  # λ of the mask's sparsity term
     safety_rows: PositiveInt = 64
-    batch_size: PositiveInt = 8
-    max_length: PositiveInt = 256
+    batch_size: BatchSize = 8
+    max_length: TokenCount = 256
     max_relative_delta: float = Field(default=0.5, gt=0)
 
 
@@ -362,9 +390,9 @@ class EvaluateConfig(StrictModel):
     perplexity_chunks: PositiveInt = 40
     harmful_prompts: PositiveInt = 60
     benign_prompts: PositiveInt = 60
-    math_new_tokens: PositiveInt = 64
-    safety_new_tokens: PositiveInt = 32
-    batch_size: PositiveInt = 16
+    math_new_tokens: TokenCount = 64
+    safety_new_tokens: TokenCount = 32
+    batch_size: BatchSize = 16
 
 
 # Which way each gateable metric of the evaluation suite improves.
@@ -601,9 +629,18 @@ def parse_overrides(assignments: list[str]) -> dict[str, Any]:
             raise ParamsError(f"--set {assignment!r}: expected KEY=VALUE, for example base_model.dtype=bfloat16")
         node = result
         *parents, leaf = key.split(".")
-        for part in parents:
+        for depth, part in enumerate(parents):
             node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(text)
+            if not isinstance(node, dict):
+                raise ParamsError(
+                    f"--set {assignment!r}: {'.'.join(parents[: depth + 1])} is set to a value above, not a section"
+                )
+        if isinstance(node.get(leaf), dict):
+            raise ParamsError(f"--set {assignment!r}: {key} is a section set key by key above")
+        try:
+            node[leaf] = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ParamsError(f"--set {assignment!r}: the value is not valid YAML ({err.problem})") from None
     return result
 
 
@@ -642,6 +679,27 @@ def _user_loc(loc: tuple[str, ...]) -> tuple[str, ...]:
     return loc
 
 
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def expand_env(tree: Any, path: Path, key: str = "") -> Any:
+    """`${NAME}` in any string value replaced from the environment: how a secret (a database URL with its password)
+    reaches the params without being written in params.yaml. An unset variable is an error naming the key."""
+    if isinstance(tree, dict):
+        return {k: expand_env(v, path, f"{key}.{k}" if key else str(k)) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [expand_env(v, path, f"{key}[{i}]") for i, v in enumerate(tree)]
+    if not isinstance(tree, str):
+        return tree
+
+    def value(match: re.Match) -> str:
+        if match[1] not in os.environ:
+            raise ParamsError(f"{path}: {key}: environment variable {match[1]} is not set")
+        return os.environ[match[1]]
+
+    return _ENV_REFERENCE.sub(value, tree)
+
+
 def load_params(
     path: Path = DEFAULT_PARAMS, profile: str | None = None, overrides: dict[str, Any] | None = None
 ) -> Params:
@@ -662,7 +720,7 @@ def load_params(
         raise ParamsError(f"{path}: unknown profile {profile!r}; known profiles: {', '.join(raw['profiles'])}")
 
     merged = deep_merge(raw.get("common") or {}, raw["profiles"][profile] or {})
-    merged = deep_merge(merged, overrides)
+    merged = expand_env(deep_merge(merged, overrides), path)
     merged["profile"] = profile
     try:
         return Params.model_validate(merged, context={"base_dir": path.resolve().parent})

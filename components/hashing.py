@@ -53,6 +53,15 @@ def content_sha256(path: Path) -> str:
     return file_sha256(path) if path.is_file() else tree_sha256(path, CARD_FILES)
 
 
+def _readable(file: Path, read):
+    try:
+        return read()
+    except Exception as err:  # safetensors' own error type: a truncated or corrupt file
+        from components.errors import InputError
+
+        raise InputError(f"{file}: not a readable safetensors file ({err})") from None
+
+
 def weights_sha256(model_dir: Path) -> str:
     """A model's identity: its tensors (name, dtype, shape, bytes) in name order, whatever the sharding, cards or
     timings beside them. Every evaluation, gate report and registry version names the weights by this hash."""
@@ -62,11 +71,14 @@ def weights_sha256(model_dir: Path) -> str:
     files = sorted(Path(model_dir).glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"{model_dir}: no safetensors weights")
-    handles = [safe_open(file, "pt") for file in files]
-    owner = {name: handle for handle in handles for name in handle.keys()}  # noqa: SIM118 (a safetensors handle)
+    owner = {}
+    for file in files:
+        handle = _readable(file, lambda f=file: safe_open(f, "pt"))
+        owner |= {name: (file, handle) for name in handle.keys()}  # noqa: SIM118 (a safetensors handle)
     digest = hashlib.sha256()
     for name in sorted(owner):
-        tensor = owner[name].get_tensor(name).contiguous()
+        file, handle = owner[name]
+        tensor = _readable(file, lambda h=handle, n=name: h.get_tensor(n)).contiguous()
         digest.update(f"{name}\0{tensor.dtype}\0{list(tensor.shape)}\0".encode())
         digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return digest.hexdigest()

@@ -27,6 +27,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from components.hashing import content_sha256, file_sha256, json_sha256
+from components.redact import redact_tree
 
 STAGE_CARD = "stage.json"
 
@@ -164,5 +165,5 @@ class StageCache:
 
     def write_card(self, folder: Path, metrics: dict[str, float], **fields: Any) -> None:
         """Write stage.json into `folder` (the output, or its temporary folder before the rename)."""
-        card = {"stage": self.stage, "key": self.key, "metrics": metrics, **fields}
+        card = {"stage": self.stage, "key": self.key, "metrics": metrics, **redact_tree(fields)}
         (Path(folder) / STAGE_CARD).write_text(json.dumps(card, indent=2, sort_keys=True, default=str) + "\n")

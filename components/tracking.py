@@ -32,6 +32,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID, ML
 
 from components.config import Params
 from components.hashing import file_md5
+from components.redact import MASK, is_secret_key, redact_text
 from components.stage import STAGE_CARD, StageResult
 
 
@@ -125,10 +126,14 @@ def log_all(
     metrics: dict[str, float] | None = None,
     tags: dict[str, str] | None = None,
 ) -> None:
-    """Params, metrics and tags in batches (one request or transaction per 100, not one per value)."""
+    """Params, metrics and tags in batches (one request or transaction per 100, not one per value); secrets masked."""
     now = int(time.time() * 1000)
+    params = {
+        k: MASK if is_secret_key(k) and v not in ("", "None") else redact_text(v) for k, v in (params or {}).items()
+    }
+    tags = {k: redact_text(v) for k, v in (tags or {}).items()}
     entries = (
-        [Param(k, v[:6000]) for k, v in (params or {}).items()]
+        [Param(k, v[:6000]) for k, v in params.items()]
         + [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()]
         + [RunTag(k, v) for k, v in (tags or {}).items()]
     )

@@ -7,7 +7,9 @@ User files may also be CSV or Parquet (read in batches). Errors name the file an
 from __future__ import annotations
 
 import csv
+import io
 import json
+import sys
 from collections.abc import Iterable, Iterator
 from enum import Enum
 from pathlib import Path
@@ -75,25 +77,27 @@ def text_of(row: Row, kind: Kind) -> str:
 def read_jsonl(path: Path, on_bad_line: str = "stop", skipped: list[str] | None = None) -> Iterator[tuple[int, Row]]:
     """(line number, row) for each line; a malformed line stops with its file and line, or is skipped and noted."""
     try:
-        handle = open(path, encoding="utf-8", newline="")  # noqa: SIM115 (closed by the `with` below)
+        handle = open(path, "rb")  # noqa: SIM115 (closed by the `with` below); bytes, so a bad byte has its own line
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
     with handle:
-        lineno = 0
-        try:
-            for lineno, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    yield lineno, json.loads(line)
-                except json.JSONDecodeError as err:
-                    message = f"{path}:{lineno}: malformed JSON ({err.msg} at column {err.colno})"
-                    if on_bad_line == "stop":
-                        raise InputError(message) from None
-                    if skipped is not None:
-                        skipped.append(message)
-        except UnicodeDecodeError as err:
-            raise InputError(f"{path}:{lineno + 1}: not UTF-8 ({err.reason} at byte {err.start})") from None
+        for lineno, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise InputError(f"{path}:{lineno}: not UTF-8 ({err.reason} at byte {err.start} of the line)") from None
+            if not line.strip():
+                continue
+            if "\x00" in line:
+                raise InputError(f"{path}:{lineno}: a NUL byte in the data")
+            try:
+                yield lineno, json.loads(line)
+            except json.JSONDecodeError as err:
+                message = f"{path}:{lineno}: malformed JSON ({err.msg} at column {err.colno})"
+                if on_bad_line == "stop":
+                    raise InputError(message) from None
+                if skipped is not None:
+                    skipped.append(message)
 
 
 def read_table(path: Path, on_bad_line: str = "stop", skipped: list[str] | None = None) -> Iterator[tuple[str, Row]]:
@@ -104,14 +108,7 @@ def read_table(path: Path, on_bad_line: str = "stop", skipped: list[str] | None 
         for lineno, row in read_jsonl(path, on_bad_line, skipped):
             yield f"{path}:{lineno}", row
     elif suffix == ".csv":
-        try:
-            with open(path, encoding="utf-8", newline="") as handle:
-                for number, row in enumerate(csv.DictReader(handle), start=2):
-                    yield f"{path}:{number}", row
-        except FileNotFoundError:
-            raise InputError(f"{path}: no such file") from None
-        except UnicodeDecodeError as err:
-            raise InputError(f"{path}: not UTF-8 ({err.reason} at byte {err.start})") from None
+        yield from _read_csv(path)
     elif suffix == ".parquet":
         import pyarrow.parquet as pq
 
@@ -128,6 +125,30 @@ def read_table(path: Path, on_bad_line: str = "stop", skipped: list[str] | None 
                 yield f"{path}:row {number}", row
     else:
         raise InputError(f"{path}: unsupported file type {suffix!r}; use .jsonl, .csv or .parquet")
+
+
+def _read_csv(path: Path) -> Iterator[tuple[str, Row]]:
+    """CSV rows with the physical line each record starts on (a quoted field may span lines)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise InputError(f"{path}:{line}: not UTF-8 ({err.reason})") from None
+    if "\x00" in text:
+        raise InputError(f"{path}:{text[: text.index(chr(0))].count(chr(10)) + 1}: a NUL byte in the data")
+    csv.field_size_limit(sys.maxsize)  # a long document in one field is data, not an error (default: 131,072)
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    start = 2  # the header is line 1
+    try:
+        for row in reader:
+            yield f"{path}:{start}", row
+            start = reader.line_num + 1
+    except csv.Error as err:
+        raise InputError(f"{path}:{reader.line_num}: malformed CSV ({err})") from None
 
 
 def write_jsonl(path: Path, rows: Iterable[Row]) -> int:

@@ -73,6 +73,12 @@ def check_compatible(reference: Path, others: list[Path], max_relative_delta: fl
                 raise InputError(
                     f"{path}: tensor {name!r} has shape {model.shape(name)}, {reference} has {ref.shape(name)}"
                 )
+        for folder in (reference, path):
+            if not (folder / "tokenizer.json").is_file():
+                raise InputError(
+                    f"{folder / 'tokenizer.json'}: missing; the merge compares the models' tokenizers "
+                    "by it (save the tokenizer with a fast tokenizer's tokenizer.json)"
+                )
         if file_sha256(path / "tokenizer.json") != file_sha256(reference / "tokenizer.json"):
             raise InputError(
                 f"{path / 'tokenizer.json'}: differs from {reference / 'tokenizer.json'}; "

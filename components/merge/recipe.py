@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from components.errors import InputError
-from components.merge.registry import check_recipe
+from components.merge.registry import check_recipe, known_method, our_methods
 from components.yamlfile import read_yaml
 
 
@@ -62,5 +62,10 @@ def load_recipe(path: Path) -> Recipe:
     except ValidationError as err:
         first = err.errors()[0]
         raise InputError(f"{path}: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    if not known_method(recipe.merge_method):
+        raise InputError(
+            f"{path}: merge_method: unknown method {recipe.merge_method!r}: neither one of this project's "
+            f"({', '.join(our_methods())}) nor one of mergekit's"
+        )
     check_parameters(recipe, str(path))
     return recipe

@@ -29,6 +29,13 @@ def depth_of(name: str, num_layers: int) -> int:
     return 0 if "embed" in name else num_layers - 1
 
 
+def _open(file: Path):
+    try:
+        return safe_open(file, "pt")
+    except Exception as err:  # a truncated header, not safetensors at all
+        raise InputError(f"{file}: not a readable safetensors file ({err})") from None
+
+
 class LazyModel:
     """The safetensors weights of a model directory, read one tensor at a time."""
 
@@ -38,8 +45,7 @@ class LazyModel:
         if index.is_file():
             weight_map = json.loads(index.read_text())["weight_map"]
         elif (self.path / "model.safetensors").is_file():
-            with safe_open(self.path / "model.safetensors", "pt") as handle:
-                weight_map = {name: "model.safetensors" for name in handle.keys()}  # noqa: SIM118
+            weight_map = {name: "model.safetensors" for name in _open(self.path / "model.safetensors").keys()}  # noqa: SIM118
         else:
             raise InputError(f"{self.path}: no safetensors weights (model.safetensors or an index)")
         self.files = weight_map
@@ -51,14 +57,19 @@ class LazyModel:
     def _handle(self, name: str):
         file = self.files[name]
         if file not in self._handles:
-            self._handles[file] = safe_open(self.path / file, "pt")
+            self._handles[file] = _open(self.path / file)
         return self._handles[file]
 
     def shape(self, name: str) -> list[int]:
         return list(self._handle(name).get_slice(name).get_shape())
 
     def get(self, name: str) -> torch.Tensor:
-        return self._handle(name).get_tensor(name)
+        try:
+            return self._handle(name).get_tensor(name)
+        except InputError:
+            raise
+        except Exception as err:  # safetensors raises its own error type for a truncated or corrupt file
+            raise InputError(f"{self.path / self.files[name]}: tensor {name!r} cannot be read ({err})") from None
 
 
 class ShardWriter:

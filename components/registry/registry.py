@@ -30,6 +30,7 @@ from mlflow.tracking import MlflowClient
 
 from components.errors import InputError, PipelineError
 from components.model.ref import Kind, ModelRef
+from components.redact import redact_text
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -128,7 +129,8 @@ def register(
     verdict = {"gate": "passed" if gate_passed else "failed", "registration_run": run_id}
     verdict |= {METRIC_TAG + metric: repr(float(value)) for metric, value in metrics.items()}
     verdict |= {f"document.{label}": f"runs:/{run_id}/card/{Path(doc).name}" for label, doc in documents.items()}
-    version = client.create_model_version(name, source, run_id=source_run, tags={**tags, **verdict}).version
+    tags = {key: redact_text(value) for key, value in {**tags, **verdict}.items()}
+    version = client.create_model_version(name, source, run_id=source_run, tags=tags).version
     record = {"version": version, "source": source, "model_sha256": tags["model_sha256"], "report": gate_report}
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / f"v{version}.json"
