@@ -15,7 +15,9 @@ Tracking wraps a stage; it never changes what the stage computes.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -40,18 +42,38 @@ def tracking_uri(params: Params) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{params.workspace / 'mlflow.db'}"
 
 
+_INITIALISED: set[str] = set()
+
+
 def client_for(params: Params) -> MlflowClient:
-    """A client on the configured store; also points the fluent API (used inside stages) at it."""
+    """A client on the configured store; also points the fluent API (used inside stages) at it.
+
+    A new SQLite store is created under a file lock: two processes creating its tables at once would race
+    (`duplicate column name`)."""
     uri = tracking_uri(params)
-    if uri.startswith("sqlite:///"):
-        params.workspace.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
-    return MlflowClient(tracking_uri=uri)
+    client = MlflowClient(tracking_uri=uri)
+    if uri.startswith("sqlite:///") and uri not in _INITIALISED:
+        params.workspace.mkdir(parents=True, exist_ok=True)
+        with open(params.workspace / ".mlflow.lock", "a") as guard:
+            fcntl.flock(guard, fcntl.LOCK_EX)
+            client.search_experiments(max_results=1)  # creates or migrates the tables, one process at a time
+            fcntl.flock(guard, fcntl.LOCK_UN)
+        _INITIALISED.add(uri)
+    return client
+
+
+_SWEPT: set[tuple[str, str]] = set()
 
 
 def experiment_id(client: MlflowClient, params: Params) -> str:
+    """The pipeline's experiment, created on first use; the first time a process asks, runs that a killed process
+    left RUNNING are marked KILLED."""
     experiment = client.get_experiment_by_name(params.tracking.experiment)
     if experiment is not None:
+        if (client.tracking_uri, experiment.experiment_id) not in _SWEPT:
+            mark_killed_runs(client, experiment.experiment_id)
+            _SWEPT.add((client.tracking_uri, experiment.experiment_id))
         return experiment.experiment_id
     artifact_location = None
     if client.tracking_uri.startswith("sqlite:"):
@@ -88,6 +110,13 @@ def dvc_hashes(repo: Path) -> dict[str, str]:
         for stage in stages.values()
         for out in stage.get("outs", [])
     }
+
+
+PID_TAG, HOST_TAG = "posttrain.pid", "posttrain.host"  # which process owns a run, to mark it KILLED if it dies
+
+
+def process_tags() -> dict[str, str]:
+    return {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
 
 
 def lineage_tags(params: Params, repo: Path) -> dict[str, str]:
@@ -162,7 +191,7 @@ def log_child_run(name: str, params: dict[str, Any], metrics: dict[str, float], 
 def pipeline_run(params: Params, repo: Path, run_name: str | None = None) -> Iterator[str]:
     """The parent run of one pipeline run; yields its id and closes it FINISHED or FAILED."""
     client = client_for(params)
-    tags = {**lineage_tags(params, repo), MLFLOW_RUN_NAME: run_name or f"post-train-{params.profile}"}
+    tags = {**lineage_tags(params, repo), **process_tags(), MLFLOW_RUN_NAME: run_name or f"post-train-{params.profile}"}
     run = client.create_run(experiment_id(client, params), tags=tags)
     run_id = run.info.run_id
     log_all(client, run_id, params=flatten(params.model_dump(mode="json")))
@@ -172,6 +201,19 @@ def pipeline_run(params: Params, repo: Path, run_name: str | None = None) -> Ite
         client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
         raise
     client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+
+
+def mark_killed_runs(client: MlflowClient, experiment: str) -> list[str]:
+    """Runs this machine started whose process is gone but which still say RUNNING: marked KILLED."""
+    from components.lock import process_alive
+
+    host, killed = socket.gethostname(), []
+    for run in client.search_runs([experiment], "attributes.status = 'RUNNING'", max_results=1000):
+        pid = run.data.tags.get(PID_TAG)
+        if run.data.tags.get(HOST_TAG) == host and pid and pid.isdigit() and not process_alive(int(pid)):
+            client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+            killed.append(run.info.run_id)
+    return killed
 
 
 def tracked_stage(
@@ -187,7 +229,7 @@ def tracked_stage(
     Logged: the stage's own params, its metrics, its output paths as tags, its stage card as an artifact.
     """
     client = client_for(params)
-    tags = {**lineage_tags(params, repo), MLFLOW_RUN_NAME: stage, "stage": stage}
+    tags = {**lineage_tags(params, repo), **process_tags(), MLFLOW_RUN_NAME: stage, "stage": stage}
     if parent_run_id:
         tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
     run_id = client.create_run(experiment_id(client, params), tags=tags).info.run_id

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from components.config import DEFAULT_PARAMS, Params, load_params, parse_overrides
 from components.errors import PipelineError
+from components.lock import workspace_lock
 from components.model.ref import Kind, ModelRef
 from components.registry.registry import check_reachable, download_model, promote, rollback
 from components.registry.registry import describe as describe_registry
@@ -181,15 +182,17 @@ def main(argv: list[str] | None = None) -> int:
                 raise PipelineError(
                     f"unknown stage {args.name!r}; stages of profile {params.profile!r}: {', '.join(by_name)}"
                 )
-            _run_stage(by_name[args.name], params, repo, not args.no_tracking)
+            with workspace_lock(params.ws.run_dir):
+                _run_stage(by_name[args.name], params, repo, not args.no_tracking)
         elif args.command in ("run", "search"):
-            if args.no_tracking:
-                for stage in stages:
-                    _run_stage(stage, params, repo, tracking=False)
-            else:
-                with pipeline_run(params, repo) as parent:
+            with workspace_lock(params.ws.run_dir):
+                if args.no_tracking:
                     for stage in stages:
-                        _run_stage(stage, params, repo, True, parent)
+                        _run_stage(stage, params, repo, tracking=False)
+                else:
+                    with pipeline_run(params, repo) as parent:
+                        for stage in stages:
+                            _run_stage(stage, params, repo, True, parent)
                 print(f"MLflow: run {parent} in experiment {params.tracking.experiment!r} at {tracking_uri(params)}")
                 print(f"        browse it with: mlflow ui --backend-store-uri {tracking_uri(params)}")
         elif args.command == "chat":

@@ -38,6 +38,7 @@ from components import progress
 from components.config import DEFAULT_PARAMS, GateSpec, Params, deep_merge, load_params, parse_overrides
 from components.errors import ParamsError, PipelineError
 from components.evaluate.report import REPORT_MD, inline_images
+from components.lock import workspace_lock
 from components.merge.methods.scaling import LAMBDA
 from components.merge.methods.ties import DENSITY
 from components.merge.registry import method_named, methods_with, our_methods
@@ -119,7 +120,9 @@ def revalidate(dumped: dict[str, Any], field: str) -> Params:
 
 def resolve(request: PostTrainRequest) -> Params:
     """params.yaml with the request's changes, validated; raises ParamsError naming the field at fault."""
-    path = REPO / request.params_file
+    path = (REPO / request.params_file).resolve()
+    if not path.is_relative_to(REPO.resolve()):
+        raise ParamsError(f"params_file: {request.params_file!r} is outside the repository; name a file inside it")
     safety: dict[str, Any] = {}
     if request.realign_lr is not None:
         safety["realign"] = {"lr": request.realign_lr}
@@ -212,8 +215,11 @@ def run_stage(stage_name: str, stage: Stage, params: Params, repo: Path, parent_
     return result
 
 
-def workspace_lock(params: Params) -> str:
-    """The global concurrency limit (1 slot) guarding this run directory, created on first use."""
+def workspace_slot(params: Params) -> str:
+    """The global concurrency limit (1 slot) guarding this run directory across machines, created on first use.
+
+    Prefect queues a second flow run here until the first ends; on one machine the file lock
+    (components.lock) also refuses a CLI run of the same workspace."""
     name = "workspace-" + re.sub(r"[^A-Za-z0-9]+", "-", str(params.ws.run_dir.resolve())).strip("-")[-100:]
     with get_client(sync_client=True) as client:
         try:
@@ -277,7 +283,8 @@ def run_stages(
     results: dict[str, StageResult] = {}
     # The lease is renewed while the run lives; a killed run's slot frees when it lapses (Prefect's minimum, 60 s).
     with (
-        concurrency(workspace_lock(params), occupy=1, strict=True, lease_duration=LOCK_LEASE_SECONDS),
+        concurrency(workspace_slot(params), occupy=1, strict=True, lease_duration=LOCK_LEASE_SECONDS),
+        workspace_lock(params.ws.run_dir, f"Prefect flow run {flow_run.name}"),
         pipeline_run(params, REPO, run_name=f"prefect-{flow_run.name}") as parent,
     ):
         client = client_for(params)

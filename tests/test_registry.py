@@ -78,7 +78,9 @@ def test_failed_gate_becomes_challenger_never_champion(registry, tiny_base: Path
     promote(client, name, good)
     bad = add(tiny_base, passed=False, sha="c" * 64, harmful=0.9)
     assert aliases(client, name) == {CHALLENGER: bad, CHAMPION: good}
-    with pytest.raises(PipelineError, match=r"did not pass its gates \(its logged gate report says FAILED\): champion not moved"):
+    with pytest.raises(
+        PipelineError, match=r"did not pass its gates \(its logged gate report says FAILED\): champion not moved"
+    ):
         promote(client, name, bad)
     assert aliases(client, name)[CHAMPION] == good
 

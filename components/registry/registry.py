@@ -213,7 +213,7 @@ def describe(client: MlflowClient, name: str) -> str:
     lines = [f"{name}:"]
     for v in sorted(client.search_model_versions(f"name='{name}'"), key=lambda v: -int(v.version)):
         lines.append(
-            f"  v{v.version}  {','.join(sorted(by_version.get(v.version, []))) or '-':<20} "
+            f"  v{v.version}  {','.join(sorted(by_version.get(str(v.version), []))) or '-':<20} "
             f"gate={v.tags.get('gate', '?'):<7} candidate={v.tags.get('candidate', '?')}  "
             f"harmful_score={v.tags.get(METRIC_TAG + 'harmful_score', '?')[:6]}"
         )
