@@ -43,6 +43,7 @@ from components.merge.methods.scaling import LAMBDA
 from components.merge.methods.ties import DENSITY
 from components.merge.registry import method_named, methods_with, our_methods
 from components.model.ref import ModelRef
+from components.redact import redact_text
 from components.stage import StageResult
 from components.tracking import client_for, pipeline_run, tracked_stage, tracking_uri
 from flows.stages import Stage, stages_for, with_inits
@@ -252,7 +253,7 @@ def publish(params: Params, results: dict[str, StageResult], parent_run_id: str)
     """What a person looks at in the Prefect UI: metrics table, gate report, links to MLflow and the registry."""
     url = mlflow_run_url(params, parent_run_id)
     if url.startswith("http"):
-        create_link_artifact(url, link_text="MLflow run of this pipeline run", key="mlflow-run")
+        create_link_artifact(redact_text(url), link_text="MLflow run of this pipeline run", key="mlflow-run")
     evaluation = results.get("evaluate")
     if evaluation is not None:
         table = json.loads((evaluation.outputs["evaluation"] / "summary.json").read_text())
@@ -272,7 +273,9 @@ def publish(params: Params, results: dict[str, StageResult], parent_run_id: str)
             inline_images((folder / REPORT_MD).read_text().replace("# Post-train report", "## Figures"), folder)
         )
     create_markdown_artifact(
-        "\n".join(lines), key="post-train-report", description="Gate report, registry, figures and evaluation"
+        redact_text("\n".join(lines)),
+        key="post-train-report",
+        description="Gate report, registry, figures and evaluation",
     )
 
 

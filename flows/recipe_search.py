@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 
 from components.config import DEFAULT_PARAMS, Params, deep_merge, load_params, parse_overrides
 from components.evaluate.report import inline_images
+from components.redact import redact_text
 from components.search.stage import REPORT_MD, TRIALS
 from components.stage import StageResult
 from flows.post_train import REPO, mlflow_run_url, registration_line, run_stages
@@ -82,7 +83,9 @@ def publish_search(params: Params, results: dict[str, StageResult], parent_run_i
     ]
     if "search-register" in results:
         lines += ["", registration_line(results["search-register"])]
-    create_markdown_artifact("\n".join(lines), key="recipe-search-report", description="Pareto front and the choice")
+    create_markdown_artifact(
+        redact_text("\n".join(lines)), key="recipe-search-report", description="Pareto front and the choice"
+    )
 
 
 @flow(name="recipe-search", log_prints=True)

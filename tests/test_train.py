@@ -134,6 +134,8 @@ def test_killed_training_resumes_from_its_last_checkpoint(workspace: Path):
     assert result.metrics["steps"] == 40
     history = json.loads((params.ws.job_work("math") / "log_history.json").read_text())
     assert [e["step"] for e in history if "loss" in e] == list(range(1, 41)), "one loss curve, from step 1 to 40"
+    losses = [e["loss"] for e in history if "loss" in e]
+    assert result.metrics["train_loss"] == pytest.approx(sum(losses) / 40)  # every step, not only the resumed ones
 
 
 def test_a_method_given_the_wrong_kind_of_data_fails_before_training(workspace: Path):

@@ -132,6 +132,11 @@ def last_checkpoint(checkpoints: Path) -> Path | None:
     return max(complete, key=_step, default=None)
 
 
+def _mean_step_loss(history: list[dict], fallback: float) -> float:
+    losses = [entry["loss"] for entry in history if "loss" in entry]
+    return float(sum(losses) / len(losses)) if losses else fallback
+
+
 def run_job(
     job_name: str,
     job: TrainJob,
@@ -201,7 +206,9 @@ def run_job(
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.perf_counter() - start
     metrics = {
-        "train_loss": float(result.training_loss),
+        # the mean over every step (logging_steps=1), including those before a resume; the Trainer's own
+        # training_loss covers only the steps this process ran
+        "train_loss": _mean_step_loss(trainer.state.log_history, float(result.training_loss)),
         "final_loss": float(next(e["loss"] for e in reversed(trainer.state.log_history) if "loss" in e)),
         "steps": float(trainer.state.global_step),
         "resumed_from_step": float(_step(resume)),
