@@ -259,3 +259,29 @@ def test_the_merge_command_never_destroys_what_it_did_not_create(tmp_path: Path,
     )
     assert forced.returncode == 0 and not (tmp_path / "mine" / "notes.txt").exists()
     assert (tmp_path / "mine" / "model.safetensors").is_file()
+
+
+def test_unreadable_inputs_and_unknown_methods_are_named(tmp_path: Path, four_layers):
+    truncated = shutil.copytree(four_layers["e0"], tmp_path / "truncated")
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(InputError, match=r"truncated/model.safetensors: (not a readable safetensors file|tensor)"):
+        run_recipe(recipe(four_layers | {"t": truncated}, "ties", [("e1", {}), ("t", {})], {}), tmp_path / "out")
+    no_tokenizer = shutil.copytree(four_layers["e1"], tmp_path / "no_tokenizer")
+    (no_tokenizer / "tokenizer.json").unlink()
+    (no_tokenizer / "vocab.json").write_text("{}")  # a slow tokenizer's files: no tokenizer.json to compare
+    with pytest.raises(InputError, match=r"no_tokenizer/tokenizer.json: missing"):
+        run_recipe(recipe(four_layers | {"n": no_tokenizer}, "ties", [("e0", {}), ("n", {})], {}), tmp_path / "out")
+    path = tmp_path / "recipe.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "merge_method": "tie",
+                "base_model": str(four_layers["base"]),
+                "models": [{"model": str(four_layers["e0"])}],
+            }
+        )
+    )
+    with pytest.raises(InputError, match=r"recipe.yaml: merge_method: unknown method 'tie'"):
+        load_recipe(path)
+    assert not (tmp_path / "out").exists()
