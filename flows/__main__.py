@@ -193,8 +193,9 @@ def main(argv: list[str] | None = None) -> int:
                     with pipeline_run(params, repo) as parent:
                         for stage in stages:
                             _run_stage(stage, params, repo, True, parent)
-                print(f"MLflow: run {parent} in experiment {params.tracking.experiment!r} at {tracking_uri(params)}")
-                print(f"        browse it with: mlflow ui --backend-store-uri {tracking_uri(params)}")
+                    uri = tracking_uri(params)
+                    print(f"MLflow: run {parent} in experiment {params.tracking.experiment!r} at {uri}")
+                    print(f"        browse it with: mlflow ui --backend-store-uri {uri}")
         elif args.command == "chat":
             from components.model.chat import chat
 
