@@ -52,6 +52,20 @@ def atomic_file(final: Path) -> Iterator[Path]:
     os.replace(tmp, final)
 
 
+@contextlib.contextmanager
+def scratch_dir(beside: Path) -> Iterator[Path]:
+    """A working folder next to `beside`, removed on exit; named as a temporary output (`.<name>-scratch.tmp-<pid>`)
+    so that the next run clears it if this process is killed (components.lock)."""
+    beside = Path(beside)
+    folder = beside.parent / f".{beside.name}-scratch.tmp-{os.getpid()}"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def check_output(out: Path, inputs: list[Path], replace: bool) -> Path:
     """Refuse an output that would destroy what the command did not create; returns `out` resolved.
 

@@ -127,44 +127,21 @@ def test_run_tiny_records_parent_and_nested_stage_runs(tiny_pipeline: Path, mlfl
         "registry", "promote", "2", "--params", str(params_file), "--profile", "tiny", tracking_uri=mlflow_server
     )
     assert refused.returncode == 2 and "did not pass its gates" in refused.stderr
-    answer = flows(
-        "chat",
-        "hello",
-        "--model",
-        "models:/post-train-tiny@champion",
-        "--max-new-tokens",
-        "4",
-        "--params",
-        str(params_file),
-        "--profile",
-        "tiny",
-        tracking_uri=mlflow_server,
-    )
-    assert answer.returncode == 0, answer.stderr
-    # a pipeline model by its name; a name the pipeline has not built is refused with its folder
-    by_name = flows(
-        "chat",
-        "hello",
-        "--model",
-        "merge-ties",
-        "--max-new-tokens",
-        "4",
-        "--params",
-        str(params_file),
-        "--profile",
-        "tiny",
-        tracking_uri=mlflow_server,
-    )
-    assert by_name.returncode == 0, by_name.stderr
-    unknown = flows(
-        "chat",
-        "hello",
-        "--model",
-        "merge-nope",
-        "--params",
-        str(params_file),
-        "--profile",
-        "tiny",
-        tracking_uri=mlflow_server,
-    )
-    assert unknown.returncode == 2 and "merged/nope does not exist" in unknown.stderr
+    # the champion from the registry, a pipeline model by its name; a name not built is refused with its folder
+    chats = {"models:/post-train-tiny@champion": 0, "merge-ties": 0, "merge-nope": 2}
+    for model, code in chats.items():
+        answer = flows(
+            "chat",
+            "hello",
+            "--model",
+            model,
+            "--max-new-tokens",
+            "4",
+            "--params",
+            str(params_file),
+            "--profile",
+            "tiny",
+            tracking_uri=mlflow_server,
+        )
+        assert answer.returncode == code, answer.stderr
+    assert "merged/nope does not exist" in answer.stderr

@@ -11,14 +11,13 @@ from __future__ import annotations
 import itertools
 import json
 import re
-import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import xxhash
 
-from components.atomic import atomic_dir
+from components.atomic import atomic_dir, scratch_dir
 from components.config import CurateConfig, Splits
 from components.data.minhash import SeenIndex, band_keys, bands_for, signatures
 from components.data.sources import MANIFEST
@@ -333,7 +332,7 @@ def curate(raw_dir: Path, cfg: CurateConfig, seed: int, out_dir: Path, model_dir
 
     metrics: dict[str, float] = {}
     table: list[dict] = []
-    with atomic_dir(out_dir) as tmp, tempfile.TemporaryDirectory(prefix="curate-") as scratch:
+    with atomic_dir(out_dir) as tmp, scratch_dir(out_dir) as scratch:
         harmful = None
         if cfg.harmful_filter:
             prompts = (
