@@ -91,3 +91,21 @@ def test_smol_base_model_answers_a_chat_prompt(tmp_path: Path):
     assert "quantization_config" not in config and config["dtype"] == "float32"
     answer = chat(out, "What is the capital of France?", max_new_tokens=16)
     assert "Paris" in answer
+
+
+def test_a_hub_branch_is_keyed_by_the_commit_it_resolves_to(tmp_path: Path, monkeypatch):
+    """`revision: main` moves; the base model's key follows the commit (here from the offline cache's refs)."""
+    from huggingface_hub import constants
+
+    from components.config import HubModel
+    from components.model.base import hub_commit, source_fingerprint
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    refs = tmp_path / "models--org--model" / "refs"
+    refs.mkdir(parents=True)
+    (refs / "main").write_text("a" * 40 + "\n")
+    cfg = HubModel(source="hub", repo_id="org/model")
+    assert source_fingerprint(cfg) == {"repo_id": "org/model", "commit": "a" * 40}
+    (refs / "main").write_text("b" * 40)  # the branch moved
+    assert source_fingerprint(cfg)["commit"] == "b" * 40
+    assert hub_commit("org/model", "c" * 40) == "c" * 40  # a commit is its own key

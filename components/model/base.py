@@ -9,6 +9,7 @@ only when the source's content or the parameters change (see components.stage).
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -39,9 +40,30 @@ def source_fingerprint(cfg: BaseModelConfig) -> dict[str, str]:
         case LocalModel():
             return {"tree_sha256": tree_sha256(cfg.path)}
         case HubModel():
-            return {"repo_id": cfg.repo_id, "revision": cfg.revision}
+            return {"repo_id": cfg.repo_id, "commit": hub_commit(cfg.repo_id, cfg.revision)}
         case RandomModel():
             return {"tokenizer": source_fingerprint_of_tokenizer(cfg.tokenizer)}
+
+
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+def hub_commit(repo_id: str, revision: str) -> str:
+    """The commit a Hub revision (a branch, a tag) stands for, so a moved branch rebuilds the base model.
+
+    Asked of the Hub; offline, read from the local Hugging Face cache (`refs/<revision>`); a revision that is
+    neither a commit nor resolvable stays as written (the download then fails with its own message)."""
+    if _COMMIT.fullmatch(revision):
+        return revision
+    try:
+        from huggingface_hub import HfApi
+
+        return HfApi().model_info(repo_id, revision=revision).sha
+    except Exception:  # offline, unreachable, or no such repo: fall back to what was downloaded before
+        from huggingface_hub.constants import HF_HUB_CACHE
+
+        ref = Path(HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}" / "refs" / revision
+        return ref.read_text().strip() if ref.is_file() else revision
 
 
 def source_fingerprint_of_tokenizer(path: Path | None) -> str:
