@@ -55,8 +55,13 @@ def _command_line() -> str:
 
 @contextlib.contextmanager
 def workspace_lock(run_dir: Path, command: str | None = None) -> Iterator[Path]:
-    """Hold the run directory for this process; PipelineError naming the holder when another process has it."""
+    """Hold the run directory for this process; PipelineError naming the holder when another process has it.
+
+    In a distributed job (torchrun, accelerate launch) the processes of one job share the run: rank 0 holds it."""
     run_dir = Path(run_dir)
+    if os.environ.get("RANK", "0") != "0":
+        yield run_dir
+        return
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / LOCK_FILE
     handle = open(path, "a+")  # noqa: SIM115 (held until the context ends)

@@ -121,9 +121,14 @@ def revalidate(dumped: dict[str, Any], field: str) -> Params:
 
 def resolve(request: PostTrainRequest) -> Params:
     """params.yaml with the request's changes, validated; raises ParamsError naming the field at fault."""
-    path = (REPO / request.params_file).resolve()
-    if not path.is_relative_to(REPO.resolve()):
-        raise ParamsError(f"params_file: {request.params_file!r} is outside the repository; name a file inside it")
+    given = Path(request.params_file)
+    path = (REPO / given).resolve()
+    if not given.is_absolute() and not path.is_relative_to(REPO.resolve()):
+        # an absolute path is the operator's explicit choice; a relative one stays inside the repository
+        raise ParamsError(
+            f"params_file: {request.params_file!r} leads outside the repository; name a file inside it "
+            "(or give an absolute path)"
+        )
     safety: dict[str, Any] = {}
     if request.realign_lr is not None:
         safety["realign"] = {"lr": request.realign_lr}

@@ -166,9 +166,10 @@ def test_one_run_per_workspace_names_the_holder(tmp_path: Path):
         pass
 
 
-def test_a_killed_run_leaves_nothing_the_next_run_keeps(params_file: Path):
+def test_a_killed_run_leaves_nothing_the_next_run_keeps(params_file: Path, monkeypatch):
     """SIGKILL during a tracked run; the next run takes the lock, clears the dead process's temporary folders and
     marks its MLflow runs KILLED."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the workspace's own SQLite store
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     command = [sys.executable, "-m", "flows", "run", "--params", str(params_file), "--profile", "tiny"]
     first = subprocess.Popen(

@@ -57,6 +57,7 @@ def test_form_fields_become_params():
         ({"gates": {"accuracy": {"min": 0.5}}}, "gate on 'accuracy': not a metric"),
         ({"experts": ["math"]}, "safety.prune.model: 'merge-ties' is not a model of this pipeline"),
         ({"experts": ["chemistry"]}, "experts: ['chemistry'] are not train jobs"),
+        ({"params_file": "../../etc/params.yaml"}, "params_file: '../../etc/params.yaml' leads outside the repository"),
     ],
 )
 def test_bad_form_values_are_refused_with_the_field(fields, message):
