@@ -24,6 +24,7 @@ def wait_for_final_state(api: str, flow_run_id: str, timeout: float = 900) -> di
 
 def test_stack_runs_the_deployment_triggered_through_the_api(tmp_path: Path, params_file: Path, monkeypatch):
     monkeypatch.setenv("PREFECT_WORKER_QUERY_SECONDS", "2")  # the worker polls every 2 s instead of 10
+    monkeypatch.setenv("PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS", "5")  # the scheduler every 5 s, not 60
     home = tmp_path / "stack"
     prefect_port, mlflow_port = free_port(), free_port()
     started = flows(
@@ -38,6 +39,22 @@ def test_stack_runs_the_deployment_triggered_through_the_api(tmp_path: Path, par
         assert httpx.get(f"http://127.0.0.1:{prefect_port}/", timeout=30).status_code == 200  # the UI itself
         nightly = httpx.get(f"{api}/deployments/name/post-train/nightly", timeout=30).json()
         assert nightly["schedules"][0]["schedule"]["cron"] == "0 2 * * *"
+        # the server's scheduler creates the next nightly runs (it never did with SQLAlchemy 2.1)
+        deadline, scheduled = time.monotonic() + 120, []
+        while not scheduled and time.monotonic() < deadline:
+            scheduled = httpx.post(
+                f"{api}/flow_runs/filter",
+                timeout=30,
+                json={
+                    "deployments": {"id": {"any_": [nightly["id"]]}},
+                    "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}},
+                },
+            ).json()
+            time.sleep(2)
+        assert scheduled and all(
+            run["expected_start_time"].endswith("T02:00:00Z") or "02:00:00" in run["expected_start_time"]
+            for run in scheduled
+        )
         deployment = httpx.get(f"{api}/deployments/name/post-train/post-train", timeout=30).json()
         form = deployment["parameter_openapi_schema"]["definitions"]["PostTrainRequest"]["properties"]
         assert form["density"]["anyOf"][0]["maximum"] == 1 and "merge_method" in form and "gates" in form
