@@ -2,9 +2,6 @@
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import nbformat
@@ -14,6 +11,7 @@ from nbclient import NotebookClient
 
 from components.config import load_params
 from tests.conftest import REPO
+from tests.test_cli import flows
 
 NOTEBOOKS = REPO / "notebooks"
 
@@ -59,25 +57,17 @@ def test_report_notebook_reproduces_the_last_runs_tables_from_mlflow(
 ):
     params = load_params(tiny_pipeline, "tiny")
     # a one-trial study of its own, so that the notebook's search section has a search to read
-    search = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "flows",
-            "search",
-            "--params",
-            str(tiny_pipeline),
-            "--profile",
-            "tiny",
-            "--set",
-            "search.trials=1",
-            "--set",
-            "search.study_name=notebook-test",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": mlflow_server},
+    search = flows(
+        "search",
+        "--params",
+        str(tiny_pipeline),
+        "--profile",
+        "tiny",
+        "--set",
+        "search.trials=1",
+        "--set",
+        "search.study_name=notebook-test",
+        tracking_uri=mlflow_server,
     )
     assert search.returncode == 0, search.stderr[-3000:]
     monkeypatch.setenv("POSTTRAIN_TRACKING_URI", mlflow_server)

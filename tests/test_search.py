@@ -2,9 +2,6 @@
 
 import base64
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -18,7 +15,7 @@ from components.errors import ParamsError
 from components.search.space import choose, directions, suggest
 from components.search.stage import open_study
 from flows.__main__ import main
-from tests.conftest import REPO
+from tests.test_cli import flows
 
 EXPERTS = ["domain", "math"]
 
@@ -167,23 +164,15 @@ def test_a_killed_search_continues_its_study(tiny_pipeline: Path, mlflow_server:
     study.enqueue_trial({"method": "task_arithmetic", "lambda": 0.7, "realign_lr": 0.1, "prune_ratio": 0.005})
     cut = study.ask()
     suggest(cut, params.search.space, params.search.models)
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "flows",
-            "search",
-            "--params",
-            str(tiny_pipeline),
-            "--profile",
-            "tiny",
-            "--set",
-            "search.trials=4",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": mlflow_server},
+    out = flows(
+        "search",
+        "--params",
+        str(tiny_pipeline),
+        "--profile",
+        "tiny",
+        "--set",
+        "search.trials=4",
+        tracking_uri=mlflow_server,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     study = optuna.load_study(study_name="recipe-search-tiny", storage=storage)
