@@ -61,7 +61,7 @@ def pipeline_candidate(params: Params) -> Shipped:
 
 def search_candidate(params: Params) -> Shipped:
     """The trial the search chose, its steps named as the pipeline's: merge-trial-N, realigned-trial-N, pruned-trial-N."""
-    from components.search.stage import CHOSEN
+    from components.search.stage import CHOSEN, EVAL
 
     folder = params.ws.search
     chosen = json.loads((folder / CHOSEN).read_text())
@@ -84,7 +84,7 @@ def search_candidate(params: Params) -> Shipped:
         last = str(trial.realigned()) if realigns else str(merged)
         prune = params.safety.prune.model_copy(update={"model": last, "ratio": plan["prune_ratio"]})
         steps.append({"name": str(trial.pruned()), **prune.model_dump(mode="json")})
-    return Shipped(str(trial), Path(chosen["model"]), folder / "eval", steps, folder)
+    return Shipped(str(trial), Path(chosen["model"]), folder / EVAL, steps, folder)
 
 
 def registry_tags(params: Params, shipped: Shipped, repo: Path) -> dict[str, str]:

@@ -45,6 +45,7 @@ from components.workspace import Workspace
 
 TRIALS = "trials.json"
 CHOSEN = "chosen.json"
+EVAL = "eval"  # the front's evaluations, laid out as the evaluate stage's (what gate and register read)
 CHOSEN_RECIPE = "chosen_recipe.yaml"
 FRONT_PLOT = "pareto_front.png"
 REPORT_MD = "report.md"
@@ -209,7 +210,7 @@ def write_results(study, cfg: SearchConfig, references: dict[str, dict[str, floa
     table = {**references, **{trial_name(t.number): t.user_attrs["metrics"] for t in complete}}
     with atomic_file(out_dir / TRIALS) as tmp:
         tmp.write_text(json.dumps(trials, indent=1, default=str) + "\n")
-    with atomic_dir(out_dir / "eval") as tmp:  # what the gate and register stages read, as for the evaluate stage
+    with atomic_dir(out_dir / EVAL) as tmp:
         (tmp / SUMMARY).write_text(json.dumps(table, indent=2) + "\n")
         trial_dirs = {trial_name(t.number): Path(t.user_attrs["dir"]) for t in complete}
         for name in front:
