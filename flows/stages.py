@@ -156,7 +156,7 @@ EVALUATE = Stage(
     "Held-out evaluation of every candidate (base, each trained model): domain multiple "
     "choice, math exact match, domain perplexity, harmful score and over-refusal with Wilson intervals.",
     f"{RUN}/base_model/, models/*/, merged/*/, safety/*/, the test splits of data/curated/",
-    f"{RUN}/eval/{{<candidate>/{{metrics.json, samples.jsonl}}, summary.json, summary.md}}",
+    f"{RUN}/eval/{{<candidate>/{{metrics.json, samples.jsonl, weights.json}}, summary.json, summary.md}}",
     ("evaluate",),
     evaluate_stage,
 )
