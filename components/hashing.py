@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from components.errors import InputError
+
 _CHUNK = 1 << 20
 
 
@@ -57,8 +59,6 @@ def _readable(file: Path, read):
     try:
         return read()
     except Exception as err:  # safetensors' own error type: a truncated or corrupt file
-        from components.errors import InputError
-
         raise InputError(f"{file}: not a readable safetensors file ({err})") from None
 
 

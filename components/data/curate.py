@@ -321,10 +321,10 @@ def curate(raw_dir: Path, cfg: CurateConfig, seed: int, out_dir: Path, model_dir
             raise InputError("data.curate.confidence.enabled needs the base model; run the base-model stage first")
         scorer = check_model_dir(Path(model_dir))
     cache = StageCache("curate", out_dir, __name__, cfg, {"raw": raw_dir, "scorer": scorer}, seed=seed)
-    if cache.card() is not None:
+    if (card := cache.card()) is not None:
         return StageResult(
             outputs={"curated": out_dir},
-            metrics=cache.card()["metrics"],
+            metrics=card["metrics"],
             cached=True,
             artifacts=(out_dir / REPORT, out_dir / REPORT_MD),
             datasets=curated_tables(out_dir),

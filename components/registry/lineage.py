@@ -15,7 +15,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from components.config import Params
 from components.errors import InputError
-from components.hashing import file_md5, weights_sha256
+from components.hashing import file_md5
 from components.model.ref import Kind, ModelRef
 from components.registry.registry import champion, check_reachable, lineage_json
 from components.tracking import client_for, lineage_tags, tracking_uri
@@ -88,11 +88,11 @@ def search_candidate(params: Params) -> Shipped:
 
 
 def registry_tags(params: Params, shipped: Shipped, repo: Path) -> dict[str, str]:
-    """Lineage tags of a registered version: git commit, data hashes, parent runs, merge recipe, safety params."""
+    """Lineage tags of a registered version: git commit, data hashes, parent runs, merge recipe, safety params
+    (the weights' hash, `model_sha256`, is added by the register stage, which checks it against the gate report)."""
     steps = shipped.lineage
     tags = {
         **lineage_tags(params, repo),
-        "model_sha256": weights_sha256(shipped.model_dir),
         "lineage": lineage_json(steps),
     }
     tags |= {

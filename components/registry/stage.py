@@ -158,6 +158,7 @@ def register_candidate(
             f"{report_path}: the gate report judged weights {str(report.get('weights_sha256'))[:16]}, but "
             f"{model_dir} holds weights {weights[:16]}: run the gate stage again"
         )
+    tags = {**tags, "candidate": candidate, "model_sha256": weights}  # the weights hashed once, here
     table = json.loads((Path(eval_dir) / SUMMARY).read_text())
     check_reachable(tracking_uri)
     client = MlflowClient(tracking_uri)
@@ -171,7 +172,7 @@ def register_candidate(
         cfg.model_name,
         model_dir,
         run_id,
-        {**tags, "candidate": candidate, "model_sha256": weights},
+        tags,
         table[candidate],
         report,
         documents,
