@@ -43,6 +43,11 @@ def redact_tree(value: Any, key: str = "") -> Any:
         return {k: redact_tree(v, str(k)) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [redact_tree(v, key) for v in value]
-    if key and is_secret_key(key) and value not in (None, ""):
+    return redact_value(key, value)
+
+
+def redact_value(key: str, value: Any) -> Any:
+    """One value under its key: masked when the key names a secret and a value is set, else its text redacted."""
+    if key and is_secret_key(key) and value not in (None, "", "None"):
         return MASK
     return redact_text(value) if isinstance(value, str) else value

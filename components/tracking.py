@@ -34,7 +34,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID, ML
 
 from components.config import Params
 from components.hashing import file_md5
-from components.redact import MASK, is_secret_key, redact_text
+from components.redact import redact_text, redact_value
 from components.stage import STAGE_CARD, StageResult
 
 
@@ -157,9 +157,7 @@ def log_all(
 ) -> None:
     """Params, metrics and tags in batches (one request or transaction per 100, not one per value); secrets masked."""
     now = int(time.time() * 1000)
-    params = {
-        k: MASK if is_secret_key(k) and v not in ("", "None") else redact_text(v) for k, v in (params or {}).items()
-    }
+    params = {k: redact_value(k, v) for k, v in (params or {}).items()}
     tags = {k: redact_text(v) for k, v in (tags or {}).items()}
     entries = (
         [Param(k, v[:6000]) for k, v in params.items()]
