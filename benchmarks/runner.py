@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from components import resources
 from components.config import Params
 
 
@@ -71,14 +72,8 @@ def measured(target, *args) -> tuple[float, float, object]:
         return pool.apply(_timed, (target, *args))
 
 
-def _peak_rss_mb() -> float:
-    status = Path("/proc/self/status").read_text()
-    return int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]) / 1024
-
-
 def _timed(target, *args):
-    # Reset the peak (Linux: clear_refs 5) so that the libraries imported before the call do not count.
-    Path("/proc/self/clear_refs").write_text("5")
-    start = time.perf_counter()
-    result = target(*args)
-    return time.perf_counter() - start, _peak_rss_mb(), result
+    # The peak is reset first, so that the libraries imported before the call do not count.
+    with resources.measured() as usage:
+        result = target(*args)
+    return usage.seconds, usage.peak_rss_mb, result

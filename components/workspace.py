@@ -13,6 +13,7 @@ literals. `dvc.yaml` names the same folders; tests/test_workspace.py checks that
         eval/<candidate>/  eval/summary.json  the evaluation of every candidate
         gate/  registry/  report/             the shipped candidate's gate report, registration, figures
         search/                               the recipe search (its own trials/, eval/, gate/, registry/)
+        timings.json                          each stage's latest wall time and peak RSS
 """
 
 from __future__ import annotations
@@ -113,6 +114,11 @@ class Workspace:
     @property
     def search(self) -> Path:
         return self.run_dir / "search"
+
+    @property
+    def timings(self) -> Path:
+        """Each stage's latest wall time and peak RSS (flows.stages.Stage.execute)."""
+        return self.run_dir / "timings.json"
 
     # --- MLflow's default store (components.tracking; MLFLOW_TRACKING_URI overrides it)
     @property

@@ -98,14 +98,17 @@ def _add_deploy_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_stage(
-    stage: Stage, params: Params, repo: Path, tracking: bool, parent_run_id: str | None = None
+    stage: Stage, params: Params, repo: Path, tracking: bool, parent_run_id: str | None = None, place: str = ""
 ) -> StageResult:
     if not tracking:
-        result = stage.run(params)
+        result = stage.execute(params)
     else:
-        result, _ = tracked_stage(params, repo, stage.name, stage.param_keys, lambda: stage.run(params), parent_run_id)
+        result, _ = tracked_stage(
+            params, repo, stage.name, stage.param_keys, lambda: stage.execute(params), parent_run_id
+        )
     state = "up to date" if result.cached else "done"
-    print(f"[{stage.name}] {state}: " + ", ".join(f"{k}={v}" for k, v in result.outputs.items()))
+    took = f"{result.metrics['stage_seconds']:.1f} s, peak RSS {result.metrics['stage_peak_rss_mb']:.0f} MB"
+    print(f"[{place}{stage.name}] {state} ({took}): " + ", ".join(f"{k}={v}" for k, v in result.outputs.items()))
     return result
 
 
@@ -175,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             else stages_for(params, repo)
         )
         if args.command == "stages":
-            print(describe(stages))
+            print(describe(stages, params.ws.timings))
         elif args.command == "stage":
             by_name = {stage.name: stage for stage in stages}
             if args.name not in by_name:
@@ -187,12 +190,12 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command in ("run", "search"):
             with workspace_lock(params.ws.run_dir):
                 if args.no_tracking:
-                    for stage in stages:
-                        _run_stage(stage, params, repo, tracking=False)
+                    for k, stage in enumerate(stages, 1):
+                        _run_stage(stage, params, repo, False, None, f"{k}/{len(stages)} ")
                 else:
                     with pipeline_run(params, repo) as parent:
-                        for stage in stages:
-                            _run_stage(stage, params, repo, True, parent)
+                        for k, stage in enumerate(stages, 1):
+                            _run_stage(stage, params, repo, True, parent, f"{k}/{len(stages)} ")
                     uri = tracking_uri(params)
                     print(f"MLflow: run {parent} in experiment {params.tracking.experiment!r} at {uri}")
                     print(f"        browse it with: mlflow ui --backend-store-uri {uri}")

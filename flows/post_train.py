@@ -209,7 +209,7 @@ def run_stage(stage_name: str, stage: Stage, params: Params, repo: Path, parent_
 
     with progress.listening(show):
         result, run_id = tracked_stage(
-            params, repo, stage_name, stage.param_keys, lambda: stage.run(params), parent_run_id
+            params, repo, stage_name, stage.param_keys, lambda: stage.execute(params), parent_run_id
         )
     get_run_logger().info(
         "%s %s (MLflow run %s): %s",

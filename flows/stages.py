@@ -7,13 +7,16 @@ stages` prints the table.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
 import mlflow
 
+from components import resources
+from components.atomic import atomic_file
 from components.config import Params, search_models
 from components.data.stage import curate_stage, sources_stage, validate_stage
 from components.evaluate.stage import evaluate_stage, report_stage
@@ -40,6 +43,24 @@ class Stage:
     writes: str
     param_keys: tuple[str, ...]
     run: Callable[[Params], StageResult]
+
+    def execute(self, params: Params) -> StageResult:
+        """`run`, measured: wall seconds and peak RSS join the stage's metrics and the run's timings file."""
+        with resources.measured() as usage:
+            result = self.run(params)
+        record_timing(params.ws.timings, self.name, usage, result.cached)
+        return replace(
+            result,
+            metrics={**result.metrics, "stage_seconds": usage.seconds, "stage_peak_rss_mb": usage.peak_rss_mb},
+        )
+
+
+def record_timing(path: Path, stage: str, usage: resources.Usage, cached: bool) -> None:
+    """The stage's latest wall time and peak RSS in <run>/timings.json (`python -m flows stages` shows them)."""
+    timings = json.loads(path.read_text()) if path.is_file() else {}
+    timings[stage] = {"seconds": round(usage.seconds, 2), "peak_rss_mb": round(usage.peak_rss_mb), "cached": cached}
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(timings, indent=1) + "\n")
 
 
 DATA: tuple[Stage, ...] = (
@@ -251,7 +272,9 @@ def search_stages(params: Params, repo: Path = Path(".")) -> list[Stage]:
     return stages
 
 
-def describe(stages: list[Stage] | tuple[Stage, ...] = DATA) -> str:
+def describe(stages: list[Stage] | tuple[Stage, ...] = DATA, timings: Path | None = None) -> str:
+    """The stages with what each reads and writes, and the last run's time and memory where `timings` has them."""
+    measured = json.loads(timings.read_text()) if timings is not None and timings.is_file() else {}
     lines = []
     for stage in stages:
         lines += [
@@ -260,6 +283,10 @@ def describe(stages: list[Stage] | tuple[Stage, ...] = DATA) -> str:
             f"      reads:  {stage.reads}",
             f"      writes: {stage.writes}",
         ]
+        if stage.name in measured:
+            last = measured[stage.name]
+            state = "up to date" if last["cached"] else "built"
+            lines.append(f"      last run: {last['seconds']:.1f} s, peak RSS {last['peak_rss_mb']} MB ({state})")
     if tuple(stages) == DATA:
         lines += [
             "  train-<job>",

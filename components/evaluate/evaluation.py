@@ -7,7 +7,7 @@ from pathlib import Path
 
 from components.atomic import atomic_dir, atomic_file
 from components.config import EvaluateConfig
-from components.data.tables import write_jsonl
+from components.data.tables import read_jsonl, write_jsonl
 from components.evaluate.lm_eval_tasks import export_tasks
 from components.hashing import weights_sha256
 from components.stage import StageCache, StageResult
@@ -46,15 +46,24 @@ def render_summary(table: dict[str, dict[str, float]]) -> str:
 
 
 def evaluate_cached(
-    model_dir: Path, curated_dir: Path, cfg: EvaluateConfig, seed: int, out_dir: Path
+    model_dir: Path,
+    curated_dir: Path,
+    cfg: EvaluateConfig,
+    seed: int,
+    out_dir: Path,
+    evaluated: dict[str, Path] | None = None,
 ) -> tuple[dict[str, float], bool]:
     """The suite on one model, written to out_dir/{metrics.json, samples.jsonl}; (metrics, whether cached).
 
     The key covers the model's weights, the test splits, the suite's code and config and the seed: the same
-    model evaluated for the pipeline and for a recipe-search trial is evaluated once.
+    model evaluated for the pipeline and for a recipe-search trial is evaluated once. `evaluated` maps the
+    weights hash of the models evaluated so far (same suite, same config) to their folders: a candidate whose
+    weights equal one of them copies that evaluation instead of running the suite again; it is updated here.
     """
     from components.evaluate.suite import evaluate_model
 
+    evaluated = {} if evaluated is None else evaluated
+    out_dir = Path(out_dir)
     cache = StageCache(
         "evaluate",
         out_dir,
@@ -64,14 +73,21 @@ def evaluate_cached(
         seed=seed,
     )
     if (card := cache.card()) is not None:
+        evaluated.setdefault(json.loads((out_dir / WEIGHTS).read_text())["weights_sha256"], out_dir)
         return card["metrics"], True
-    metrics, samples = evaluate_model(model_dir, curated_dir, cfg, seed)
-    with atomic_dir(Path(out_dir)) as tmp:
+    digest = weights_sha256(model_dir)
+    same = evaluated.get(digest)
+    if same is not None:
+        metrics = json.loads((same / "metrics.json").read_text())
+        samples = [row for _, row in read_jsonl(same / "samples.jsonl")]
+    else:
+        metrics, samples = evaluate_model(model_dir, curated_dir, cfg, seed)
+    with atomic_dir(out_dir) as tmp:
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         write_jsonl(tmp / "samples.jsonl", samples)
-        weights = {"weights_sha256": weights_sha256(model_dir), "model": str(model_dir)}
-        (tmp / WEIGHTS).write_text(json.dumps(weights) + "\n")
-        cache.write_card(tmp, metrics, model=str(model_dir))
+        (tmp / WEIGHTS).write_text(json.dumps({"weights_sha256": digest, "model": str(model_dir)}) + "\n")
+        cache.write_card(tmp, metrics, model=str(model_dir), copied_from=str(same) if same else None)
+    evaluated[digest] = out_dir
     return metrics, False
 
 
@@ -82,8 +98,9 @@ def evaluate_candidates(
     out_dir = Path(out_dir)
     table: dict[str, dict[str, float]] = {}
     cached = True
+    evaluated: dict[str, Path] = {}
     for name, model_dir in candidates.items():
-        table[name], was_cached = evaluate_cached(model_dir, curated_dir, cfg, seed, out_dir / name)
+        table[name], was_cached = evaluate_cached(model_dir, curated_dir, cfg, seed, out_dir / name, evaluated)
         cached &= was_cached
     export_tasks(curated_dir, cfg, seed, out_dir / LM_EVAL_TASKS)
     with atomic_file(out_dir / SUMMARY) as tmp:

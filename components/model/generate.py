@@ -18,27 +18,29 @@ def generate_answers(
 
     temperature 0 is greedy decoding; above 0, sampling from a generator seeded with `seed`.
     """
-    answers: list[str] = []
+    texts = [
+        tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
+        for p in prompts
+    ]
+    # Prompts of similar length share a batch (less padding to compute); answers come back in the prompts' order.
+    order = sorted(range(len(texts)), key=lambda i: len(tokenizer(texts[i], add_special_tokens=False)["input_ids"]))
+    answers: list[str] = [""] * len(texts)
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # so every row's answer starts right after its own prompt
     try:
         model.eval()
         torch.manual_seed(seed)
         sampling = dict(do_sample=True, temperature=temperature, top_k=0) if temperature > 0 else dict(do_sample=False)
-        for start in range(0, len(prompts), batch_size):
-            texts = [
-                tokenizer.apply_chat_template(
-                    [{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False
-                )
-                for p in prompts[start : start + batch_size]
-            ]
-            inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        for start in range(0, len(texts), batch_size):
+            batch = order[start : start + batch_size]
+            inputs = tokenizer([texts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=False)
             with torch.no_grad():
                 output = model.generate(
                     **inputs, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **sampling
                 )
             new = output[:, inputs["input_ids"].shape[1] :]
-            answers += [a.strip() for a in tokenizer.batch_decode(new, skip_special_tokens=True)]
+            for i, answer in zip(batch, tokenizer.batch_decode(new, skip_special_tokens=True), strict=True):
+                answers[i] = answer.strip()
     finally:
         tokenizer.padding_side = side
     return answers
