@@ -23,8 +23,14 @@ from components.evaluate.report import (
     draw_report,
     inline_images,
 )
-from components.evaluate.scoring import continuation_logprobs
+from components.evaluate.scoring import (
+    SCORED_POSITIONS_PER_BATCH,
+    batches_by_length,
+    continuation_logprobs,
+    options_logprobs,
+)
 from components.evaluate.suite import mc_items
+from components.model.generate import generate_answers
 from components.safety.refusal import is_refusal
 from tests.data_helpers import read
 
@@ -254,3 +260,56 @@ def test_lm_eval_runs_the_exported_tasks_offline_with_the_suites_numbers(
         offsets = [their - our for their, (our, _) in zip(theirs, ours, strict=True)]
         assert max(offsets) - min(offsets) < 1e-3 and offsets[0] < 0
         assert sample["acc"] == float(max(range(4), key=lambda i: ours[i][0]) == gold)
+
+
+def test_shared_context_option_scores_equal_the_pairwise_scores(tiny_base: Path):
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(tiny_base), AutoTokenizer.from_pretrained(tiny_base)
+    contexts = ["Question one: what is it?", "A much longer second question about many other things?", "Q3"]
+    options = [["yes", "no, never at all", "a"], [" maybe so", "x", "a much longer answer with words"], ["1", "2", "3"]]
+    shared = options_logprobs(model, tokenizer, contexts, options, batch_size=6)  # two contexts per batch
+    pairwise = continuation_logprobs(
+        model, tokenizer, [c for c, opts in zip(contexts, options, strict=True) for _ in opts], sum(options, []), 1
+    )
+    flat = [score for per_context in shared for score in per_context]
+    for (a, n), (b, m) in zip(flat, pairwise, strict=True):
+        assert n == m and a == pytest.approx(b, abs=1e-4)
+    with pytest.raises(ValueError, match=r"same number of options, found \[1, 2\]"):
+        options_logprobs(model, tokenizer, contexts[:2], [["a"], ["b", "c"]])
+
+
+def test_scoring_batches_hold_the_row_and_logit_budgets():
+    lengths = [(512, 511)] * 5 + [(80, 20)] * 200 + [(30, 29)] * 3
+    batches = batches_by_length(lengths, batch_size=64)
+    assert sorted(i for batch in batches for i in batch) == list(range(len(lengths)))
+    for batch in batches:
+        kept = max(lengths[i][1] for i in batch) + 1
+        assert len(batch) <= 64 and (len(batch) == 1 or len(batch) * kept <= SCORED_POSITIONS_PER_BATCH)
+    assert max(len(b) for b in batches) == 64  # short rows fill whole batches
+    assert [len(b) for b in batches if lengths[b[0]][0] == 512] == [4, 1]  # 4 x 512 logits rows fit, 5 do not
+
+
+def test_greedy_answers_come_back_in_the_prompts_order_whatever_the_batching(tiny_base: Path):
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(tiny_base), AutoTokenizer.from_pretrained(tiny_base)
+    prompts = ["A long prompt with many words in it, longer than the rest", "Hi", "Medium length prompt", "Yo"]
+    alone = [generate_answers(model, tokenizer, [p], 6, 1)[0] for p in prompts]
+    assert generate_answers(model, tokenizer, prompts, 6, 3) == alone
+
+
+def test_a_candidate_with_the_weights_of_an_evaluated_one_is_not_evaluated_again(
+    tmp_path: Path, tiny_base: Path, curated: Path, monkeypatch
+):
+    import components.evaluate.suite as suite
+
+    twin = tmp_path / "twin"
+    shutil.copytree(tiny_base, twin)
+    (twin / "README.md").write_text("same weights, another folder\n")
+    runs = []
+    evaluate_model = suite.evaluate_model
+    monkeypatch.setattr(suite, "evaluate_model", lambda *a, **k: runs.append(a[0]) or evaluate_model(*a, **k))
+    cfg = EvaluateConfig(math_new_tokens=4, safety_new_tokens=4, batch_size=4)
+    evaluate_candidates({"base": tiny_base, "twin": twin}, curated, cfg, 0, tmp_path / "eval")
+    assert runs == [tiny_base]
+    base, copy = (json.loads((tmp_path / "eval" / n / "metrics.json").read_text()) for n in ("base", "twin"))
+    assert copy == base
+    card = json.loads((tmp_path / "eval" / "twin" / "stage.json").read_text())
+    assert card["copied_from"] == str(tmp_path / "eval" / "base")

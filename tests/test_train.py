@@ -186,3 +186,38 @@ def test_chat_training_needs_a_chat_template(workspace: Path, tmp_path: Path):
 def test_out_of_range_hyperparameters_are_refused_when_params_load(workspace: Path, setting: str, message: str):
     with pytest.raises(ParamsError, match=message):
         tiny(workspace, setting)
+
+
+def test_the_cpu_sft_trainer_computes_trls_loss_with_the_models_own_head(workspace: Path):
+    """On a CPU the SFT trainer's loss is the model's cross-entropy; it must equal TRL's fused-head loss."""
+    from trl import SFTTrainer
+
+    params = tiny(workspace, "train.jobs.math.max_length=128")
+    job = params.train.jobs["math"]
+    rows = job_rows("math", job, params.ws, "train")[:4]
+    tokenizer = AutoTokenizer.from_pretrained(params.ws.base_model)
+    losses = []
+    for cls in (None, SFTTrainer):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(params.ws.base_model)
+        trainer = trainer_for(job, model, tokenizer, Dataset.from_list(rows), None, workspace / "loss", [])
+        if cls is not None:
+            trainer.__class__ = cls  # the same trainer object, TRL's own compute_loss
+        batch = next(iter(trainer.get_train_dataloader()))
+        with torch.no_grad():
+            losses.append(float(trainer.compute_loss(trainer.model, batch)))
+    assert (
+        type(trainer_for(job, model, tokenizer, Dataset.from_list(rows), None, workspace / "l2", [])) is not SFTTrainer
+    )
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
+def test_cpt_packs_full_rows_without_flattening_the_batch(workspace: Path):
+    params = tiny(workspace)
+    job = params.train.jobs["cpt"]
+    rows = job_rows("cpt", job, params.ws, "train")
+    tokenizer = AutoTokenizer.from_pretrained(params.ws.base_model)
+    model = AutoModelForCausalLM.from_pretrained(params.ws.base_model)
+    trainer = trainer_for(job, model, tokenizer, Dataset.from_list(rows), None, workspace / "pack", [])
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert tuple(batch["input_ids"].shape) == (job.batch_size, job.max_length)

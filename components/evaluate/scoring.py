@@ -9,7 +9,7 @@ import torch
 SCORED_POSITIONS_PER_BATCH = 2048
 
 
-def _batches(lengths: list[tuple[int, int]], batch_size: int) -> list[list[int]]:
+def batches_by_length(lengths: list[tuple[int, int]], batch_size: int) -> list[list[int]]:
     """Indices grouped into batches of similar length: at most `batch_size` rows and the positions budget."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     batches: list[list[int]] = []
@@ -44,7 +44,7 @@ def continuation_logprobs(
         scored.append(min(len(continuation_ids), len(ids) - 1))
     results: list[tuple[float, int]] = [(0.0, 0)] * len(sequences)
     model.eval()
-    for batch in _batches([(len(sequences[i]), scored[i]) for i in range(len(sequences))], batch_size):
+    for batch in batches_by_length([(len(sequences[i]), scored[i]) for i in range(len(sequences))], batch_size):
         width = max(len(sequences[i]) for i in batch)
         kept = max(scored[i] for i in batch) + 1  # the last position predicts past the end: kept, never read
         input_ids = torch.full((len(batch), width), tokenizer.pad_token_id)
@@ -63,4 +63,67 @@ def continuation_logprobs(
                 targets = input_ids[row, width - n :]
                 picked = row_logits.gather(-1, targets[:, None])[:, 0] - torch.logsumexp(row_logits, dim=-1)
                 results[i] = (float(picked.sum()), n)
+    return results
+
+
+def options_logprobs(
+    model, tokenizer, contexts: list[str], options: list[list[str]], batch_size: int = 8
+) -> list[list[tuple[float, int]]]:
+    """For each context, (sum of log p(option tokens | context), number of option tokens) of each of its options.
+
+    The same numbers as `continuation_logprobs` on every (context, option) pair, but each context runs once: its
+    key/value cache is repeated for its options, which then run as a batch after it. Multiple-choice prompts are
+    most of each pair's tokens (the chat template and question before a short answer), so this does about a
+    third of the work. Every context has the same number of options.
+    """
+    choices = {len(o) for o in options}
+    if len(choices) != 1:
+        raise ValueError(f"options_logprobs: every context needs the same number of options, found {sorted(choices)}")
+    (k,) = choices
+    context_ids = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in contexts]
+    option_ids = [[tokenizer(o, add_special_tokens=False)["input_ids"] for o in opts] for opts in options]
+    results: list[list[tuple[float, int]]] = [[] for _ in contexts]
+    model.eval()
+    rows = max(1, batch_size // k)
+    order = sorted(range(len(contexts)), key=lambda i: (max(map(len, option_ids[i])), len(context_ids[i])))
+    for start in range(0, len(order), rows):
+        batch = order[start : start + rows]
+        width = max(len(context_ids[i]) for i in batch)
+        ids = torch.full((len(batch), width), tokenizer.pad_token_id)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, i in enumerate(batch):
+            ids[row, width - len(context_ids[i]) :] = torch.tensor(context_ids[i])
+            mask[row, width - len(context_ids[i]) :] = 1
+        with torch.no_grad():
+            prefix = model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            first = torch.log_softmax(prefix.logits[:, -1].float(), dim=-1).repeat_interleave(k, dim=0)
+            cache = prefix.past_key_values
+            cache.batch_repeat_interleave(k)
+            answers = [option_ids[i][j] for i in batch for j in range(k)]
+            answer_width = max(len(a) for a in answers)
+            answer = torch.full((len(answers), answer_width), tokenizer.pad_token_id)
+            answer_mask = torch.zeros((len(answers), answer_width), dtype=torch.long)
+            for row, a in enumerate(answers):
+                answer[row, : len(a)] = torch.tensor(a)
+                answer_mask[row, : len(a)] = 1
+            lengths = mask.sum(-1).repeat_interleave(k)
+            logits = model(
+                input_ids=answer,
+                attention_mask=torch.cat([mask.repeat_interleave(k, dim=0), answer_mask], dim=-1),
+                position_ids=lengths[:, None] + torch.arange(answer_width),
+                past_key_values=cache,
+            ).logits
+        for row, a in enumerate(answers):
+            n = len(a)
+            rest = logits[row, : n - 1].float()  # position t of the answer predicts its token t + 1
+            picked = (
+                first[row, a[0]] + (rest.gather(-1, answer[row, 1:n, None])[:, 0] - torch.logsumexp(rest, dim=-1)).sum()
+            )
+            results[batch[row // k]].append((float(picked), n))
     return results

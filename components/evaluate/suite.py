@@ -19,7 +19,7 @@ from components.config import EvaluateConfig
 from components.data.tables import Row, read_jsonl
 from components.errors import InputError
 from components.evaluate.metrics import final_number, perplexity, wilson_interval
-from components.evaluate.scoring import continuation_logprobs
+from components.evaluate.scoring import continuation_logprobs, options_logprobs
 from components.model.directory import check_model_dir
 from components.model.generate import generate_answers
 from components.safety.refusal import is_refusal
@@ -57,12 +57,11 @@ def chat_prefix(tokenizer, prompt: str) -> str:
 
 def domain_mc(model, tokenizer, rows: list[Row], cfg: EvaluateConfig, seed: int) -> dict[str, float]:
     items = mc_items(rows, cfg.mc_choices, seed)
-    contexts = [chat_prefix(tokenizer, q) for q, options, _ in items for _ in options]
-    continuations = [option for _, options, _ in items for option in options]
-    scores = iter(continuation_logprobs(model, tokenizer, contexts, continuations, cfg.batch_size))
+    contexts = [chat_prefix(tokenizer, q) for q, _, _ in items]
+    scores = options_logprobs(model, tokenizer, contexts, [options for _, options, _ in items], cfg.batch_size)
     right = right_norm = 0
-    for _, options, gold in items:
-        scored = [next(scores)[0] for _ in options]
+    for (_, options, gold), option_scores in zip(items, scores, strict=True):
+        scored = [logprob for logprob, _ in option_scores]
         right += max(range(len(options)), key=lambda i: scored[i]) == gold
         right_norm += max(range(len(options)), key=lambda i: scored[i] / len(options[i])) == gold
     return {

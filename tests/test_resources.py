@@ -1,0 +1,32 @@
+"""Per-stage wall time and peak memory: the high-water mark is the stage's own, and the run keeps a table of them."""
+
+from pathlib import Path
+
+from components import resources
+from components.config import load_params
+from components.stage import StageResult
+from flows.stages import Stage, describe
+
+
+def test_the_peak_is_reset_for_each_measured_block():
+    with resources.measured() as big:
+        block = bytearray(300 * 2**20)
+        block[::4096] = b"x" * len(block[::4096])  # touch every page so that it is resident
+        del block
+    with resources.measured() as small:
+        pass
+    assert big.peak_rss_mb - small.peak_rss_mb > 250, (big, small)
+    assert big.seconds >= 0 and small.seconds >= 0
+
+
+def test_a_stage_run_leaves_its_time_and_peak_in_its_metrics_and_the_timings_file(params_file: Path):
+    params = load_params(params_file, "tiny")
+    stage = Stage("demo", "a stage", "nothing", "nothing", (), lambda p: StageResult(outputs={}, metrics={"m": 1.0}))
+    result = stage.execute(params)
+    assert result.metrics["m"] == 1.0 and result.metrics["stage_seconds"] >= 0
+    assert result.metrics["stage_peak_rss_mb"] > 10
+    cached = Stage("other", "a stage", "-", "-", (), lambda p: StageResult(outputs={}, cached=True)).execute(params)
+    assert cached.cached
+    listing = describe([stage], params.ws.timings)
+    assert "last run: " in listing and "MB (built)" in listing
+    assert "(up to date)" in describe([Stage("other", "s", "-", "-", (), stage.run)], params.ws.timings)
