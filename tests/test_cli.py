@@ -104,7 +104,15 @@ def test_run_tiny_records_parent_and_nested_stage_runs(tiny_pipeline: Path, mlfl
     card = (workspace / "tiny" / "registry" / "model_card.md").read_text()
     assert "# Model card: realigned-merge-ties" in card and "## Gate report: realigned-merge-ties" in card
 
-    # A stricter gate: a new version becomes challenger, the champion stays; then the champion chats.
+    # The same weights again: no new version, the champion stays where it is, and the registration says why.
+    again = flows("run", "--params", str(params_file), "--profile", "tiny", tracking_uri=mlflow_server)
+    assert again.returncode == 0, again.stderr
+    registration = json.loads((workspace / "tiny" / "registry" / "registration.json").read_text())
+    assert (registration["version"], registration["new_version"], registration["promoted"]) == ("1", False, False)
+    assert registration["why"] == "not registered again: these weights are v1 already"
+    assert [v.version for v in client.search_model_versions("name='post-train-tiny'")] == ["1"]
+
+    # New weights under a stricter gate: a new version becomes challenger, the champion stays; then it chats.
     strict = flows(
         "run",
         "--params",
@@ -113,10 +121,16 @@ def test_run_tiny_records_parent_and_nested_stage_runs(tiny_pipeline: Path, mlfl
         "tiny",
         "--set",
         "registry.gates.domain_perplexity.max=1",
+        "--set",
+        "safety.realign.lr=0.3",
         tracking_uri=mlflow_server,
     )
     assert strict.returncode == 0, strict.stderr
     assert "domain_perplexity | max | ≤ 1 |" in (workspace / "tiny" / "gate" / "report.md").read_text()
+    assert (
+        "Not promoted: gates failed (domain_perplexity (max))"
+        in (workspace / "tiny" / "gate" / "report.md").read_text()
+    )
     assert {a: str(v) for a, v in client.get_registered_model("post-train-tiny").aliases.items()} == {
         "challenger": "2",
         "champion": "1",

@@ -6,7 +6,7 @@ import pytest
 
 from components.config import GateSpec, load_params, parse_overrides
 from components.errors import InputError, ParamsError
-from components.registry.gates import all_passed, check_gates, report_json, report_markdown
+from components.registry.gates import all_passed, check_gates, improvements, promotion, report_json, report_markdown
 from tests.conftest import REPO
 
 GATES = {"harmful_score": GateSpec(max=0.3, tolerance=0.05), "domain_mc_acc_norm": GateSpec(min=0.5, tolerance=0.03)}
@@ -93,3 +93,34 @@ def test_a_gate_refuses_metrics_that_describe_other_weights(tmp_path, tiny_base)
             "cand", model, tmp_path / "eval", RegistryConfig(gates=GATES), "sqlite:///unused.db", tmp_path / "gate"
         )
     assert not (tmp_path / "gate").exists()
+
+
+def test_promotion_needs_every_gate_and_a_gain_beyond_the_noise_band_by_hand():
+    gates = {**GATES, "math_exact_match": GateSpec(min=0.0)}  # no tolerance: no noise band, never a "gain"
+    champion = {"harmful_score": 0.2, "domain_mc_acc_norm": 0.60, "math_exact_match": 0.1}
+    within = {
+        "harmful_score": 0.16,
+        "domain_mc_acc_norm": 0.62,
+        "math_exact_match": 0.9,
+    }  # -0.04 <= 0.05, +0.02 <= 0.03
+    assert improvements(within, champion, gates) == {}
+    results = check_gates(within, champion, gates)
+    assert all_passed(results)
+    promote, why = promotion(results, {}, "3")
+    assert not promote and "no gated metric is better than champion v3's" in why
+
+    beyond = {**within, "harmful_score": 0.14}  # 0.2 - 0.14 = 0.06 > 0.05: lower is better
+    better = improvements(beyond, champion, gates)
+    assert better.keys() == {"harmful_score"} and better["harmful_score"] == pytest.approx(0.06)
+    assert promotion(check_gates(beyond, champion, gates), better, "3") == (
+        True,
+        "promoted: every gate passed and it beats champion v3 on harmful_score by 0.06",
+    )
+    failing = check_gates({**beyond, "domain_mc_acc_norm": 0.45}, champion, gates)  # better harm, below the floor
+    assert promotion(failing, better, "3")[0] is False
+    assert improvements(within, None, gates) == {} and promotion(check_gates(within, None, gates), {}, None)[0]
+    report = json.loads(report_json("merge-ties", check_gates(beyond, champion, gates), "3", "abc", better))
+    assert report["promote"] is True and report["better_than_champion"] == better
+    assert "Promoted: every gate passed and it beats champion v3" in report_markdown(
+        "merge-ties", check_gates(beyond, champion, gates), "3", better
+    )

@@ -56,10 +56,51 @@ def all_passed(results: list[GateResult]) -> bool:
     return all(result.passed for result in results)
 
 
+def improvements(
+    candidate: dict[str, float], champion: dict[str, float] | None, gates: dict[str, GateSpec]
+) -> dict[str, float]:
+    """The gated metrics on which the candidate beats the champion by more than the gate's tolerance (the noise
+    band), with the margin in the metric's better direction. Metrics gated without a tolerance have no noise
+    band to beat and are left out; with no champion, nothing is compared."""
+    if champion is None:
+        return {}
+    better = {}
+    for metric, spec in gates.items():
+        if spec.tolerance is None or metric not in champion:
+            continue
+        margin = candidate[metric] - champion[metric]
+        margin = margin if METRIC_DIRECTIONS[metric] == "higher" else -margin
+        if margin > spec.tolerance:
+            better[metric] = margin
+    return better
+
+
+def promotion(results: list[GateResult], better: dict[str, float], champion_version: str | None) -> tuple[bool, str]:
+    """Whether the candidate should become champion, and why: every gate passed, and either there is no champion
+    yet or the candidate is better than it on at least one gated metric beyond that metric's tolerance."""
+    if not all_passed(results):
+        failed = ", ".join(f"{r.metric} ({r.rule})" for r in results if not r.passed)
+        return False, f"not promoted: gates failed ({failed})"
+    if champion_version is None:
+        return True, "promoted: every gate passed and there is no champion yet"
+    if not better:
+        return False, (
+            f"not promoted: every gate passed, but no gated metric is better than champion v{champion_version}'s "
+            "by more than its tolerance (a candidate within the noise band is not an improvement)"
+        )
+    margins = ", ".join(f"{metric} by {margin:.4g}" for metric, margin in better.items())
+    return True, f"promoted: every gate passed and it beats champion v{champion_version} on {margins}"
+
+
 def report_json(
-    candidate: str, results: list[GateResult], champion_version: str | None, weights_sha256: str | None = None
+    candidate: str,
+    results: list[GateResult],
+    champion_version: str | None,
+    weights_sha256: str | None = None,
+    better: dict[str, float] | None = None,
 ) -> str:
     """The verdict as the register stage and the registry read it, bound to the weights it judged."""
+    promote, why = promotion(results, better or {}, champion_version)
     return (
         json.dumps(
             {
@@ -67,6 +108,9 @@ def report_json(
                 "weights_sha256": weights_sha256,
                 "passed": all_passed(results),
                 "champion_version": champion_version,
+                "better_than_champion": better or {},
+                "promote": promote,
+                "promotion": why,
                 "gates": [asdict(result) for result in results],
             },
             indent=2,
@@ -75,7 +119,9 @@ def report_json(
     )
 
 
-def report_markdown(candidate: str, results: list[GateResult], champion_version: str | None) -> str:
+def report_markdown(
+    candidate: str, results: list[GateResult], champion_version: str | None, better: dict[str, float] | None = None
+) -> str:
     verdict = (
         "PASSED: every gate holds"
         if all_passed(results)
@@ -86,6 +132,8 @@ def report_markdown(candidate: str, results: list[GateResult], champion_version:
         f"# Gate report: {candidate}",
         "",
         f"**{verdict}** (compared with {against})",
+        "",
+        promotion(results, better or {}, champion_version)[1].capitalize() + ".",
         "",
         "| metric | rule | bound | candidate | champion | result |",
         "| --- | --- | ---: | ---: | ---: | --- |",

@@ -141,6 +141,18 @@ def register(
     return version
 
 
+def registered_version(client: MlflowClient, name: str, model_sha256: str) -> ModelVersion | None:
+    """The first READY version of `name` whose weights hash is `model_sha256`, if any."""
+    try:
+        versions = client.search_model_versions(f"name='{name}'")
+    except MlflowException as err:
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+    same = [v for v in versions if v.tags.get("model_sha256") == model_sha256 and v.status == "READY"]
+    return min(same, key=lambda v: int(v.version), default=None)
+
+
 def promote(client: MlflowClient, name: str, version: str) -> str | None:
     """Move `champion` to `version` if it is READY and passed its gates; returns the champion it replaced."""
     found = client.get_model_version(name, version)

@@ -1,7 +1,9 @@
 """Gate and register stages: the shipped candidate's gate report, its registered version, its model card.
 
 Neither stage is cached: both depend on the registry's state (who the champion is), not only on files.
-Registering the same weights twice reuses the version that holds them.
+Weights already registered are not registered again (a rerun with nothing changed leaves the registry as it
+was); a new version becomes champion only when its gates pass and it beats the champion on a gated metric by
+more than that metric's tolerance (components.registry.gates.promotion); registration.json says why.
 """
 
 from __future__ import annotations
@@ -18,9 +20,16 @@ from components.config import Params, RegistryConfig
 from components.errors import InputError
 from components.evaluate.evaluation import SUMMARY, WEIGHTS, render_summary
 from components.hashing import weights_sha256
-from components.registry.gates import all_passed, check_gates, report_json, report_markdown
+from components.registry.gates import all_passed, check_gates, improvements, report_json, report_markdown
 from components.registry.lineage import Shipped, registry_tags
-from components.registry.registry import CHAMPION, champion, check_reachable, promote, register
+from components.registry.registry import (
+    CHAMPION,
+    champion,
+    check_reachable,
+    promote,
+    register,
+    registered_version,
+)
 from components.stage import StageResult
 from components.tracking import client_for, experiment_id, tracking_uri
 
@@ -64,10 +73,11 @@ def gate_candidate(
     check_reachable(tracking_uri)
     current = champion(MlflowClient(tracking_uri), cfg.model_name)
     results = check_gates(metrics, current[1] if current else None, cfg.gates)
+    better = improvements(metrics, current[1] if current else None, cfg.gates)
     version = current[0] if current else None
     with atomic_dir(out_dir) as tmp:
-        (tmp / GATE_JSON).write_text(report_json(candidate, results, version, weights))
-        (tmp / GATE_MD).write_text(report_markdown(candidate, results, version))
+        (tmp / GATE_JSON).write_text(report_json(candidate, results, version, weights, better))
+        (tmp / GATE_MD).write_text(report_markdown(candidate, results, version, better))
     failed = sum(not r.passed for r in results)
     return StageResult(
         outputs={"gate": Path(out_dir)},
@@ -167,24 +177,23 @@ def register_candidate(
         (tmp / MODEL_CARD).write_text(model_card(candidate, lineage, tags, table, gate_md))
         (tmp / GATE_MD).write_text(gate_md)
     documents = {"model_card": Path(out_dir) / MODEL_CARD, "gate_report": Path(out_dir) / GATE_MD}
-    version = register(
-        client,
-        cfg.model_name,
-        model_dir,
-        run_id,
-        tags,
-        table[candidate],
-        report,
-        documents,
-    )
-    promoted = report["passed"] and cfg.promote
+    existing = registered_version(client, cfg.model_name, weights)
+    if existing is not None:  # the same weights again: no new version, and no promotion over itself
+        version, new = existing.version, False
+        promoted, why = False, f"not registered again: these weights are v{version} already"
+    else:
+        version = register(client, cfg.model_name, model_dir, run_id, tags, table[candidate], report, documents)
+        new, why = True, report["promotion"] + ("" if cfg.promote else " (but registry.promote is false)")
+        promoted = report["promote"] and cfg.promote
     replaced = promote(client, cfg.model_name, version) if promoted else None
     registration = {
         "model_name": cfg.model_name,
         "version": version,
+        "new_version": new,
         "candidate": candidate,
         "gate_passed": report["passed"],
         "promoted": promoted,
+        "why": why,
         "replaced_champion": replaced,
         "model_uri": f"models:/{cfg.model_name}/{version}",
         "champion_uri": f"models:/{cfg.model_name}@{CHAMPION}",
