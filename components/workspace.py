@@ -13,7 +13,7 @@ literals. `dvc.yaml` names the same folders; tests/test_workspace.py checks that
         eval/<candidate>/  eval/summary.json  the evaluation of every candidate
         gate/  registry/  report/             the shipped candidate's gate report, registration, figures
         search/                               the recipe search (its own trials/, eval/, gate/, registry/)
-        timings.json                          each stage's latest wall time and peak RSS
+        timings.json  run.log                 each stage's latest wall time and peak RSS; library logs
 """
 
 from __future__ import annotations
@@ -114,6 +114,11 @@ class Workspace:
     @property
     def search(self) -> Path:
         return self.run_dir / "search"
+
+    @property
+    def run_log(self) -> Path:
+        """Library logs and warnings of the command-line runs (flows/console.py)."""
+        return self.run_dir / "run.log"
 
     @property
     def timings(self) -> Path:

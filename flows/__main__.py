@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from components import progress
 from components.config import DEFAULT_PARAMS, Params, load_params, parse_overrides
 from components.errors import PipelineError
 from components.lock import workspace_lock
@@ -14,6 +15,7 @@ from components.registry.registry import check_reachable, download_model, promot
 from components.registry.registry import describe as describe_registry
 from components.stage import StageResult
 from components.tracking import client_for, pipeline_run, tracked_stage, tracking_uri
+from flows.console import progress_line, route_library_output
 from flows.defaults import DEFAULT_CRON, DEFAULT_POOL
 from flows.stages import DATA, Stage, describe, search_stages, stages_for
 
@@ -30,6 +32,9 @@ def _add_params_options(parser: argparse.ArgumentParser) -> None:
         help="override one parameter, for example --set base_model.dtype=bfloat16 (repeatable)",
     )
     parser.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="library logs, warnings and progress bars on the console too"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,12 +105,13 @@ def _add_deploy_options(parser: argparse.ArgumentParser) -> None:
 def _run_stage(
     stage: Stage, params: Params, repo: Path, tracking: bool, parent_run_id: str | None = None, place: str = ""
 ) -> StageResult:
-    if not tracking:
-        result = stage.execute(params)
-    else:
-        result, _ = tracked_stage(
-            params, repo, stage.name, stage.param_keys, lambda: stage.execute(params), parent_run_id
-        )
+    with progress.listening(progress_line(place + stage.name)):
+        if not tracking:
+            result = stage.execute(params)
+        else:
+            result, _ = tracked_stage(
+                params, repo, stage.name, stage.param_keys, lambda: stage.execute(params), parent_run_id
+            )
     state = "up to date" if result.cached else "done"
     took = f"{result.metrics['stage_seconds']:.1f} s, peak RSS {result.metrics['stage_peak_rss_mb']:.0f} MB"
     print(f"[{place}{stage.name}] {state} ({took}): " + ", ".join(f"{k}={v}" for k, v in result.outputs.items()))
@@ -171,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("deploy", "stack"):
             return orchestration_command(args)
         params = load_params(args.params, args.profile, parse_overrides(args.overrides))
+        if args.command in ("run", "search", "stage"):
+            route_library_output(params.ws.run_log, args.verbose)
         repo = args.params.resolve().parent
         stages = (
             search_stages(params, repo)

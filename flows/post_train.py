@@ -299,13 +299,17 @@ def run_stages(
         client.set_tag(parent, "prefect.flow_run_id", str(flow_run.id))
         if flow_run.ui_url:
             client.set_tag(parent, "prefect.flow_run_url", flow_run.ui_url)
+        previous = None  # each stage waits for the one before: the run graph shows the pipeline's order
         for stage in stages:
-            results[stage.name] = run_stage(stage.name, stage, params, REPO, parent)
+            previous = run_stage(
+                stage.name, stage, params, REPO, parent, wait_for=[previous] if previous else None, return_state=True
+            )
+            results[stage.name] = previous.result()
         publish_results(params, results, parent)
     return {name: result.metrics for name, result in results.items()}
 
 
-@flow(name="post-train", log_prints=True)
+@flow(name="post-train")
 def post_train(request: PostTrainRequest = PostTrainRequest()) -> dict[str, dict[str, float]]:
     """Data -> experts -> merges -> safety -> evaluation -> gate -> registry; returns each stage's metrics."""
     params = resolve(request)  # before any stage: a bad parameter fails the run here, naming it

@@ -88,7 +88,7 @@ def publish_search(params: Params, results: dict[str, StageResult], parent_run_i
     )
 
 
-@flow(name="recipe-search", log_prints=True)
+@flow(name="recipe-search")
 def recipe_search(request: RecipeSearchRequest = RecipeSearchRequest()) -> dict[str, dict[str, float]]:
     """Data -> experts -> Optuna trials (merge, SOMF, Antidote, evaluation) -> front -> chosen recipe (-> registry)."""
     params = resolve_search(request)  # before any stage: a bad parameter fails the run here, naming it

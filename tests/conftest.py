@@ -126,7 +126,8 @@ def prefect_api():
 
 @pytest.fixture(scope="session")
 def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory, mlflow_server: str) -> Path:
-    """`python -m flows run --profile tiny` once, tracked on the MLflow server: its params file (outputs beside it).
+    """`python -m flows run --profile tiny` once, tracked on the MLflow server: its params file (outputs and the
+    console's text, console.txt, beside it).
 
     The CLI, notebook and recipe-search tests read this run rather than each training the tiny experts again.
     """
@@ -144,4 +145,5 @@ def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory, mlflow_server: str) 
         env=env,
     )
     assert out.returncode == 0, out.stderr[-3000:]
+    (params_file.parent / "console.txt").write_text(out.stdout + out.stderr)  # what the user saw
     return params_file

@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -43,6 +44,21 @@ def test_typo_in_override_exits_non_zero_naming_the_key(params_file: Path):
     assert out.returncode == 2
     assert "--set base_model.layers: unknown key" in out.stderr
     assert not (params_file.parent / "outputs").exists()
+
+
+def test_the_console_shows_one_line_per_stage_and_library_chatter_goes_to_the_log(tiny_pipeline: Path):
+    console = (tiny_pipeline.parent / "console.txt").read_text()
+    stages = stages_for(load_params(tiny_pipeline, "tiny"))
+    for k, stage in enumerate(stages, 1):
+        assert f"[{k}/{len(stages)} {stage.name}] done (" in console
+    k = next(k for k, stage in enumerate(stages, 1) if stage.name == "evaluate")
+    assert re.search(rf"\[{k}/{len(stages)} evaluate\] evaluate \((\d+)/\1 candidates\) 100%", console)
+    for chatter in ("{'loss'", "Loading weights", "Warning", "examples/s"):
+        assert chatter not in console, chatter
+    log = (tiny_pipeline.parent / "outputs" / "tiny" / "run.log").read_text()
+    assert "posttrain.train INFO step 1: {" in log and "Warning" in log
+    timings = json.loads((tiny_pipeline.parent / "outputs" / "tiny" / "timings.json").read_text())
+    assert set(timings) == {stage.name for stage in stages}
 
 
 def test_run_tiny_records_parent_and_nested_stage_runs(tiny_pipeline: Path, mlflow_server: str):

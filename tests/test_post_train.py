@@ -126,6 +126,11 @@ def test_flow_end_to_end_on_tiny(prefect_api, mlflow_server, params_file: Path, 
     table = json.loads(artifacts["evaluation"]["data"])
     assert {row["candidate"] for row in table} >= {"base", "merge-ties", "realigned-merge-ties"}
     assert {t["name"] for t in task_runs} >= {"train-math", "merge-ties", "register", "report"}
+    by_id = {t["id"]: t["name"] for t in task_runs}
+    waits = {t["name"]: [by_id[i["id"]] for i in t["task_inputs"].get("wait_for", [])] for t in task_runs}
+    assert waits["base-model"] == [] and waits["sources"] == ["base-model"] and waits["register"] == ["gate"]
+    logs = api(prefect_api, "post", "logs/filter", {"logs": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 200})
+    assert not [entry["message"] for entry in logs if "LOAD_FAST" in entry["message"] or not entry["message"].strip()]
 
 
 def test_killed_run_resumes_without_recomputing_finished_stages(

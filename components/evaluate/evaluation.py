@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from components import progress
 from components.atomic import atomic_dir, atomic_file
 from components.config import EvaluateConfig
 from components.data.tables import read_jsonl, write_jsonl
@@ -99,9 +100,10 @@ def evaluate_candidates(
     table: dict[str, dict[str, float]] = {}
     cached = True
     evaluated: dict[str, Path] = {}
-    for name, model_dir in candidates.items():
+    for done, (name, model_dir) in enumerate(candidates.items(), 1):
         table[name], was_cached = evaluate_cached(model_dir, curated_dir, cfg, seed, out_dir / name, evaluated)
         cached &= was_cached
+        progress.report(f"evaluate ({done}/{len(candidates)} candidates)", done / len(candidates))
     export_tasks(curated_dir, cfg, seed, out_dir / LM_EVAL_TASKS)
     with atomic_file(out_dir / SUMMARY) as tmp:
         tmp.write_text(json.dumps(table, indent=2) + "\n")

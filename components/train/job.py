@@ -14,6 +14,7 @@ template, as a normal model directory: the next stage never needs to know about 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ import torch
 from accelerate import PartialState
 from datasets import Dataset
 from peft import LoraConfig
-from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, TrainerCallback
 
 from components import progress, resources
 from components.atomic import atomic_dir
@@ -34,6 +35,7 @@ from components.train.data import job_rows, job_tables
 from components.workspace import Workspace
 
 JOB_STATE = "job.json"
+STEP_LOG = logging.getLogger("posttrain.train")
 
 
 def check_lora_targets(job_name: str, job: TrainJob, model) -> None:
@@ -60,10 +62,16 @@ def lora_config(job: TrainJob) -> LoraConfig:
 
 
 class ReportProgress(TrainerCallback):
-    """Steps done over max steps, to whoever listens (components.progress): the Prefect UI shows it live."""
+    """Steps done over max steps, to whoever listens (components.progress): the Prefect UI shows it live.
+
+    Each step's numbers (loss, learning rate, ...) go to the `posttrain.train` logger, in place of the
+    Trainer's own printing of them: the command line sends that logger to the run's log file unless -v."""
 
     def on_step_end(self, args, state, control, **kwargs):
         progress.report("train", state.global_step / state.max_steps if state.max_steps else 0.0)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        STEP_LOG.info("step %d: %s", state.global_step, json.dumps(logs, default=str))
 
 
 def sft_trainer_class() -> type:
@@ -132,14 +140,17 @@ def trainer_for(
             if job.method == "cpt"
             else dict(completion_only_loss=True)
         )
-        return sft_trainer_class()(args=SFTConfig(**common, **extra), **trainer_args)
-    if job.method == "dpo":
+        trainer = sft_trainer_class()(args=SFTConfig(**common, **extra), **trainer_args)
+    elif job.method == "dpo":
         from trl import DPOConfig, DPOTrainer
 
-        return DPOTrainer(args=DPOConfig(**common, beta=job.beta), **trainer_args)
-    from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+        trainer = DPOTrainer(args=DPOConfig(**common, beta=job.beta), **trainer_args)
+    else:
+        from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
-    return ORPOTrainer(args=ORPOConfig(**common, beta=job.beta, remove_unused_columns=False), **trainer_args)
+        trainer = ORPOTrainer(args=ORPOConfig(**common, beta=job.beta, remove_unused_columns=False), **trainer_args)
+    trainer.remove_callback(PrinterCallback)  # ReportProgress logs each step instead of printing it
+    return trainer
 
 
 def _step(checkpoint: Path | None) -> int:
