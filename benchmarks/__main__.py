@@ -9,6 +9,7 @@ from pathlib import Path
 
 import benchmarks.base_model  # noqa: F401  (each module registers its benchmarks)
 import benchmarks.curate_scale  # noqa: F401
+import benchmarks.evaluate  # noqa: F401
 import benchmarks.merge  # noqa: F401
 import benchmarks.orchestration  # noqa: F401
 import benchmarks.train  # noqa: F401

@@ -30,7 +30,7 @@ def route_library_output(log_file: Path, verbose: bool) -> None:
     for name in CHATTY:
         logger = logging.getLogger(name)
         logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
+        logger.setLevel(logging.INFO if name == "posttrain" else logging.WARNING)
         logger.propagate = verbose
     transformers.utils.logging.disable_default_handler()
     transformers.utils.logging.enable_propagation()

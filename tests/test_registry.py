@@ -1,14 +1,22 @@
 """The model registry against a real `mlflow server` on localhost: register, gate, promote, rollback, races."""
 
+import os
+import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
+import httpx
+import mlflow
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
+from transformers import AutoModelForCausalLM
 
 from components.errors import InputError, PipelineError
-from components.hashing import file_sha256
+from components.hashing import weights_sha256
 from components.registry.registry import (
     CHALLENGER,
     CHAMPION,
@@ -58,7 +66,8 @@ def test_register_promote_and_load_the_champion_by_alias(registry, tiny_base: Pa
     assert aliases(client, name) == {CHALLENGER: first, CHAMPION: first}
 
     loaded = download_model(f"models:/{name}@champion", tmp_path / "champion", tracking_uri=client.tracking_uri)
-    assert file_sha256(loaded / "model.safetensors") == file_sha256(tiny_base / "model.safetensors")
+    assert weights_sha256(loaded) == weights_sha256(tiny_base)
+    assert (loaded / "chat_template.jinja").read_text() == (tiny_base / "chat_template.jinja").read_text()
     assert (loaded / "tokenizer.json").is_file() and (loaded / "config.json").is_file()
     version = client.get_model_version(name, first)
     assert version.tags["gate"] == "passed" and version.tags["metric.harmful_score"] == "0.1"
@@ -102,7 +111,7 @@ def test_racing_promotions_leave_champion_on_a_passed_version(registry, tiny_bas
     client, name, add = registry
     promote(client, name, add(tiny_base, passed=True, sha="d" * 64))
     outcomes: dict[int, str] = {}
-    start = threading.Barrier(6)
+    start = threading.Barrier(6, timeout=300)  # a thread that fails before it breaks the barrier, not a hang
 
     def candidate(i: int) -> None:
         version = add(tiny_base, passed=i % 2 == 0, sha=f"{i:064d}")
@@ -152,3 +161,58 @@ def test_a_rewritten_gate_tag_does_not_promote(registry, tiny_base: Path):
     client.set_model_version_tag(name, good, "model_sha256", "0" * 64)
     assert promote(client, name, good) is None  # the record, not the tag, binds verdict and weights
     assert aliases(client, name)[CHAMPION] == good
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_the_champion_loads_and_serves_as_an_mlflow_chat_model(registry, tiny_base: Path, monkeypatch):
+    client, name, add = registry
+    promote(client, name, add(tiny_base, passed=True, sha=weights_sha256(tiny_base)))
+    uri = f"models:/{name}@champion"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", client.tracking_uri)
+    request = {"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 4}
+
+    chat_model = mlflow.pyfunc.load_model(uri)
+    assert chat_model.metadata.metadata["model_sha256"] == weights_sha256(tiny_base)
+    assert "messages" in chat_model.metadata.get_input_schema().input_names()
+    answer = chat_model.predict(request)
+    assert answer[0]["choices"][0]["message"]["role"] == "assistant" and answer[0]["usage"]["completion_tokens"] == 4
+    parts = mlflow.transformers.load_model(uri, return_type="components")
+    tensors = {k: v for k, v in parts["model"].state_dict().items()}
+    reference = AutoModelForCausalLM.from_pretrained(tiny_base).state_dict()
+    assert all(torch.equal(tensors[k], reference[k]) for k in reference)
+
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m", uri, "--env-manager", "local", "-p", str(port)],
+        # the scoring server starts `uvicorn` from PATH: the environment's bin folder, as in an activated venv
+        env={
+            **os.environ,
+            "MLFLOW_TRACKING_URI": client.tracking_uri,
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        },
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/ping", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, "mlflow models serve did not come up"
+            time.sleep(1)
+        response = httpx.post(f"http://127.0.0.1:{port}/invocations", json=request, timeout=60)
+        assert response.status_code == 200, response.text
+        served = response.json()
+        served = served[0] if isinstance(served, list) else served
+        assert served["choices"][0]["message"]["role"] == "assistant"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

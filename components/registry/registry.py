@@ -9,9 +9,9 @@ Invariants, whatever order calls arrive in:
   both satisfy this, and the last one wins;
 - every promotion records the champion it replaced (tag `previous_champion`), which `rollback` moves back to.
 
-Why not `mlflow.transformers.log_model`: it re-serialises the weights through a pipeline object; the
-pipeline's model directory already is the artifact (safetensors, tokenizer, chat template), so it is
-stored as it is and loaded back with `download_model("models:/<name>@champion")`.
+Each version is stored as an MLflow transformers chat model (components/registry/mlflow_model.py), so it
+loads with `mlflow.pyfunc.load_model`, serves with `mlflow models serve`, and comes back as a plain model
+directory with `download_model("models:/<name>@champion")`.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from mlflow.tracking import MlflowClient
 from components.errors import InputError, PipelineError
 from components.model.ref import Kind, ModelRef
 from components.redact import redact_text
+from components.registry.mlflow_model import model_directory, save_chat_model
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -121,7 +122,11 @@ def register(
     if stored:  # the server requires a version's source to belong to its run: the run that holds the weights
         source, source_run = stored[0].source, stored[0].run_id
     else:
-        client.log_artifacts(run_id, str(model_dir), artifact_path=MODEL_ARTIFACT)
+        with tempfile.TemporaryDirectory() as folder:
+            saved = Path(folder) / MODEL_ARTIFACT
+            lineage = {key: tags[key] for key in ("candidate", "model_sha256", "lineage") if key in tags}
+            save_chat_model(model_dir, saved, lineage)
+            client.log_artifacts(run_id, str(saved), artifact_path=MODEL_ARTIFACT)
         source, source_run = f"{client.get_run(run_id).info.artifact_uri}/{MODEL_ARTIFACT}", run_id
     for document in documents.values():
         client.log_artifact(run_id, str(document), artifact_path="card")
@@ -250,7 +255,7 @@ def download_model(model_uri: str, dst: Path | None = None, tracking_uri: str | 
         )
     except MlflowException as err:
         raise PipelineError(f"{model_uri}: {err.message}") from None
-    return Path(path)
+    return model_directory(Path(path))
 
 
 def lineage_json(value: object) -> str:

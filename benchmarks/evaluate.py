@@ -1,0 +1,87 @@
+"""Evaluation speed against this machine's limits: greedy decoding against its roofline, and the whole suite.
+
+A decoding step reads every weight once and does 2 × parameters multiply-adds per row, so its rate in tokens
+per second is bounded by min(memory bandwidth ÷ weight bytes × rows, matmul FLOP/s ÷ (2 × parameters)), both
+measured here in the same process (a 1 GiB read; a large fp32 matmul). Decoding is timed as the difference
+between generating 1 and 33 tokens, so that the prompts' prefill is not counted; the baseline is the batch
+size the suite used before (16), beside the one it uses now (params.yaml evaluate.batch_size).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from benchmarks.runner import Report, benchmark, measured
+from components.config import Params
+
+DECODED = 32
+
+
+def _machine_limits() -> tuple[float, float]:
+    """(bytes/s read, fp32 matmul FLOP/s) on this machine's cores."""
+    import torch
+
+    block = torch.ones(256 * 2**20)
+    block.sum()
+    start = time.perf_counter()
+    for _ in range(5):
+        block.sum()
+    bandwidth = 5 * block.numel() * 4 / (time.perf_counter() - start)
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(5):
+        a @ b
+    return bandwidth, 5 * 2 * 2048**3 / (time.perf_counter() - start)
+
+
+def _decode_rate(params: Params, batch: int) -> tuple[float, float, float]:
+    """(decoded tokens/s, roofline tokens/s, prefill s) on the first `batch` held-out harmful prompts."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from components.evaluate.suite import test_rows
+    from components.model.generate import generate_answers
+
+    model_dir = params.ws.base_model
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    prompts = [row["prompt"] for row in test_rows(params.ws.curated, "harmful", batch)]
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    bandwidth, flops = _machine_limits()
+    generate_answers(model, tokenizer, prompts[:2], 2, 2)  # warm-up
+    start = time.perf_counter()
+    generate_answers(model, tokenizer, prompts, 1, batch)
+    prefill = time.perf_counter() - start
+    start = time.perf_counter()
+    generate_answers(model, tokenizer, prompts, 1 + DECODED, batch)
+    decode = time.perf_counter() - start - prefill
+    n_params = sum(p.numel() for p in model.parameters())
+    roofline = min(bandwidth / weights * len(prompts), flops / (2 * n_params))
+    return len(prompts) * DECODED / decode, roofline, prefill
+
+
+def _suite(params: Params) -> None:
+    from components.evaluate.suite import evaluate_model
+
+    evaluate_model(params.ws.base_model, params.ws.curated, params.evaluate, params.seed)
+
+
+@benchmark("evaluate")
+def evaluate(params: Params, scratch: Path) -> Report:
+    if not params.ws.curated.is_dir():
+        raise SystemExit(
+            f"evaluate benchmark: run the data stages first (python -m flows run --profile {params.profile})"
+        )
+    report = Report("evaluate", baseline=f"decode {DECODED} tokens x 16 rows")
+    for batch in dict.fromkeys((16, params.evaluate.batch_size)):
+        seconds, _, (rate, roofline, prefill) = measured(_decode_rate, params, batch)
+        report.seconds[f"decode {DECODED} tokens x {batch} rows"] = batch * DECODED / rate
+        report.notes[f"batch {batch}"] = (
+            f"{rate:.0f} tokens/s decoded = {rate / roofline:.2f} of the roofline ({roofline:.0f} tokens/s); "
+            f"prefill {prefill:.1f} s"
+        )
+    seconds, peak, _ = measured(_suite, params)
+    report.seconds["the whole suite on the base model"] = seconds
+    report.notes["suite"] = f"{seconds:.0f} s, peak RSS {peak:.0f} MB (params.yaml evaluate)"
+    return report
