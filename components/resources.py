@@ -2,13 +2,17 @@
 
 Linux keeps the process's high-water mark of resident memory (VmHWM in /proc/self/status); writing 5 to
 /proc/self/clear_refs resets it to the current resident size, so the peak seen after the reset belongs to the
-work that ran since. Where that file is not writable (other systems), the peak is the process's since it
-started (`ru_maxrss`), which can only over-state a stage's.
+work that ran since, plus what the process still holds (free memory is handed back to the system first).
+Where that file is not writable (other systems), the peak is the process's since it started (`ru_maxrss`),
+which can only over-state a stage's.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import gc
 import re
 import resource
 import sys
@@ -21,8 +25,17 @@ STATUS = Path("/proc/self/status")
 CLEAR_REFS = Path("/proc/self/clear_refs")
 
 
+def release_free_memory() -> None:
+    """Hand memory that is free but still held by the process back to the system (glibc keeps what earlier work
+    freed), so that a new high-water mark starts from what is really in use, not from the last stage's peak."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+
+
 def reset_peak_rss() -> bool:
     """Start a new high-water mark; False where the system does not allow it."""
+    release_free_memory()
     try:
         CLEAR_REFS.write_text("5")
     except OSError:
