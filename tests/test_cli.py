@@ -128,7 +128,8 @@ def test_run_tiny_records_parent_and_nested_stage_runs(tiny_pipeline: Path, mlfl
     assert registration["why"] == "not registered again: these weights are v1 already"
     assert [v.version for v in client.search_model_versions("name='post-train-tiny'")] == ["1"]
 
-    # New weights under a stricter gate: a new version becomes challenger, the champion stays; then it chats.
+    # Other weights (task arithmetic; on tiny SOMF leaves the TIES merge as it is) under a stricter gate:
+    # a new version becomes challenger, the champion stays; then it chats.
     strict = flows(
         "run",
         "--params",
@@ -138,7 +139,7 @@ def test_run_tiny_records_parent_and_nested_stage_runs(tiny_pipeline: Path, mlfl
         "--set",
         "registry.gates.domain_perplexity.max=1",
         "--set",
-        "safety.realign.lr=0.3",
+        "registry.candidate=merge-task_arithmetic",
         tracking_uri=mlflow_server,
     )
     assert strict.returncode == 0, strict.stderr
