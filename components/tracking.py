@@ -214,6 +214,9 @@ def mark_killed_runs(client: MlflowClient, experiment: str) -> list[str]:
     return killed
 
 
+SUMMARY_STAGES = ("evaluate", "gate", "register")  # their metrics are also the parent run's (search-gate too)
+
+
 def tracked_stage(
     params: Params,
     repo: Path,
@@ -224,7 +227,8 @@ def tracked_stage(
 ) -> tuple[StageResult, str]:
     """Run `compute` inside a run for `stage` (nested under `parent_run_id` when given); returns its result and run id.
 
-    Logged: the stage's own params, its metrics, its output paths as tags, its stage card as an artifact.
+    Logged: the stage's own params, its metrics, its output paths as tags, its stage card as an artifact; the
+    metrics of the evaluate, gate and register stages also on the parent run, as `<stage>.<metric>`.
     """
     client = client_for(params)
     tags = {**lineage_tags(params, repo), **process_tags(), MLFLOW_RUN_NAME: stage, "stage": stage}
@@ -264,5 +268,8 @@ def tracked_stage(
             client.log_artifact(run_id, str(artifact), artifact_path="reports")
     if result.datasets:
         client.log_inputs(run_id, datasets=[dataset_input(name, path) for name, path in result.datasets.items()])
+    if parent_run_id and stage.rpartition("-")[2] in SUMMARY_STAGES:
+        # what the run concluded belongs on the parent too: every candidate's numbers, the verdict, the version
+        log_all(client, parent_run_id, metrics={f"{stage}.{key}": value for key, value in result.metrics.items()})
     client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
     return result, run_id

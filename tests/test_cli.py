@@ -76,6 +76,11 @@ def test_run_tiny_records_parent_and_nested_stage_runs(tiny_pipeline: Path, mlfl
     )
     expected = [stage.name for stage in stages_for(load_params(params_file, "tiny"))]
     assert [r.data.tags["stage"] for r in stages] == expected
+    assert parent.data.metrics["gate.gate_passed"] == 1.0 and parent.data.metrics["register.promoted"] == 1.0
+    evaluated = client.get_run(next(r.info.run_id for r in stages if r.data.tags["stage"] == "evaluate"))
+    assert (
+        parent.data.metrics["evaluate.merge-ties.harmful_score"] == evaluated.data.metrics["merge-ties.harmful_score"]
+    )
     for run in (parent, *stages):
         assert run.info.status == "FINISHED"
         assert run.data.tags["profile"] == "tiny"
