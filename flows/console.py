@@ -17,14 +17,25 @@ from pathlib import Path
 CHATTY = ("transformers", "datasets", "accelerate", "peft", "trl", "torch", "py.warnings", "posttrain")
 
 
+class _LazyFileHandler(logging.FileHandler):
+    """A file handler that makes its folder and file at the first record: a run refused before any stage
+    starts leaves nothing on disk."""
+
+    def __init__(self, path: Path):
+        super().__init__(path, delay=True)
+
+    def _open(self):
+        Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
+        return super()._open()
+
+
 def route_library_output(log_file: Path, verbose: bool) -> None:
     """Warnings and library logs to `log_file` (and, when verbose, to the console too); progress bars off unless
     verbose."""
     import datasets
     import transformers
 
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(log_file)
+    handler = _LazyFileHandler(log_file)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     logging.captureWarnings(True)
     for name in CHATTY:

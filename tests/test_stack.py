@@ -63,17 +63,27 @@ def test_stack_runs_the_deployment_triggered_through_the_api(tmp_path: Path, par
         assert {"trials", "timeout_minutes", "methods", "register_chosen"} <= set(search_form)
 
         def create_run(request: dict) -> httpx.Response:
-            return httpx.post(
-                f"{api}/deployments/{deployment['id']}/create_flow_run",
-                json={"parameters": {"request": request}},
-                timeout=30,
-            )
+            # a server busy with another run's writes may answer 5xx (SQLite locked); a person would press again
+            for _ in range(3):
+                response = httpx.post(
+                    f"{api}/deployments/{deployment['id']}/create_flow_run",
+                    json={"parameters": {"request": request}},
+                    timeout=30,
+                )
+                if response.status_code < 500:
+                    return response
+                time.sleep(2)
+            return response
+
+        def created_id(response: httpx.Response) -> str:
+            assert response.status_code == 201, response.text
+            return response.json()["id"]
 
         out_of_range = create_run({"params_file": str(params_file), "profile": "tiny", "density": 1.5})
         assert out_of_range.status_code == 409 and "1.5 is greater than the maximum of 1" in out_of_range.text
 
         unknown_method = create_run({"params_file": str(params_file), "profile": "tiny", "merge_method": "tie"})
-        failed = wait_for_final_state(api, unknown_method.json()["id"])
+        failed = wait_for_final_state(api, created_id(unknown_method))
         assert failed["state"]["type"] == "FAILED" and "unknown merge method 'tie'" in failed["state"]["message"]
         assert not (params_file.parent / "outputs" / "tiny").exists()  # refused before any stage ran
 
@@ -87,7 +97,7 @@ def test_stack_runs_the_deployment_triggered_through_the_api(tmp_path: Path, par
                 "gates": {"harmful_score": {"max": 1.0}},
             }
         )
-        done = wait_for_final_state(api, good.json()["id"])
+        done = wait_for_final_state(api, created_id(good))
         assert done["state"]["type"] == "COMPLETED", done["state"]["message"]
         client = MlflowClient(tracking_uri=f"http://127.0.0.1:{mlflow_port}")
         champion = client.get_model_version_by_alias("post-train-tiny", "champion")
