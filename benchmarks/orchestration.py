@@ -46,12 +46,12 @@ def _flow(params_file: Path, profile: str) -> float:
 
     from prefect.testing.utilities import prefect_test_harness
 
-    from flows.post_train import PostTrainRequest, post_train
+    from flows.post_train import post_train
 
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{params_file.parent / 'mlflow.db'}"
     with prefect_test_harness(server_startup_timeout=120):
         start = time.perf_counter()
-        state = post_train(PostTrainRequest(params_file=str(params_file), profile=profile), return_state=True)
+        state = post_train(params_file=str(params_file), profile=profile, return_state=True)
         seconds = time.perf_counter() - start
     assert state.is_completed(), state.message
     return seconds

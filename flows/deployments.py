@@ -12,7 +12,7 @@ from prefect.flows import Flow
 from prefect.schedules import Cron
 
 from flows.defaults import DEFAULT_CRON, DEFAULT_POOL
-from flows.post_train import REPO, PostTrainRequest
+from flows.post_train import CHOICES, REPO, PostTrainRequest
 
 ENTRYPOINT = "flows/post_train.py:post_train"
 SEARCH_ENTRYPOINT = "flows/recipe_search.py:recipe_search"
@@ -24,7 +24,9 @@ def deploy(
     timezone: str = "UTC",
     nightly_profile: str | None = None,
 ) -> dict[str, str]:
-    """Register the deployments on `pool`; returns {name: deployment id}."""
+    """Register the deployments on `pool`; returns {name: deployment id}. The nightly runs `nightly_profile`, by
+    default params.yaml's `profile`, written into the deployment's parameters so that the UI shows which."""
+    nightly_profile = nightly_profile or CHOICES.default_profile
     flow = Flow.from_source(source=str(REPO), entrypoint=ENTRYPOINT)
     common = dict(work_pool_name=pool, build=False, push=False, print_next_steps=False, ignore_warnings=True)
     ids = {
@@ -36,9 +38,9 @@ def deploy(
         "nightly": flow.deploy(
             name="nightly",
             schedule=Cron(nightly_cron, timezone=timezone),
-            parameters={"request": PostTrainRequest(profile=nightly_profile).model_dump()},
-            description="Re-curate, retrain what changed, re-merge, re-gate, promote if the "
-            "gates pass. Only changed stages recompute (stage keys).",
+            parameters=PostTrainRequest(profile=nightly_profile).model_dump(),
+            description=f"Profile {nightly_profile}, {nightly_cron} ({timezone}): re-curate, retrain what changed, "
+            "re-merge, re-gate, promote if the gates pass. Only changed stages recompute (stage keys).",
             **common,
         ),
         "recipe-search": Flow.from_source(source=str(REPO), entrypoint=SEARCH_ENTRYPOINT).deploy(

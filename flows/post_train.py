@@ -6,7 +6,7 @@ off (`NO_CACHE`) so that Prefect never skips a stage the key says is stale, nor 
 current: one mechanism, no disagreement. `dvc repro` runs the data stages by DVC's hashes of the same
 files and params; its outputs are the same files, so the stage keys then find them up to date.
 
-The deployment form is `PostTrainRequest`: its fields become overrides of params.yaml, checked by the same
+The deployment form is `PostTrainRequest`, one input per field (flows/form.py): its fields become overrides of params.yaml, checked by the same
 pydantic models before any stage runs; a bad value fails the flow run with the message naming the field.
 """
 
@@ -41,34 +41,43 @@ from components.evaluate.report import REPORT_MD, inline_images
 from components.lock import workspace_lock
 from components.merge.methods.scaling import LAMBDA
 from components.merge.methods.ties import DENSITY
-from components.merge.registry import method_named, methods_with, our_methods
+from components.merge.registry import all_method_names, method_named, methods_with, our_methods
 from components.model.ref import ModelRef
 from components.redact import redact_text
 from components.stage import StageResult
 from components.tracking import client_for, pipeline_run, tracked_stage, tracking_uri
+from flows.form import fields_as_parameters, form_choices, one_of
 from flows.stages import Stage, stages_for, with_inits
 
 REPO = Path(__file__).resolve().parents[1]
 LOCK_LEASE_SECONDS = 60
 
 
+CHOICES = form_choices(DEFAULT_PARAMS)
+ProfileName = one_of(CHOICES.profiles)
+JobName = one_of(CHOICES.jobs)
+RecipeName = one_of(CHOICES.recipes)
+MethodName = one_of(all_method_names())
+
+
 class PostTrainRequest(BaseModel):
     """What a run of `post-train` may change, as the Prefect UI's form shows it; empty fields keep params.yaml."""
 
     params_file: str = Field(
-        default=str(DEFAULT_PARAMS.name), description="parameters file, relative to the repository"
+        default=str(DEFAULT_PARAMS.name),
+        description="parameters file, relative to the repository (the choices below are params.yaml's)",
     )
-    profile: str | None = Field(default=None, description="profile of the parameters file (tiny, smol, gpu)")
-    experts: list[str] | None = Field(
+    profile: ProfileName | None = Field(default=None, description="profile of the parameters file")
+    experts: list[JobName] | None = Field(
         default=None,
         description="train jobs to run (their init jobs come along); "
         "merges that need a left-out expert are dropped; empty: all",
     )
-    merge_recipe: str | None = Field(
+    merge_recipe: RecipeName | None = Field(
         default=None,
         description="recipe the merge fields below change (default: the one the shipped candidate comes from)",
     )
-    merge_method: str | None = Field(
+    merge_method: MethodName | None = Field(
         default=None,
         description=f"{', '.join(our_methods())} or a mergekit method; "
         "the recipe's parameters the new method does not take are dropped",
@@ -310,7 +319,8 @@ def run_stages(
 
 
 @flow(name="post-train")
-def post_train(request: PostTrainRequest = PostTrainRequest()) -> dict[str, dict[str, float]]:
+@fields_as_parameters(PostTrainRequest)
+def post_train(request: PostTrainRequest) -> dict[str, dict[str, float]]:
     """Data -> experts -> merges -> safety -> evaluation -> gate -> registry; returns each stage's metrics."""
     params = resolve(request)  # before any stage: a bad parameter fails the run here, naming it
     return run_stages(params, stages_for(params, REPO), publish)

@@ -19,25 +19,28 @@ from pydantic import BaseModel, Field
 
 from components.config import DEFAULT_PARAMS, Params, deep_merge, load_params, parse_overrides
 from components.evaluate.report import inline_images
+from components.merge.registry import our_methods
 from components.redact import redact_text
 from components.search.stage import REPORT_MD, TRIALS
 from components.stage import StageResult
-from flows.post_train import REPO, mlflow_run_url, registration_line, run_stages
+from flows.form import fields_as_parameters, one_of
+from flows.post_train import REPO, ProfileName, mlflow_run_url, registration_line, run_stages
 from flows.stages import search_stages
+
+SearchableMethod = one_of(our_methods())
 
 
 class RecipeSearchRequest(BaseModel):
     """What a run of `recipe-search` may change, as the Prefect UI's form shows it; empty fields keep params.yaml."""
 
     params_file: str = Field(
-        default=str(DEFAULT_PARAMS.name), description="parameters file, relative to the repository"
+        default=str(DEFAULT_PARAMS.name),
+        description="parameters file, relative to the repository (the choices below are params.yaml's)",
     )
-    profile: str | None = Field(default=None, description="profile of the parameters file (tiny, smol, gpu)")
+    profile: ProfileName | None = Field(default=None, description="profile of the parameters file")
     trials: int | None = Field(default=None, ge=1, description="finished trials in all, counting earlier runs' trials")
     timeout_minutes: float | None = Field(default=None, gt=0, description="time budget of this run")
-    methods: list[str] | None = Field(
-        default=None, description="merge methods to search: task_arithmetic, ties, pcb, layer_swap"
-    )
+    methods: list[SearchableMethod] | None = Field(default=None, description="merge methods to search")
     study_name: str | None = Field(
         default=None, description="a new name starts a new study; empty: continue the profile's study"
     )
@@ -89,7 +92,8 @@ def publish_search(params: Params, results: dict[str, StageResult], parent_run_i
 
 
 @flow(name="recipe-search")
-def recipe_search(request: RecipeSearchRequest = RecipeSearchRequest()) -> dict[str, dict[str, float]]:
+@fields_as_parameters(RecipeSearchRequest)
+def recipe_search(request: RecipeSearchRequest) -> dict[str, dict[str, float]]:
     """Data -> experts -> Optuna trials (merge, SOMF, Antidote, evaluation) -> front -> chosen recipe (-> registry)."""
     params = resolve_search(request)  # before any stage: a bad parameter fails the run here, naming it
     return run_stages(params, search_stages(params, REPO), publish_search)

@@ -27,8 +27,10 @@ import time
 import urllib.request
 from pathlib import Path
 
+from components.config import DEFAULT_PARAMS
 from components.errors import PipelineError
 from flows.defaults import DEFAULT_CRON, DEFAULT_POOL
+from flows.form import form_choices
 
 STATE = "stack.json"
 REPO = Path(__file__).resolve().parents[1]
@@ -87,7 +89,13 @@ def start(
         "PYTHONPATH": str(REPO),
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
     }
-    state: dict = {"home": str(home), "pids": {}, **environment(home, prefect_port, mlflow_port)}
+    nightly_profile = nightly_profile or form_choices(DEFAULT_PARAMS).default_profile
+    state: dict = {
+        "home": str(home),
+        "pids": {},
+        "nightly": {"cron": nightly_cron, "timezone": "UTC", "profile": nightly_profile},
+        **environment(home, prefect_port, mlflow_port),
+    }
     try:
         state["pids"]["prefect-server"] = _spawn(
             [_bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)],
@@ -123,7 +131,7 @@ def start(
         )
         deployed = subprocess.run(
             [sys.executable, "-m", "flows", "deploy", "--pool", pool, "--cron", nightly_cron]
-            + (["--nightly-profile", nightly_profile] if nightly_profile else []),
+            + ["--nightly-profile", nightly_profile],
             env=env,
             cwd=REPO,
             check=True,
@@ -180,10 +188,12 @@ def _stop_group(pid: int, timeout: float = 30) -> bool:
 
 def describe(state: dict) -> str:
     prefect_ui = state["PREFECT_API_URL"].removesuffix("/api")
+    nightly = state["nightly"]
     return "\n".join(
         [
             f"Prefect UI:  {prefect_ui}  (deployments: post-train, nightly, recipe-search; work pool and worker running)",
             f"MLflow UI:   {state['MLFLOW_TRACKING_URI']}",
+            f"Nightly:     post-train/nightly at '{nightly['cron']}' {nightly['timezone']}, profile {nightly['profile']}",
             "To use them from a shell:",
             *(f"  export {key}={state[key]}" for key in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")),
             "Run the pipeline from the UI (post-train > Run > Custom run), or: prefect deployment run post-train/post-train",

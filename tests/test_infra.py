@@ -104,7 +104,7 @@ def test_kubernetes_pool_template_requests_gpus_and_the_gpu_deployment_uses_it()
     assert used <= set(template["variables"]["properties"]), used - set(template["variables"]["properties"])
     deployments = {d["name"]: d for d in yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]}
     gpu = deployments["post-train-gpu"]
-    assert gpu["work_pool"]["name"] == "gpu-kubernetes" and gpu["parameters"]["request"]["profile"] == "gpu"
+    assert gpu["work_pool"]["name"] == "gpu-kubernetes" and gpu["parameters"]["profile"] == "gpu"
     assert set(gpu["work_pool"]["job_variables"]) <= set(template["variables"]["properties"])
     assert deployments["nightly"]["schedules"][0]["cron"] == "0 2 * * *"
     dockerfile = (REPO / "Dockerfile").read_text()

@@ -14,6 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from components.errors import PipelineError
+from flows.form import FormChoices, form_choices
 from flows.post_train import PostTrainRequest, resolve
 from tests.conftest import REPO
 
@@ -52,11 +53,10 @@ def test_form_fields_become_params():
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"merge_method": "tie"}, "unknown merge method 'tie'"),
+        ({"overrides": ["merge.recipes.ties.merge_method=tie"]}, "unknown merge method 'tie'"),
         ({"merge_method": "pcb", "density": 0.5}, "parameters ['density'] mean nothing to pcb"),
         ({"gates": {"accuracy": {"min": 0.5}}}, "gate on 'accuracy': not a metric"),
         ({"experts": ["math"]}, "safety.prune.model: 'merge-ties' is not a model of this pipeline"),
-        ({"experts": ["chemistry"]}, "experts: ['chemistry'] are not train jobs"),
         ({"params_file": "../../etc/params.yaml"}, "params_file: '../../etc/params.yaml' leads outside the repository"),
     ],
 )
@@ -65,10 +65,44 @@ def test_bad_form_values_are_refused_with_the_field(fields, message):
         resolve(PostTrainRequest(profile="tiny", **fields))
 
 
-def test_out_of_range_form_values_fail_validation():
-    for fields in ({"density": 1.5}, {"prune_ratio": 1.0}, {"gates": {"harmful_score": {"max": -0.1}}}):
-        with pytest.raises(ValueError):
+def test_out_of_range_form_values_and_names_not_offered_fail_validation():
+    for fields in (
+        {"density": 1.5},
+        {"prune_ratio": 1.0},
+        {"gates": {"harmful_score": {"max": -0.1}}},
+        {"merge_method": "tie"},
+        {"experts": ["chemistry"]},
+        {"profile": "huge"},
+        {"merge_recipe": "dare"},
+    ):
+        with pytest.raises(ValueError, match=next(iter(fields))):
             PostTrainRequest(**fields)
+
+
+def test_the_form_offers_the_names_of_params_yaml_one_input_per_field(tmp_path: Path):
+    choices = form_choices(REPO / "params.yaml")
+    assert (
+        choices.default_profile == "smol"
+        and choices.profiles == ("tiny", "smol", "gpu")
+        and set(choices.jobs) == {"cpt", "domain", "math", "safety"}
+    )
+    assert {"ties", "pcb", "task_arithmetic"} <= set(choices.recipes)
+    # a job or recipe only one profile declares is offered too
+    (tmp_path / "p.yaml").write_text(
+        "profile: a\ncommon: {train: {jobs: {x: {}}}}\nprofiles: {a: {merge: {recipes: {r: {}}}}, b: {train: {jobs: {y: {}}}}}\n"
+    )
+    assert form_choices(tmp_path / "p.yaml") == FormChoices("a", ("a", "b"), ("x", "y"), ("r",))
+
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.post_train import post_train
+
+    schema = parameter_schema(post_train.fn).model_dump()
+    assert list(schema["properties"]) == list(PostTrainRequest.model_fields)  # flat: no `request` object
+    assert schema["properties"]["profile"]["anyOf"][0]["enum"] == ["tiny", "smol", "gpu"]
+    assert schema["properties"]["experts"]["anyOf"][0]["items"]["enum"] == list(choices.jobs)
+    assert {"ties", "dare_ties", "slerp"} <= set(schema["properties"]["merge_method"]["anyOf"][0]["enum"])
+    assert schema["properties"]["density"]["anyOf"][0] == {"maximum": 1, "minimum": 0, "type": "number"}
 
 
 UNINTERRUPTED: dict = {}  # the end-to-end run's evaluation, for the kill-and-resume test to compare with
@@ -82,10 +116,7 @@ def api(base: str, method: str, path: str, body: dict | None = None):
 
 
 def run_flow_in_subprocess(params_file: Path, api_url: str, tracking_uri: str) -> subprocess.Popen:
-    code = (
-        "import sys; from flows.post_train import PostTrainRequest, post_train; "
-        "post_train(PostTrainRequest(params_file=sys.argv[1], profile='tiny'))"
-    )
+    code = "import sys; from flows.post_train import post_train; post_train(params_file=sys.argv[1], profile='tiny')"
     env = {**os.environ, "PYTHONPATH": str(REPO), "PREFECT_API_URL": api_url, "MLFLOW_TRACKING_URI": tracking_uri}
     return subprocess.Popen(
         [sys.executable, "-c", code, str(params_file)],
@@ -101,7 +132,7 @@ def test_flow_end_to_end_on_tiny(prefect_api, mlflow_server, params_file: Path, 
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     params_file.write_text(params_file.read_text().replace("model_name: post-train-tiny", "model_name: flow-tiny"))
-    state = post_train(PostTrainRequest(params_file=str(params_file), profile="tiny"), return_state=True)
+    state = post_train(params_file=str(params_file), profile="tiny", return_state=True)
     assert state.is_completed(), state.message
     metrics = state.result()
     assert metrics["register"]["promoted"] == 1.0 and metrics["train-math"]["steps"] == 2
@@ -161,7 +192,7 @@ def test_killed_run_resumes_without_recomputing_finished_stages(
     finished = {path: path.stat().st_mtime_ns for path in run_dir.glob("**/stage.json")}
     assert run_dir / "base_model" / "stage.json" in finished
 
-    state = post_train(PostTrainRequest(params_file=str(params_file), profile="tiny"), return_state=True)
+    state = post_train(params_file=str(params_file), profile="tiny", return_state=True)
     assert state.is_completed(), state.message
     for path, mtime in finished.items():
         assert path.stat().st_mtime_ns == mtime, f"{path.parent.name} was recomputed"

@@ -94,12 +94,10 @@ def dominated(a: dict, b: dict, objectives: list[str]) -> bool:
 def test_search_flow_on_tiny_yields_a_front_and_registers_the_choice(
     tiny_pipeline: Path, prefect_api, mlflow_server, monkeypatch
 ):
-    from flows.recipe_search import RecipeSearchRequest, recipe_search
+    from flows.recipe_search import recipe_search
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
-    state = recipe_search(
-        RecipeSearchRequest(params_file=str(tiny_pipeline), profile="tiny", register_chosen=True), return_state=True
-    )
+    state = recipe_search(params_file=str(tiny_pipeline), profile="tiny", register_chosen=True, return_state=True)
     assert state.is_completed(), state.message
     assert state.result()["search"]["trials_complete"] == 3
 

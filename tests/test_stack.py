@@ -1,5 +1,6 @@
 """The local stack for real: `stack start`, a run triggered through Prefect's API as the UI's form does, `stack stop`."""
 
+import datetime
 import json
 import os
 import time
@@ -22,19 +23,33 @@ def wait_for_final_state(api: str, flow_run_id: str, timeout: float = 900) -> di
     raise AssertionError(f"flow run {flow_run_id} did not finish in {timeout:.0f} s")
 
 
+def now_utc() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat()
+
+
 def test_stack_runs_the_deployment_triggered_through_the_api(tmp_path: Path, params_file: Path, monkeypatch):
     monkeypatch.setenv("PREFECT_WORKER_QUERY_SECONDS", "2")  # the worker polls every 2 s instead of 10
     monkeypatch.setenv("PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS", "5")  # the scheduler every 5 s, not 60
     home = tmp_path / "stack"
     prefect_port, mlflow_port = free_port(), free_port()
     started = flows(
-        "stack", "start", "--home", str(home), "--prefect-port", str(prefect_port), "--mlflow-port", str(mlflow_port)
+        "stack",
+        "start",
+        "--home",
+        str(home),
+        "--prefect-port",
+        str(prefect_port),
+        "--mlflow-port",
+        str(mlflow_port),
+        "--nightly-profile",
+        "tiny",
     )
     state = json.loads((home / "stack.json").read_text()) if (home / "stack.json").is_file() else {}
     try:
         assert started.returncode == 0, started.stderr
         assert f"Prefect UI:  http://127.0.0.1:{prefect_port}" in started.stdout
         assert f"MLflow UI:   http://127.0.0.1:{mlflow_port}" in started.stdout
+        assert "Nightly:     post-train/nightly at '0 2 * * *' UTC, profile tiny" in started.stdout
         api = f"http://127.0.0.1:{prefect_port}/api"
         assert httpx.get(f"http://127.0.0.1:{prefect_port}/", timeout=30).status_code == 200  # the UI itself
         nightly = httpx.get(f"{api}/deployments/name/post-train/nightly", timeout=30).json()
@@ -56,18 +71,21 @@ def test_stack_runs_the_deployment_triggered_through_the_api(tmp_path: Path, par
             for run in scheduled
         )
         deployment = httpx.get(f"{api}/deployments/name/post-train/post-train", timeout=30).json()
-        form = deployment["parameter_openapi_schema"]["definitions"]["PostTrainRequest"]["properties"]
-        assert form["density"]["anyOf"][0]["maximum"] == 1 and "merge_method" in form and "gates" in form
+        form = deployment["parameter_openapi_schema"]["properties"]  # flat: one input per field
+        assert form["density"]["anyOf"][0]["maximum"] == 1 and "gates" in form
+        assert form["profile"]["anyOf"][0]["enum"] == ["tiny", "smol", "gpu"]
+        assert "ties" in form["merge_method"]["anyOf"][0]["enum"]
         search = httpx.get(f"{api}/deployments/name/recipe-search/recipe-search", timeout=30).json()
-        search_form = search["parameter_openapi_schema"]["definitions"]["RecipeSearchRequest"]["properties"]
+        search_form = search["parameter_openapi_schema"]["properties"]
         assert {"trials", "timeout_minutes", "methods", "register_chosen"} <= set(search_form)
+        assert nightly["parameters"]["profile"] == "tiny"  # the profile the nightly runs, as stack start said
 
         def create_run(request: dict) -> httpx.Response:
             # a server busy with another run's writes may answer 5xx (SQLite locked); a person would press again
             for _ in range(3):
                 response = httpx.post(
                     f"{api}/deployments/{deployment['id']}/create_flow_run",
-                    json={"parameters": {"request": request}},
+                    json={"parameters": request},
                     timeout=30,
                 )
                 if response.status_code < 500:
@@ -82,23 +100,41 @@ def test_stack_runs_the_deployment_triggered_through_the_api(tmp_path: Path, par
         out_of_range = create_run({"params_file": str(params_file), "profile": "tiny", "density": 1.5})
         assert out_of_range.status_code == 409 and "1.5 is greater than the maximum of 1" in out_of_range.text
 
-        unknown_method = create_run({"params_file": str(params_file), "profile": "tiny", "merge_method": "tie"})
+        not_offered = create_run({"params_file": str(params_file), "profile": "tiny", "merge_method": "tie"})
+        assert not_offered.status_code == 409 and "'tie' is not one of" in not_offered.text
+
+        unknown_method = create_run(
+            {"params_file": str(params_file), "profile": "tiny", "overrides": ["merge.recipes.ties.merge_method=tie"]}
+        )
         failed = wait_for_final_state(api, created_id(unknown_method))
         assert failed["state"]["type"] == "FAILED" and "unknown merge method 'tie'" in failed["state"]["message"]
         assert not (params_file.parent / "outputs" / "tiny").exists()  # refused before any stage ran
 
         # A short pipeline (one expert, no merge or safety stage): the whole one runs in test_post_train.py.
-        good = create_run(
-            {
-                "params_file": str(params_file),
-                "profile": "tiny",
-                "experts": ["math"],
-                "overrides": ["safety.realign.model=null", "safety.prune.model=null", "registry.candidate=math"],
-                "gates": {"harmful_score": {"max": 1.0}},
-            }
-        )
+        short_pipeline = {
+            "params_file": str(params_file),
+            "profile": "tiny",
+            "experts": ["math"],
+            "overrides": ["safety.realign.model=null", "safety.prune.model=null", "registry.candidate=math"],
+            "gates": {"harmful_score": {"max": 1.0}},
+        }
+        good = create_run(short_pipeline)
         done = wait_for_final_state(api, created_id(good))
         assert done["state"]["type"] == "COMPLETED", done["state"]["message"]
+        # A run the scheduler made for 02:00 executes when its time is set to now (on this test's params file and
+        # the same short pipeline, so every stage is up to date).
+        nightly_run = scheduled[0]["id"]
+        httpx.patch(
+            f"{api}/flow_runs/{nightly_run}", json={"parameters": short_pipeline}, timeout=30
+        ).raise_for_status()
+        httpx.post(
+            f"{api}/flow_runs/{nightly_run}/set_state",
+            json={"state": {"type": "SCHEDULED", "state_details": {"scheduled_time": now_utc()}}, "force": True},
+            timeout=30,
+        ).raise_for_status()
+        ran = wait_for_final_state(api, nightly_run)
+        assert ran["state"]["type"] == "COMPLETED" and ran["deployment_id"] == nightly["id"], ran["state"]["message"]
+
         client = MlflowClient(tracking_uri=f"http://127.0.0.1:{mlflow_port}")
         champion = client.get_model_version_by_alias("post-train-tiny", "champion")
         assert champion.tags["candidate"] == "math"

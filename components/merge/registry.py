@@ -44,6 +44,13 @@ def known_method(name: str) -> bool:
     return True
 
 
+def all_method_names() -> list[str]:
+    """Ours, then every other method mergekit registers: the choices the Prefect form offers."""
+    from mergekit.merge_methods.registry import registered_methods
+
+    return [*our_methods(), *sorted({m.spec.name for m in registered_methods()} - set(our_methods()))]
+
+
 def methods_with(knob: str) -> list[str]:
     """Our methods that take the knob: what the Prefect form and error messages tell the user."""
     return [name for name, method in our_methods().items() if method.knob(knob) is not None]
