@@ -1,9 +1,9 @@
-# make setup | make run | make test | make lint | make format | make bench | make lock | make strip-notebooks
+# make setup | make run | make test | make lint | make format | make bench | make notebooks | make lock | make strip-notebooks
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup run test lint format bench lock clean strip-notebooks
+.PHONY: setup run test lint format bench notebooks lock clean strip-notebooks
 
 setup: $(VENV)/.installed .venv-checkov/.installed
 
@@ -40,7 +40,13 @@ format: setup
 bench: setup
 	$(PY) -m benchmarks
 
-lock: setup
+# JupyterLab on notebooks/ (installed on first use: the pipeline and its tests do not need it)
+notebooks: setup
+	$(PY) -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[notebooks]'
+	$(VENV)/bin/jupyter lab notebooks/
+
+lock: setup  # every extra installed first, so the lock pins what each of them pulls in
+	$(PY) -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[dev,notebooks]'
 	{ sed -n '1,3p' requirements.lock; $(PY) -m pip freeze --exclude-editable | sed 's/+cpu$$//'; } > requirements.lock.new
 	mv requirements.lock.new requirements.lock
 

@@ -64,6 +64,8 @@ def client_for(params: Params) -> MlflowClient:
 
 
 _SWEPT: set[tuple[str, str]] = set()
+EXPERIMENT_KIND = "mlflow.experimentKind"  # the tag MLflow's UI reads to pick the experiment's first page
+MODEL_DEVELOPMENT = "custom_model_development"  # runs, metrics and models first (not the GenAI trace overview)
 
 
 def experiment_id(client: MlflowClient, params: Params) -> str:
@@ -71,6 +73,8 @@ def experiment_id(client: MlflowClient, params: Params) -> str:
     left RUNNING are marked KILLED."""
     experiment = client.get_experiment_by_name(params.tracking.experiment)
     if experiment is not None:
+        if EXPERIMENT_KIND not in experiment.tags:  # made by an older release; a kind a person chose stays
+            client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND, MODEL_DEVELOPMENT)
         if (client.tracking_uri, experiment.experiment_id) not in _SWEPT:
             mark_killed_runs(client, experiment.experiment_id)
             _SWEPT.add((client.tracking_uri, experiment.experiment_id))
@@ -78,7 +82,10 @@ def experiment_id(client: MlflowClient, params: Params) -> str:
     artifact_location = None
     if client.tracking_uri.startswith("sqlite:"):
         artifact_location = (params.workspace / "mlartifacts" / params.tracking.experiment).as_uri()
-    return client.create_experiment(params.tracking.experiment, artifact_location=artifact_location)
+    # MLflow 3 opens an experiment of unknown kind on its GenAI overview (traces, prompts)
+    return client.create_experiment(
+        params.tracking.experiment, artifact_location=artifact_location, tags={EXPERIMENT_KIND: MODEL_DEVELOPMENT}
+    )
 
 
 def git_commit(repo: Path) -> str:

@@ -68,6 +68,7 @@ def test_run_tiny_records_parent_and_nested_stage_runs(tiny_pipeline: Path, mlfl
 
     client = MlflowClient(tracking_uri=mlflow_server)
     experiment = client.get_experiment_by_name("post-train-tiny")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # opens on runs, not GenAI
     runs = client.search_runs([experiment.experiment_id])
     parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
     stages = sorted(
