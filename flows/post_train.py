@@ -67,9 +67,9 @@ class PostTrainRequest(BaseModel):
         default=str(DEFAULT_PARAMS.name),
         description="parameters file, relative to the repository (the choices below are params.yaml's)",
     )
-    profile: ProfileName | None = Field(default=None, description="profile of the parameters file")
-    experts: list[JobName] | None = Field(
-        default=None,
+    profile: ProfileName = Field(default=CHOICES.default_profile, description="profile of the parameters file")
+    experts: list[JobName] = Field(
+        default=[],
         description="train jobs to run (their init jobs come along); "
         "merges that need a left-out expert are dropped; empty: all",
     )

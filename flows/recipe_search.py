@@ -24,7 +24,7 @@ from components.redact import redact_text
 from components.search.stage import REPORT_MD, TRIALS
 from components.stage import StageResult
 from flows.form import fields_as_parameters, one_of
-from flows.post_train import REPO, ProfileName, mlflow_run_url, registration_line, run_stages
+from flows.post_train import CHOICES, REPO, ProfileName, mlflow_run_url, registration_line, run_stages
 from flows.stages import search_stages
 
 SearchableMethod = one_of(our_methods())
@@ -37,10 +37,10 @@ class RecipeSearchRequest(BaseModel):
         default=str(DEFAULT_PARAMS.name),
         description="parameters file, relative to the repository (the choices below are params.yaml's)",
     )
-    profile: ProfileName | None = Field(default=None, description="profile of the parameters file")
+    profile: ProfileName = Field(default=CHOICES.default_profile, description="profile of the parameters file")
     trials: int | None = Field(default=None, ge=1, description="finished trials in all, counting earlier runs' trials")
     timeout_minutes: float | None = Field(default=None, gt=0, description="time budget of this run")
-    methods: list[SearchableMethod] | None = Field(default=None, description="merge methods to search")
+    methods: list[SearchableMethod] = Field(default=[], description="merge methods to search; empty: params.yaml's")
     study_name: str | None = Field(
         default=None, description="a new name starts a new study; empty: continue the profile's study"
     )
@@ -60,7 +60,7 @@ def resolve_search(request: RecipeSearchRequest) -> Params:
         }.items()
         if value is not None
     }
-    if request.methods is not None:
+    if request.methods:
         search["space"] = {"methods": request.methods}
     overrides = deep_merge(parse_overrides(request.overrides), {"search": search})
     return load_params(REPO / request.params_file, request.profile, overrides)

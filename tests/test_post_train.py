@@ -99,8 +99,9 @@ def test_the_form_offers_the_names_of_params_yaml_one_input_per_field(tmp_path: 
 
     schema = parameter_schema(post_train.fn).model_dump()
     assert list(schema["properties"]) == list(PostTrainRequest.model_fields)  # flat: no `request` object
-    assert schema["properties"]["profile"]["anyOf"][0]["enum"] == ["tiny", "smol", "gpu"]
-    assert schema["properties"]["experts"]["anyOf"][0]["items"]["enum"] == list(choices.jobs)
+    assert schema["properties"]["profile"]["enum"] == ["tiny", "smol", "gpu"]  # a select, params.yaml's profile set
+    assert schema["properties"]["profile"]["default"] == "smol"
+    assert schema["properties"]["experts"]["items"]["enum"] == list(choices.jobs)
     assert {"ties", "dare_ties", "slerp"} <= set(schema["properties"]["merge_method"]["anyOf"][0]["enum"])
     assert schema["properties"]["density"]["anyOf"][0] == {"maximum": 1, "minimum": 0, "type": "number"}
 

@@ -73,7 +73,7 @@ def test_stack_runs_the_deployment_triggered_through_the_api(tmp_path: Path, par
         deployment = httpx.get(f"{api}/deployments/name/post-train/post-train", timeout=30).json()
         form = deployment["parameter_openapi_schema"]["properties"]  # flat: one input per field
         assert form["density"]["anyOf"][0]["maximum"] == 1 and "gates" in form
-        assert form["profile"]["anyOf"][0]["enum"] == ["tiny", "smol", "gpu"]
+        assert form["profile"]["enum"] == ["tiny", "smol", "gpu"]
         assert "ties" in form["merge_method"]["anyOf"][0]["enum"]
         search = httpx.get(f"{api}/deployments/name/recipe-search/recipe-search", timeout=30).json()
         search_form = search["parameter_openapi_schema"]["properties"]
