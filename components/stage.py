@@ -103,6 +103,11 @@ def code_modules(root: str) -> tuple[str, ...]:
     return tuple(sorted(seen))
 
 
+def code_files(root: str) -> tuple[Path, ...]:
+    """The source files of `code_modules(root)`: what dvc.yaml lists as a stage's code dependencies."""
+    return tuple(_module_file(name) for name in code_modules(root))
+
+
 def code_digest(root: str) -> str:
     """Hash of the source of `root` and the code it depends on: a change to that code rebuilds the output."""
     return json_sha256({name: file_sha256(_module_file(name)) for name in code_modules(root)})

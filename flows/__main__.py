@@ -20,9 +20,13 @@ from flows.defaults import DEFAULT_CRON, DEFAULT_POOL
 from flows.stages import DATA, Stage, describe, search_stages, stages_for
 
 
-def _add_params_options(parser: argparse.ArgumentParser) -> None:
+def _add_profile_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="parameters file (default: params.yaml)")
     parser.add_argument("--profile", help="profile in the parameters file (default: its `profile` key)")
+
+
+def _add_params_options(parser: argparse.ArgumentParser) -> None:
+    _add_profile_options(parser)
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -63,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_params_options(stage)
     listing = commands.add_parser("stages", help="list the stages with what each reads and writes")
     _add_params_options(listing)
+    dvc = commands.add_parser(
+        "dvc-yaml",
+        help="write dvc.yaml beside the parameters file from the stage table: one DVC stage per stage of the profile",
+    )
+    _add_profile_options(dvc)
     chat = commands.add_parser("chat", help="answer one prompt with a model (default: the base model)")
     chat.add_argument("prompt")
     chat.add_argument(
@@ -176,6 +185,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in ("deploy", "stack"):
             return orchestration_command(args)
+        if args.command == "dvc-yaml":
+            from flows.dvc_yaml import write_dvc_yaml
+
+            print(f"wrote {write_dvc_yaml(load_params(args.params, args.profile), args.params)}")
+            return 0
         params = load_params(args.params, args.profile, parse_overrides(args.overrides))
         if args.command in ("run", "search", "stage"):
             route_library_output(params.ws.run_log, args.verbose)

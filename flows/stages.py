@@ -1,8 +1,9 @@
 """The pipeline's stages, in order: what each one reads, writes, which params it depends on, and its entry.
 
 Each entry is a component's stage function (components/<area>/stage.py) over the resolved Params; this
-table only says which stages run and in what order. The names are dvc.yaml's stage names; `python -m flows
-stages` prints the table.
+table only says which stages run and in what order, and what each one's key covers: the module whose code
+it hashes, the paths whose content it hashes (`inputs`), the paths it writes (`outputs`) and the params
+(`param_keys`). dvc.yaml is generated from this table (flows/dvc_yaml.py); `python -m flows stages` prints it.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from components import resources
 from components.atomic import atomic_file
 from components.config import Params, search_models
 from components.data.stage import curate_stage, sources_stage, validate_stage
-from components.evaluate.stage import evaluate_stage, report_stage
+from components.evaluate.evaluation import TEST_SETS
+from components.evaluate.stage import candidate_folders, evaluate_stage, report_stage
 from components.merge.registry import our_methods
 from components.merge.stage import merge_stage
+from components.model.base import source_files
 from components.model.ref import ModelRef
 from components.model.stage import base_model_stage
 from components.registry.lineage import Shipped, pipeline_candidate, search_candidate
@@ -30,19 +33,31 @@ from components.safety.stage import prune_stage, realign_stage
 from components.search.stage import search_stage
 from components.stage import StageResult
 from components.tracking import log_child_run
+from components.train.data import harmful_mix_table, table_folder
 from components.train.stage import pairs_stage, train_stage
+from components.workspace import Workspace
 
 RUN = "<workspace>/<profile>"
+
+# A stage's paths, given the workspace to name them in (the run's, or dvc.yaml's `outputs/${profile}`) and the params.
+Paths = Callable[[Workspace, Params], list[Path]]
 
 
 @dataclass(frozen=True)
 class Stage:
+    """One stage: `reads` and `writes` in words for the listing; `inputs` (the paths whose content its key hashes,
+    and the upstream outputs it must run after), `outputs`, `param_keys` (dotted params.yaml keys) and `key_module`
+    (the module that builds its StageCache: the key covers that module's code and the code it imports)."""
+
     name: str
     summary: str
     reads: str
     writes: str
     param_keys: tuple[str, ...]
     run: Callable[[Params], StageResult]
+    key_module: str
+    inputs: Paths
+    outputs: Paths
 
     def execute(self, params: Params) -> StageResult:
         """`run`, measured: wall seconds and peak RSS join the stage's metrics and the run's timings file."""
@@ -72,6 +87,9 @@ DATA: tuple[Stage, ...] = (
         f"{RUN}/base_model/",
         ("base_model",),
         base_model_stage,
+        "components.model.base",
+        inputs=lambda ws, p: source_files(p.base_model),
+        outputs=lambda ws, p: [ws.base_model],
     ),
     Stage(
         "sources",
@@ -80,8 +98,11 @@ DATA: tuple[Stage, ...] = (
         "tables.",
         "params data.sources and data.user (the user's JSONL / CSV / Parquet files)",
         f"{RUN}/data/raw/{{<dataset>.jsonl, manifest.json}}",
-        ("data",),
+        ("data.sources", "data.user"),
         sources_stage,
+        "components.data.sources",
+        inputs=lambda ws, p: [table.path for table in p.data.user],
+        outputs=lambda ws, p: [ws.raw],
     ),
     Stage(
         "curate",
@@ -89,8 +110,12 @@ DATA: tuple[Stage, ...] = (
         "split train/val/test by group, drop eval rows that near-duplicate train rows; report every removal.",
         f"{RUN}/data/raw/, params data.curate (and base_model/ if the confidence filter is on)",
         f"{RUN}/data/curated/{{<dataset>/{{train,val,test}}.jsonl, report.json, report.md}}",
-        ("data",),
+        ("seed", "data.curate"),
         curate_stage,
+        "components.data.curate",
+        # the base model scores the training answers only when the confidence filter is on
+        inputs=lambda ws, p: [ws.raw] + ([ws.base_model] if p.data.curate.confidence.enabled else []),
+        outputs=lambda ws, p: [ws.curated],
     ),
     Stage(
         "validate",
@@ -98,8 +123,11 @@ DATA: tuple[Stage, ...] = (
         "order, math answers, disjoint splits); a failed expectation stops the run with a report of the rows at fault.",
         f"{RUN}/data/curated/",
         f"{RUN}/data/validation/{{report.json, report.md}}",
-        ("data",),
+        ("data.curate",),
         validate_stage,
+        "components.data.validate",
+        inputs=lambda ws, p: [ws.curated],
+        outputs=lambda ws, p: [ws.validation],
     ),
     Stage(
         "pairs",
@@ -107,8 +135,12 @@ DATA: tuple[Stage, ...] = (
         "answer becomes `rejected` beside the refusal target, and a row of the harmful-compliance set.",
         f"{RUN}/base_model/, data/curated/harmful/train.jsonl, params train.pairs",
         f"{RUN}/data/pairs/{{refusal_pairs,harmful_compliance}}/train.jsonl",
-        ("train",),
+        ("seed", "train.pairs"),
         pairs_stage,
+        "components.train.pairs",
+        # validation/ is not in the key: the stage refuses data that has not passed it, so it runs after validate
+        inputs=lambda ws, p: [ws.base_model, ws.split("harmful", "train"), ws.validation],
+        outputs=lambda ws, p: [ws.pairs],
     ),
 )
 
@@ -121,6 +153,13 @@ TRAIN_SUMMARY = (
 def train(params: Params, name: str) -> Stage:
     job = params.train.jobs[name]
     init = ModelRef.parse(job.init).folder(params.ws).relative_to(params.ws.run_dir)
+
+    def inputs(ws: Workspace, p: Params) -> list[Path]:
+        """The init model, the job's tables and any harmful mix (its key), and validation/ (run after validate)."""
+        harmful = harmful_mix_table(job, ws)
+        tables = [table_folder(table, ws) for table in job.datasets]
+        return [ModelRef.parse(job.init).folder(ws), *tables, *([harmful] if harmful else []), ws.validation]
+
     return Stage(
         f"train-{name}",
         f"{job.method} on {', '.join(job.datasets)} from {job.init}: " + TRAIN_SUMMARY,
@@ -128,6 +167,9 @@ def train(params: Params, name: str) -> Stage:
         f"{RUN}/models/{name}/ (merged model), train/{name}/ (checkpoints, adapter)",
         (f"train.jobs.{name}",),
         partial(train_stage, name=name),
+        "components.train.job",
+        inputs,
+        outputs=lambda ws, p: [ws.job_model(name), ws.job_work(name)],
     )
 
 
@@ -140,8 +182,14 @@ def merge(params: Params, name: str) -> Stage:
         "tensor; checks architecture, tensors, tokenizer and shared base first; writes a merge card",
         f"{RUN}/models/{{{inputs}}}/",
         f"{RUN}/merged/{name}/",
-        (f"merge.recipes.{name}",),
+        (f"merge.recipes.{name}", "merge.max_relative_delta"),
         partial(merge_stage, name=name),
+        "components.merge.stage",
+        inputs=lambda ws, p: [
+            ModelRef.parse(model).folder(ws)
+            for model in [*([spec.base_model] if spec.base_model else []), *(entry["model"] for entry in spec.models)]
+        ],
+        outputs=lambda ws, p: [ws.merged(name)],
     )
 
 
@@ -155,6 +203,13 @@ def realign(params: Params) -> Stage:
         f"{RUN}/safety/realigned/",
         ("safety.realign",),
         realign_stage,
+        "components.safety.realign",
+        inputs=lambda ws, p: [
+            ModelRef.parse(cfg.aligned).folder(ws),
+            ModelRef.parse(cfg.model).folder(ws),
+            ws.split("harmful", "train"),
+        ],
+        outputs=lambda ws, p: [ws.realigned],
     )
 
 
@@ -169,6 +224,13 @@ def prune(params: Params) -> Stage:
         f"{RUN}/safety/pruned/",
         ("safety.prune",),
         prune_stage,
+        "components.safety.prune",
+        inputs=lambda ws, p: [
+            ModelRef.parse(cfg.model).folder(ws),
+            ws.harmful_compliance,
+            *([ws.split("domain_qa", "train")] if cfg.keep_utility_top else []),
+        ],
+        outputs=lambda ws, p: [ws.pruned],
     )
 
 
@@ -178,8 +240,11 @@ EVALUATE = Stage(
     "choice, math exact match, domain perplexity, harmful score and over-refusal with Wilson intervals.",
     f"{RUN}/base_model/, models/*/, merged/*/, safety/*/, the test splits of data/curated/",
     f"{RUN}/eval/{{<candidate>/{{metrics.json, samples.jsonl, weights.json}}, summary.json, summary.md}}",
-    ("evaluate",),
+    ("seed", "evaluate"),
     evaluate_stage,
+    "components.evaluate.evaluation",
+    inputs=lambda ws, p: [*candidate_folders(p, ws).values(), *(ws.split(name, "test") for name in TEST_SETS)],
+    outputs=lambda ws, p: [ws.eval],
 )
 
 REPORT = Stage(
@@ -190,14 +255,37 @@ REPORT = Stage(
     f"{RUN}/report/{{safety_vs_utility,loss_curves,task_vector_layers}}.png, loss_curves.json, report.md",
     ("evaluate",),
     report_stage,
+    "components.evaluate.report",
+    inputs=lambda ws, p: [ws.eval, *candidate_folders(p, ws).values(), *map(ws.loss_history, p.train.jobs)],
+    outputs=lambda ws, p: [ws.report],
 )
 
 
-def ship(params: Params, repo: Path, shipped: Callable[[Params], Shipped], prefix: str = "") -> list[Stage]:
-    """The gate and register stages of a candidate: the pipeline's (no prefix) or the search's chosen trial."""
+def shipped_candidate(ws: Workspace, params: Params) -> list[Path]:
+    """What the pipeline's gate and register stages read of registry.candidate: its model and the evaluation."""
+    return [ModelRef.parse(params.registry.candidate).folder(ws), ws.eval]
+
+
+def chosen_trial(ws: Workspace, params: Params) -> list[Path]:
+    """The search's folder holds its chosen trial's model and evaluation."""
+    return [ws.search]
+
+
+def ship(
+    params: Params, repo: Path, shipped: Callable[[Params], Shipped], candidate: Paths, prefix: str = ""
+) -> list[Stage]:
+    """The gate and register stages of a candidate: the pipeline's (no prefix) or the search's chosen trial.
+
+    Neither stage is cached (they judge against the registry's champion), so their key module is only the
+    code they run; `candidate` names the paths of the candidate they read.
+    """
     cfg = params.registry
     what = "the recipe search's chosen trial" if prefix else cfg.candidate
     folder = f"{RUN}/{prefix.replace('-', '/')}"
+
+    def home(ws: Workspace) -> Path:
+        return ws.search if prefix else ws.run_dir
+
     return [
         Stage(
             f"{prefix}gate",
@@ -207,6 +295,9 @@ def ship(params: Params, repo: Path, shipped: Callable[[Params], Shipped], prefi
             f"{folder}gate/{{report.md, report.json}}",
             ("registry",),
             lambda p: gate_stage(p, shipped(p)),
+            "components.registry.stage",
+            inputs=candidate,
+            outputs=lambda ws, p: [home(ws) / "gate"],
         ),
         Stage(
             f"{prefix}register",
@@ -216,6 +307,9 @@ def ship(params: Params, repo: Path, shipped: Callable[[Params], Shipped], prefi
             f"{folder}registry/{{model_card.md, registration.json}}, the MLflow registry",
             ("registry",),
             lambda p: register_stage(p, shipped(p), repo),
+            "components.registry.stage",
+            inputs=lambda ws, p: [*candidate(ws, p), home(ws) / "gate"],
+            outputs=lambda ws, p: [home(ws) / "registry"],
         ),
     ]
 
@@ -231,7 +325,7 @@ def stages_for(params: Params, repo: Path = Path(".")) -> list[Stage]:
         stages.append(prune(params))
     stages.append(EVALUATE)
     if params.registry.candidate:
-        stages += ship(params, repo, pipeline_candidate)
+        stages += ship(params, repo, pipeline_candidate, shipped_candidate)
     stages.append(REPORT)
     return stages
 
@@ -248,6 +342,11 @@ def with_inits(params: Params, jobs: list[str]) -> set[str]:
 
 def search(params: Params) -> Stage:
     cfg = params.search
+
+    def models(p: Params) -> list[str]:
+        """The models the search merges, with base: it evaluates each once as a reference, under eval/<model>/."""
+        return ["base", *dict.fromkeys(search_models(p))]
+
     return Stage(
         "search",
         f"Optuna search over merge recipes of {', '.join(cfg.models)} ({', '.join(cfg.space.methods)}), "
@@ -258,6 +357,15 @@ def search(params: Params) -> Stage:
         "chosen_recipe.yaml, report.md}",
         ("search", "safety", "evaluate"),
         lambda p: search_stage(p, log_child_run if mlflow.active_run() else None),
+        "components.search.stage",
+        # the experts (and the aligned model) it merges, the data it evaluates and calibrates on, and validation/
+        inputs=lambda ws, p: [
+            *(ModelRef.parse(model).folder(ws) for model in models(p)),
+            ws.curated,
+            ws.harmful_compliance,
+            ws.validation,
+        ],
+        outputs=lambda ws, p: [ws.search, *(ws.eval / model for model in models(p))],
     )
 
 
@@ -268,7 +376,7 @@ def search_stages(params: Params, repo: Path = Path(".")) -> list[Stage]:
     stages = list(DATA) + [train(params, name) for name in params.train.jobs if name in needed]
     stages.append(search(params))
     if params.search.register_chosen:
-        stages += ship(params, repo, search_candidate, "search-")
+        stages += ship(params, repo, search_candidate, chosen_trial, "search-")
     return stages
 
 

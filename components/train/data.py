@@ -19,16 +19,26 @@ METHOD_KINDS = {
 }
 
 
+def table_folder(name: str, ws: Workspace) -> Path:
+    """The folder of a dataset a train job names: a pairs table's under data/pairs/, any other's under data/curated/."""
+    return ws.pair_table(name).parent if name in PAIR_TABLES else ws.curated / name
+
+
+def harmful_mix_table(job: TrainJob, ws: Workspace) -> Path | None:
+    """The harmful-compliance table an SFT job mixes into its training rows; None when the job mixes none in."""
+    return ws.harmful_compliance if isinstance(job, SftJob) and job.harmful_mix > 0 else None
+
+
 def available_tables(ws: Workspace) -> dict[str, tuple[Kind, Path]]:
     """name -> (kind, folder) of every curated table and every pairs table present in the workspace."""
     tables: dict[str, tuple[Kind, Path]] = {}
     report = ws.curation_report
     if report.is_file():
         for name, entry in json.loads(report.read_text())["manifest"].items():
-            tables[name] = (Kind(entry["kind"]), ws.curated / name)
+            tables[name] = (Kind(entry["kind"]), table_folder(name, ws))
     for name, kind in PAIR_TABLES.items():
         if ws.pair_table(name).is_file():
-            tables[name] = (Kind(kind), ws.pair_table(name).parent)
+            tables[name] = (Kind(kind), table_folder(name, ws))
     return tables
 
 
@@ -87,8 +97,8 @@ def job_rows(job_name: str, job: TrainJob, ws: Workspace, split: str) -> list[Ro
         rows = rows[: job.max_rows]
         if not rows:
             raise InputError(f"train.jobs.{job_name}: no training rows in {', '.join(job.datasets)}")
-        if isinstance(job, SftJob) and job.harmful_mix:
-            rows += harmful_rows(job_name, job, ws.harmful_compliance, len(rows))
+        if (harmful := harmful_mix_table(job, ws)) is not None:
+            rows += harmful_rows(job_name, job, harmful, len(rows))
     return rows
 
 

@@ -27,11 +27,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, T
 
 from components import progress, resources
 from components.atomic import atomic_dir
-from components.config import SftJob, TrainJob
+from components.config import TrainJob
 from components.errors import InputError
 from components.model.directory import check_model_dir
 from components.stage import StageCache, StageResult
-from components.train.data import job_rows, job_tables
+from components.train.data import harmful_mix_table, job_rows, job_tables
 from components.workspace import Workspace
 
 JOB_STATE = "job.json"
@@ -187,7 +187,6 @@ def run_job(
     tables = job_tables(job_name, job, ws)
     if job.lora.qlora and not torch.cuda.is_available():
         raise InputError(f"train.jobs.{job_name}.lora.qlora: QLoRA needs a CUDA GPU (bitsandbytes 4-bit)")
-    mixes_harm = isinstance(job, SftJob) and job.harmful_mix > 0
     cache = StageCache(
         f"train-{job_name}",
         out_dir,
@@ -196,7 +195,7 @@ def run_job(
         {
             "init": init_dir,
             **{name: sorted(folder.glob("*.jsonl")) for name, _, folder in tables},
-            "harmful": ws.harmful_compliance if mixes_harm else None,
+            "harmful": harmful_mix_table(job, ws),
         },
     )
     key = cache.key
