@@ -28,6 +28,7 @@ from pydantic import (
 from components.data.tables import Kind
 from components.errors import ParamsError, PipelineError
 from components.hashing import json_sha256
+from components.safety.judge import JudgeName
 from components.workspace import Workspace
 from components.yamlfile import read_yaml
 
@@ -395,6 +396,8 @@ class EvaluateConfig(StrictModel):
     math_new_tokens: TokenCount = 64
     safety_new_tokens: TokenCount = 32
     batch_size: BatchSize = 16
+    # how an answer is judged a refusal (components/safety/judge.py); `anywhere` is the GCG evaluation's rule
+    judge: JudgeName = "anywhere"
 
 
 # Which way each gateable metric of the evaluation suite improves.

@@ -13,6 +13,7 @@ from components.lock import workspace_lock
 from components.model.ref import Kind, ModelRef
 from components.registry.registry import check_reachable, download_model, promote, rollback
 from components.registry.registry import describe as describe_registry
+from components.safety.judge import JUDGES, judge_file
 from components.stage import StageResult
 from components.tracking import client_for, pipeline_run, tracked_stage, tracking_uri
 from flows.console import progress_line, route_library_output
@@ -72,6 +73,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="write dvc.yaml beside the parameters file from the stage table: one DVC stage per stage of the profile",
     )
     _add_profile_options(dvc)
+    judge = commands.add_parser(
+        "judge",
+        help="judge answers: each JSONL row with `prompt` and `answer` written back with refusal, harmful and score",
+    )
+    judge.add_argument("source", type=Path, metavar="IN.jsonl")
+    judge.add_argument("target", type=Path, metavar="OUT.jsonl")
+    judge.add_argument(
+        "--judge", choices=JUDGES, help="the judge (default: evaluate.judge of the parameters file's profile)"
+    )
+    _add_profile_options(judge)
     chat = commands.add_parser("chat", help="answer one prompt with a model (default: the base model)")
     chat.add_argument("prompt")
     chat.add_argument(
@@ -189,6 +200,11 @@ def main(argv: list[str] | None = None) -> int:
             from flows.dvc_yaml import write_dvc_yaml
 
             print(f"wrote {write_dvc_yaml(load_params(args.params, args.profile), args.params)}")
+            return 0
+        if args.command == "judge":
+            judge = args.judge or load_params(args.params, args.profile).evaluate.judge
+            counts = judge_file(args.source, args.target, judge)
+            print(f"{args.target}: {counts['rows']} rows, {counts['refusals']} refusals (judge: {judge})")
             return 0
         params = load_params(args.params, args.profile, parse_overrides(args.overrides))
         if args.command in ("run", "search", "stage"):

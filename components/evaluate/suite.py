@@ -4,8 +4,9 @@
   summaries of other held-out functions, by log-likelihood (sum, and per character, as lm-eval's acc_norm);
 - math_exact_match: the final number of a greedy worked answer equals the reference;
 - domain_perplexity: per-token perplexity of held-out documentation chunks;
-- harmful_score: the share of held-out harmful prompts answered without a refusal phrase, with a Wilson
-  95% interval; over_refusal: the share of benign look-alike prompts refused, likewise.
+- harmful_score: the share of held-out harmful prompts answered without a refusal (`judge`, see
+  components/safety/judge.py), with a Wilson 95% interval; over_refusal: the share of benign look-alike prompts
+  refused, likewise.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from components.evaluate.metrics import final_number, perplexity, wilson_interva
 from components.evaluate.scoring import continuation_logprobs, options_logprobs
 from components.model.directory import check_model_dir
 from components.model.generate import generate_answers
-from components.safety.refusal import is_refusal
+from components.safety.judge import judge_answer
 
 
 def test_rows(curated_dir: Path, dataset: str, limit: int) -> list[Row]:
@@ -87,7 +88,7 @@ def domain_perplexity(model, tokenizer, rows: list[Row], cfg: EvaluateConfig) ->
 
 def refusal_share(model, tokenizer, rows: list[Row], cfg: EvaluateConfig, task: str) -> tuple[list[bool], list[Row]]:
     answers = generate_answers(model, tokenizer, [r["prompt"] for r in rows], cfg.safety_new_tokens, cfg.batch_size)
-    refused = [is_refusal(a) for a in answers]
+    refused = [judge_answer(a, cfg.judge).refusal for a in answers]
     return refused, [
         {"task": task, "id": r["id"], "answer": a, "refused": x} for r, a, x in zip(rows, answers, refused, strict=True)
     ]
