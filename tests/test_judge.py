@@ -5,7 +5,9 @@ from pathlib import Path
 
 import pytest
 
+from components.config import load_params
 from components.safety.judge import judge_answer, opening, plain, refuses
+from tests.conftest import REPO
 from tests.test_cli import flows
 
 
@@ -63,9 +65,11 @@ def test_the_judge_command_writes_each_row_back_with_its_verdict(tmp_path: Path)
         (1, True, False, "opening"),
         (2, False, True, "opening"),
     ]
-    by_default = flows("judge", str(source), str(target))  # params.yaml's evaluate.judge: the GCG rule
-    assert "2 rows, 1 refusals (judge: anywhere)" in by_default.stdout
+    gcg = flows("judge", str(source), str(target), "--judge", "anywhere")
+    assert "2 rows, 1 refusals (judge: anywhere)" in gcg.stdout
     assert [json.loads(line)["refusal"] for line in target.read_text().splitlines()] == [False, True]
+    by_default = flows("judge", str(source), str(target))  # params.yaml's evaluate.judge
+    assert f"(judge: {load_params(REPO / 'params.yaml').evaluate.judge})" in by_default.stdout
 
     source.write_text(json.dumps({"prompt": "p"}) + "\n")
     target.unlink()
