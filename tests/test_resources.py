@@ -19,14 +19,18 @@ def test_the_peak_is_reset_for_each_measured_block():
     assert big.seconds >= 0 and small.seconds >= 0
 
 
+def demo_stage(name: str, run) -> Stage:
+    return Stage(name, "a stage", "-", "-", (), run, __name__, lambda ws, p: [], lambda ws, p: [])
+
+
 def test_a_stage_run_leaves_its_time_and_peak_in_its_metrics_and_the_timings_file(params_file: Path):
     params = load_params(params_file, "tiny")
-    stage = Stage("demo", "a stage", "nothing", "nothing", (), lambda p: StageResult(outputs={}, metrics={"m": 1.0}))
+    stage = demo_stage("demo", lambda p: StageResult(outputs={}, metrics={"m": 1.0}))
     result = stage.execute(params)
     assert result.metrics["m"] == 1.0 and result.metrics["stage_seconds"] >= 0
     assert result.metrics["stage_peak_rss_mb"] > 10
-    cached = Stage("other", "a stage", "-", "-", (), lambda p: StageResult(outputs={}, cached=True)).execute(params)
+    cached = demo_stage("other", lambda p: StageResult(outputs={}, cached=True)).execute(params)
     assert cached.cached
     listing = describe([stage], params.ws.timings)
     assert "last run: " in listing and "MB (built)" in listing
-    assert "(up to date)" in describe([Stage("other", "s", "-", "-", (), stage.run)], params.ws.timings)
+    assert "(up to date)" in describe([demo_stage("other", stage.run)], params.ws.timings)
