@@ -19,9 +19,9 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO
 from tests.test_cli import flows
-from tests.test_stack import wait_for_final_state
+from tests.test_stack import start_stack, wait_for_final_state
 
 SCREENSHOTS = REPO / "outputs" / "test-artifacts" / "browser"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -69,19 +69,7 @@ def test_a_person_runs_the_pipeline_from_the_prefect_form_and_finds_the_champion
     short_pipeline_params(params_file)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     home = tmp_path / "stack"
-    prefect_port, mlflow_port = free_port(), free_port()
-    started = flows(
-        "stack",
-        "start",
-        "--home",
-        str(home),
-        "--prefect-port",
-        str(prefect_port),
-        "--mlflow-port",
-        str(mlflow_port),
-        "--nightly-profile",
-        "tiny",
-    )
+    started, prefect_port, mlflow_port = start_stack(home)
     prefect_ui, mlflow_ui = f"http://127.0.0.1:{prefect_port}", f"http://127.0.0.1:{mlflow_port}"
     try:
         assert started.returncode == 0, started.stderr

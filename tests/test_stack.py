@@ -3,6 +3,7 @@
 import datetime
 import json
 import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -27,23 +28,18 @@ def now_utc() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat()
 
 
+def start_stack(home: Path) -> tuple[subprocess.CompletedProcess, int, int]:
+    """`stack start` on free ports, its nightly on the tiny profile; (the command's result, Prefect port, MLflow port)."""
+    prefect_port, mlflow_port = free_port(), free_port()
+    ports = ["--prefect-port", str(prefect_port), "--mlflow-port", str(mlflow_port)]
+    return flows("stack", "start", "--home", str(home), *ports, "--nightly-profile", "tiny"), prefect_port, mlflow_port
+
+
 def test_stack_runs_the_deployment_triggered_through_the_api(tmp_path: Path, params_file: Path, monkeypatch):
     monkeypatch.setenv("PREFECT_WORKER_QUERY_SECONDS", "2")  # the worker polls every 2 s instead of 10
     monkeypatch.setenv("PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS", "5")  # the scheduler every 5 s, not 60
     home = tmp_path / "stack"
-    prefect_port, mlflow_port = free_port(), free_port()
-    started = flows(
-        "stack",
-        "start",
-        "--home",
-        str(home),
-        "--prefect-port",
-        str(prefect_port),
-        "--mlflow-port",
-        str(mlflow_port),
-        "--nightly-profile",
-        "tiny",
-    )
+    started, prefect_port, mlflow_port = start_stack(home)
     state = json.loads((home / "stack.json").read_text()) if (home / "stack.json").is_file() else {}
     try:
         assert started.returncode == 0, started.stderr
