@@ -353,13 +353,14 @@ class MergeConfig(StrictModel):
 
 
 class PruneConfig(StrictModel):
-    """Antidote: zero the `ratio` share of each block linear weight that matters most for harmful answers."""
+    """Antidote: revert to the aligned model the `ratio` share of each row of `model`'s update that matters most
+    for harmful answers (components/safety/antidote.py)."""
 
-    model: str | None = None  # a pipeline model (base, a train job, merge-<name>) to prune; None: no prune stage
-    ratio: float = Field(default=0.005, ge=0, lt=1)
-    keep_utility_top: float = Field(
-        default=0.0, ge=0, lt=1
-    )  # spare the top share by Wanda score on domain Q/A (Wei et al.)
+    model: str | None = None  # a pipeline model (a train job, merge-<name>) to prune; None: no prune stage
+    aligned: str = "safety"  # the aligned model whose weights the reverted entries take back
+    ratio: float = Field(default=0.1, ge=0, lt=1)  # share of each row of the update reverted
+    max_relative_delta: float = Field(default=0.5, gt=0)  # refuse a model this far from the aligned one
+    score: Literal["harmful", "contrastive"] = "harmful"  # contrastive: harmful minus domain Q/A importance
     calibration_rows: PositiveInt = 64
     max_length: TokenCount = 256
     batch_size: BatchSize = 8
@@ -559,6 +560,7 @@ class Params(StrictModel):
 
         for key, name in (
             ("prune.model", self.safety.prune.model),
+            ("prune.aligned", self.safety.prune.aligned if self.safety.prune.model else None),
             ("realign.model", self.safety.realign.model),
             ("realign.aligned", self.safety.realign.aligned if self.safety.realign.model else None),
         ):
@@ -599,13 +601,16 @@ def search_models(params: Params) -> list[str]:
     needed = list(params.search.models)
     if params.search.space.realign_lr is not None:
         needed.append(params.safety.realign.aligned)
+    if params.search.space.prune_ratio is not None:
+        needed.append(params.safety.prune.aligned)
     unknown = [name for name in needed if name not in params.train.jobs]
     if unknown:
         raise ParamsError(
             f"search: {unknown} are not train jobs of profile {params.profile!r} "
-            f"(jobs: {', '.join(params.train.jobs)}); set search.models or safety.realign.aligned"
+            f"(jobs: {', '.join(params.train.jobs)}); set search.models, safety.realign.aligned or "
+            "safety.prune.aligned"
         )
-    return needed
+    return list(dict.fromkeys(needed))
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

@@ -222,18 +222,19 @@ def prune(params: Params) -> Stage:
     cfg = params.safety.prune
     return Stage(
         "prune",
-        f"Antidote on {cfg.model}: Wanda scores |W|·‖X‖ on harmful (prompt, compliant answer) "
-        f"pairs; the top {cfg.ratio:.0%} of each block linear layer set to zero",
-        f"the {cfg.model} model, data/pairs/harmful_compliance/train.jsonl (and domain_qa/train.jsonl with "
-        "keep_utility_top)",
+        f"Antidote on {cfg.model}: its update from {cfg.aligned} scored by Wanda, |Δ|·‖X‖ on harmful (prompt, "
+        f"compliant answer) pairs ({cfg.score}); the top {cfg.ratio:.0%} of each row reverted to {cfg.aligned}",
+        f"the {cfg.model} and {cfg.aligned} models, data/pairs/harmful_compliance/train.jsonl (and "
+        "domain_qa/train.jsonl for the contrastive score)",
         f"{RUN}/safety/pruned/",
         ("safety.prune",),
         prune_stage,
         "components.safety.prune",
         inputs=lambda ws, p: [
             ModelRef.parse(cfg.model).folder(ws),
+            ModelRef.parse(cfg.aligned).folder(ws),
             ws.harmful_compliance,
-            *([ws.split("domain_qa", "train")] if cfg.keep_utility_top else []),
+            *([ws.split("domain_qa", "train")] if cfg.score == "contrastive" else []),
         ],
         outputs=lambda ws, p: [ws.pruned],
     )

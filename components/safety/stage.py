@@ -23,5 +23,10 @@ def realign_stage(params: Params) -> StageResult:
 def prune_stage(params: Params) -> StageResult:
     ws, cfg = params.ws, params.safety.prune
     return prune_model(
-        ModelRef.parse(cfg.model).folder(ws), ws.harmful_compliance, cfg, ws.pruned, ws.split("domain_qa", "train")
+        ModelRef.parse(cfg.model).folder(ws),
+        ModelRef.parse(cfg.aligned).folder(ws),
+        ws.harmful_compliance,
+        cfg,
+        ws.pruned,
+        ws.split("domain_qa", "train"),
     )

@@ -89,7 +89,12 @@ def run_trial(plan: TrialPlan, inputs: SearchInputs, trial_dir: Path) -> tuple[d
     if plan.prune_ratio is not None:
         cfg = inputs.prune.model_copy(update={"ratio": plan.prune_ratio})
         model = prune_model(
-            model, inputs.ws.harmful_compliance, cfg, trial_dir / "pruned", inputs.ws.split("domain_qa", "train")
+            model,
+            inputs.models[inputs.prune.aligned],
+            inputs.ws.harmful_compliance,
+            cfg,
+            trial_dir / "pruned",
+            inputs.ws.split("domain_qa", "train"),
         ).outputs["model"]
     metrics, _ = evaluate_cached(model, inputs.ws.curated, inputs.evaluate, inputs.seed, trial_dir / "eval")
     for step in MODEL_STEPS:  # the intermediate models served their purpose; the final one stays while on the front
