@@ -367,16 +367,21 @@ class PruneConfig(StrictModel):
 
 
 class RealignConfig(StrictModel):
-    """SOMF: fuse `model` with the initially aligned model through a safety mask learned on refusal data."""
+    """SOMF: fuse `model` with the initially aligned model through a safety mask (components/safety/somf.py)."""
 
     model: str | None = None  # the fine-tuned or merged model to realign (pipeline name); None: no realign stage
     aligned: str = "safety"  # the initially aligned model
+    # refusal_mask: a sigmoid mask on refusal targets; concrete_dpo: the official code's concrete mask and DPO on
+    # the preference pairs (refusal over compliance, and the look-alikes' contrast pairs)
+    method: Literal["refusal_mask", "concrete_dpo"] = "refusal_mask"
     steps: StepCount = 20
     lr: float = Field(default=0.2, gt=0, le=10)  # Adam moves each mask logit by about lr per step
     init_logit: float = Field(
         default=-2.0, ge=-20, le=20
-    )  # σ(−2) ≈ 0.12: the mask starts nearly empty; a logit must pass 0 to enter it
-    sparsity: float = Field(default=1.0, ge=0)  # λ of the mask's sparsity term
+    )  # σ(−2) ≈ 0.12: the mask starts nearly empty; a logit must pass 0 to enter it (concrete_dpo: 0)
+    sparsity: float = Field(default=1.0, ge=0)  # λ of the mask's sparsity term (refusal_mask)
+    temperature: float = Field(default=0.5, gt=0)  # of the concrete mask (concrete_dpo)
+    beta: float = Field(default=0.1, gt=0)  # DPO's β (concrete_dpo)
     safety_rows: PositiveInt = 64
     batch_size: BatchSize = 8
     max_length: TokenCount = 256

@@ -29,7 +29,7 @@ from components.model.ref import ModelRef
 from components.model.stage import base_model_stage
 from components.registry.lineage import Shipped, pipeline_candidate, search_candidate
 from components.registry.stage import gate_stage, register_stage
-from components.safety.stage import prune_stage, realign_stage
+from components.safety.stage import prune_stage, realign_data, realign_stage
 from components.search.stage import search_stage
 from components.stage import StageResult
 from components.tracking import log_child_run
@@ -202,9 +202,10 @@ def realign(params: Params) -> Stage:
     cfg = params.safety.realign
     return Stage(
         "realign",
-        f"SOMF: a safety mask over {cfg.model}'s weights, learned on refusal data; masked "
-        f"coordinates come back from {cfg.aligned}, the rest keep {cfg.model}'s values",
-        f"the {cfg.model} and {cfg.aligned} models, data/curated/harmful/train.jsonl",
+        f"SOMF ({cfg.method}): a safety mask over {cfg.model}'s update from {cfg.aligned}, learned on "
+        f"safety data; masked coordinates come back from {cfg.aligned}, the rest keep {cfg.model}'s update",
+        f"the {cfg.model} and {cfg.aligned} models, data/curated/harmful/train.jsonl (refusal_mask) or "
+        "data/pairs/refusal_pairs/train.jsonl (concrete_dpo)",
         f"{RUN}/safety/realigned/",
         ("safety.realign",),
         realign_stage,
@@ -212,7 +213,7 @@ def realign(params: Params) -> Stage:
         inputs=lambda ws, p: [
             ModelRef.parse(cfg.aligned).folder(ws),
             ModelRef.parse(cfg.model).folder(ws),
-            ws.split("harmful", "train"),
+            realign_data(ws, cfg),
         ],
         outputs=lambda ws, p: [ws.realigned],
     )

@@ -39,6 +39,7 @@ from components.merge.stage import merge_models
 from components.model.ref import ModelRef
 from components.safety.prune import prune_model
 from components.safety.realign import realign_model
+from components.safety.stage import realign_data
 from components.search.space import TrialPlan, choose, directions, objective_values, suggest
 from components.stage import StageResult
 from components.workspace import Workspace
@@ -82,7 +83,7 @@ def run_trial(plan: TrialPlan, inputs: SearchInputs, trial_dir: Path) -> tuple[d
         model = realign_model(
             inputs.models[inputs.realign.aligned],
             model,
-            inputs.ws.split("harmful", "train"),
+            realign_data(inputs.ws, cfg),
             cfg,
             trial_dir / "realigned",
         ).outputs["model"]
