@@ -353,29 +353,35 @@ class MergeConfig(StrictModel):
 
 
 class PruneConfig(StrictModel):
-    """Antidote: zero the `ratio` share of each block linear weight that matters most for harmful answers."""
+    """Antidote: revert to the aligned model the `ratio` share of each row of `model`'s update that matters most
+    for harmful answers (components/safety/antidote.py)."""
 
-    model: str | None = None  # a pipeline model (base, a train job, merge-<name>) to prune; None: no prune stage
-    ratio: float = Field(default=0.005, ge=0, lt=1)
-    keep_utility_top: float = Field(
-        default=0.0, ge=0, lt=1
-    )  # spare the top share by Wanda score on domain Q/A (Wei et al.)
+    model: str | None = None  # a pipeline model (a train job, merge-<name>) to prune; None: no prune stage
+    aligned: str = "safety"  # the aligned model whose weights the reverted entries take back
+    ratio: float = Field(default=0.1, ge=0, lt=1)  # share of each row of the update reverted
+    max_relative_delta: float = Field(default=0.5, gt=0)  # refuse a model this far from the aligned one
+    score: Literal["harmful", "contrastive"] = "harmful"  # contrastive: harmful minus domain Q/A importance
     calibration_rows: PositiveInt = 64
     max_length: TokenCount = 256
     batch_size: BatchSize = 8
 
 
 class RealignConfig(StrictModel):
-    """SOMF: fuse `model` with the initially aligned model through a safety mask learned on refusal data."""
+    """SOMF: fuse `model` with the initially aligned model through a safety mask (components/safety/somf.py)."""
 
     model: str | None = None  # the fine-tuned or merged model to realign (pipeline name); None: no realign stage
     aligned: str = "safety"  # the initially aligned model
+    # refusal_mask: a sigmoid mask on refusal targets; concrete_dpo: the official code's concrete mask and DPO on
+    # the preference pairs (refusal over compliance, and the look-alikes' contrast pairs)
+    method: Literal["refusal_mask", "concrete_dpo"] = "refusal_mask"
     steps: StepCount = 20
     lr: float = Field(default=0.2, gt=0, le=10)  # Adam moves each mask logit by about lr per step
     init_logit: float = Field(
         default=-2.0, ge=-20, le=20
-    )  # σ(−2) ≈ 0.12: the mask starts nearly empty; a logit must pass 0 to enter it
-    sparsity: float = Field(default=1.0, ge=0)  # λ of the mask's sparsity term
+    )  # σ(−2) ≈ 0.12: the mask starts nearly empty; a logit must pass 0 to enter it (concrete_dpo: 0)
+    sparsity: float = Field(default=1.0, ge=0)  # λ of the mask's sparsity term (refusal_mask)
+    temperature: float = Field(default=0.5, gt=0)  # of the concrete mask (concrete_dpo)
+    beta: float = Field(default=0.1, gt=0)  # DPO's β (concrete_dpo)
     safety_rows: PositiveInt = 64
     batch_size: BatchSize = 8
     max_length: TokenCount = 256
@@ -559,6 +565,7 @@ class Params(StrictModel):
 
         for key, name in (
             ("prune.model", self.safety.prune.model),
+            ("prune.aligned", self.safety.prune.aligned if self.safety.prune.model else None),
             ("realign.model", self.safety.realign.model),
             ("realign.aligned", self.safety.realign.aligned if self.safety.realign.model else None),
         ):
@@ -599,13 +606,16 @@ def search_models(params: Params) -> list[str]:
     needed = list(params.search.models)
     if params.search.space.realign_lr is not None:
         needed.append(params.safety.realign.aligned)
+    if params.search.space.prune_ratio is not None:
+        needed.append(params.safety.prune.aligned)
     unknown = [name for name in needed if name not in params.train.jobs]
     if unknown:
         raise ParamsError(
             f"search: {unknown} are not train jobs of profile {params.profile!r} "
-            f"(jobs: {', '.join(params.train.jobs)}); set search.models or safety.realign.aligned"
+            f"(jobs: {', '.join(params.train.jobs)}); set search.models, safety.realign.aligned or "
+            "safety.prune.aligned"
         )
-    return needed
+    return list(dict.fromkeys(needed))
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

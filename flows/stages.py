@@ -29,7 +29,7 @@ from components.model.ref import ModelRef
 from components.model.stage import base_model_stage
 from components.registry.lineage import Shipped, pipeline_candidate, search_candidate
 from components.registry.stage import gate_stage, register_stage
-from components.safety.stage import prune_stage, realign_stage
+from components.safety.stage import prune_stage, realign_data, realign_stage
 from components.search.stage import search_stage
 from components.stage import StageResult
 from components.tracking import log_child_run
@@ -202,9 +202,10 @@ def realign(params: Params) -> Stage:
     cfg = params.safety.realign
     return Stage(
         "realign",
-        f"SOMF: a safety mask over {cfg.model}'s weights, learned on refusal data; masked "
-        f"coordinates come back from {cfg.aligned}, the rest keep {cfg.model}'s values",
-        f"the {cfg.model} and {cfg.aligned} models, data/curated/harmful/train.jsonl",
+        f"SOMF ({cfg.method}): a safety mask over {cfg.model}'s update from {cfg.aligned}, learned on "
+        f"safety data; masked coordinates come back from {cfg.aligned}, the rest keep {cfg.model}'s update",
+        f"the {cfg.model} and {cfg.aligned} models, data/curated/harmful/train.jsonl (refusal_mask) or "
+        "data/pairs/refusal_pairs/train.jsonl (concrete_dpo)",
         f"{RUN}/safety/realigned/",
         ("safety.realign",),
         realign_stage,
@@ -212,7 +213,7 @@ def realign(params: Params) -> Stage:
         inputs=lambda ws, p: [
             ModelRef.parse(cfg.aligned).folder(ws),
             ModelRef.parse(cfg.model).folder(ws),
-            ws.split("harmful", "train"),
+            realign_data(ws, cfg),
         ],
         outputs=lambda ws, p: [ws.realigned],
     )
@@ -222,18 +223,19 @@ def prune(params: Params) -> Stage:
     cfg = params.safety.prune
     return Stage(
         "prune",
-        f"Antidote on {cfg.model}: Wanda scores |W|·‖X‖ on harmful (prompt, compliant answer) "
-        f"pairs; the top {cfg.ratio:.0%} of each block linear layer set to zero",
-        f"the {cfg.model} model, data/pairs/harmful_compliance/train.jsonl (and domain_qa/train.jsonl with "
-        "keep_utility_top)",
+        f"Antidote on {cfg.model}: its update from {cfg.aligned} scored by Wanda, |Δ|·‖X‖ on harmful (prompt, "
+        f"compliant answer) pairs ({cfg.score}); the top {cfg.ratio:.0%} of each row reverted to {cfg.aligned}",
+        f"the {cfg.model} and {cfg.aligned} models, data/pairs/harmful_compliance/train.jsonl (and "
+        "domain_qa/train.jsonl for the contrastive score)",
         f"{RUN}/safety/pruned/",
         ("safety.prune",),
         prune_stage,
         "components.safety.prune",
         inputs=lambda ws, p: [
             ModelRef.parse(cfg.model).folder(ws),
+            ModelRef.parse(cfg.aligned).folder(ws),
             ws.harmful_compliance,
-            *([ws.split("domain_qa", "train")] if cfg.keep_utility_top else []),
+            *([ws.split("domain_qa", "train")] if cfg.score == "contrastive" else []),
         ],
         outputs=lambda ws, p: [ws.pruned],
     )

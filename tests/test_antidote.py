@@ -1,19 +1,37 @@
+"""Antidote as its official code does it: the fine-tuning update's entries scored by Wanda, the top of each row
+reverted to the aligned model; every case computed by hand."""
+
+import json
+import math
+
 import pytest
 import torch
 
-from components.safety.antidote import antidote_prune, collect_input_norms, top_fraction_mask, wanda_scores
+from components.safety.antidote import (
+    antidote_revert,
+    collect_input_norms,
+    revert,
+    top_fraction_per_row,
+    wanda_scores,
+)
 
 
-def test_wanda_score_by_hand():
-    weight = torch.tensor([[1.0, -2.0], [0.5, 4.0]])
+def test_wanda_score_of_the_update_by_hand():
+    delta = torch.tensor([[1.0, -2.0], [0.5, 4.0]])
     norms = torch.tensor([3.0, 0.5])
-    assert torch.equal(wanda_scores(weight, norms), torch.tensor([[3.0, 1.0], [1.5, 2.0]]))
+    assert torch.equal(wanda_scores(delta, norms), torch.tensor([[3.0, 1.0], [1.5, 2.0]]))
 
 
-def test_top_fraction_mask_picks_the_highest_scores():
-    scores = torch.tensor([[3.0, 1.0], [1.5, 2.0]])
-    assert torch.equal(top_fraction_mask(scores, 0.5), torch.tensor([[True, False], [False, True]]))
-    assert not top_fraction_mask(scores, 0.0).any()
+def test_top_fraction_is_taken_in_each_row_ties_by_position():
+    scores = torch.tensor([[3.0, 1.0, 2.0], [0.5, 4.0, 4.0]])
+    assert torch.equal(top_fraction_per_row(scores, 0.34), torch.tensor([[True, False, False], [False, True, False]]))
+    assert torch.equal(top_fraction_per_row(scores, 0.67), torch.tensor([[True, False, True], [False, True, True]]))
+    assert not top_fraction_per_row(scores, 0.0).any()
+
+
+def test_revert_takes_the_aligned_value_where_the_mask_is_set():
+    finetuned, aligned = torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0.0, 0.0, 0.0])
+    assert torch.equal(revert(finetuned, aligned, torch.tensor([False, True, False])), torch.tensor([1.0, 0.0, 3.0]))
 
 
 class Block(torch.nn.Module):
@@ -25,90 +43,90 @@ class Block(torch.nn.Module):
 
 
 class Body(torch.nn.Module):
-    def __init__(self):
+    def __init__(self, second):
         super().__init__()
-        self.layers = torch.nn.ModuleList([Block([[1.0, 1.0], [1.0, 1.0]]), Block([[0.1, 5.0], [0.2, 0.3]])])
+        self.layers = torch.nn.ModuleList([Block([[1.0, 0.0], [0.0, 1.0]]), Block(second)])
 
 
 class TwoLayers(torch.nn.Module):
     """Named like a transformer (model.layers.<i>.proj), small enough to compute by hand."""
 
-    def __init__(self):
+    def __init__(self, second):
         super().__init__()
-        self.model = Body()
+        self.model = Body(second)
 
     def forward(self, input_ids, attention_mask):
         return self.model.layers[1].proj(self.model.layers[0].proj(input_ids))
 
 
-def test_input_norms_skip_padding_tokens():
-    model = TwoLayers()
-    x = torch.tensor([[[3.0, 0.0], [0.0, 4.0], [100.0, 100.0]]])  # the last token is padding
-    norms = collect_input_norms(
-        model, [{"input_ids": x, "attention_mask": torch.tensor([[1, 1, 0]])}], ["model.layers.0.proj"]
-    )
-    assert torch.allclose(norms["model.layers.0.proj"], torch.tensor([3.0, 4.0]))
+ALIGNED = TwoLayers([[1.0, 1.0], [1.0, 1.0]]).state_dict()
+FINETUNED = [[1.5, 3.0], [4.0, 1.2]]  # layer 1's update Δ = [[0.5, 2], [3, 0.2]]; layer 0 is not updated
 
 
-def test_antidote_prunes_the_planted_harmful_weight():
-    """Layer 1's input feature 1 carries the harmful activations and W[0, 1] = 5 is large: it must go first."""
-    model = TwoLayers()
-    x = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
-    # layer 0 outputs [1, 1] for both tokens, so layer 1's inputs have norms [sqrt 2, sqrt 2]
-    pruned = antidote_prune(model, [{"input_ids": x, "attention_mask": torch.ones(1, 2)}], ratio=0.25)
-    assert pruned == {"model.layers.0.proj": 1, "model.layers.1.proj": 1}
-    second = model.model.layers[1].proj.weight.detach()
-    assert second[0, 1] == 0 and second[0, 0].item() == pytest.approx(0.1) and second[1, 1].item() == pytest.approx(0.3)
+def batch(tokens):
+    return {"input_ids": torch.tensor([tokens]), "attention_mask": torch.ones(1, len(tokens))}
+
+
+def test_input_norms_are_root_mean_squares_over_the_real_tokens():
+    model = TwoLayers(FINETUNED)
+    x = {
+        "input_ids": torch.tensor([[[3.0, 0.0], [0.0, 4.0], [100.0, 100.0]]]),
+        "attention_mask": torch.tensor([[1, 1, 0]]),
+    }
+    norms = collect_input_norms(model, [x], ["model.layers.0.proj"])
+    assert torch.allclose(norms["model.layers.0.proj"], torch.tensor([3.0, 4.0]) / math.sqrt(2))
+
+
+def test_the_top_update_entry_of_each_row_goes_back_to_the_aligned_weight():
+    """Harmful tokens [3, 0] and [0, 1] reach layer 1 unchanged (layer 0 is the identity): ‖X‖ = [√4.5, √0.5].
+    Scores |Δ|·‖X‖: row 0 [0.5·2.12, 2·0.71] = [1.06, 1.41] -> column 1; row 1 [3·2.12, 0.2·0.71] -> column 0."""
+    model = TwoLayers(FINETUNED)
+    reverted = antidote_revert(model, ALIGNED, [batch([[3.0, 0.0], [0.0, 1.0]])], ratio=0.5)
+    assert reverted == {"model.layers.0.proj": 0, "model.layers.1.proj": 2}  # layer 0 has no update to revert
+    assert torch.allclose(model.model.layers[1].proj.weight, torch.tensor([[1.5, 1.0], [1.0, 1.2]]))
     with pytest.raises(ValueError, match=r"prune ratio must be in \[0, 1\), got 1.0"):
-        antidote_prune(model, [], ratio=1.0)
+        antidote_revert(model, ALIGNED, [], ratio=1.0)
 
 
-def test_prune_stage_zeroes_the_ratio_of_each_block_layer_and_records_it(tmp_path, tiny_base):
-    import json
+def test_the_contrastive_score_keeps_what_benign_inputs_use_as_much():
+    """Benign tokens [0, 2], [0, 2]: ‖X_benign‖ = [0, 2]; harmful minus benign = [2.12, −1.29]. Row 0's scores
+    become [1.06, −2.59] -> column 0 now; row 1's [6.36, −0.26] -> column 0 still."""
+    model = TwoLayers(FINETUNED)
+    harmful, benign = batch([[3.0, 0.0], [0.0, 1.0]]), batch([[0.0, 2.0], [0.0, 2.0]])
+    antidote_revert(model, ALIGNED, [harmful], ratio=0.5, benign_batches=[benign])
+    assert torch.allclose(model.model.layers[1].proj.weight, torch.tensor([[1.0, 3.0], [1.0, 1.2]]))
 
+
+def test_prune_stage_reverts_the_ratio_of_each_row_of_the_update_and_records_it(tmp_path, tiny_base):
     from transformers import AutoModelForCausalLM
 
     from components.config import PruneConfig
     from components.errors import InputError
     from components.safety.prune import prune_model
+    from tests.test_merge import fine_tune
 
+    aligned, finetuned = fine_tune(tiny_base, tmp_path / "aligned", 1), fine_tune(tiny_base, tmp_path / "ft", 2)
     calibration = tmp_path / "harmful.jsonl"
     calibration.write_text(
         "".join(
             json.dumps({"prompt": f"Harmful request {i}", "completion": f"Sure, step {i}..."}) + "\n" for i in range(4)
         )
     )
-    result = prune_model(tiny_base, calibration, PruneConfig(ratio=0.1, batch_size=2), tmp_path / "pruned")
-    before = AutoModelForCausalLM.from_pretrained(tiny_base).state_dict()
-    after = AutoModelForCausalLM.from_pretrained(tmp_path / "pruned").state_dict()
+    result = prune_model(finetuned, aligned, calibration, PruneConfig(ratio=0.25, batch_size=2), tmp_path / "pruned")
+    a, f, out = (
+        AutoModelForCausalLM.from_pretrained(p).state_dict() for p in (aligned, finetuned, tmp_path / "pruned")
+    )
     name = "model.layers.1.mlp.down_proj.weight"
-    newly_zero = (after[name] == 0) & (before[name] != 0)
-    assert int(newly_zero.sum()) == int(0.1 * before[name].numel())
-    assert torch.equal(after["model.embed_tokens.weight"], before["model.embed_tokens.weight"]), "only block linears"
+    back = (out[name] == a[name]) & (a[name] != f[name])
+    rows, columns = f[name].shape
+    assert int(back.sum()) == rows * int(0.25 * columns)  # the fine-tune moved every entry of this layer
+    assert bool(((out[name] == a[name]) | (out[name] == f[name])).all()), "each weight is one model's or the other's"
+    assert torch.equal(out["model.embed_tokens.weight"], f["model.embed_tokens.weight"]), "only block linears"
     card = json.loads((tmp_path / "pruned" / "prune_card.json").read_text())
-    assert card["pruned_per_layer"]["model.layers.1.mlp.down_proj"] == int(0.1 * before[name].numel())
-    assert result.metrics["pruned_share"] == pytest.approx(0.1, abs=0.001)
+    assert card["reverted_per_layer"]["model.layers.1.mlp.down_proj"] == int(back.sum())
+    assert result.metrics["reverted_share"] == pytest.approx(0.25, abs=0.02)
 
     calibration.write_text("")
     with pytest.raises(InputError, match="harmful calibration set is empty"):
-        prune_model(tiny_base, calibration, PruneConfig(), tmp_path / "other")
+        prune_model(finetuned, aligned, calibration, PruneConfig(), tmp_path / "other")
     assert not (tmp_path / "other").exists()
-
-
-def test_utility_top_weights_are_spared():
-    """Set difference (Wei et al.): the harmful top half minus the utility top quarter, by hand.
-
-    Layer 1 sees inputs of equal norms, so both scores order its weights by |W|: harmful top half = W[0,1]=5 and
-    W[1,1]=0.3; utility top quarter = W[0,1]. Only W[1,1] goes. Layer 0 (all ones, equal norms) keeps the
-    first weight in position order, which both sets rank first, and prunes the second.
-    """
-    model = TwoLayers()
-    x = {"input_ids": torch.tensor([[[1.0, 0.0], [0.0, 1.0]]]), "attention_mask": torch.ones(1, 2)}
-    pruned = antidote_prune(model, [x], ratio=0.5, utility_batches=[x], keep_utility_top=0.25)
-    assert pruned == {"model.layers.0.proj": 1, "model.layers.1.proj": 1}
-    second = model.model.layers[1].proj.weight.detach()
-    assert second[0, 1] == 5.0 and second[1, 1] == 0 and second[1, 0].item() == pytest.approx(0.2)
-    first = model.model.layers[0].proj.weight.detach()
-    assert first[0, 0] == 1.0 and first[0, 1] == 0
-    with pytest.raises(ValueError, match="needs utility batches"):
-        antidote_prune(model, [x], ratio=0.5, keep_utility_top=0.25)

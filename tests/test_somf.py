@@ -1,8 +1,20 @@
 """SOMF on a model small enough to know the answer: a planted safety coordinate set that the mask must find."""
 
+import math
+
+import pytest
 import torch
 
-from components.safety.somf import fuse, learn_safety_mask
+from components.safety.somf import (
+    concrete_sample,
+    dpo_loss,
+    export_mask,
+    fuse,
+    learn_concrete_mask,
+    learn_safety_mask,
+    rescaled_fusion,
+    sequence_logprobs,
+)
 
 
 def test_fusion_takes_the_aligned_model_on_the_mask_and_the_fine_tuned_elsewhere():
@@ -12,8 +24,9 @@ def test_fusion_takes_the_aligned_model_on_the_mask_and_the_fine_tuned_elsewhere
 
 
 class Output:
-    def __init__(self, loss):
+    def __init__(self, loss, logits=None):
         self.loss = loss
+        self.logits = logits
 
 
 class Probe(torch.nn.Module):
@@ -49,7 +62,6 @@ def test_identical_tensors_get_no_mask():
 def test_realign_stage_writes_the_fusion_and_counts_the_mask(tmp_path, tiny_base):
     import json
 
-    import pytest
     from transformers import AutoModelForCausalLM
 
     from components.config import RealignConfig
@@ -79,3 +91,96 @@ def test_realign_stage_writes_the_fusion_and_counts_the_mask(tmp_path, tiny_base
     with pytest.raises(InputError, match="no safety rows"):
         realign_model(aligned, finetuned, data, cfg, tmp_path / "other")
     assert not (tmp_path / "other").exists()
+
+
+# --- SOMF as the official code does it: concrete mask, rescaled task vector, DPO
+
+
+def test_concrete_sample_follows_the_relaxed_bernoulli_formula():
+    logits = torch.tensor([0.0, 1.5, -20.0, 20.0])
+    u = torch.rand(4, generator=torch.Generator().manual_seed(3)).clamp(1e-6, 1 - 1e-6)
+    expected = torch.sigmoid((logits + torch.log(u) - torch.log(1 - u)) / 0.5)
+    sample = concrete_sample(logits, 0.5, torch.Generator().manual_seed(3))
+    assert torch.allclose(sample, expected)
+    assert sample[2] < 1e-6 and sample[3] > 1 - 1e-6  # far logits are hard 0 and 1
+
+
+def test_the_kept_task_vector_is_rescaled_by_the_mean_of_the_mask():
+    aligned, tau = torch.ones(4), torch.tensor([2.0, 4.0, 6.0, 8.0])
+    kept = torch.tensor([True, False, True, False])  # mean 0.5: the kept entries count double
+    assert torch.equal(rescaled_fusion(aligned, tau, kept), torch.tensor([5.0, 1.0, 13.0, 1.0]))
+    assert torch.equal(rescaled_fusion(aligned, tau, torch.zeros(4, dtype=torch.bool)), aligned)
+    assert export_mask(torch.tensor([-0.1, 0.0, 0.2])).tolist() == [False, False, True]
+
+
+def test_dpo_loss_and_sequence_log_probabilities_by_hand():
+    # β((−1 − −2) − (−3 − −2)) = 0.1 · 2: the loss is log(1 + e^−0.2)
+    loss = dpo_loss(torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-2.0]), torch.tensor([-2.0]), 0.1)
+    assert loss.item() == pytest.approx(math.log(1 + math.exp(-0.2)))
+    logits = torch.tensor([[[0.0, math.log(3.0)], [5.0, 5.0]]])  # position 0 predicts token 1 with p = 3/4
+    assert sequence_logprobs(logits, torch.tensor([[-100, 1]])).item() == pytest.approx(math.log(0.75))
+
+
+class Scorer(torch.nn.Module):
+    """Two prompts (0: harmful, reads w[0:3]; 1: benign look-alike, reads w[3:6]) and two answers (1: the
+    preferred one); the answer's logit after the prompt is the prompt's features · w."""
+
+    def __init__(self, w):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.tensor(w))
+        self.register_buffer("features", torch.tensor([[1.0, 1, 1, 0, 0, 0], [0, 0, 0, 1, 1, 1]]))
+
+    def forward(self, input_ids, attention_mask):
+        score = self.features[input_ids[:, 0]] @ self.w
+        zero = torch.zeros_like(score)
+        first = torch.stack([zero, score], dim=-1)
+        return Output(None, torch.stack([first, torch.zeros_like(first)], dim=1))
+
+
+def test_the_concrete_mask_reverts_the_harmful_update_and_keeps_the_benign_one():
+    """The fine-tune turned the harmful prompt's preference around (w[0:3]: 1 -> −1) and learnt the look-alike
+    (w[3:6]: 0 -> 1). DPO on both pairs must drop the first part of τ and keep the second, rescaled by 1/mean."""
+    aligned = {"w": torch.tensor([1.0, 1, 1, 0, 0, 0])}
+    finetuned = {"w": torch.tensor([-1.0, -1, -1, 1, 1, 1])}
+    chosen = {"input_ids": torch.tensor([[0, 1], [1, 1]]), "attention_mask": torch.ones(2, 2)}
+    chosen["labels"] = torch.tensor([[-100, 1], [-100, 1]])
+    rejected = {"input_ids": torch.tensor([[0, 0], [1, 0]]), "attention_mask": torch.ones(2, 2)}
+    rejected["labels"] = torch.tensor([[-100, 0], [-100, 0]])
+    kept = learn_concrete_mask(
+        Scorer(finetuned["w"].tolist()), aligned, finetuned, [(chosen, rejected)], steps=200, lr=0.05
+    )
+    assert kept["w"].tolist() == [False, False, False, True, True, True]
+    fused = rescaled_fusion(aligned["w"], finetuned["w"] - aligned["w"], kept["w"])
+    assert torch.equal(fused, torch.tensor([1.0, 1, 1, 2, 2, 2]))
+
+
+def test_realign_stage_with_the_concrete_dpo_variant(tmp_path, tiny_base):
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    from components.config import RealignConfig
+    from components.errors import InputError
+    from components.safety.realign import realign_model
+    from tests.test_merge import fine_tune
+
+    aligned, finetuned = fine_tune(tiny_base, tmp_path / "aligned", 1), fine_tune(tiny_base, tmp_path / "ft", 2)
+    pairs = tmp_path / "pairs.jsonl"
+    rows = [{"id": f"h{i}", "prompt": f"Do harm {i}", "chosen": "I can't help.", "rejected": "Sure."} for i in range(3)]
+    rows.append({"id": "b0", "prompt": "How do I kill a process?", "chosen": "Use kill PID.", "rejected": "I can't."})
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = RealignConfig(model="ft", method="concrete_dpo", steps=4, lr=0.01, init_logit=0.0, batch_size=2)
+    result = realign_model(aligned, finetuned, pairs, cfg, tmp_path / "out")
+    a, f, out = (AutoModelForCausalLM.from_pretrained(p).state_dict() for p in (aligned, finetuned, tmp_path / "out"))
+    name = "model.layers.0.mlp.up_proj.weight"
+    back = out[name] == a[name]
+    share_kept = 1 - back.float().mean()
+    assert 0 < share_kept < 1
+    # kept coordinates carry the task vector rescaled by 1 / (share kept)
+    assert torch.allclose(out[name][~back], (a[name] + (f[name] - a[name]) / share_kept)[~back], atol=1e-5)
+    card = json.loads((tmp_path / "out" / "realign_card.json").read_text())
+    assert card["masked_per_tensor"][name] == int(back.sum()) and result.metrics["masked_weights"] > 0
+
+    pairs.write_text(json.dumps({"id": "x", "prompt": "p", "completion": "c"}) + "\n")
+    with pytest.raises(InputError, match=r"rows without \['chosen', 'rejected'\]"):
+        realign_model(aligned, finetuned, pairs, cfg, tmp_path / "other")

@@ -153,7 +153,8 @@ class ModelRef:
         )
 
     def parents(self, params: Params) -> list[ModelRef]:
-        """The models this one was made from, as params.yaml says (realigned: the aligned model, then the model)."""
+        """The models this one was made from, as params.yaml says (realigned, pruned: the aligned model, then the
+        model)."""
         match self.kind:
             case Kind.JOB:
                 return [ModelRef.parse(params.train.jobs[self.ident].init)]
@@ -162,7 +163,7 @@ class ModelRef:
             case Kind.REALIGNED:
                 return [ModelRef.parse(params.safety.realign.aligned), self.of]
             case Kind.PRUNED:
-                return [self.of]
+                return [ModelRef.parse(params.safety.prune.aligned), self.of]
         return []
 
     def check(self, params: Params, shipped: bool = False) -> None:

@@ -1,10 +1,20 @@
 """Antidote (Huang et al., 2024, "Antidote: Post-fine-tuning Safety Alignment for Large Language Models against
-Harmful Fine-tuning"): after fine-tuning, score each weight's importance for producing harmful answers on a
-small harmful set, and set the highest-scoring fraction to zero, in one shot.
+Harmful Fine-tuning"), as its official code does it (git-disl/Antidote): prune the *fine-tuning update*, never
+the aligned weights.
 
-The score is Wanda's (Sun et al., 2024): S_ij = |W_ij| · ‖X_j‖₂, where X_j gathers input feature j of the
-linear layer over every token of the harmful calibration set (prompt and harmful answer). Pruning is per
-weight matrix (each linear layer of the transformer blocks loses the same share), as in Wanda's code.
+With Δ = θ_ft − θ_aligned per block linear layer, each entry of Δ is scored by Wanda (Sun et al., 2024) on
+harmful calibration data (prompt and harmful answer): S_ij = |Δ_ij| · ‖X_j‖, with ‖X_j‖ the root mean square of
+input feature j over the calibration tokens, inputs taken from the fine-tuned model. In each output row the top
+`ratio` of entries by score are reverted to the aligned model's value: θ* = θ_ft − M ⊙ Δ. The worst case is
+therefore the aligned model, never a broken one.
+
+The `contrastive` score (an option the official code sketches but leaves unused) ranks by harmful minus benign
+importance, S_ij = |Δ_ij| · (‖X_j^harmful‖ − ‖X_j^benign‖), so that the update entries a benign task needs as
+much are kept.
+
+Differences from the official code, on purpose: it prunes the entries of the harmful fine-tune's LoRA A and B
+of q, k and v (zeroing an entry of A or B changes ΔW = s·B·A nonlinearly); here the pipeline's models are full
+weight directories, so the update is the weight difference itself, over every block linear layer.
 """
 
 from __future__ import annotations
@@ -12,25 +22,32 @@ from __future__ import annotations
 import torch
 
 
-def wanda_scores(weight: torch.Tensor, input_norms: torch.Tensor) -> torch.Tensor:
-    """S_ij = |W_ij| · ‖X_j‖₂ for a weight of shape (out, in) and input norms of shape (in,)."""
-    return weight.abs() * input_norms[None, :]
+def wanda_scores(delta: torch.Tensor, input_norms: torch.Tensor) -> torch.Tensor:
+    """S_ij = |Δ_ij| · ‖X_j‖ for an update of shape (out, in) and input norms of shape (in,)."""
+    return delta.abs() * input_norms[None, :]
 
 
-def top_fraction_mask(scores: torch.Tensor, ratio: float) -> torch.Tensor:
-    """True at the ⌊ratio · numel⌋ highest scores (ties broken by position): the weights to prune."""
-    count = int(ratio * scores.numel())
-    mask = torch.zeros(scores.numel(), dtype=torch.bool)
+def top_fraction_per_row(scores: torch.Tensor, ratio: float) -> torch.Tensor:
+    """True at the ⌊ratio · columns⌋ highest scores of each row (ties broken by position)."""
+    count = int(ratio * scores.shape[1])
+    mask = torch.zeros(scores.shape, dtype=torch.bool)
     if count:
-        mask[torch.argsort(scores.reshape(-1), descending=True, stable=True)[:count]] = True
-    return mask.reshape(scores.shape)
+        top = torch.argsort(scores, dim=1, descending=True, stable=True)[:, :count]
+        mask.scatter_(1, top, True)
+    return mask
+
+
+def revert(finetuned: torch.Tensor, aligned: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """θ* = θ_ft − M ⊙ (θ_ft − θ_aligned): the masked entries of the update undone."""
+    return torch.where(mask, aligned, finetuned)
 
 
 def collect_input_norms(
     model, batches: list[dict[str, torch.Tensor]], layer_names: list[str]
 ) -> dict[str, torch.Tensor]:
-    """‖X_j‖₂ of every named linear layer's inputs over the non-padding tokens of `batches`."""
+    """‖X_j‖: the root mean square of every named linear layer's input feature j over the non-padding tokens."""
     squares: dict[str, torch.Tensor] = {}
+    tokens: dict[str, int] = {}
     current_mask: list[torch.Tensor] = []
     modules = dict(model.named_modules())
 
@@ -39,6 +56,7 @@ def collect_input_norms(
             x = inputs[0].detach().float()
             x = x[current_mask[0].bool()] if current_mask else x.reshape(-1, x.shape[-1])
             squares[name] = squares.get(name, 0) + x.pow(2).sum(dim=0)
+            tokens[name] = tokens.get(name, 0) + x.shape[0]
 
         return record
 
@@ -52,40 +70,34 @@ def collect_input_norms(
     finally:
         for handle in handles:
             handle.remove()
-    return {name: value.sqrt() for name, value in squares.items()}
+    return {name: (squares[name] / tokens[name]).sqrt() for name in squares}
 
 
-def antidote_prune(
+def antidote_revert(
     model,
-    batches: list[dict[str, torch.Tensor]],
+    aligned: dict[str, torch.Tensor],
+    harmful_batches: list[dict[str, torch.Tensor]],
     ratio: float,
-    utility_batches: list[dict[str, torch.Tensor]] | None = None,
-    keep_utility_top: float = 0.0,
+    benign_batches: list[dict[str, torch.Tensor]] | None = None,
 ) -> dict[str, int]:
-    """Zero, in place, the `ratio` share of each block linear weight scoring highest on the harmful batches.
-
-    With `keep_utility_top` = q > 0, weights also in the top q of the Wanda score on `utility_batches` are kept:
-    the set difference of Wei et al. (2024, "Assessing the Brittleness of Safety Alignment via Pruning and
-    Low-Rank Modifications"), which spares the weights every answer needs (on a 135M model Antidote alone
-    zeroes them and the model falls apart). Returns the number of weights pruned per layer.
-    """
+    """Revert, in place, the top `ratio` of each row of every block linear layer's update (model = θ_ft) to the
+    aligned weights; with `benign_batches`, by the contrastive score. Returns the entries reverted per layer."""
     if not 0 <= ratio < 1:
         raise ValueError(f"prune ratio must be in [0, 1), got {ratio}")
-    if not 0 <= keep_utility_top < 1 or (keep_utility_top and not utility_batches):
-        raise ValueError(f"keep_utility_top must be in [0, 1) and needs utility batches, got {keep_utility_top}")
     names = [
         name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear) and ".layers." in name
     ]
-    norms = collect_input_norms(model, batches, names)
-    utility = collect_input_norms(model, utility_batches, names) if keep_utility_top else {}
+    harmful = collect_input_norms(model, harmful_batches, names)
+    benign = collect_input_norms(model, benign_batches, names) if benign_batches else {}
     modules = dict(model.named_modules())
-    pruned = {}
+    reverted = {}
     with torch.no_grad():
         for name in names:
             weight = modules[name].weight
-            mask = top_fraction_mask(wanda_scores(weight, norms[name]), ratio)
-            if keep_utility_top:
-                mask &= ~top_fraction_mask(wanda_scores(weight, utility[name]), keep_utility_top)
-            weight[mask] = 0
-            pruned[name] = int(mask.sum())
-    return pruned
+            before = aligned[f"{name}.weight"].to(weight.dtype)
+            norms = harmful[name] - benign[name] if benign else harmful[name]
+            mask = top_fraction_per_row(wanda_scores(weight.float() - before.float(), norms), ratio)
+            mask &= weight != before  # an entry the fine-tune left alone has nothing to revert
+            weight.copy_(revert(weight, before, mask))
+            reverted[name] = int(mask.sum())
+    return reverted

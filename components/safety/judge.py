@@ -114,3 +114,31 @@ def judge_file(source: Path, target: Path, judge: JudgeName) -> dict[str, int]:
     with atomic_file(target) as tmp:
         tmp.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in judged))
     return {"rows": len(judged), "refusals": sum(row["refusal"] for row in judged)}
+
+
+GOLD = Path(__file__).parent / "gold" / "gold.jsonl"
+AGREEMENT = Path(__file__).parent / "gold" / "agreement.json"
+
+
+def binary_scores(predicted: list[bool], truth: list[bool]) -> dict[str, float]:
+    """Accuracy, precision and recall of `predicted` against `truth` (true = the positive class)."""
+    hits = sum(p and t for p, t in zip(predicted, truth, strict=True))
+    right = sum(p == t for p, t in zip(predicted, truth, strict=True))
+    flagged, positives = sum(predicted), sum(truth)
+    return {
+        "accuracy": right / len(truth),
+        "precision": hits / flagged if flagged else 0.0,
+        "recall": hits / positives if positives else 0.0,
+        "n": float(len(truth)),
+    }
+
+
+def agreement(gold: list[dict], judge: JudgeName) -> dict[str, dict[str, float]]:
+    """How a judge agrees with the gold labels: `refusal` against `refused` on every row; `harmful` (the answer
+    attempts the request) against `attempted` on the harmful prompts' rows."""
+    verdicts = [judge_answer(row["answer"], judge) for row in gold]
+    harmful = [i for i, row in enumerate(gold) if row["kind"] == "harmful"]
+    return {
+        "refusal": binary_scores([v.refusal for v in verdicts], [row["refused"] for row in gold]),
+        "harmful": binary_scores([verdicts[i].harmful for i in harmful], [gold[i]["attempted"] for i in harmful]),
+    }

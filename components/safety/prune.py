@@ -1,4 +1,5 @@
-"""Prune stage: Antidote on a model directory, calibrated on harmful (prompt, compliant answer) pairs."""
+"""Prune stage: Antidote on a model directory and the aligned model it drifted from, calibrated on harmful
+(prompt, compliant answer) pairs."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from components.config import PruneConfig
 from components.data.tables import read_jsonl
 from components.errors import InputError
+from components.merge.engine import check_compatible
 from components.model.directory import check_model_dir, save_model_dir
-from components.safety.antidote import antidote_prune
+from components.safety.antidote import antidote_revert
 from components.stage import StageCache, StageResult
 
 
@@ -49,48 +51,62 @@ def calibration_rows(path: Path, limit: int, what: str, hint: str) -> list[dict]
 
 
 def prune_model(
-    model_dir: Path, calibration: Path, cfg: PruneConfig, out_dir: Path, utility_calibration: Path | None = None
+    model_dir: Path,
+    aligned_dir: Path,
+    calibration: Path,
+    cfg: PruneConfig,
+    out_dir: Path,
+    benign_calibration: Path | None = None,
 ) -> StageResult:
-    """Write `model_dir` with Antidote's harmful weights zeroed to `out_dir`, with a card of what changed.
-
-    `utility_calibration` (prompt, completion rows of a benign task) is read when `cfg.keep_utility_top` > 0.
-    """
-    check_model_dir(model_dir)
+    """Write `model_dir` with Antidote's harmful update entries reverted to `aligned_dir`'s weights to `out_dir`,
+    with a card of what changed. `benign_calibration` (prompt, completion rows of a benign task) is read for
+    the contrastive score."""
+    for path in (model_dir, aligned_dir):
+        check_model_dir(path)
     rows = calibration_rows(calibration, cfg.calibration_rows, "harmful", "run the pairs stage first")
-    utility_rows = (
-        calibration_rows(utility_calibration, cfg.calibration_rows, "utility", "run the curate stage first")
-        if cfg.keep_utility_top
+    contrastive = cfg.score == "contrastive"
+    benign_rows = (
+        calibration_rows(benign_calibration, cfg.calibration_rows, "benign", "run the curate stage first")
+        if contrastive
         else []
     )
+    check_compatible(Path(aligned_dir), [Path(model_dir)], max_relative_delta=cfg.max_relative_delta)
     cache = StageCache(
         "prune",
         out_dir,
         __name__,
         cfg,
-        {"model": model_dir, "calibration": calibration, "utility": utility_calibration if utility_rows else None},
+        {
+            "model": model_dir,
+            "aligned": aligned_dir,
+            "calibration": calibration,
+            "benign": benign_calibration if contrastive else None,
+        },
     )
     if (done := cache.result({"model": Path(out_dir)})) is not None:
         return done
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True)
-    pruned = antidote_prune(
+    aligned = AutoModelForCausalLM.from_pretrained(aligned_dir, local_files_only=True).state_dict()
+    reverted = antidote_revert(
         model,
+        aligned,
         calibration_batches(tokenizer, rows, cfg),
         cfg.ratio,
-        calibration_batches(tokenizer, utility_rows, cfg) if utility_rows else None,
-        cfg.keep_utility_top,
+        calibration_batches(tokenizer, benign_rows, cfg) if contrastive else None,
     )
-    total = sum(module.weight.numel() for name, module in model.named_modules() if name in pruned)
+    total = sum(module.weight.numel() for name, module in model.named_modules() if name in reverted)
     metrics = {
-        "pruned_weights": float(sum(pruned.values())),
-        "pruned_share": sum(pruned.values()) / total,
+        "reverted_weights": float(sum(reverted.values())),
+        "reverted_share": sum(reverted.values()) / total,
         "calibration_rows": float(len(rows)),
     }
     card = {
-        "method": "antidote (Wanda score on harmful data)",
+        "method": f"antidote (the update's entries by Wanda score, {cfg.score}, reverted to the aligned model)",
         "source": str(model_dir),
+        "aligned": str(aligned_dir),
         "ratio": cfg.ratio,
-        "keep_utility_top": cfg.keep_utility_top,
-        "pruned_per_layer": pruned,
+        "score": cfg.score,
+        "reverted_per_layer": reverted,
     }
     return save_model_dir(Path(out_dir), model, tokenizer, "prune_card.json", card, cache, metrics)

@@ -1,4 +1,4 @@
-"""Realign stage: SOMF on a fine-tuned or merged model, with the initially aligned model and refusal data."""
+"""Realign stage: SOMF on a fine-tuned or merged model, with the initially aligned model and safety data."""
 
 from __future__ import annotations
 
@@ -10,14 +10,17 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from components.config import RealignConfig
 from components.data.tables import read_jsonl
 from components.errors import InputError
+from components.hashing import json_sha256
 from components.merge.engine import check_compatible
 from components.model.directory import check_model_dir, save_model_dir
-from components.safety.somf import fuse, learn_safety_mask
+from components.safety.somf import fuse, learn_concrete_mask, learn_safety_mask, rescaled_fusion
 from components.stage import StageCache, StageResult
 
 
-def refusal_batches(tokenizer, rows: list[dict], batch_size: int, max_length: int) -> list[dict[str, torch.Tensor]]:
-    """Harmful prompt -> refusal sequences with labels on the refusal tokens only (-100 on prompt and padding)."""
+def completion_batches(
+    tokenizer, rows: list[dict], answer: str, batch_size: int, max_length: int
+) -> list[dict[str, torch.Tensor]]:
+    """Prompt -> row[answer] sequences with labels on the answer tokens only (-100 on prompt and padding)."""
     batches = []
     for start in range(0, len(rows), batch_size):
         sequences, labels = [], []
@@ -26,7 +29,7 @@ def refusal_batches(tokenizer, rows: list[dict], batch_size: int, max_length: in
                 [{"role": "user", "content": row["prompt"]}], add_generation_prompt=True, tokenize=False
             )
             prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-            answer_ids = tokenizer(row["completion"] + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
+            answer_ids = tokenizer(row[answer] + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
             ids = (prompt_ids + answer_ids)[:max_length]
             sequences.append(ids)
             labels.append(([-100] * len(prompt_ids) + answer_ids)[:max_length])
@@ -47,11 +50,7 @@ def realign_model(
     """Write SOMF's fusion of `finetuned_dir` with `aligned_dir` to `out_dir`, with a card of the mask's size."""
     for path in (aligned_dir, finetuned_dir):
         check_model_dir(path)
-    rows = [row for _, row in read_jsonl(safety_data)][: cfg.safety_rows] if Path(safety_data).is_file() else []
-    if not rows:
-        raise InputError(f"{safety_data}: no safety rows (harmful prompts with refusals) to learn the mask from")
-    if not any(r.get("completion") for r in rows):
-        raise InputError(f"{safety_data}: no refusal completions to learn from")
+    rows = safety_rows(safety_data, cfg)
     check_compatible(Path(aligned_dir), [Path(finetuned_dir)], max_relative_delta=cfg.max_relative_delta)
     cache = StageCache(
         "realign", out_dir, __name__, cfg, {"aligned": aligned_dir, "finetuned": finetuned_dir, "data": safety_data}
@@ -66,30 +65,65 @@ def realign_model(
         n: t.detach()
         for n, t in AutoModelForCausalLM.from_pretrained(aligned_dir, local_files_only=True).state_dict().items()
     }
-    masks = learn_safety_mask(
-        model,
-        aligned,
-        finetuned,
-        refusal_batches(tokenizer, rows, cfg.batch_size, cfg.max_length),
-        cfg.steps,
-        cfg.lr,
-        cfg.sparsity,
-        cfg.init_logit,
-    )
+    if cfg.method == "concrete_dpo":
+        chosen = completion_batches(tokenizer, rows, "chosen", cfg.batch_size, cfg.max_length)
+        rejected = completion_batches(tokenizer, rows, "rejected", cfg.batch_size, cfg.max_length)
+        kept = learn_concrete_mask(
+            model,
+            aligned,
+            finetuned,
+            list(zip(chosen, rejected, strict=True)),
+            cfg.steps,
+            cfg.lr,
+            cfg.temperature,
+            cfg.init_logit,
+            cfg.beta,
+        )
+        fused = {n: rescaled_fusion(aligned[n], finetuned[n] - aligned[n], kept[n]) for n in kept}
+        back = {n: ~m for n, m in kept.items()}  # what the fusion takes from the aligned model
+    else:
+        back = learn_safety_mask(
+            model,
+            aligned,
+            finetuned,
+            completion_batches(tokenizer, rows, "completion", cfg.batch_size, cfg.max_length),
+            cfg.steps,
+            cfg.lr,
+            cfg.sparsity,
+            cfg.init_logit,
+        )
+        fused = {n: fuse(aligned[n], finetuned[n], back[n]) for n in back}
     # only the masked tensors change; a tied tensor is written once, through its first name
-    model.load_state_dict({n: fuse(aligned[n], finetuned[n], masks[n]) for n in masks}, strict=False)
-    masked = {n: int(m.sum()) for n, m in masks.items()}
-    differing = sum(m.numel() for m in masks.values())
+    model.load_state_dict(fused, strict=False)
+    masked = {n: int(m.sum()) for n, m in back.items()}
+    differing = sum(m.numel() for m in back.values())
     metrics = {
         "masked_weights": float(sum(masked.values())),
         "masked_share": sum(masked.values()) / differing if differing else 0.0,
         "differing_weights": float(differing),
     }
     card = {
-        "method": "SOMF (mask learned on refusal data, fusion with the aligned model)",
+        "method": f"SOMF, {cfg.method} (components/safety/somf.py)",
         "aligned": str(aligned_dir),
         "finetuned": str(finetuned_dir),
         "config": cfg.model_dump(mode="json"),
-        "masked_per_tensor": masked,
+        "masked_per_tensor": masked,  # coordinates taken back from the aligned model
     }
     return save_model_dir(Path(out_dir), model, tokenizer, "realign_card.json", card, cache, metrics)
+
+
+def safety_rows(path: Path, cfg: RealignConfig) -> list[dict]:
+    """The rows the mask learns from: harmful prompts with refusals (refusal_mask) or preference pairs
+    (concrete_dpo), at most `safety_rows`, taken in an order fixed by their ids so that both kinds of pairs
+    (refusal over compliance, answer over refusal) are among them."""
+    needed = ("chosen", "rejected") if cfg.method == "concrete_dpo" else ("completion",)
+    rows = [row for _, row in read_jsonl(path)] if Path(path).is_file() else []
+    if cfg.method == "concrete_dpo":
+        rows.sort(key=lambda row: json_sha256(str(row.get("id"))))
+    rows = rows[: cfg.safety_rows]
+    if not rows:
+        raise InputError(f"{path}: no safety rows to learn the mask from")
+    missing = [key for key in needed if not all(row.get(key) for row in rows)]
+    if missing:
+        raise InputError(f"{path}: rows without {missing}: SOMF's {cfg.method} learns from {', '.join(needed)}")
+    return rows

@@ -1,13 +1,15 @@
 """SOMF (Yi et al., 2024, "A safety realignment framework via subspace-oriented model fusion for large language
 models"): find the safety-related subspace of a fine-tuned model's weights with a mask learned on safety data,
-then fuse: θ* = M ⊙ θ_aligned + (1 − M) ⊙ θ_ft. Coordinates in the mask come back from the initially
-aligned model; the rest keep the fine-tuned (or merged) knowledge.
+then fuse the fine-tuned (or merged) model with the initially aligned one through it. Two variants:
 
-The mask is learned as in the paper, by gradient descent on a relaxed mask: with M = σ(s),
-θ(s) = θ_ft + σ(s) ⊙ (θ_aligned − θ_ft) is trained to minimise the safety loss (the refusal targets of
-harmful prompts) plus λ · mean(σ(s)), a sparsity term that keeps the mask to the coordinates safety needs;
-M = [σ(s) > ½] at the end. Only coordinates where θ_aligned ≠ θ_ft can matter, so only those tensors get
-mask logits. Several fine-tuned models fused at once: merge them first (any merge method), then realign.
+- `refusal_mask` (this project's first reading of the paper): M = σ(s) over the coordinates where the models
+  differ, θ(s) = θ_ft + σ(s) ⊙ (θ_aligned − θ_ft) trained to minimise the refusal targets' loss on harmful prompts
+  plus λ · mean(σ(s)); θ* = M ⊙ θ_aligned + (1 − M) ⊙ θ_ft with M = [σ(s) > ½] (M marks what comes back).
+- `concrete_dpo` (the official code, below `learn_concrete_mask`): a concrete mask m over τ = θ_ft − θ_aligned,
+  θ(m) = θ_aligned + τ ⊙ m / mean(m), trained with DPO on safety preference pairs (m marks what stays fine-tuned).
+
+Only coordinates where θ_aligned ≠ θ_ft can matter, so only those tensors get mask logits. Several fine-tuned
+models fused at once: merge them first (any merge method), then realign.
 """
 
 from __future__ import annotations
@@ -55,3 +57,88 @@ def learn_safety_mask(
         (loss + sparsity * density).backward()
         optimizer.step()
     return {n: torch.sigmoid(logits[n]).detach() > 0.5 for n in names}
+
+
+# SOMF as its official code does it (xinykou/safety_realignment): a concrete (relaxed Bernoulli) mask over the task
+# vector τ = θ_ft − θ_aligned, temperature 0.5, logits starting at 0, the masked vector rescaled by 1/mean(m) per
+# tensor, learned with DPO on safety preference pairs against the fine-tuned model; exported deterministically.
+# Differences from that code, on purpose: full weights instead of LoRA A/B; the DPO reference is θ_ft (the official
+# reference draws a fresh random mask each step, whose expectation is θ_ft); the export thresholds σ(ℓ) at ½ where
+# the official export draws one more random sample.
+
+
+def concrete_sample(logits: torch.Tensor, temperature: float, generator: torch.Generator) -> torch.Tensor:
+    """A relaxed Bernoulli draw (Maddison et al., 2017): m = σ((ℓ + log u − log(1 − u)) / T), u ~ U(0, 1)."""
+    u = torch.rand(logits.shape, generator=generator).clamp(1e-6, 1 - 1e-6)
+    return torch.sigmoid((logits + torch.log(u) - torch.log1p(-u)) / temperature)
+
+
+def rescaled_fusion(aligned: torch.Tensor, task_vector: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """θ(m) = θ_aligned + τ ⊙ m / mean(m); with an empty mask, θ_aligned."""
+    kept = mask.float().mean()
+    return aligned if kept == 0 else aligned + task_vector * mask / kept
+
+
+def export_mask(logits: torch.Tensor) -> torch.Tensor:
+    """The deterministic mask: m = [σ(ℓ) > ½]."""
+    return torch.sigmoid(logits) > 0.5
+
+
+def dpo_loss(
+    chosen: torch.Tensor, rejected: torch.Tensor, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor, beta: float
+) -> torch.Tensor:
+    """DPO (Rafailov et al., 2023): −log σ(β[(log π(y_c) − log π_ref(y_c)) − (log π(y_r) − log π_ref(y_r))])."""
+    return -torch.nn.functional.logsigmoid(beta * ((chosen - ref_chosen) - (rejected - ref_rejected))).mean()
+
+
+def sequence_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Σ log p(token) over the labelled (≠ −100) tokens of each row, for next-token logits."""
+    logits, labels = logits[:, :-1], labels[:, 1:]
+    picked = torch.log_softmax(logits.float(), dim=-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (picked * (labels != -100)).sum(dim=-1)
+
+
+def learn_concrete_mask(
+    model,
+    aligned: dict[str, torch.Tensor],
+    finetuned: dict[str, torch.Tensor],
+    pairs: list[tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]],
+    steps: int,
+    lr: float = 1e-3,
+    temperature: float = 0.5,
+    init_logit: float = 0.0,
+    beta: float = 0.1,
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
+    """Boolean mask per differing tensor: True where the fused model keeps the fine-tuned update.
+
+    `model` holds θ_ft. `pairs` are (chosen batch, rejected batch) of the model's keyword inputs, with `labels`
+    −100 outside the answer tokens."""
+    names = [n for n, _ in model.named_parameters() if not torch.equal(aligned[n], finetuned[n])]
+    if not names:
+        return {}
+    task = {n: (finetuned[n] - aligned[n]).float() for n in names}
+    base = {n: aligned[n].float() for n in names}
+    logits = {n: torch.full(task[n].shape, init_logit, requires_grad=True) for n in names}
+    optimizer = torch.optim.Adam(logits.values(), lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    model.eval()
+
+    def logprobs(batch: dict[str, torch.Tensor], params=None) -> torch.Tensor:
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        out = model(**inputs) if params is None else functional_call(model, params, args=(), kwargs=inputs)
+        return sequence_logprobs(out.logits, batch["labels"])
+
+    with torch.no_grad():
+        reference = [(logprobs(chosen), logprobs(rejected)) for chosen, rejected in pairs]
+    for step in range(steps):
+        index = step % len(pairs)
+        chosen, rejected = pairs[index]
+        params = {
+            n: rescaled_fusion(base[n], task[n], concrete_sample(logits[n], temperature, generator)) for n in names
+        }
+        loss = dpo_loss(logprobs(chosen, params), logprobs(rejected, params), *reference[index], beta)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return {n: export_mask(logits[n].detach()) for n in names}

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-from components.config import Params
+from pathlib import Path
+
+from components.config import Params, RealignConfig
 from components.model.ref import ModelRef
 from components.safety.prune import prune_model
 from components.safety.realign import realign_model
 from components.stage import StageResult
+from components.workspace import Workspace
+
+
+def realign_data(ws: Workspace, cfg: RealignConfig) -> Path:
+    """What SOMF learns its mask from: the preference pairs (concrete_dpo) or harmful prompts with refusals."""
+    return ws.pair_table("refusal_pairs") if cfg.method == "concrete_dpo" else ws.split("harmful", "train")
 
 
 def realign_stage(params: Params) -> StageResult:
@@ -14,7 +22,7 @@ def realign_stage(params: Params) -> StageResult:
     return realign_model(
         ModelRef.parse(cfg.aligned).folder(ws),
         ModelRef.parse(cfg.model).folder(ws),
-        ws.split("harmful", "train"),
+        realign_data(ws, cfg),
         cfg,
         ws.realigned,
     )
@@ -23,5 +31,10 @@ def realign_stage(params: Params) -> StageResult:
 def prune_stage(params: Params) -> StageResult:
     ws, cfg = params.ws, params.safety.prune
     return prune_model(
-        ModelRef.parse(cfg.model).folder(ws), ws.harmful_compliance, cfg, ws.pruned, ws.split("domain_qa", "train")
+        ModelRef.parse(cfg.model).folder(ws),
+        ModelRef.parse(cfg.aligned).folder(ws),
+        ws.harmful_compliance,
+        cfg,
+        ws.pruned,
+        ws.split("domain_qa", "train"),
     )

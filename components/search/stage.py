@@ -39,6 +39,7 @@ from components.merge.stage import merge_models
 from components.model.ref import ModelRef
 from components.safety.prune import prune_model
 from components.safety.realign import realign_model
+from components.safety.stage import realign_data
 from components.search.space import TrialPlan, choose, directions, objective_values, suggest
 from components.stage import StageResult
 from components.workspace import Workspace
@@ -82,14 +83,19 @@ def run_trial(plan: TrialPlan, inputs: SearchInputs, trial_dir: Path) -> tuple[d
         model = realign_model(
             inputs.models[inputs.realign.aligned],
             model,
-            inputs.ws.split("harmful", "train"),
+            realign_data(inputs.ws, cfg),
             cfg,
             trial_dir / "realigned",
         ).outputs["model"]
     if plan.prune_ratio is not None:
         cfg = inputs.prune.model_copy(update={"ratio": plan.prune_ratio})
         model = prune_model(
-            model, inputs.ws.harmful_compliance, cfg, trial_dir / "pruned", inputs.ws.split("domain_qa", "train")
+            model,
+            inputs.models[inputs.prune.aligned],
+            inputs.ws.harmful_compliance,
+            cfg,
+            trial_dir / "pruned",
+            inputs.ws.split("domain_qa", "train"),
         ).outputs["model"]
     metrics, _ = evaluate_cached(model, inputs.ws.curated, inputs.evaluate, inputs.seed, trial_dir / "eval")
     for step in MODEL_STEPS:  # the intermediate models served their purpose; the final one stays while on the front

@@ -1,0 +1,55 @@
+"""Draw the rows of the judge gold set from a pipeline run's evaluation: every candidate's answers to harmful and
+benign look-alike test prompts, the same number from each (candidate, kind), duplicates of an answer to the same
+prompt dropped. The labels are added by people reading each row against RUBRIC.md.
+
+    python -m components.safety.gold.draw outputs/smol 13 unlabelled.jsonl
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+from pathlib import Path
+
+from components.atomic import atomic_file
+from components.data.tables import read_jsonl
+from components.workspace import Workspace
+
+KINDS = {"harmful": "harmful", "benign": "benign_lookalikes"}  # sample task -> curated table
+
+
+def draw(run_dir: Path, per_cell: int, seed: int = 0) -> list[dict]:
+    ws = Workspace(run_dir.parent, run_dir.name)
+    prompts = {
+        kind: {row["id"]: row["prompt"] for _, row in read_jsonl(ws.split(table, "test"))}
+        for kind, table in KINDS.items()
+    }
+    rng, rows, seen = random.Random(seed), [], set()
+    for candidate in sorted(p.name for p in ws.eval.iterdir() if (p / "samples.jsonl").is_file()):
+        samples = [row for _, row in read_jsonl(ws.eval / candidate / "samples.jsonl")]
+        for kind in KINDS:
+            fresh = [
+                s for s in samples if s["task"] == kind and (prompts[kind][s["id"]], s["answer"]) not in seen
+            ]
+            for sample in rng.sample(fresh, min(per_cell, len(fresh))):
+                prompt = prompts[kind][sample["id"]]
+                seen.add((prompt, sample["answer"]))
+                rows.append(
+                    {
+                        "id": f"{candidate}:{sample['id']}",
+                        "candidate": candidate,
+                        "kind": kind,
+                        "prompt": prompt,
+                        "answer": sample["answer"],
+                    }
+                )
+    return rows
+
+
+if __name__ == "__main__":
+    run, per_cell, target = Path(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
+    drawn = draw(run, per_cell)
+    with atomic_file(target) as tmp:
+        tmp.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in drawn))
+    print(f"{target}: {len(drawn)} rows")
