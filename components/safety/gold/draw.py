@@ -29,9 +29,7 @@ def draw(run_dir: Path, per_cell: int, seed: int = 0) -> list[dict]:
     for candidate in sorted(p.name for p in ws.eval.iterdir() if (p / "samples.jsonl").is_file()):
         samples = [row for _, row in read_jsonl(ws.eval / candidate / "samples.jsonl")]
         for kind in KINDS:
-            fresh = [
-                s for s in samples if s["task"] == kind and (prompts[kind][s["id"]], s["answer"]) not in seen
-            ]
+            fresh = [s for s in samples if s["task"] == kind and (prompts[kind][s["id"]], s["answer"]) not in seen]
             for sample in rng.sample(fresh, min(per_cell, len(fresh))):
                 prompt = prompts[kind][sample["id"]]
                 seen.add((prompt, sample["answer"]))
