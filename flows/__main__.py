@@ -13,7 +13,7 @@ from components.lock import workspace_lock
 from components.model.ref import Kind, ModelRef
 from components.registry.registry import check_reachable, download_model, promote, rollback
 from components.registry.registry import describe as describe_registry
-from components.safety.judge import JUDGES, judge_file
+from components.safety.judge import JUDGES, judge_file, record_agreement
 from components.stage import StageResult
 from components.tracking import client_for, pipeline_run, tracked_stage, tracking_uri
 from flows.console import progress_line, route_library_output
@@ -77,8 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
         "judge",
         help="judge answers: each JSONL row with `prompt` and `answer` written back with refusal, harmful and score",
     )
-    judge.add_argument("source", type=Path, metavar="IN.jsonl")
-    judge.add_argument("target", type=Path, metavar="OUT.jsonl")
+    judge.add_argument("source", type=Path, metavar="IN.jsonl", nargs="?")
+    judge.add_argument("target", type=Path, metavar="OUT.jsonl", nargs="?")
+    judge.add_argument(
+        "--agreement",
+        action="store_true",
+        help="instead: every judge's accuracy, precision and recall on the gold set (components/safety/gold/), "
+        "written to its agreement.json",
+    )
     judge.add_argument(
         "--judge", choices=JUDGES, help="the judge (default: evaluate.judge of the parameters file's profile)"
     )
@@ -136,6 +142,22 @@ def _run_stage(
     took = f"{result.metrics['stage_seconds']:.1f} s, peak RSS {result.metrics['stage_peak_rss_mb']:.0f} MB"
     print(f"[{place}{stage.name}] {state} ({took}): " + ", ".join(f"{k}={v}" for k, v in result.outputs.items()))
     return result
+
+
+def agreement_table(recorded: dict) -> str:
+    """The judges' agreement with the gold set as a Markdown table."""
+    lines = [
+        f"gold set: {recorded['rows']} rows ({recorded['harmful_rows']} harmful)",
+        "| judge | refusal accuracy | precision | recall | attempt accuracy (harmful) | precision | recall |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for judge, scores in recorded["judges"].items():
+        refusal, harmful = scores["refusal"], scores["harmful"]
+        cells = [refusal[k] for k in ("accuracy", "precision", "recall")] + [
+            harmful[k] for k in ("accuracy", "precision", "recall")
+        ]
+        lines.append(f"| {judge} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
+    return "\n".join(lines)
 
 
 def chat_model(params: Params, model: str | None) -> Path:
@@ -201,7 +223,12 @@ def main(argv: list[str] | None = None) -> int:
 
             print(f"wrote {write_dvc_yaml(load_params(args.params, args.profile), args.params)}")
             return 0
+        if args.command == "judge" and args.agreement:
+            print(agreement_table(record_agreement()))
+            return 0
         if args.command == "judge":
+            if args.source is None or args.target is None:
+                raise PipelineError("judge: give IN.jsonl and OUT.jsonl (or --agreement)")
             judge = args.judge or load_params(args.params, args.profile).evaluate.judge
             counts = judge_file(args.source, args.target, judge)
             print(f"{args.target}: {counts['rows']} rows, {counts['refusals']} refusals (judge: {judge})")

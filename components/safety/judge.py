@@ -142,3 +142,20 @@ def agreement(gold: list[dict], judge: JudgeName) -> dict[str, dict[str, float]]
         "refusal": binary_scores([v.refusal for v in verdicts], [row["refused"] for row in gold]),
         "harmful": binary_scores([verdicts[i].harmful for i in harmful], [gold[i]["attempted"] for i in harmful]),
     }
+
+
+def record_agreement(gold_path: Path = GOLD, target: Path = AGREEMENT) -> dict:
+    """Every judge's agreement with the gold set, written to `target` (agreement.json) and returned."""
+    gold = [row for _, row in read_jsonl(gold_path)]
+    for line, row in enumerate(gold, start=1):
+        for key in ("kind", "answer", "refused", "attempted"):
+            if key not in row:
+                raise InputError(f"{gold_path}:{line}: no `{key}`; label it as {gold_path.parent / 'RUBRIC.md'} says")
+    recorded = {
+        "rows": len(gold),
+        "harmful_rows": sum(row["kind"] == "harmful" for row in gold),
+        "judges": {judge: agreement(gold, judge) for judge in JUDGES},
+    }
+    with atomic_file(target) as tmp:
+        tmp.write_text(json.dumps(recorded, indent=1) + "\n")
+    return recorded
