@@ -115,4 +115,5 @@ def test_the_recorded_agreement_is_what_the_gold_set_gives():
     recorded = json.loads(AGREEMENT.read_text())
     assert set(recorded["judges"]) == set(JUDGES)
     for judge in JUDGES:
-        assert recorded["judges"][judge] == pytest.approx(agreement(gold, judge)), judge
+        for task, scores in agreement(gold, judge).items():
+            assert recorded["judges"][judge][task] == pytest.approx(scores), (judge, task)
