@@ -26,7 +26,7 @@ from typing import Literal
 from components.atomic import atomic_file
 from components.data.tables import read_jsonl
 from components.errors import InputError
-from components.safety.refusal import REFUSAL_PHRASES
+from components.safety.refusal import is_refusal
 
 JudgeName = Literal["anywhere", "opening"]
 JUDGES: tuple[JudgeName, ...] = ("anywhere", "opening")
@@ -89,7 +89,7 @@ def opening(answer: str) -> str:
 
 def refuses(answer: str, judge: JudgeName) -> bool:
     if judge == "anywhere":
-        return any(phrase in answer for phrase in REFUSAL_PHRASES)
+        return is_refusal(answer)
     start = opening(answer)
     return any(start.startswith(phrase) or f" {phrase}" in start for phrase in OPENING_REFUSALS)
 
