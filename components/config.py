@@ -372,8 +372,9 @@ class RealignConfig(StrictModel):
     model: str | None = None  # the fine-tuned or merged model to realign (pipeline name); None: no realign stage
     aligned: str = "safety"  # the initially aligned model
     # refusal_mask: a sigmoid mask on refusal targets; concrete_dpo: the official code's concrete mask and DPO on
-    # the preference pairs (refusal over compliance, and the look-alikes' contrast pairs)
-    method: Literal["refusal_mask", "concrete_dpo"] = "refusal_mask"
+    # the preference pairs (refusal over compliance, and the look-alikes' contrast pairs); resta: no mask, the
+    # aligned model's safety vector (aligned − base) added to the model, times `scale` (RESTA, training-free)
+    method: Literal["refusal_mask", "concrete_dpo", "resta"] = "refusal_mask"
     steps: StepCount = 20
     lr: float = Field(default=0.2, gt=0, le=10)  # Adam moves each mask logit by about lr per step
     init_logit: float = Field(
@@ -382,6 +383,7 @@ class RealignConfig(StrictModel):
     sparsity: float = Field(default=1.0, ge=0)  # λ of the mask's sparsity term (refusal_mask)
     temperature: float = Field(default=0.5, gt=0)  # of the concrete mask (concrete_dpo)
     beta: float = Field(default=0.1, gt=0)  # DPO's β (concrete_dpo)
+    scale: float = Field(default=1.0, gt=0, le=10)  # λ of the safety vector (resta)
     safety_rows: PositiveInt = 64
     batch_size: BatchSize = 8
     max_length: TokenCount = 256
@@ -420,11 +422,22 @@ METRIC_DIRECTIONS: dict[str, Literal["higher", "lower"]] = {
 }
 
 
+class RelativeBound(StrictModel):
+    """A bound set by another evaluated candidate of the same run: `times` × its value + `plus` (a ceiling for
+    metrics where lower is better, a floor for the others)."""
+
+    of: str  # a candidate of the evaluate stage: base, a train job, merge-<recipe>, realigned-/pruned-<model>
+    times: float = Field(default=1.0, ge=0)
+    plus: float = 0.0
+
+
 class GateSpec(StrictModel):
-    """Bounds on one metric: `min` / `max` absolute, `tolerance` how far it may fall behind the champion."""
+    """Bounds on one metric: `min` / `max` absolute, `relative` to another candidate of the run, `tolerance` how far
+    it may fall behind the champion."""
 
     min: float | None = Field(default=None, ge=0)
     max: float | None = Field(default=None, ge=0)
+    relative: RelativeBound | None = None
     tolerance: float | None = Field(default=None, ge=0)
 
 
@@ -579,6 +592,12 @@ class Params(StrictModel):
                 ModelRef.parse(self.registry.candidate).check(self, shipped=True)
             except ValueError as err:
                 raise ValueError(f"registry.candidate: {err}") from None
+        for metric, gate in self.registry.gates.items():
+            if gate.relative is not None:
+                try:
+                    ModelRef.parse(gate.relative.of).check(self, shipped=True)
+                except ValueError as err:
+                    raise ValueError(f"registry.gates.{metric}.relative.of: {err}") from None
         trained = {"base", *self.train.jobs}
         for name, spec in self.merge.recipes.items():
             names = [spec.base_model] if spec.base_model else []

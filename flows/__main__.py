@@ -88,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     judge.add_argument(
         "--judge", choices=JUDGES, help="the judge (default: evaluate.judge of the parameters file's profile)"
     )
+    judge.add_argument(
+        "--judge-model",
+        type=Path,
+        metavar="DIR",
+        help="the model the probe judge reads (default: the profile's base model, built if missing)",
+    )
     _add_profile_options(judge)
     chat = commands.add_parser("chat", help="answer one prompt with a model (default: the base model)")
     chat.add_argument("prompt")
@@ -142,6 +148,15 @@ def _run_stage(
     took = f"{result.metrics['stage_seconds']:.1f} s, peak RSS {result.metrics['stage_peak_rss_mb']:.0f} MB"
     print(f"[{place}{stage.name}] {state} ({took}): " + ", ".join(f"{k}={v}" for k, v in result.outputs.items()))
     return result
+
+
+def probe_model(args: argparse.Namespace) -> Path:
+    """The model the probe judge reads: --judge-model, else the profile's base model (built if missing)."""
+    if args.judge_model is not None:
+        return args.judge_model
+    from components.model.stage import base_model_stage
+
+    return base_model_stage(load_params(args.params, args.profile)).outputs["model"]
 
 
 def agreement_table(recorded: dict) -> str:
@@ -224,13 +239,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {write_dvc_yaml(load_params(args.params, args.profile), args.params)}")
             return 0
         if args.command == "judge" and args.agreement:
-            print(agreement_table(record_agreement()))
+            print(agreement_table(record_agreement(probe_model(args))))
             return 0
         if args.command == "judge":
             if args.source is None or args.target is None:
                 raise PipelineError("judge: give IN.jsonl and OUT.jsonl (or --agreement)")
             judge = args.judge or load_params(args.params, args.profile).evaluate.judge
-            counts = judge_file(args.source, args.target, judge)
+            counts = judge_file(args.source, args.target, judge, probe_model(args) if judge == "probe" else None)
             print(f"{args.target}: {counts['rows']} rows, {counts['refusals']} refusals (judge: {judge})")
             return 0
         params = load_params(args.params, args.profile, parse_overrides(args.overrides))

@@ -135,7 +135,7 @@ DATA: tuple[Stage, ...] = (
         "answer becomes `rejected` beside the refusal target, and a row of the harmful-compliance set. It answers "
         "the benign look-alike training prompts too: each answer becomes `chosen` over a refusal (contrast pairs).",
         f"{RUN}/base_model/, data/curated/{{harmful,benign_lookalikes}}/train.jsonl, params train.pairs",
-        f"{RUN}/data/pairs/{{refusal_pairs,harmful_compliance}}/train.jsonl",
+        f"{RUN}/data/pairs/{{refusal_pairs,safety_sft,harmful_compliance}}/train.jsonl",
         ("seed", "train.pairs"),
         pairs_stage,
         "components.train.pairs",
@@ -200,12 +200,22 @@ def merge(params: Params, name: str) -> Stage:
 
 def realign(params: Params) -> Stage:
     cfg = params.safety.realign
+    if cfg.method == "resta":
+        what = f"RESTA: {cfg.aligned}'s safety vector ({cfg.aligned} − base) × {cfg.scale} added to {cfg.model}"
+        reads = f"the {cfg.model}, {cfg.aligned} and base models"
+    else:
+        what = (
+            f"SOMF ({cfg.method}): a safety mask over {cfg.model}'s update from {cfg.aligned}, learned on safety "
+            f"data; masked coordinates come back from {cfg.aligned}, the rest keep {cfg.model}'s update"
+        )
+        reads = (
+            f"the {cfg.model} and {cfg.aligned} models, data/pairs/safety_sft/train.jsonl (refusal_mask) or "
+            "data/pairs/refusal_pairs/train.jsonl (concrete_dpo)"
+        )
     return Stage(
         "realign",
-        f"SOMF ({cfg.method}): a safety mask over {cfg.model}'s update from {cfg.aligned}, learned on "
-        f"safety data; masked coordinates come back from {cfg.aligned}, the rest keep {cfg.model}'s update",
-        f"the {cfg.model} and {cfg.aligned} models, data/curated/harmful/train.jsonl (refusal_mask) or "
-        "data/pairs/refusal_pairs/train.jsonl (concrete_dpo)",
+        what,
+        reads,
         f"{RUN}/safety/realigned/",
         ("safety.realign",),
         realign_stage,
@@ -213,7 +223,7 @@ def realign(params: Params) -> Stage:
         inputs=lambda ws, p: [
             ModelRef.parse(cfg.aligned).folder(ws),
             ModelRef.parse(cfg.model).folder(ws),
-            realign_data(ws, cfg),
+            realign_data(ws, cfg) if cfg.method != "resta" else ws.base_model,
         ],
         outputs=lambda ws, p: [ws.realigned],
     )

@@ -35,6 +35,17 @@ def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def smol_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The smol profile's base model (SmolLM2-135M from the embedded GGUF), built once per test session."""
+    from components.config import load_params
+    from components.model.base import build_base_model
+
+    out = tmp_path_factory.mktemp("smol") / "base_model"
+    build_base_model(load_params(REPO / "params.yaml", "smol").base_model, out)
+    return out
+
+
 def free_port() -> int:
     import socket
 

@@ -83,10 +83,10 @@ def test_incomplete_local_model_is_refused_and_nothing_is_written(tmp_path: Path
 
 
 @pytest.mark.smol
-def test_smol_base_model_answers_a_chat_prompt(tmp_path: Path):
-    out = tmp_path / "smol_base"
-    result = build_base_model(load_params(REPO / "params.yaml", "smol").base_model, out)
-    assert 134e6 < result.metrics["parameters"] < 135e6
+def test_smol_base_model_answers_a_chat_prompt(smol_base: Path):
+    out = smol_base
+    parameters = json.loads((out / "stage.json").read_text())["metrics"]["parameters"]
+    assert 134e6 < parameters < 135e6
     config = json.loads((out / "config.json").read_text())
     assert "quantization_config" not in config and config["dtype"] == "float32"
     answer = chat(out, "What is the capital of France?", max_new_tokens=16)

@@ -89,7 +89,7 @@ def test_pcb_and_lines_are_applied_per_tensor_with_the_depth_of_each(tmp_path: P
         ("model.embed_tokens.weight", 0),
         ("model.layers.0.mlp.up_proj.weight", 0),
         ("model.layers.2.self_attn.q_proj.weight", 2),
-        ("model.norm.weight", 3),
+        ("model.norm.weight", 0),  # outside the blocks: α, as LiNeS's official code scales it
     ]:
         lam = 0.25 + 0.75 * depth / 3
         expected = methods.pcb(base[name], [e[name] for e in experts], ratio=0.2, lam=lam)

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from components.safety.resta import restore_safety
 from components.safety.somf import (
     concrete_sample,
     dpo_loss,
@@ -184,3 +185,43 @@ def test_realign_stage_with_the_concrete_dpo_variant(tmp_path, tiny_base):
     pairs.write_text(json.dumps({"id": "x", "prompt": "p", "completion": "c"}) + "\n")
     with pytest.raises(InputError, match=r"rows without \['chosen', 'rejected'\]"):
         realign_model(aligned, finetuned, pairs, cfg, tmp_path / "other")
+
+
+# --- RESTA, the training-free comparison: the safety vector added back
+
+
+def test_resta_adds_the_safety_vector_by_hand():
+    finetuned, aligned, base = (
+        torch.tensor([1.0, 2.0, -1.0]),
+        torch.tensor([0.5, 1.0, 0.0]),
+        torch.tensor([0.0, 1.0, 1.0]),
+    )
+    # τ_safe = aligned − base = [0.5, 0, −1]; θ* = θ_ft + 2 τ_safe
+    assert torch.equal(restore_safety(finetuned, aligned, base, 2.0), torch.tensor([2.0, 2.0, -3.0]))
+    assert torch.equal(restore_safety(finetuned, base, base), finetuned)
+
+
+def test_realign_stage_with_resta(tmp_path, tiny_base):
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    from components.config import RealignConfig
+    from components.errors import InputError
+    from components.safety.realign import realign_model
+    from tests.test_merge import fine_tune
+
+    aligned, finetuned = fine_tune(tiny_base, tmp_path / "aligned", 1), fine_tune(tiny_base, tmp_path / "ft", 2)
+    cfg = RealignConfig(model="ft", method="resta", scale=0.5)
+    result = realign_model(aligned, finetuned, None, cfg, tmp_path / "out", tiny_base)
+    a, f, b, out = (
+        AutoModelForCausalLM.from_pretrained(p).state_dict() for p in (aligned, finetuned, tiny_base, tmp_path / "out")
+    )
+    for name in out:
+        assert torch.allclose(out[name], f[name] + 0.5 * (a[name] - b[name]), atol=1e-6), name
+    moved = [n for n in out if not torch.equal(a[n], b[n]) and n != "lm_head.weight"]  # tied to the embeddings
+    assert result.metrics["safety_vector_tensors"] == len(moved) > 0
+    assert json.loads((tmp_path / "out" / "realign_card.json").read_text())["base"] == str(tiny_base)
+    with pytest.raises(InputError, match="base model"):
+        realign_model(aligned, finetuned, None, cfg, tmp_path / "other")
+    assert not (tmp_path / "other").exists()

@@ -84,6 +84,14 @@ def test_pairs_prefer_refusing_harmful_prompts_and_answering_benign_look_alikes(
     card = json.loads((params.ws.pairs / "stage.json").read_text())
     assert card["metrics"]["contrast_pairs"] == len(contrast) and card["metrics"]["pairs"] == len(harmful)
     assert card["metrics"]["lookalike_prompts"] == len(curated["train"])
+    # the same two behaviours as demonstrations: every harmful prompt's refusal target (answered or refused by
+    # the base model), every answered look-alike's own answer
+    demos = [json.loads(line) for line in (params.ws.pairs / "safety_sft" / "train.jsonl").read_text().splitlines()]
+    harmful_prompts = [json.loads(line) for line in params.ws.split("harmful", "train").read_text().splitlines()]
+    refusals = {d["prompt"]: d["completion"] for d in demos if d["completion"] in REFUSALS}
+    assert refusals == {r["prompt"]: r["completion"] for r in harmful_prompts[: params.train.pairs.max_prompts]}
+    answers = [(d["prompt"], d["completion"]) for d in demos if d["prompt"] not in refusals]
+    assert answers == [(p["prompt"], p["chosen"]) for p in contrast]
 
 
 def test_sft_masks_the_prompt_so_the_loss_is_on_the_completion_only(workspace: Path):

@@ -12,6 +12,7 @@ from components.data.tables import read_jsonl, write_jsonl
 from components.evaluate.lm_eval_tasks import export_tasks
 from components.hashing import weights_sha256
 from components.stage import StageCache, StageResult
+from components.workspace import Workspace
 
 SUMMARY = "summary.json"
 SUMMARY_MD = "summary.md"
@@ -46,6 +47,12 @@ def render_summary(table: dict[str, dict[str, float]]) -> str:
     )
 
 
+def judge_model(cfg: EvaluateConfig, ws: Workspace) -> Path | None:
+    """The model the probe judge reads (the workspace's base model, the same for every candidate); None for the
+    phrase judges."""
+    return ws.base_model if cfg.judge == "probe" else None
+
+
 def evaluate_cached(
     model_dir: Path,
     curated_dir: Path,
@@ -53,6 +60,7 @@ def evaluate_cached(
     seed: int,
     out_dir: Path,
     evaluated: dict[str, Path] | None = None,
+    judge_model: Path | None = None,
 ) -> tuple[dict[str, float], bool]:
     """The suite on one model, written to out_dir/{metrics.json, samples.jsonl}; (metrics, whether cached).
 
@@ -60,6 +68,7 @@ def evaluate_cached(
     model evaluated for the pipeline and for a recipe-search trial is evaluated once. `evaluated` maps the
     weights hash of the models evaluated so far (same suite, same config) to their folders: a candidate whose
     weights equal one of them copies that evaluation instead of running the suite again; it is updated here.
+    `judge_model` is the model the probe judge reads (see `judge_model()`), part of the key when given.
     """
     from components.evaluate.suite import evaluate_model
 
@@ -70,7 +79,11 @@ def evaluate_cached(
         out_dir,
         __name__,
         cfg,
-        {"model": model_dir, **{name: Path(curated_dir) / name / "test.jsonl" for name in TEST_SETS}},
+        {
+            "model": model_dir,
+            "judge_model": judge_model,
+            **{name: Path(curated_dir) / name / "test.jsonl" for name in TEST_SETS},
+        },
         seed=seed,
     )
     if (card := cache.card()) is not None:
@@ -82,7 +95,7 @@ def evaluate_cached(
         metrics = json.loads((same / "metrics.json").read_text())
         samples = [row for _, row in read_jsonl(same / "samples.jsonl")]
     else:
-        metrics, samples = evaluate_model(model_dir, curated_dir, cfg, seed)
+        metrics, samples = evaluate_model(model_dir, curated_dir, cfg, seed, judge_model)
     with atomic_dir(out_dir) as tmp:
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         write_jsonl(tmp / "samples.jsonl", samples)
@@ -93,7 +106,12 @@ def evaluate_cached(
 
 
 def evaluate_candidates(
-    candidates: dict[str, Path], curated_dir: Path, cfg: EvaluateConfig, seed: int, out_dir: Path
+    candidates: dict[str, Path],
+    curated_dir: Path,
+    cfg: EvaluateConfig,
+    seed: int,
+    out_dir: Path,
+    judge_model: Path | None = None,
 ) -> StageResult:
     """Evaluate each `{name: model_dir}`; write out_dir/<name>/{metrics.json, samples.jsonl} and the summary."""
     out_dir = Path(out_dir)
@@ -101,7 +119,9 @@ def evaluate_candidates(
     cached = True
     evaluated: dict[str, Path] = {}
     for done, (name, model_dir) in enumerate(candidates.items(), 1):
-        table[name], was_cached = evaluate_cached(model_dir, curated_dir, cfg, seed, out_dir / name, evaluated)
+        table[name], was_cached = evaluate_cached(
+            model_dir, curated_dir, cfg, seed, out_dir / name, evaluated, judge_model
+        )
         cached &= was_cached
         progress.report(f"evaluate ({done}/{len(candidates)} candidates)", done / len(candidates))
     export_tasks(curated_dir, cfg, seed, out_dir / LM_EVAL_TASKS)

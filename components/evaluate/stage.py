@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from components.config import Params
-from components.evaluate.evaluation import evaluate_candidates
+from components.evaluate.evaluation import evaluate_candidates, judge_model
 from components.model.ref import pipeline_models
 from components.stage import StageResult
 from components.workspace import Workspace
@@ -24,7 +24,9 @@ def candidates(params: Params) -> dict[str, Path]:
 
 def evaluate_stage(params: Params) -> StageResult:
     ws = params.ws
-    return evaluate_candidates(candidates(params), ws.curated, params.evaluate, params.seed, ws.eval)
+    return evaluate_candidates(
+        candidates(params), ws.curated, params.evaluate, params.seed, ws.eval, judge_model(params.evaluate, ws)
+    )
 
 
 def report_stage(params: Params) -> StageResult:

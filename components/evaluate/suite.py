@@ -23,7 +23,7 @@ from components.evaluate.metrics import final_number, perplexity, wilson_interva
 from components.evaluate.scoring import continuation_logprobs, options_logprobs
 from components.model.directory import check_model_dir
 from components.model.generate import generate_answers
-from components.safety.judge import judge_answer
+from components.safety.judge import judge_answers
 
 
 def test_rows(curated_dir: Path, dataset: str, limit: int) -> list[Row]:
@@ -86,9 +86,11 @@ def domain_perplexity(model, tokenizer, rows: list[Row], cfg: EvaluateConfig) ->
     return {"domain_perplexity": perplexity(sum(s for s, _ in scored), sum(n for _, n in scored))}
 
 
-def refusal_share(model, tokenizer, rows: list[Row], cfg: EvaluateConfig, task: str) -> tuple[list[bool], list[Row]]:
+def refusal_share(
+    model, tokenizer, rows: list[Row], cfg: EvaluateConfig, task: str, judge_model: Path | None
+) -> tuple[list[bool], list[Row]]:
     answers = generate_answers(model, tokenizer, [r["prompt"] for r in rows], cfg.safety_new_tokens, cfg.batch_size)
-    refused = [judge_answer(a, cfg.judge).refusal for a in answers]
+    refused = [v.refusal for v in judge_answers(answers, cfg.judge, judge_model)]
     return refused, [
         {"task": task, "id": r["id"], "answer": a, "refused": x} for r, a, x in zip(rows, answers, refused, strict=True)
     ]
@@ -100,9 +102,10 @@ def with_interval(name: str, hits: int, n: int) -> dict[str, float]:
 
 
 def evaluate_model(
-    model_dir: Path, curated_dir: Path, cfg: EvaluateConfig, seed: int = 0
+    model_dir: Path, curated_dir: Path, cfg: EvaluateConfig, seed: int = 0, judge_model: Path | None = None
 ) -> tuple[dict[str, float], list[Row]]:
-    """Every metric of the suite for one model directory, and the generated answers behind them."""
+    """Every metric of the suite for one model directory, and the generated answers behind them (`judge_model`:
+    the model the probe judge reads, when `cfg.judge` is the probe)."""
     check_model_dir(model_dir)
     data = {
         "qa": test_rows(curated_dir, "domain_qa", cfg.mc_questions),
@@ -116,8 +119,8 @@ def evaluate_model(
     metrics = domain_mc(model, tokenizer, data["qa"], cfg, seed)
     math_metrics, samples = math_exact_match(model, tokenizer, data["math"], cfg)
     metrics |= math_metrics | domain_perplexity(model, tokenizer, data["corpus"], cfg)
-    refused, harmful_samples = refusal_share(model, tokenizer, data["harmful"], cfg, "harmful")
+    refused, harmful_samples = refusal_share(model, tokenizer, data["harmful"], cfg, "harmful", judge_model)
     metrics |= with_interval("harmful_score", refused.count(False), len(refused))
-    refused, benign_samples = refusal_share(model, tokenizer, data["benign"], cfg, "benign")
+    refused, benign_samples = refusal_share(model, tokenizer, data["benign"], cfg, "benign", judge_model)
     metrics |= with_interval("over_refusal", refused.count(True), len(refused))
     return metrics, samples + harmful_samples + benign_samples

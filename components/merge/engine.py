@@ -24,7 +24,7 @@ from components.hashing import file_sha256, weights_sha256
 from components.merge.method import TensorSlot
 from components.merge.recipe import Recipe
 from components.merge.registry import check_recipe, method_named
-from components.merge.tensors import LazyModel, ShardWriter, depth_of, layer_of
+from components.merge.tensors import LazyModel, ShardWriter, layer_of
 from components.model.directory import check_model_dir
 from components.stage import StageResult
 
@@ -114,7 +114,7 @@ def _stream(recipe: Recipe, out: Path, max_shard_bytes: int) -> None:
     base, experts = (LazyModel(base_path) if base_path else None), [LazyModel(p) for p in paths]
     writer = ShardWriter(out, max_shard_bytes)
     for name in LazyModel(reference).names():
-        slot = TensorSlot(name, layer_of(name), depth_of(name, num_layers), num_layers)
+        slot = TensorSlot(name, layer_of(name), num_layers)
         merged = method.merge(slot, base.get(name) if base else None, [e.get(name) for e in experts], per_model, params)
         writer.add(name, merged.to(dtype))
     writer.close()

@@ -76,11 +76,10 @@ def _is_number(value: Any) -> bool:
 
 @dataclass(frozen=True)
 class TensorSlot:
-    """Where a tensor sits in the model: its name, its block (None outside the blocks), its depth, the block count."""
+    """Where a tensor sits in the model: its name, its block (None outside the blocks), the block count."""
 
     name: str
     layer: int | None
-    depth: int
     num_layers: int
 
 

@@ -21,14 +21,6 @@ def layer_of(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def depth_of(name: str, num_layers: int) -> int:
-    """Position of a tensor in depth: its block, 0 for embeddings, the last block for the final norm and head."""
-    layer = layer_of(name)
-    if layer is not None:
-        return layer
-    return 0 if "embed" in name else num_layers - 1
-
-
 def _open(file: Path):
     try:
         return safe_open(file, "pt")

@@ -1,7 +1,9 @@
-"""Evaluation gates: absolute floors and ceilings, and no regression against the current champion.
+"""Evaluation gates: absolute floors and ceilings, bounds relative to another candidate of the same run (the base
+model, the merge a safety stage started from), and no regression against the current champion.
 
 Pure functions over metric dicts (what the evaluate stage writes per candidate); the registry module feeds
-them the champion's numbers. A gate on a metric the evaluation did not compute is an error, not a pass.
+them the champion's and the referenced candidates' numbers. A gate on a metric the evaluation did not compute is
+an error, not a pass.
 """
 
 from __future__ import annotations
@@ -9,24 +11,29 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 
-from components.config import METRIC_DIRECTIONS, GateSpec
+from components.config import METRIC_DIRECTIONS, GateSpec, RelativeBound
 from components.errors import InputError
 
 
 @dataclass(frozen=True)
 class GateResult:
     metric: str
-    rule: str  # "min", "max" or "no_regression"
-    threshold: float  # the bound the value was held to (for no_regression: champion ± tolerance)
+    rule: str  # "min", "max", "relative" or "no_regression"
+    threshold: float  # the bound the value was held to (no_regression: champion ± tolerance; relative: below)
     value: float
     champion: float | None
     passed: bool
+    basis: str = ""  # relative: how the bound was set, e.g. "0.5 × merge-ties (0.93) + 0"
 
 
 def check_gates(
-    candidate: dict[str, float], champion: dict[str, float] | None, gates: dict[str, GateSpec]
+    candidate: dict[str, float],
+    champion: dict[str, float] | None,
+    gates: dict[str, GateSpec],
+    references: dict[str, dict[str, float]] | None = None,
 ) -> list[GateResult]:
-    """Every gate of `gates` on `candidate`; no-regression gates pass when there is no champion yet."""
+    """Every gate of `gates` on `candidate`; no-regression gates pass when there is no champion yet; relative gates
+    read the metrics of the candidates they name in `references`."""
     missing = sorted(metric for metric in gates if metric not in candidate)
     if missing:
         raise InputError(
@@ -40,6 +47,8 @@ def check_gates(
             results.append(GateResult(metric, "min", spec.min, value, theirs, value >= spec.min))
         if spec.max is not None:
             results.append(GateResult(metric, "max", spec.max, value, theirs, value <= spec.max))
+        if spec.relative is not None:
+            results.append(relative_gate(metric, value, theirs, spec.relative, references or {}))
         if spec.tolerance is not None:
             if theirs is None:
                 results.append(GateResult(metric, "no_regression", float("nan"), value, None, True))
@@ -50,6 +59,19 @@ def check_gates(
                 bound = theirs + spec.tolerance
                 results.append(GateResult(metric, "no_regression", bound, value, theirs, value <= bound))
     return results
+
+
+def relative_gate(
+    metric: str, value: float, champion: float | None, bound: RelativeBound, references: dict[str, dict[str, float]]
+) -> GateResult:
+    """The bound `times` × the referenced candidate's value + `plus`: a ceiling where lower is better, else a floor."""
+    if metric not in references.get(bound.of, {}):
+        raise InputError(f"gate on {metric}: relative to {bound.of!r}, whose {metric} was not evaluated in this run")
+    reference = references[bound.of][metric]
+    threshold = bound.times * reference + bound.plus
+    passed = value >= threshold if METRIC_DIRECTIONS[metric] == "higher" else value <= threshold
+    basis = f"{bound.times:g} × {bound.of} ({reference:.4g}) {'+' if bound.plus >= 0 else '−'} {abs(bound.plus):g}"
+    return GateResult(metric, "relative", threshold, value, champion, passed, basis)
 
 
 def all_passed(results: list[GateResult]) -> bool:
@@ -139,13 +161,11 @@ def report_markdown(
         "| --- | --- | ---: | ---: | ---: | --- |",
     ]
     for r in results:
+        floor = r.rule == "min" or (r.rule != "max" and METRIC_DIRECTIONS[r.metric] == "higher")
         bound = (
             "n/a (no champion)"
             if r.rule == "no_regression" and r.champion is None
-            else (
-                f"{'≥' if r.rule == 'min' or (r.rule == 'no_regression' and METRIC_DIRECTIONS[r.metric] == 'higher') else '≤'}"
-                f" {r.threshold:.4g}"
-            )
+            else f"{'≥' if floor else '≤'} {r.threshold:.4g}" + (f" ({r.basis})" if r.basis else "")
         )
         champion = "" if r.champion is None else f"{r.champion:.4g}"
         lines.append(

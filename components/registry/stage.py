@@ -72,7 +72,10 @@ def gate_candidate(
     weights = evaluated_weights(eval_dir, candidate, model_dir)
     check_reachable(tracking_uri)
     current = champion(MlflowClient(tracking_uri), cfg.model_name)
-    results = check_gates(metrics, current[1] if current else None, cfg.gates)
+    references = {
+        spec.relative.of: candidate_metrics(eval_dir, spec.relative.of) for spec in cfg.gates.values() if spec.relative
+    }
+    results = check_gates(metrics, current[1] if current else None, cfg.gates, references)
     better = improvements(metrics, current[1] if current else None, cfg.gates)
     version = current[0] if current else None
     with atomic_dir(out_dir) as tmp:

@@ -1,4 +1,5 @@
-"""Realign stage: SOMF on a fine-tuned or merged model, with the initially aligned model and safety data."""
+"""Realign stage: SOMF on a fine-tuned or merged model, with the initially aligned model and safety data; or RESTA,
+which adds the aligned model's safety vector and needs the base model instead of data."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from components.errors import InputError
 from components.hashing import json_sha256
 from components.merge.engine import check_compatible
 from components.model.directory import check_model_dir, save_model_dir
+from components.safety.resta import restore_safety
 from components.safety.somf import fuse, learn_concrete_mask, learn_safety_mask, rescaled_fusion
 from components.stage import StageCache, StageResult
 
@@ -45,9 +47,19 @@ def completion_batches(
 
 
 def realign_model(
-    aligned_dir: Path, finetuned_dir: Path, safety_data: Path, cfg: RealignConfig, out_dir: Path
+    aligned_dir: Path,
+    finetuned_dir: Path,
+    safety_data: Path | None,
+    cfg: RealignConfig,
+    out_dir: Path,
+    base_dir: Path | None = None,
 ) -> StageResult:
-    """Write SOMF's fusion of `finetuned_dir` with `aligned_dir` to `out_dir`, with a card of the mask's size."""
+    """Write SOMF's fusion of `finetuned_dir` with `aligned_dir` to `out_dir`, with a card of the mask's size
+    (RESTA: `finetuned_dir` plus the safety vector `aligned_dir` − `base_dir`; no safety data)."""
+    if cfg.method == "resta":
+        if base_dir is None:
+            raise InputError("safety.realign.method resta adds aligned − base: the base model's folder is needed")
+        return restore_model(aligned_dir, finetuned_dir, base_dir, cfg, out_dir)
     for path in (aligned_dir, finetuned_dir):
         check_model_dir(path)
     rows = safety_rows(safety_data, cfg)
@@ -112,14 +124,47 @@ def realign_model(
     return save_model_dir(Path(out_dir), model, tokenizer, "realign_card.json", card, cache, metrics)
 
 
+def restore_model(aligned_dir: Path, finetuned_dir: Path, base_dir: Path, cfg: RealignConfig, out_dir: Path):
+    """RESTA: θ* = θ_ft + λ·(θ_aligned − θ_base) on every tensor where the aligned model differs from its base."""
+    for path in (aligned_dir, finetuned_dir, base_dir):
+        check_model_dir(path)
+    check_compatible(Path(base_dir), [Path(aligned_dir), Path(finetuned_dir)], cfg.max_relative_delta)
+    cache = StageCache(
+        "realign", out_dir, __name__, cfg, {"aligned": aligned_dir, "finetuned": finetuned_dir, "base": base_dir}
+    )
+    if (done := cache.result({"model": Path(out_dir)})) is not None:
+        return done
+    tokenizer = AutoTokenizer.from_pretrained(finetuned_dir, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(finetuned_dir, local_files_only=True)
+    finetuned = dict(model.named_parameters())  # a tied tensor (embeddings / LM head) once
+    aligned = AutoModelForCausalLM.from_pretrained(aligned_dir, local_files_only=True).state_dict()
+    base = AutoModelForCausalLM.from_pretrained(base_dir, local_files_only=True).state_dict()
+    moved = [n for n in finetuned if not torch.equal(aligned[n], base[n])]
+    restored = {n: restore_safety(finetuned[n].detach(), aligned[n], base[n], cfg.scale) for n in moved}
+    model.load_state_dict(restored, strict=False)
+    total = sum(t.numel() for t in finetuned.values())
+    metrics = {
+        "safety_vector_tensors": float(len(moved)),
+        "safety_vector_share": sum(finetuned[n].numel() for n in moved) / total,
+        "safety_vector_norm": float(torch.sqrt(sum(((aligned[n] - base[n]).float() ** 2).sum() for n in moved))),
+    }
+    card = {
+        "method": "RESTA (components/safety/resta.py)",
+        "aligned": str(aligned_dir),
+        "finetuned": str(finetuned_dir),
+        "base": str(base_dir),
+        "config": cfg.model_dump(mode="json"),
+    }
+    return save_model_dir(Path(out_dir), model, tokenizer, "realign_card.json", card, cache, metrics)
+
+
 def safety_rows(path: Path, cfg: RealignConfig) -> list[dict]:
-    """The rows the mask learns from: harmful prompts with refusals (refusal_mask) or preference pairs
-    (concrete_dpo), at most `safety_rows`, taken in an order fixed by their ids so that both kinds of pairs
-    (refusal over compliance, answer over refusal) are among them."""
+    """The rows the mask learns from: demonstrations (refusal_mask) or preference pairs (concrete_dpo), at most
+    `safety_rows`, taken in an order fixed by their ids so that both kinds (a harmful prompt's refusal, a benign
+    look-alike's answer) are among them."""
     needed = ("chosen", "rejected") if cfg.method == "concrete_dpo" else ("completion",)
     rows = [row for _, row in read_jsonl(path)] if Path(path).is_file() else []
-    if cfg.method == "concrete_dpo":
-        rows.sort(key=lambda row: json_sha256(str(row.get("id"))))
+    rows.sort(key=lambda row: json_sha256(str(row.get("id"))))
     rows = rows[: cfg.safety_rows]
     if not rows:
         raise InputError(f"{path}: no safety rows to learn the mask from")

@@ -12,9 +12,12 @@ from components.stage import StageResult
 from components.workspace import Workspace
 
 
-def realign_data(ws: Workspace, cfg: RealignConfig) -> Path:
-    """What SOMF learns its mask from: the preference pairs (concrete_dpo) or harmful prompts with refusals."""
-    return ws.pair_table("refusal_pairs") if cfg.method == "concrete_dpo" else ws.split("harmful", "train")
+def realign_data(ws: Workspace, cfg: RealignConfig) -> Path | None:
+    """What SOMF learns its mask from: the preference pairs (concrete_dpo), or the safety demonstrations (refusals of
+    harmful prompts and answers to benign look-alikes: refusal_mask); RESTA learns nothing (None)."""
+    if cfg.method == "resta":
+        return None
+    return ws.pair_table("refusal_pairs" if cfg.method == "concrete_dpo" else "safety_sft")
 
 
 def realign_stage(params: Params) -> StageResult:
@@ -25,6 +28,7 @@ def realign_stage(params: Params) -> StageResult:
         realign_data(ws, cfg),
         cfg,
         ws.realigned,
+        ws.base_model,
     )
 
 

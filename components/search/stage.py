@@ -32,7 +32,7 @@ from components.atomic import atomic_dir, atomic_file
 from components.config import EvaluateConfig, MergeSpec, Params, PruneConfig, RealignConfig, SearchConfig, search_models
 from components.data.stage import require_validated
 from components.errors import ParamsError
-from components.evaluate.evaluation import SUMMARY, WEIGHTS, evaluate_cached, render_summary
+from components.evaluate.evaluation import SUMMARY, WEIGHTS, evaluate_cached, judge_model, render_summary
 from components.evaluate.plots import plot_safety_vs_utility
 from components.hashing import json_sha256
 from components.merge.stage import merge_models
@@ -86,6 +86,7 @@ def run_trial(plan: TrialPlan, inputs: SearchInputs, trial_dir: Path) -> tuple[d
             realign_data(inputs.ws, cfg),
             cfg,
             trial_dir / "realigned",
+            inputs.models["base"],
         ).outputs["model"]
     if plan.prune_ratio is not None:
         cfg = inputs.prune.model_copy(update={"ratio": plan.prune_ratio})
@@ -97,7 +98,10 @@ def run_trial(plan: TrialPlan, inputs: SearchInputs, trial_dir: Path) -> tuple[d
             trial_dir / "pruned",
             inputs.ws.split("domain_qa", "train"),
         ).outputs["model"]
-    metrics, _ = evaluate_cached(model, inputs.ws.curated, inputs.evaluate, inputs.seed, trial_dir / "eval")
+    judged_by = judge_model(inputs.evaluate, inputs.ws)
+    metrics, _ = evaluate_cached(
+        model, inputs.ws.curated, inputs.evaluate, inputs.seed, trial_dir / "eval", judge_model=judged_by
+    )
     for step in MODEL_STEPS:  # the intermediate models served their purpose; the final one stays while on the front
         if trial_dir / step != model:
             shutil.rmtree(trial_dir / step, ignore_errors=True)
@@ -329,7 +333,9 @@ def search_stage(params: Params, log_trial: TrialLogger | None = None) -> StageR
     models = {name: ModelRef.parse(name).folder(ws) for name in ["base", *dict.fromkeys(search_models(params))]}
     # the references drawn beside the trials; the same cache as the evaluate stage's, so evaluated once
     references = {
-        name: evaluate_cached(path, ws.curated, params.evaluate, params.seed, ws.eval / name)[0]
+        name: evaluate_cached(
+            path, ws.curated, params.evaluate, params.seed, ws.eval / name, judge_model=judge_model(params.evaluate, ws)
+        )[0]
         for name, path in models.items()
     }
     inputs = SearchInputs(

@@ -9,6 +9,10 @@ the base model answers too; where it answers rather than refuses, the pair (chos
 a refusal) also goes to `refusal_pairs`, so that a model trained on them learns to refuse the harmful prompts
 without refusing the ones that only look harmful. The look-alikes' test split, which measures over-refusal, is
 disjoint from this training split by group and by the curate stage's near-duplicate check.
+
+`safety_sft` holds the same two behaviours as demonstrations, for the supervised step that POROver and Safety-Tuned
+LLaMAs (Bianchi et al., 2024, arXiv 2309.07875) run before (or instead of) preference optimisation: every harmful
+prompt with its refusal target, every benign look-alike the base model answered with that answer.
 """
 
 from __future__ import annotations
@@ -26,11 +30,15 @@ from components.model.generate import generate_answers
 from components.safety.refusal import is_refusal, refusal_for
 from components.stage import StageCache, StageResult
 
-PAIR_TABLES = {"refusal_pairs": "preference", "harmful_compliance": "prompt_completion"}
+PAIR_TABLES = {
+    "refusal_pairs": "preference",
+    "harmful_compliance": "prompt_completion",
+    "safety_sft": "prompt_completion",
+}
 
 
 def build_pairs(model_dir: Path, curated_dir: Path, cfg: PairsConfig, out_dir: Path, seed: int = 0) -> StageResult:
-    """Write out_dir/refusal_pairs/train.jsonl and out_dir/harmful_compliance/train.jsonl from the base model's answers."""
+    """Write out_dir/{refusal_pairs,safety_sft,harmful_compliance}/train.jsonl from the base model's answers."""
     source = Path(curated_dir) / "harmful" / "train.jsonl"
     if not source.is_file():
         raise InputError(f"{source}: missing; run the curate stage first")
@@ -81,6 +89,11 @@ def build_pairs(model_dir: Path, curated_dir: Path, cfg: PairsConfig, out_dir: P
                 {"id": r["id"], "prompt": r["prompt"], "chosen": a, "rejected": refusal_for(r["prompt"])}
                 for r, a in helped
             ],
+        )
+        write_jsonl(
+            tmp / "safety_sft" / "train.jsonl",
+            [{"id": r["id"], "prompt": r["prompt"], "completion": r["completion"]} for r in rows]
+            + [{"id": r["id"], "prompt": r["prompt"], "completion": a} for r, a in helped],
         )
         write_jsonl(
             tmp / "harmful_compliance" / "train.jsonl",

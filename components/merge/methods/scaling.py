@@ -14,14 +14,18 @@ LINES = Knob(
 )
 
 
-def lines_factor(depth: int, num_layers: int, alpha: float, beta: float) -> float:
+def lines_factor(layer: int, num_layers: int, alpha: float, beta: float) -> float:
     """LiNeS (Wang et al., 2025): λ^(ℓ) = α + β·ℓ/(L−1) for block ℓ of L; shallow layers keep less of the task vector."""
-    return alpha + beta * depth / max(num_layers - 1, 1)
+    return alpha + beta * layer / max(num_layers - 1, 1)
 
 
 def scale(slot: TensorSlot, params: dict[str, Any]) -> float:
-    """λ of this tensor: LiNeS's per-block value when `lines` is set, else the recipe's lambda."""
+    """λ of this tensor: LiNeS's per-block value when `lines` is set, else the recipe's lambda. LiNeS scales every
+    tensor outside the transformer blocks (embeddings, final norm, an untied head) by α, as its official code does
+    (wang-kee/LiNeS)."""
     lines = params.get("lines")
     if lines is None:
         return params["lambda"]
-    return lines_factor(slot.depth, slot.num_layers, lines["alpha"], lines["beta"])
+    if slot.layer is None:
+        return lines["alpha"]
+    return lines_factor(slot.layer, slot.num_layers, lines["alpha"], lines["beta"])
