@@ -32,7 +32,7 @@ PARAMS_CASES = [
     (["--set", "merge.recipes.ties.models=[{model: math}, {model: math}]"], "['math'] named more than once"),
     (["--set", "merge.recipes.ties.merge_method=tie"], "unknown merge method 'tie'"),
     (["--set", "search.storage=${POSTTRAIN_TEST_UNSET}"], "search.storage: environment variable POSTTRAIN_TEST_UNSET"),
-    (["--set", "train.jobs.safety.harmful_mix=0.1"], "--set train.jobs.safety.harmful_mix: unknown key"),
+    (["--set", "train.jobs.safety.beta=0.2"], "--set train.jobs.safety.beta: unknown key"),
     (["--set", "base_model.layers=3"], "--set base_model.layers: unknown key"),
     (["--set", "registry.candidate=merge-nope"], "'merge-nope' is not a candidate of this pipeline"),
     (["--profile", "huge"], "unknown profile 'huge'"),
