@@ -211,7 +211,7 @@ def test_chat_training_needs_a_chat_template(workspace: Path, tmp_path: Path):
         ),
         ("train.jobs.math.max_steps=0", r"train.jobs.math.max_steps: Input should be greater than 0"),
         ("train.jobs.math.init=nowhere", r"jobs.math.init: 'nowhere' is neither 'base' nor a job listed before 'math'"),
-        ("train.jobs.safety.harmful_mix=0.1", r"--set train.jobs.safety.harmful_mix: unknown key"),
+        ("train.jobs.safety.beta=0.2", r"--set train.jobs.safety.beta: unknown key"),  # beta is DPO's and ORPO's
     ],
 )
 def test_out_of_range_hyperparameters_are_refused_when_params_load(workspace: Path, setting: str, message: str):
