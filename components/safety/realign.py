@@ -60,13 +60,8 @@ def realign_model(
         if base_dir is None:
             raise InputError("safety.realign.method resta adds aligned − base: the base model's folder is needed")
         return restore_model(aligned_dir, finetuned_dir, base_dir, cfg, out_dir)
-    for path in (aligned_dir, finetuned_dir):
-        check_model_dir(path)
+    cache = realign_cache({"aligned": aligned_dir, "finetuned": finetuned_dir}, {"data": safety_data}, cfg, out_dir)
     rows = safety_rows(safety_data, cfg)
-    check_compatible(Path(aligned_dir), [Path(finetuned_dir)], max_relative_delta=cfg.max_relative_delta)
-    cache = StageCache(
-        "realign", out_dir, __name__, cfg, {"aligned": aligned_dir, "finetuned": finetuned_dir, "data": safety_data}
-    )
     if (done := cache.result({"model": Path(out_dir)})) is not None:
         return done
 
@@ -124,14 +119,20 @@ def realign_model(
     return save_model_dir(Path(out_dir), model, tokenizer, "realign_card.json", card, cache, metrics)
 
 
+def realign_cache(models: dict[str, Path], data: dict[str, Path], cfg: RealignConfig, out_dir: Path) -> StageCache:
+    """The realign stage's cache over its models and data, once the models are checked: each a model directory, and
+    all with the first one's architecture, tensors and tokenizer, close enough to it to share its base."""
+    for path in models.values():
+        check_model_dir(path)
+    first, *others = [Path(path) for path in models.values()]
+    check_compatible(first, others, max_relative_delta=cfg.max_relative_delta)
+    return StageCache("realign", out_dir, __name__, cfg, {**models, **data})
+
+
 def restore_model(aligned_dir: Path, finetuned_dir: Path, base_dir: Path, cfg: RealignConfig, out_dir: Path):
     """RESTA: θ* = θ_ft + λ·(θ_aligned − θ_base) on every tensor where the aligned model differs from its base."""
-    for path in (aligned_dir, finetuned_dir, base_dir):
-        check_model_dir(path)
-    check_compatible(Path(base_dir), [Path(aligned_dir), Path(finetuned_dir)], cfg.max_relative_delta)
-    cache = StageCache(
-        "realign", out_dir, __name__, cfg, {"aligned": aligned_dir, "finetuned": finetuned_dir, "base": base_dir}
-    )
+    models = {"base": base_dir, "aligned": aligned_dir, "finetuned": finetuned_dir}
+    cache = realign_cache(models, {}, cfg, out_dir)
     if (done := cache.result({"model": Path(out_dir)})) is not None:
         return done
     tokenizer = AutoTokenizer.from_pretrained(finetuned_dir, local_files_only=True)
