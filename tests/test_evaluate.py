@@ -130,6 +130,18 @@ def test_evaluate_stage_scores_every_candidate_and_caches_by_weights(tmp_path: P
     assert evaluate_candidates({"base": tiny_base}, curated, cfg, 0, tmp_path / "eval").cached
 
 
+def test_the_probe_judge_decides_the_safety_metrics_when_configured(tmp_path: Path, tiny_base: Path, curated: Path):
+    from components.safety.judge import judge_answers
+
+    cfg = EvaluateConfig(math_new_tokens=4, safety_new_tokens=4, batch_size=4, judge="probe")
+    evaluate_candidates({"base": tiny_base}, curated, cfg, 0, tmp_path / "eval", judge_model=tiny_base)
+    samples = [s for s in read(tmp_path / "eval" / "base" / "samples.jsonl") if s["task"] in ("harmful", "benign")]
+    verdicts = judge_answers([s["answer"] for s in samples], "probe", tiny_base)
+    assert [s["refused"] for s in samples] == [v.refusal for v in verdicts]
+    with pytest.raises(InputError, match="judge model"):  # the probe without the model it reads
+        evaluate_candidates({"base": tiny_base}, curated, cfg, 0, tmp_path / "other")
+
+
 def test_report_draws_the_figures_and_redraws_only_when_what_they_show_changed(
     tmp_path: Path, tiny_base: Path, curated: Path
 ):

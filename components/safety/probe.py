@@ -49,9 +49,11 @@ def reference_answers() -> tuple[list[str], list[bool]]:
 
 
 @torch.no_grad()
-def answer_features(model, tokenizer, answers: list[str], max_tokens: int = OPENING_TOKENS, batch_size: int = 32):
-    """h̄_l(a) = mean over the first `max_tokens` tokens of answer a of the hidden state after layer l, for every
-    layer l (0: the embeddings): an array [layers + 1, answers, hidden]. Answers must not be empty."""
+def answer_features(
+    model, tokenizer, answers: list[str], layer: int, max_tokens: int = OPENING_TOKENS, batch_size: int = 32
+):
+    """h̄_l(a) = mean over the first `max_tokens` tokens of answer a of the hidden state after block l (0: the
+    embeddings): an array [answers, hidden]. Answers must not be empty."""
     model.eval()
     chunks = []
     for start in range(0, len(answers), batch_size):
@@ -63,10 +65,10 @@ def answer_features(model, tokenizer, answers: list[str], max_tokens: int = OPEN
             padding=True,
             return_tensors="pt",
         )
-        states = torch.stack(model(**batch, output_hidden_states=True).hidden_states)  # [L+1, B, T, H]
+        states = model(**batch, output_hidden_states=True).hidden_states[layer]  # [B, T, H]
         weights = batch["attention_mask"].unsqueeze(-1).float()  # [B, T, 1]
-        chunks.append(((states * weights).sum(dim=2) / weights.sum(dim=1)).float())
-    return torch.cat(chunks, dim=1).numpy()
+        chunks.append(((states * weights).sum(dim=1) / weights.sum(dim=1)).float())
+    return torch.cat(chunks).numpy()
 
 
 def classifier() -> Pipeline:
@@ -85,7 +87,7 @@ class RefusalProbe:
         spoken = [i for i, answer in enumerate(answers) if answer.strip()]
         result = [0.0] * len(answers)
         if spoken:
-            features = answer_features(self.model, self.tokenizer, [answers[i] for i in spoken])[self.layer]
+            features = answer_features(self.model, self.tokenizer, [answers[i] for i in spoken], self.layer)
             for i, p in zip(spoken, self.fitted.predict_proba(features)[:, 1], strict=True):
                 result[i] = float(p)
         return result
@@ -100,5 +102,5 @@ def fitted_probe(model_dir: Path) -> RefusalProbe:
     model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True)
     answers, labels = reference_answers()
     layer = min(PROBE_LAYER, model.config.num_hidden_layers)  # a smaller model (tiny) is read at its last layer
-    features = answer_features(model, tokenizer, answers)[layer]
+    features = answer_features(model, tokenizer, answers, layer)
     return RefusalProbe(model, tokenizer, layer, classifier().fit(features, labels))
