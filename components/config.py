@@ -385,6 +385,10 @@ class RealignConfig(StrictModel):
     beta: float = Field(default=0.1, gt=0)  # DPO's β (concrete_dpo)
     scale: float = Field(default=1.0, gt=0, le=10)  # λ of the safety vector (resta)
     safety_rows: PositiveInt = 64
+    # refusal_mask: curated tables (prompt -> completion) whose train rows the realigned model must keep answering;
+    # each step adds one batch of them to the loss, so the mask leaves the weights those answers need
+    retain: list[str] = []
+    retain_rows: PositiveInt = 64  # per table
     batch_size: BatchSize = 8
     max_length: TokenCount = 256
     max_relative_delta: float = Field(default=0.5, gt=0)

@@ -29,7 +29,7 @@ from components.model.ref import ModelRef
 from components.model.stage import base_model_stage
 from components.registry.lineage import Shipped, pipeline_candidate, search_candidate
 from components.registry.stage import gate_stage, register_stage
-from components.safety.stage import prune_stage, realign_data, realign_stage
+from components.safety.stage import prune_stage, realign_data, realign_stage, retain_tables
 from components.search.stage import search_stage
 from components.stage import StageResult
 from components.tracking import log_child_run
@@ -211,6 +211,7 @@ def realign(params: Params) -> Stage:
         reads = (
             f"the {cfg.model} and {cfg.aligned} models, data/pairs/safety_sft/train.jsonl (refusal_mask) or "
             "data/pairs/refusal_pairs/train.jsonl (concrete_dpo)"
+            + "".join(f", data/curated/{table}/train.jsonl (kept answered)" for table in cfg.retain)
         )
     return Stage(
         "realign",
@@ -224,6 +225,7 @@ def realign(params: Params) -> Stage:
             ModelRef.parse(cfg.aligned).folder(ws),
             ModelRef.parse(cfg.model).folder(ws),
             realign_data(ws, cfg) if cfg.method != "resta" else ws.base_model,
+            *retain_tables(ws, cfg),
         ],
         outputs=lambda ws, p: [ws.realigned],
     )

@@ -67,6 +67,21 @@ def tensors(path: Path) -> dict[str, torch.Tensor]:
             [{"weight": 1.0, "density": 0.5}, {"weight": 0.6, "density": 0.2}, {"weight": 0.3, "density": 0.9}],
         ),
         ("task_arithmetic", {"lambda": 0.7}, [{"weight": 0.5}, {"weight": 0.3}, {"weight": 0.2}]),
+        # mergekit's other parameter forms: gradients across the blocks, filtered values, top-level per-model knobs
+        (
+            "ties",
+            {"density": 0.4, "lambda": [0.8, 1.2]},
+            [
+                {"weight": [{"filter": "mlp", "value": 0.5}, {"value": 1.0}], "density": [0.2, 0.9, 0.5]},
+                {"weight": [1.0, 0.3]},
+                {"weight": 0.6, "density": [{"filter": "self_attn", "value": [0.1, 0.7]}]},
+            ],
+        ),
+        (
+            "task_arithmetic",
+            {"weight": 0.4},
+            [{"weight": [0.2, 1.0]}, {}, {"weight": [{"filter": "up_proj", "value": 2}]}],
+        ),
     ],
 )
 def test_same_result_as_mergekit(tmp_path: Path, four_layers, method, parameters, per_model):
@@ -97,7 +112,7 @@ def test_pcb_and_lines_are_applied_per_tensor_with_the_depth_of_each(tmp_path: P
 
 
 def test_layer_swap_takes_bottom_and_top_blocks_from_the_donor(tmp_path: Path, four_layers):
-    r = recipe(four_layers, "layer_swap", [("e0", {}), ("e1", {})], {"num_layers": 1, "blend": True}, base=False)
+    r = recipe(four_layers, "layer_swap", [("e0", {}), ("e1", {})], {"num_layers": 1, "transition": 1}, base=False)
     run_recipe(r, tmp_path / "swap")
     merged, receiver, donor = tensors(tmp_path / "swap"), tensors(four_layers["e0"]), tensors(four_layers["e1"])
     name = "model.layers.{}.mlp.down_proj.weight"
@@ -108,6 +123,21 @@ def test_layer_swap_takes_bottom_and_top_blocks_from_the_donor(tmp_path: Path, f
             merged[name.format(blended)], (receiver[name.format(blended)] + donor[name.format(blended)]) / 2
         )
     assert torch.equal(merged["model.embed_tokens.weight"], receiver["model.embed_tokens.weight"])
+
+
+def test_layer_swap_zones_as_the_paper_configures_them(tmp_path: Path, four_layers):
+    # 4 blocks, bottom 1, top 0, a transition of 2: donor shares 1, 1 − 1/3, 1 − 2/3, 0
+    assert [methods.layer_swap_share(layer, 4, 1, 0, 2) for layer in range(4)] == pytest.approx([1, 2 / 3, 1 / 3, 0])
+    # bottom 1, top 2, no transition: 1, 0, 1, 1
+    assert [methods.layer_swap_share(layer, 4, 1, 2, 0) for layer in range(4)] == [1, 0, 1, 1]
+    params = {"num_layers": 0, "bottom_layers": 1, "transition": 2}
+    run_recipe(recipe(four_layers, "layer_swap", [("e0", {}), ("e1", {})], params, base=False), tmp_path / "swap")
+    merged, receiver, donor = tensors(tmp_path / "swap"), tensors(four_layers["e0"]), tensors(four_layers["e1"])
+    name = "model.layers.1.self_attn.q_proj.weight"
+    assert torch.allclose(merged[name], 2 / 3 * donor[name] + 1 / 3 * receiver[name], atol=1e-7)
+    too_many = {"num_layers": 2, "transition": 1}  # 2 + 2 swapped and 2 transition blocks in 4
+    with pytest.raises(InputError, match="need 6 blocks; the model has 4"):
+        run_recipe(recipe(four_layers, "layer_swap", [("e0", {}), ("e1", {})], too_many, base=False), tmp_path / "x")
 
 
 def test_output_is_a_model_directory_with_a_card_and_shards(tmp_path: Path, four_layers):

@@ -13,7 +13,9 @@ from components.config import SearchSpace
 from components.errors import InputError
 from components.merge import methods as methods_package
 from components.merge import registry
+from components.merge.method import TensorSlot
 from components.merge.registry import check_recipe, methods_with, our_methods
+from components.merge.settings import position, setting_at
 from components.search.space import suggest
 from flows.post_train import PostTrainRequest
 from tests.test_merge import four_layers, recipe, tensors  # noqa: F401 (four_layers is a fixture)
@@ -36,7 +38,7 @@ METHOD = MergeMethod("gain_copy", "the first model times gain", (GAIN,), _merge,
 def test_the_four_methods_are_found_with_their_knobs():
     found = our_methods()
     assert list(found) == ["layer_swap", "pcb", "task_arithmetic", "ties"]
-    assert {k.name for k in found["ties"].knobs} == {"weight", "density", "lambda", "normalize", "lines"}
+    assert {k.name for k in found["ties"].knobs} == {"weight", "density", "lambda", "normalize", "int8_mask", "lines"}
     assert [k.name for k in found["ties"].knobs if k.per_model] == ["weight", "density"]
     assert methods_with("density") == ["ties"] and methods_with("lambda") == ["pcb", "task_arithmetic", "ties"]
     ranges = set(SearchSpace.model_fields)
@@ -62,10 +64,23 @@ def test_the_form_says_which_methods_take_a_knob():
         ),
         (
             "ties",
-            [{"model": "a", "parameters": {"density": [0.2, 0.5]}}],
+            [{"model": "a", "parameters": {"density": [0.2, 1.5]}}],
             {},
-            r"models\[0\].parameters.density must be a number, got \[0.2, 0.5\]",
+            r"models\[0\].parameters.density must be in \[0, 1\], got 1.5",
         ),
+        (
+            "ties",
+            [{"model": "a", "parameters": {"density": [{"filter": "mlp", "valu": 0.5}]}}],
+            {},
+            r"models\[0\].parameters.density\[0\] must be \{filter: <text>, value: <setting>\}",
+        ),
+        (
+            "layer_swap",
+            [{"model": "a"}, {"model": "b"}],
+            {"num_layers": [1, 2]},
+            r"parameters.num_layers takes one value for the whole model, got \[1, 2\]",
+        ),
+        ("ties", [{"model": "a"}], {"pcb_ratio": 0.1}, r"parameters \['pcb_ratio'\] mean nothing to ties"),
         ("ties", [{"model": "a"}], {"lambda": "abc"}, r"parameters.lambda must be a number, got 'abc'"),
         ("ties", [{"model": "a"}], {"lambda": -5}, r"parameters.lambda must be in \(0, inf\), got -5"),
         ("ties", [{"model": "a"}], {"normalize": "yes"}, r"parameters.normalize must be true or false"),
@@ -99,11 +114,10 @@ def test_bad_knobs_are_named(method, models, parameters, message):
 
 
 def test_defaults_are_filled_from_the_declaration():
-    per_model, params = check_recipe(
-        "ties", "base", [{"model": "a"}, {"model": "b", "parameters": {"density": 0.3}}], {}, "R"
-    )
+    checked = check_recipe("ties", "base", [{"model": "a"}, {"model": "b", "parameters": {"density": 0.3}}], {}, "R")
+    per_model, params = checked.at(TensorSlot("model.layers.0.mlp.up_proj.weight", 0, 4))
     assert per_model == [{"weight": 1.0, "density": 1.0}, {"weight": 1.0, "density": 0.3}]
-    assert params == {"lambda": 1.0, "normalize": True, "lines": None}
+    assert params == {"lambda": 1.0, "normalize": True, "int8_mask": False, "lines": None}
     assert check_recipe("slerp", "base", [{"model": "a"}], {"t": 0.5}, "R") is None  # mergekit's: not ours to check
 
 
@@ -128,3 +142,26 @@ def test_a_new_method_is_one_file(tmp_path: Path, monkeypatch, four_layers):  # 
         assert plan.recipe["parameters"] == {"gain": 1.2} and plan.recipe["base_model"] is None
     finally:
         registry.our_methods.cache_clear()
+
+
+def test_settings_resolve_as_mergekit_resolves_them():
+    # t = layer / (L − 1); a gradient interpolates linearly between its neighbouring points
+    assert position(TensorSlot("model.layers.1.mlp.up_proj.weight", 1, 5)) == 0.25
+    assert position(TensorSlot("model.norm.weight", None, 5)) == 0.0
+    assert setting_at([0.0, 1.0, 0.5], "x", 0.25) == 0.5  # halfway from 0 to 1
+    assert setting_at([0.0, 1.0, 0.5], "x", 0.75) == 0.75  # halfway from 1 to 0.5
+    assert setting_at([True, False], "x", 0.9) is True  # booleans select: int(0.9 × 1) = 0
+    filtered = [{"filter": "mlp", "value": [0.0, 1.0]}, {"value": 0.3}]
+    assert setting_at(filtered, "model.layers.3.mlp.up_proj.weight", 0.5) == 0.5
+    assert setting_at(filtered, "model.layers.3.self_attn.q_proj.weight", 0.5) == 0.3
+    assert setting_at([{"filter": "mlp", "value": 1}], "lm_head.weight", 0.0) is None
+    # a filter that matches nothing falls through to the top-level parameters
+    checked = check_recipe(
+        "ties",
+        "base",
+        [{"model": "a", "parameters": {"density": {"filter": "mlp", "value": 0.2}}}],
+        {"density": 0.7},
+        "R",
+    )
+    assert checked.at(TensorSlot("model.layers.0.mlp.up_proj.weight", 0, 4))[0][0]["density"] == 0.2
+    assert checked.at(TensorSlot("model.layers.0.self_attn.v_proj.weight", 0, 4))[0][0]["density"] == 0.7

@@ -23,6 +23,12 @@ def main(argv: list[str] | None = None) -> int:
         help="refuse models whose weights differ from the first by more than this share of its norm",
     )
     parser.add_argument(
+        "--random-seed",
+        type=int,
+        default=None,
+        help="seed for mergekit's randomised methods (dare_ties, della, ...), as mergekit-yaml's --random-seed",
+    )
+    parser.add_argument(
         "--force",
         action="store_true",
         help="replace OUT_DIR if it exists (never when it is, holds or lies in an input)",
@@ -30,9 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         recipe = load_recipe(args.recipe)
-        inputs = [Path(m.model) for m in recipe.models] + ([Path(recipe.base_model)] if recipe.base_model else [])
-        out = check_output(args.out_dir, [p for p in inputs if p.exists()], replace=args.force)
-        result = run_recipe(recipe, out, args.max_relative_delta)
+        out = check_output(args.out_dir, [p for p in recipe.model_paths() if p.exists()], replace=args.force)
+        result = run_recipe(recipe, out, args.max_relative_delta, random_seed=args.random_seed)
     except PipelineError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -16,13 +16,11 @@ import shutil
 import time
 from pathlib import Path
 
-import torch
-
 from components.atomic import atomic_dir, check_output
 from components.errors import InputError
 from components.hashing import file_sha256, weights_sha256
 from components.merge.method import TensorSlot
-from components.merge.recipe import Recipe
+from components.merge.recipe import DTYPES, MERGEKIT_ONLY_KEYS, Recipe, check_schema, mergekit_reason
 from components.merge.registry import check_recipe, method_named
 from components.merge.tensors import LazyModel, ShardWriter, layer_of
 from components.model.directory import check_model_dir
@@ -45,7 +43,6 @@ TOKENIZER_FILES = (
     "special_tokens_map.json",
     "generation_config.json",
 )
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def _config(path: Path) -> dict:
@@ -100,7 +97,7 @@ def check_compatible(reference: Path, others: list[Path], max_relative_delta: fl
 def _stream(recipe: Recipe, out: Path, max_shard_bytes: int) -> None:
     """Our method, one tensor at a time: read it from every model, merge it, hand it to the shard writer."""
     method = method_named(recipe.merge_method)
-    per_model, params = check_recipe(
+    checked = check_recipe(
         recipe.merge_method, recipe.base_model, [m.model_dump() for m in recipe.models], recipe.parameters, "the recipe"
     )
     base_path = Path(recipe.base_model) if recipe.base_model else None
@@ -108,13 +105,16 @@ def _stream(recipe: Recipe, out: Path, max_shard_bytes: int) -> None:
     reference = base_path or paths[0]
     config = _config(reference)
     num_layers = config["num_hidden_layers"]
-    if method.check_model is not None:
-        method.check_model(params, num_layers)
-    dtype = DTYPES[recipe.dtype or config.get("dtype") or config.get("torch_dtype") or "float32"]
+    if method.check_model is not None:  # knobs that need the block count hold one value for the whole model
+        method.check_model(checked.at(TensorSlot("", None, num_layers))[1], num_layers)
+    # computed in float32 and rounded once to the output's dtype: out_dtype, else dtype, else the reference's
+    named = recipe.out_dtype or recipe.dtype or config.get("dtype") or config.get("torch_dtype") or "float32"
+    dtype = DTYPES[named.removeprefix("torch.")]
     base, experts = (LazyModel(base_path) if base_path else None), [LazyModel(p) for p in paths]
     writer = ShardWriter(out, max_shard_bytes)
     for name in LazyModel(reference).names():
         slot = TensorSlot(name, layer_of(name), num_layers)
+        per_model, params = checked.at(slot)
         merged = method.merge(slot, base.get(name) if base else None, [e.get(name) for e in experts], per_model, params)
         writer.add(name, merged.to(dtype))
     writer.close()
@@ -125,7 +125,7 @@ def _stream(recipe: Recipe, out: Path, max_shard_bytes: int) -> None:
             shutil.copy(reference / file, out / file)
 
 
-def _mergekit(recipe: Recipe, out: Path) -> None:
+def _mergekit(recipe: Recipe, out: Path, random_seed: int | None = None) -> None:
     from mergekit.config import MergeConfiguration
     from mergekit.merge import run_merge
     from mergekit.options import MergeOptions
@@ -134,35 +134,45 @@ def _mergekit(recipe: Recipe, out: Path) -> None:
         config = MergeConfiguration.model_validate(recipe.model_dump(exclude_none=True))
     except Exception as err:  # mergekit's own validation message names the key at fault
         raise InputError(f"mergekit refused the recipe: {err}") from None
-    run_merge(config, str(out), MergeOptions(copy_tokenizer=True, quiet=True))
+    run_merge(config, str(out), MergeOptions(copy_tokenizer=True, quiet=True, random_seed=random_seed))
 
 
 def run_recipe(
-    recipe: Recipe, out_dir: Path, max_relative_delta: float = 0.5, max_shard_bytes: int = 2 << 30
+    recipe: Recipe,
+    out_dir: Path,
+    max_relative_delta: float = 0.5,
+    max_shard_bytes: int = 2 << 30,
+    random_seed: int | None = None,
 ) -> StageResult:
-    """Check the recipe's models, merge them, and write out_dir (a model directory with merge_card.json)."""
+    """Check the recipe's models, merge them, and write out_dir (a model directory with merge_card.json).
+    `random_seed` seeds mergekit's randomised methods (dare_ties, della, ...); ours are deterministic."""
+    check_schema(recipe, "the recipe")
+    delegated = mergekit_reason(recipe)
     models = [Path(m.model) for m in recipe.models]
-    if len(set(models)) != len(models):
+    if delegated is None and len(set(models)) != len(models):
         raise InputError(f"the recipe names the same model twice: {[str(p) for p in models]}")
-    # mergekit's SLERP names its base among the models; each distinct directory is checked once
-    paths = list(dict.fromkeys(([Path(recipe.base_model)] if recipe.base_model else []) + models))
+    paths = recipe.model_paths()  # each distinct directory once (mergekit's SLERP names its base among the models)
+    if not paths:
+        raise InputError("the recipe names no model (models:, or slices: with sources:)")
     check_output(out_dir, paths, replace=True)  # the pipeline replaces its own merges; never into an input
     for path in paths:
-        check_model_dir(path)
-    check_compatible(paths[0], paths[1:], max_relative_delta)
+        check_model_dir(path, chat=False)
+    surgery = any((recipe.model_extra or {}).get(key) for key in MERGEKIT_ONLY_KEYS)
+    if not surgery:  # slices and tokenizer surgery combine what need not share one base: mergekit checks them
+        check_compatible(paths[0], paths[1:], max_relative_delta)
     start = time.perf_counter()
     with atomic_dir(Path(out_dir)) as tmp:
-        if method_named(recipe.merge_method) is not None:
+        if delegated is None:
             _stream(recipe, tmp, max_shard_bytes)
-            engine = "posttrain"
         else:
-            _mergekit(recipe, tmp)
-            engine = "mergekit"
-        check_model_dir(tmp)
+            _mergekit(recipe, tmp, random_seed)
+        check_model_dir(tmp, chat=False)
         seconds = time.perf_counter() - start
         card = {
             "method": recipe.merge_method,
-            "engine": engine,
+            "engine": "posttrain" if delegated is None else "mergekit",
+            **({"why_mergekit": delegated} if delegated else {}),
+            **({"random_seed": random_seed} if delegated and random_seed is not None else {}),
             "recipe": recipe.model_dump(exclude_none=True),
             "inputs": {str(p): weights_sha256(p) for p in paths},
             "seconds": seconds,

@@ -98,6 +98,9 @@ class MergeMethod:
     needs_base: bool = True  # task-vector methods: θ_i − θ_base
     model_count: int | None = None  # exactly this many models; None: one or more
     check_model: Callable[[dict[str, Any], int], None] | None = None  # checks that need the block count
+    # parameters of mergekit's method of the same name that this one does not compute: a recipe that sets one is
+    # handed to mergekit whole, so that it means what it means there
+    mergekit_knobs: tuple[str, ...] = ()
 
     def knob(self, name: str) -> Knob | None:
         return next((k for k in self.knobs if k.name == name), None)

@@ -9,11 +9,13 @@ from __future__ import annotations
 import functools
 import importlib
 import pkgutil
+from dataclasses import dataclass
 from typing import Any
 
 from components.errors import InputError
 from components.merge import methods as methods_package
-from components.merge.method import REQUIRED, MergeMethod
+from components.merge.method import REQUIRED, Knob, MergeMethod, TensorSlot
+from components.merge.settings import endpoints, is_filtered, is_gradient, position, resolve
 
 
 @functools.cache
@@ -32,9 +34,12 @@ def method_named(name: str) -> MergeMethod | None:
 
 
 def known_method(name: str) -> bool:
-    """One of ours, or one mergekit implements (mergekit is imported only to ask)."""
-    if name in our_methods():
-        return True
+    """One of ours, or one mergekit implements."""
+    return name in our_methods() or mergekit_has(name)
+
+
+def mergekit_has(name: str) -> bool:
+    """Whether mergekit implements a method of that name (mergekit is imported only to ask)."""
     from mergekit.merge_methods import get
 
     try:
@@ -56,29 +61,62 @@ def methods_with(knob: str) -> list[str]:
     return [name for name, method in our_methods().items() if method.knob(knob) is not None]
 
 
-def filled(method: MergeMethod, given: dict[str, Any], per_model: bool, where: str) -> dict[str, Any]:
-    """`given` checked against the method's knobs of that scope, with every default filled in."""
-    knobs = method.scope(per_model)
-    unknown = sorted(set(given) - set(knobs))
-    if unknown:
-        raise InputError(f"{where} {unknown} mean nothing to {method.name}; it takes {sorted(knobs) or 'none'}")
-    values = {}
-    for name, knob in knobs.items():
-        if name in given:
-            values[name] = knob.check(given[name], f"{where}.{name}")
-        elif knob.default is REQUIRED:
-            raise InputError(f"{where}.{name} is required by {method.name} ({knob.doc})")
-        else:
-            values[name] = knob.default
-    return values
+@dataclass(frozen=True)
+class RecipeParameters:
+    """One of our methods' parameters in a recipe, checked, as written: each a scalar, a gradient or filtered values
+    (components/merge/settings.py); `at` gives their values at one tensor, defaults filled in."""
+
+    method: MergeMethod
+    per_model: list[dict[str, Any]]  # models[i].parameters
+    shared: dict[str, Any]  # the top-level parameters: global knobs, and per-model ones for every model
+    where: str
+
+    def at(self, slot: TensorSlot) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """(each model's values, the global values) at this tensor."""
+        t = position(slot)
+
+        def value(knob: Knob, scopes: list[dict[str, Any]], where: str) -> Any:
+            found = resolve(knob.name, scopes, slot.name, t)
+            if found is not None:
+                return found
+            if knob.default is REQUIRED:
+                raise InputError(f"{where}.{knob.name}: no value for tensor {slot.name} ({knob.doc})")
+            return knob.default
+
+        shared = {
+            name: value(knob, [self.shared], f"{self.where}: parameters")
+            for name, knob in self.method.scope(False).items()
+        }
+        per_model = [
+            {
+                name: value(knob, [entry, self.shared], f"{self.where}: models[{i}].parameters")
+                for name, knob in self.method.scope(True).items()
+            }
+            for i, entry in enumerate(self.per_model)
+        ]
+        return per_model, shared
+
+
+def check_setting(knob: Knob, setting: Any, where: str) -> None:
+    """Every value the setting can take passes the knob's check; only numbers may vary across tensors."""
+    if is_filtered(setting):
+        for i, condition in enumerate([setting] if isinstance(setting, dict) else setting):
+            extra = sorted(set(condition) - {"filter", "value"})
+            if extra or "value" not in condition or not isinstance(condition.get("filter", ""), str):
+                raise InputError(f"{where}[{i}] must be {{filter: <text>, value: <setting>}}, got {condition!r}")
+    if (is_filtered(setting) or is_gradient(setting)) and knob.type is not float:
+        raise InputError(f"{where} takes one value for the whole model, got {setting!r}")
+    for value in endpoints(setting):
+        knob.check(value, where)
 
 
 def check_recipe(
     method_name: str, base_model: str | None, models: list[dict[str, Any]], parameters: dict[str, Any], where: str
-) -> tuple[list[dict[str, Any]], dict[str, Any]] | None:
-    """(per-model parameters, global parameters) with defaults, for one of our methods; None for mergekit's.
+) -> RecipeParameters | None:
+    """The recipe's parameters for one of our methods, checked; None for mergekit's methods.
 
-    Every problem is an InputError that names `where` and the key.
+    Per-model knobs may be set per model or, for every model, at the top level (as in mergekit). Every problem is
+    an InputError that names `where` and the key.
     """
     method = method_named(method_name)
     if method is None:
@@ -89,9 +127,26 @@ def check_recipe(
         raise InputError(f"{where}: {method.name} needs base_model (task vectors are differences from it)")
     if not models:
         raise InputError(f"{where}: no models to merge")
-    global_values = filled(method, parameters, per_model=False, where=f"{where}: parameters")
-    per_model = [
-        filled(method, entry.get("parameters") or {}, per_model=True, where=f"{where}: models[{i}].parameters")
-        for i, entry in enumerate(models)
+    shared = dict(parameters or {})
+    scopes = [(f"{where}: parameters", shared, {k.name: k for k in method.knobs})]
+    per_model = [dict(entry.get("parameters") or {}) for entry in models]
+    scopes += [
+        (f"{where}: models[{i}].parameters", given, method.scope(per_model=True)) for i, given in enumerate(per_model)
     ]
-    return per_model, global_values
+    for scope, given, knobs in scopes:
+        unknown = sorted(set(given) - set(knobs))
+        if unknown:
+            raise InputError(f"{scope} {unknown} mean nothing to {method.name}; it takes {sorted(knobs) or 'none'}")
+        for name, setting in given.items():
+            check_setting(knobs[name], setting, f"{scope}.{name}")
+    for knob in method.knobs:
+        if knob.default is not REQUIRED or knob.name in shared:
+            continue
+        if not knob.per_model:
+            raise InputError(f"{where}: parameters.{knob.name} is required by {method.name} ({knob.doc})")
+        for i, given in enumerate(per_model):
+            if knob.name not in given:
+                raise InputError(
+                    f"{where}: models[{i}].parameters.{knob.name} is required by {method.name} ({knob.doc})"
+                )
+    return RecipeParameters(method, per_model, shared, where)

@@ -19,8 +19,9 @@ def has_chat_template(path: Path) -> bool:
     return config.is_file() and bool(json.loads(config.read_text()).get("chat_template"))
 
 
-def check_model_dir(path: Path) -> Path:
-    """Raise InputError naming `path` and what it lacks unless it is a complete chat model directory."""
+def check_model_dir(path: Path, chat: bool = True) -> Path:
+    """Raise InputError naming `path` and what it lacks unless it is a complete (chat, unless `chat` is false)
+    model directory."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: model directory does not exist")
@@ -32,7 +33,7 @@ def check_model_dir(path: Path) -> Path:
         raise InputError(f"{path}: no weights (*.safetensors or pytorch_model*.bin)")
     if not any((path / name).is_file() for name in TOKENIZER_FILES):
         raise InputError(f"{path}: no tokenizer (none of {', '.join(TOKENIZER_FILES)})")
-    if not has_chat_template(path):
+    if chat and not has_chat_template(path):
         raise InputError(f"{path}: the tokenizer has no chat template (chat_template.jinja or tokenizer_config.json)")
     return path
 

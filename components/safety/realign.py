@@ -53,15 +53,21 @@ def realign_model(
     cfg: RealignConfig,
     out_dir: Path,
     base_dir: Path | None = None,
+    retain_data: list[Path] = (),
 ) -> StageResult:
     """Write SOMF's fusion of `finetuned_dir` with `aligned_dir` to `out_dir`, with a card of the mask's size
-    (RESTA: `finetuned_dir` plus the safety vector `aligned_dir` − `base_dir`; no safety data)."""
+    (RESTA: `finetuned_dir` plus the safety vector `aligned_dir` − `base_dir`; no safety data). `retain_data`:
+    prompt -> completion tables the refusal_mask's loss also keeps answered."""
     if cfg.method == "resta":
         if base_dir is None:
             raise InputError("safety.realign.method resta adds aligned − base: the base model's folder is needed")
         return restore_model(aligned_dir, finetuned_dir, base_dir, cfg, out_dir)
-    cache = realign_cache({"aligned": aligned_dir, "finetuned": finetuned_dir}, {"data": safety_data}, cfg, out_dir)
+    retained = {f"retain:{i}": Path(path) for i, path in enumerate(retain_data)}
+    cache = realign_cache(
+        {"aligned": aligned_dir, "finetuned": finetuned_dir}, {"data": safety_data, **retained}, cfg, out_dir
+    )
     rows = safety_rows(safety_data, cfg)
+    retain = [row for path in retained.values() for row in first_rows(path, cfg.retain_rows, ("completion",))]
     if (done := cache.result({"model": Path(out_dir)})) is not None:
         return done
 
@@ -98,6 +104,7 @@ def realign_model(
             cfg.lr,
             cfg.sparsity,
             cfg.init_logit,
+            completion_batches(tokenizer, sorted(retain, key=row_order), "completion", cfg.batch_size, cfg.max_length),
         )
         fused = {n: fuse(aligned[n], finetuned[n], back[n]) for n in back}
     # only the masked tensors change; a tied tensor is written once, through its first name
@@ -159,17 +166,26 @@ def restore_model(aligned_dir: Path, finetuned_dir: Path, base_dir: Path, cfg: R
     return save_model_dir(Path(out_dir), model, tokenizer, "realign_card.json", card, cache, metrics)
 
 
+def row_order(row: dict) -> str:
+    """An order fixed by the rows' ids that mixes their kinds (a harmful prompt's refusal, a look-alike's answer)."""
+    return json_sha256(str(row.get("id")))
+
+
+def first_rows(path: Path, count: int, needed: tuple[str, ...]) -> list[dict]:
+    """At most `count` rows of a table in `row_order`, each with a prompt and the `needed` keys."""
+    rows = sorted((row for _, row in read_jsonl(path)) if Path(path).is_file() else [], key=row_order)[:count]
+    if not rows:
+        raise InputError(f"{path}: no rows to learn the mask from")
+    for row in rows:
+        missing = [key for key in ("prompt", *needed) if not row.get(key)]
+        if missing:
+            raise InputError(f"{path}: row {row.get('id')!r} has no {', '.join(missing)}: SOMF learns from them")
+    return rows
+
+
 def safety_rows(path: Path, cfg: RealignConfig) -> list[dict]:
     """The rows the mask learns from: demonstrations (refusal_mask) or preference pairs (concrete_dpo), at most
-    `safety_rows`, taken in an order fixed by their ids so that both kinds (a harmful prompt's refusal, a benign
-    look-alike's answer) are among them."""
-    needed = ("chosen", "rejected") if cfg.method == "concrete_dpo" else ("completion",)
-    rows = [row for _, row in read_jsonl(path)] if Path(path).is_file() else []
-    rows.sort(key=lambda row: json_sha256(str(row.get("id"))))
-    rows = rows[: cfg.safety_rows]
-    if not rows:
-        raise InputError(f"{path}: no safety rows to learn the mask from")
-    missing = [key for key in needed if not all(row.get(key) for row in rows)]
-    if missing:
-        raise InputError(f"{path}: rows without {missing}: SOMF's {cfg.method} learns from {', '.join(needed)}")
-    return rows
+    `safety_rows`."""
+    return first_rows(
+        path, cfg.safety_rows, ("chosen", "rejected") if cfg.method == "concrete_dpo" else ("completion",)
+    )

@@ -3,8 +3,9 @@ models"): find the safety-related subspace of a fine-tuned model's weights with 
 then fuse the fine-tuned (or merged) model with the initially aligned one through it. Two variants:
 
 - `refusal_mask` (this project's first reading of the paper): M = σ(s) over the coordinates where the models
-  differ, θ(s) = θ_ft + σ(s) ⊙ (θ_aligned − θ_ft) trained to minimise the refusal targets' loss on harmful prompts
-  plus λ · mean(σ(s)); θ* = M ⊙ θ_aligned + (1 − M) ⊙ θ_ft with M = [σ(s) > ½] (M marks what comes back).
+  differ, θ(s) = θ_ft + σ(s) ⊙ (θ_aligned − θ_ft) trained to minimise the safety demonstrations' loss plus
+  λ · mean(σ(s)), and (this project's addition) the loss of rows the fine-tuned model must keep answering;
+  θ* = M ⊙ θ_aligned + (1 − M) ⊙ θ_ft with M = [σ(s) > ½] (M marks what comes back).
 - `concrete_dpo` (the official code, below `learn_concrete_mask`): a concrete mask m over τ = θ_ft − θ_aligned,
   θ(m) = θ_aligned + τ ⊙ m / mean(m), trained with DPO on safety preference pairs (m marks what stays fine-tuned).
 
@@ -32,12 +33,14 @@ def learn_safety_mask(
     lr: float = 0.1,
     sparsity: float = 1.0,
     init_logit: float = -3.0,
+    retain_batches: list[dict[str, torch.Tensor]] = (),
 ) -> dict[str, torch.Tensor]:
     """Boolean mask per differing tensor: True where the safety loss needs the aligned model's value.
 
     `model` must hold θ_ft: tensors that do not differ are read from it as they are (tied embeddings stay
     tied). `batches` carry the model's keyword inputs (for a causal LM: input_ids, attention_mask, and labels
-    that are -100 outside the refusal tokens).
+    that are -100 outside the refusal tokens). Each step adds the loss of one of `retain_batches` (same form: what
+    the fine-tuned model must keep doing), so a coordinate that answer needs is not taken back.
     """
     # named_parameters lists a tied tensor (embeddings / LM head) once
     names = [n for n, _ in model.named_parameters() if not torch.equal(aligned[n], finetuned[n])]
@@ -52,6 +55,10 @@ def learn_safety_mask(
         batch = batches[step % len(batches)]
         params = {n: finetuned[n].float() + torch.sigmoid(logits[n]) * deltas[n] for n in names}
         loss = functional_call(model, params, args=(), kwargs=batch).loss
+        if retain_batches:
+            loss = (
+                loss + functional_call(model, params, args=(), kwargs=retain_batches[step % len(retain_batches)]).loss
+            )
         density = sum(torch.sigmoid(s).sum() for s in logits.values()) / total
         optimizer.zero_grad()
         (loss + sparsity * density).backward()

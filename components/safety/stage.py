@@ -20,6 +20,11 @@ def realign_data(ws: Workspace, cfg: RealignConfig) -> Path | None:
     return ws.pair_table("refusal_pairs" if cfg.method == "concrete_dpo" else "safety_sft")
 
 
+def retain_tables(ws: Workspace, cfg: RealignConfig) -> list[Path]:
+    """The train splits of the curated tables the realigned model must keep answering (refusal_mask)."""
+    return [ws.split(table, "train") for table in cfg.retain] if cfg.method == "refusal_mask" else []
+
+
 def realign_stage(params: Params) -> StageResult:
     ws, cfg = params.ws, params.safety.realign
     return realign_model(
@@ -29,6 +34,7 @@ def realign_stage(params: Params) -> StageResult:
         cfg,
         ws.realigned,
         ws.base_model,
+        retain_tables(ws, cfg),
     )
 
 

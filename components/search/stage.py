@@ -39,7 +39,7 @@ from components.merge.stage import merge_models
 from components.model.ref import ModelRef
 from components.safety.prune import prune_model
 from components.safety.realign import realign_model
-from components.safety.stage import realign_data
+from components.safety.stage import realign_data, retain_tables
 from components.search.space import TrialPlan, choose, directions, objective_values, suggest
 from components.stage import StageResult
 from components.workspace import Workspace
@@ -87,6 +87,7 @@ def run_trial(plan: TrialPlan, inputs: SearchInputs, trial_dir: Path) -> tuple[d
             cfg,
             trial_dir / "realigned",
             inputs.models["base"],
+            retain_tables(inputs.ws, cfg),
         ).outputs["model"]
     if plan.prune_ratio is not None:
         cfg = inputs.prune.model_copy(update={"ratio": plan.prune_ratio})

@@ -3,7 +3,7 @@
 The pure tensor functions are re-exported here, so `methods.ties(...)` reads as the paper's formula.
 """
 
-from components.merge.methods.layer_swap import layer_swap
+from components.merge.methods.layer_swap import layer_swap, layer_swap_share
 from components.merge.methods.pcb import pcb, pcb_scores
 from components.merge.methods.scaling import lines_factor
 from components.merge.methods.task_arithmetic import task_arithmetic, task_vectors
@@ -12,6 +12,7 @@ from components.merge.methods.ties import elect_sign, magnitude_trim, ties
 __all__ = [
     "elect_sign",
     "layer_swap",
+    "layer_swap_share",
     "lines_factor",
     "magnitude_trim",
     "pcb",

@@ -12,7 +12,7 @@ import torch
 
 from components.merge.method import Knob, MergeMethod, TensorSlot
 from components.merge.methods.scaling import LAMBDA, LINES, scale
-from components.merge.methods.task_arithmetic import WEIGHT, broadcast, task_vectors
+from components.merge.methods.task_arithmetic import INT8_MASK, WEIGHT, broadcast, task_vectors
 
 DENSITY = Knob(
     "density",
@@ -83,5 +83,9 @@ def _merge(slot: TensorSlot, base, experts, per_model: list[dict[str, Any]], par
 
 
 METHOD = MergeMethod(
-    "ties", "trim to density, elect signs, disjoint mean; × λ", (WEIGHT, DENSITY, LAMBDA, NORMALIZE, LINES), _merge
+    "ties",
+    "trim to density, elect signs, disjoint mean; × λ",
+    (WEIGHT, DENSITY, LAMBDA, NORMALIZE, INT8_MASK, LINES),
+    _merge,
+    mergekit_knobs=("rescale",),  # L1 rescaling of the trimmed task vectors (DARE's); no part of TIES
 )
