@@ -6,6 +6,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import torch
+
 from benchmarks.runner import Report, benchmark, measured
 from components.config import Params
 from components.merge.recipe import Recipe
@@ -14,12 +16,12 @@ from components.merge.tensors import LazyModel, ShardWriter
 EXPERTS = ("domain", "math", "safety")
 
 
-def _recipe(params: Params, method: str) -> Recipe:
+def _recipe(params: Params, method: str, dtype: str = "float32") -> Recipe:
     per_model = {"ties": {"density": 0.5, "weight": 1.0}, "task_arithmetic": {"weight": 1.0}, "pcb": {}}[method]
     return Recipe(
         merge_method=method,
         base_model=str(params.ws.base_model),
-        dtype="float32",
+        dtype=dtype,
         models=[{"model": str(params.ws.job_model(e)), "parameters": per_model} for e in EXPERTS],
         parameters={"pcb_ratio": 0.1} if method == "pcb" else {},
     )
@@ -61,6 +63,7 @@ def merge(params: Params, scratch: Path) -> Report:
         ("ours: ties", _ours, "ties"),
         ("mergekit: ties", _mergekit, "ties"),
         ("ours: task_arithmetic", _ours, "task_arithmetic"),
+        ("mergekit: task_arithmetic", _mergekit, "task_arithmetic"),
         ("ours: pcb", _ours, "pcb"),
     ]
     for label, target, method in runs:
@@ -69,6 +72,32 @@ def merge(params: Params, scratch: Path) -> Report:
         report.seconds[label] = seconds
         report.notes[f"peak RSS, {label}"] = f"{peak_mb:.0f} MB"
         shutil.rmtree(out, ignore_errors=True)
+    report.notes.update(_low_precision(params, scratch))
     size = sum(p.stat().st_size for p in (params.ws.base_model).glob("*.safetensors"))
     report.notes["inputs"] = f"base + {len(EXPERTS)} experts, {size / 1e6:.0f} MB each"
     return report
+
+
+def _low_precision(params: Params, scratch: Path) -> dict[str, str]:
+    """TIES in bfloat16: ours (float32, rounded once) and mergekit's (computed in bfloat16), each against mergekit's
+    float64 result rounded to bfloat16: how many entries differ, and by how much."""
+    outs = {"ours": scratch / "bf16_ours", "mergekit": scratch / "bf16_mergekit", "reference": scratch / "f64"}
+    _ours(_recipe(params, "ties", "bfloat16"), outs["ours"])
+    _mergekit(_recipe(params, "ties", "bfloat16"), outs["mergekit"])
+    _mergekit(_recipe(params, "ties", "float64"), outs["reference"])
+    models = {k: LazyModel(v) for k, v in outs.items()}
+    counts = {"ours": [0, 0.0], "mergekit": [0, 0.0]}
+    total = 0
+    for name in models["reference"].names():
+        reference = models["reference"].get(name).to(torch.bfloat16).float()
+        total += reference.numel()
+        for engine in counts:
+            difference = (models[engine].get(name).float() - reference).abs()
+            counts[engine][0] += int((difference > 0).sum())
+            counts[engine][1] = max(counts[engine][1], float(difference.max()))
+    for out in outs.values():
+        shutil.rmtree(out, ignore_errors=True)
+    return {
+        f"bf16 TIES, {engine} vs float64 rounded to bf16": f"{n:,} of {total:,} entries differ, max {worst:.2g}"
+        for engine, (n, worst) in counts.items()
+    }

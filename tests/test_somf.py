@@ -54,6 +54,24 @@ def test_mask_selects_the_planted_safety_coordinates_and_nothing_else():
     assert torch.equal(fused, torch.tensor([1.0, -1.0, 0.5, 2.0, -2.0, 3.0]))
 
 
+def test_retained_answers_keep_the_coordinates_they_need():
+    aligned = {"w": torch.tensor([1.0, -1.0, 0.5, 0.0, 0.0, 0.0])}
+    finetuned = {"w": torch.tensor([-1.0, 1.0, -0.5, 2.0, -2.0, 3.0])}
+    x = torch.zeros(16, 6)
+    x[:, :3] = torch.randn(16, 3, generator=torch.Generator().manual_seed(0))
+    safety = [{"x": x, "target": x @ aligned["w"]}]
+    # what the fine-tuned model must keep doing reads coordinate 2 strongly, and needs its fine-tuned value there
+    kept = torch.zeros(16, 6)
+    kept[:, 2] = 3 * torch.randn(16, generator=torch.Generator().manual_seed(1))
+    retain = [{"x": kept, "target": kept @ finetuned["w"]}]
+    without = learn_safety_mask(Probe(), aligned, finetuned, safety, steps=300, lr=0.1, sparsity=0.5)
+    assert without["w"].tolist() == [True, True, True, False, False, False]
+    mask = learn_safety_mask(
+        Probe(), aligned, finetuned, safety, steps=300, lr=0.1, sparsity=0.5, retain_batches=retain
+    )
+    assert mask["w"].tolist() == [True, True, False, False, False, False]
+
+
 def test_identical_tensors_get_no_mask():
     same = {"w": torch.ones(6)}
     x = torch.ones(2, 6)
@@ -92,6 +110,33 @@ def test_realign_stage_writes_the_fusion_and_counts_the_mask(tmp_path, tiny_base
     with pytest.raises(InputError, match="no safety rows"):
         realign_model(aligned, finetuned, data, cfg, tmp_path / "other")
     assert not (tmp_path / "other").exists()
+
+
+def test_realign_reads_the_retained_tables_and_names_a_bad_row(tmp_path, tiny_base):
+    import json
+
+    from components.config import RealignConfig
+    from components.errors import InputError
+    from components.safety.realign import realign_model
+    from tests.test_merge import fine_tune
+
+    aligned, finetuned = fine_tune(tiny_base, tmp_path / "aligned", 1), fine_tune(tiny_base, tmp_path / "ft", 2)
+    data, kept = tmp_path / "safety.jsonl", tmp_path / "math.jsonl"
+    data.write_text(
+        "".join(json.dumps({"id": i, "prompt": f"Do harm {i}", "completion": "No."}) + "\n" for i in range(4))
+    )
+    kept.write_text(
+        "".join(json.dumps({"id": f"m{i}", "prompt": f"{i} + 1?", "completion": f"{i + 1}"}) + "\n" for i in range(4))
+    )
+    cfg = RealignConfig(model="ft", steps=2, batch_size=2, retain=["math"], retain_rows=3)
+    first = realign_model(aligned, finetuned, data, cfg, tmp_path / "a", retain_data=[kept])
+    assert first.metrics["differing_weights"] > 0
+    kept.write_text(kept.read_text() + json.dumps({"id": "m9", "prompt": "9 + 1?"}) + "\n")
+    # every retained row needs a completion; the bad one is named
+    with pytest.raises(InputError, match=r"math.jsonl: row 'm9' has no completion"):
+        realign_model(
+            aligned, finetuned, data, cfg.model_copy(update={"retain_rows": 5}), tmp_path / "a", retain_data=[kept]
+        )
 
 
 # --- SOMF as the official code does it: concrete mask, rescaled task vector, DPO
