@@ -111,6 +111,21 @@ def test_pcb_and_lines_are_applied_per_tensor_with_the_depth_of_each(tmp_path: P
         assert torch.allclose(merged[name], expected, atol=1e-6), name
 
 
+def test_lines_multi_task_alpha_is_derived_from_the_task_vectors(tmp_path: Path, four_layers):
+    density = {"weight": 1.0, "density": 0.5}
+    lines = {"alpha": "auto", "beta": 0.5}
+    run_recipe(recipe(four_layers, "ties", [("e0", density), ("e1", density)], {"lines": lines}), tmp_path / "out")
+    merged, base = tensors(tmp_path / "out"), tensors(four_layers["base"])
+    experts = [tensors(four_layers[e]) for e in ("e0", "e1")]
+    # α = ‖Σ_t τ_t‖₁ / (T · ‖τ_TIES‖₁), τ_TIES merged with λ = 1 (LiNeS's official code)
+    tv = {n: methods.ties(base[n], [e[n] for e in experts], [1.0, 1.0], [0.5, 0.5]) - base[n] for n in base}
+    summed = sum(float((experts[0][n] + experts[1][n] - 2 * base[n]).abs().sum()) for n in base)
+    alpha = summed / (2 * sum(float(t.abs().sum()) for t in tv.values()))
+    assert 0.5 < alpha < 2  # TIES's disjoint mean is smaller than the sum: α is above 1/T
+    for name, factor in [("model.layers.3.mlp.up_proj.weight", alpha + 0.5), ("model.embed_tokens.weight", alpha)]:
+        assert torch.allclose(merged[name], base[name] + factor * tv[name], atol=1e-6), name
+
+
 def test_layer_swap_takes_bottom_and_top_blocks_from_the_donor(tmp_path: Path, four_layers):
     r = recipe(four_layers, "layer_swap", [("e0", {}), ("e1", {})], {"num_layers": 1, "transition": 1}, base=False)
     run_recipe(r, tmp_path / "swap")

@@ -89,7 +89,13 @@ def test_the_form_says_which_methods_take_a_knob():
             "pcb",
             [{"model": "a"}],
             {"lines": {"alpha": 1}},
-            r"parameters.lines must be \{alpha: <number>, beta: <number>\}",
+            r"parameters.lines must be \{alpha: <number or auto>, beta: <number>\}",
+        ),
+        (
+            "pcb",
+            [{"model": "a"}],
+            {"lines": {"alpha": 0.5, "beta": "auto"}},
+            r"parameters.lines must be \{alpha: <number or auto>, beta: <number>\}",
         ),
         ("layer_swap", [{"model": "a"}, {"model": "b"}], {}, r"parameters.num_layers is required by layer_swap"),
         (

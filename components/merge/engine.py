@@ -20,6 +20,7 @@ from components.atomic import atomic_dir, check_output
 from components.errors import InputError
 from components.hashing import file_sha256, weights_sha256
 from components.merge.method import TensorSlot
+from components.merge.methods.scaling import multi_task_alpha, wants_auto_alpha
 from components.merge.recipe import DTYPES, MERGEKIT_ONLY_KEYS, Recipe, check_schema, mergekit_reason
 from components.merge.registry import check_recipe, method_named
 from components.merge.tensors import LazyModel, ShardWriter, layer_of
@@ -111,10 +112,14 @@ def _stream(recipe: Recipe, out: Path, max_shard_bytes: int) -> None:
     named = recipe.out_dtype or recipe.dtype or config.get("dtype") or config.get("torch_dtype") or "float32"
     dtype = DTYPES[named.removeprefix("torch.")]
     base, experts = (LazyModel(base_path) if base_path else None), [LazyModel(p) for p in paths]
+    names = LazyModel(reference).names()
+    alpha = lines_alpha(method, checked, names, num_layers, base, experts)
     writer = ShardWriter(out, max_shard_bytes)
-    for name in LazyModel(reference).names():
+    for name in names:
         slot = TensorSlot(name, layer_of(name), num_layers)
         per_model, params = checked.at(slot)
+        if alpha is not None:
+            params = {**params, "lines": {**params["lines"], "alpha": alpha}}
         merged = method.merge(slot, base.get(name) if base else None, [e.get(name) for e in experts], per_model, params)
         writer.add(name, merged.to(dtype))
     writer.close()
@@ -123,6 +128,23 @@ def _stream(recipe: Recipe, out: Path, max_shard_bytes: int) -> None:
     for file in TOKENIZER_FILES:
         if (reference / file).is_file():
             shutil.copy(reference / file, out / file)
+
+
+def lines_alpha(method, checked, names, num_layers, base, experts) -> float | None:
+    """LiNeS's multi-task α when the recipe asks for `alpha: auto`: a first pass over every tensor merges it with
+    λ = 1 and no LiNeS, and sums the L1 norms of Σ_t τ_t and of the merged task vector; None otherwise."""
+    if not wants_auto_alpha(checked.at(TensorSlot("", None, num_layers))[1]):
+        return None
+    summed_l1 = merged_l1 = 0.0
+    for name in names:
+        slot = TensorSlot(name, layer_of(name), num_layers)
+        per_model, params = checked.at(slot)
+        theta = base.get(name).float()
+        tensors = [e.get(name) for e in experts]
+        plain = method.merge(slot, theta, tensors, per_model, {**params, "lines": None, "lambda": 1.0})
+        summed_l1 += float(sum(t.float() - theta for t in tensors).abs().sum())
+        merged_l1 += float((plain - theta).abs().sum())
+    return multi_task_alpha(summed_l1, merged_l1, len(experts))
 
 
 def _mergekit(recipe: Recipe, out: Path, random_seed: int | None = None) -> None:

@@ -34,6 +34,7 @@ class Knob:
     high_open: bool = False
     per_model: bool = False
     fields: tuple[str, ...] = ()  # a dict knob's keys, each a number
+    auto_fields: tuple[str, ...] = ()  # of those, the ones that may also be "auto" (derived from the models)
     search: str | None = None  # the search.space range that draws it (components.search.space)
     doc: str = ""
 
@@ -43,11 +44,10 @@ class Knob:
             if (
                 not isinstance(value, dict)
                 or set(value) != set(self.fields)
-                or not all(_is_number(v) for v in value.values())
+                or not all(_is_number(v) or (k in self.auto_fields and v == "auto") for k, v in value.items())
             ):
-                raise InputError(
-                    f"{where} must be {{{', '.join(f'{f}: <number>' for f in self.fields)}}}, got {value!r}"
-                )
+                shape = ", ".join(f"{f}: <number{' or auto' if f in self.auto_fields else ''}>" for f in self.fields)
+                raise InputError(f"{where} must be {{{shape}}}, got {value!r}")
             return value
         if self.type is bool:
             if not isinstance(value, bool):

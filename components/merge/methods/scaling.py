@@ -10,13 +10,28 @@ LAMBDA = Knob(
     "lambda", float, 1.0, low=0, low_open=True, search="merge_lambda", doc="scaling of the merged task vector"
 )
 LINES = Knob(
-    "lines", dict, None, fields=("alpha", "beta"), doc="LiNeS: replaces lambda by alpha + beta·ℓ/(L−1) for block ℓ"
+    "lines",
+    dict,
+    None,
+    fields=("alpha", "beta"),
+    auto_fields=("alpha",),
+    doc="LiNeS: replaces lambda by alpha + beta·ℓ/(L−1) for block ℓ; alpha: auto derives it from the task vectors",
 )
 
 
 def lines_factor(layer: int, num_layers: int, alpha: float, beta: float) -> float:
     """LiNeS (Wang et al., 2025): λ^(ℓ) = α + β·ℓ/(L−1) for block ℓ of L; shallow layers keep less of the task vector."""
     return alpha + beta * layer / max(num_layers - 1, 1)
+
+
+def multi_task_alpha(summed_l1: float, merged_l1: float, tasks: int) -> float:
+    """LiNeS's multi-task α (its official code, wang-kee/LiNeS): α = ‖Σ_t τ_t‖₁ / (T · ‖τ_merged‖₁), the merged
+    task vector τ_merged computed with λ = 1; 1/T when nothing moved."""
+    return summed_l1 / (tasks * merged_l1) if merged_l1 > 0 else 1 / tasks
+
+
+def wants_auto_alpha(params: dict[str, Any]) -> bool:
+    return (params.get("lines") or {}).get("alpha") == "auto"
 
 
 def scale(slot: TensorSlot, params: dict[str, Any]) -> float:
