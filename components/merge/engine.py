@@ -3,7 +3,7 @@ and write a normal model directory with a merge card, atomically.
 
 Why our own streaming engine for task arithmetic, TIES, PCB and layer swapping rather than mergekit
 plug-ins: PCB and layer swapping are not mergekit methods, and writing them as mergekit plug-ins ties
-them to mergekit's task-graph internals, which change between releases; the engine here is ~100 lines,
+them to mergekit's task-graph internals, which change between releases; the engine here is short,
 reads one tensor per model at a time, and on `smol` merges TIES faster than mergekit does (see README,
 "Merging"). Everything else mergekit does well (SLERP, DARE, breadcrumbs, ...) goes to mergekit.
 """
@@ -15,6 +15,8 @@ import math
 import shutil
 import time
 from pathlib import Path
+
+import torch
 
 from components.atomic import atomic_dir, check_output
 from components.errors import InputError
@@ -50,8 +52,33 @@ def _config(path: Path) -> dict:
     return json.loads((path / "config.json").read_text())
 
 
-def check_compatible(reference: Path, others: list[Path], max_relative_delta: float) -> None:
-    """Same architecture, tensors, shapes and tokenizer as `reference`, and close enough to it to share its base."""
+class Drift:
+    """How far each model's weights lie from the reference's, ‖θ − θ_ref‖ / ‖θ_ref‖, summed tensor by tensor."""
+
+    def __init__(self, reference: Path, others: list[Path], limit: float):
+        self.reference, self.others, self.limit = reference, others, limit
+        self.squared_delta, self.squared_ref = [0.0] * len(others), 0.0
+
+    def add(self, reference: torch.Tensor, others: list[torch.Tensor]) -> None:
+        ref = reference.float()
+        self.squared_ref += float(ref.pow(2).sum())
+        for i, tensor in enumerate(others):
+            self.squared_delta[i] += float((tensor.float() - ref).pow(2).sum())
+
+    def check(self) -> None:
+        """InputError naming the first model farther than the limit: not fine-tuned from the same base."""
+        for path, squared in zip(self.others, self.squared_delta, strict=True):
+            relative = math.sqrt(squared / max(self.squared_ref, 1e-30))
+            if relative > self.limit:
+                raise InputError(
+                    f"{path}: its weights differ from {self.reference} by {relative:.2f} of their norm "
+                    f"(limit {self.limit}); it does not look fine-tuned from the same base"
+                )
+
+
+def check_compatible(reference: Path, others: list[Path], max_relative_delta: float, read_weights: bool = True) -> None:
+    """Same architecture, tensors, shapes and tokenizer as `reference`, and close enough to it to share its base
+    (that last check reads every tensor; `read_weights=False` leaves it to a caller that reads them anyway)."""
     ref_config, ref = _config(reference), LazyModel(reference)
     ref_names = ref.names()
     for path in others:
@@ -82,21 +109,17 @@ def check_compatible(reference: Path, others: list[Path], max_relative_delta: fl
                 f"{path / 'tokenizer.json'}: differs from {reference / 'tokenizer.json'}; "
                 f"merged models must share one tokenizer and vocabulary"
             )
-        squared_delta = squared_ref = 0.0
-        for name in ref_names:
-            a, b = model.get(name).float(), ref.get(name).float()
-            squared_delta += float((a - b).pow(2).sum())
-            squared_ref += float(b.pow(2).sum())
-        relative = math.sqrt(squared_delta / max(squared_ref, 1e-30))
-        if relative > max_relative_delta:
-            raise InputError(
-                f"{path}: its weights differ from {reference} by {relative:.2f} of their norm "
-                f"(limit {max_relative_delta}); it does not look fine-tuned from the same base"
-            )
+        if read_weights:
+            drift = Drift(reference, [path], max_relative_delta)
+            for name in ref_names:
+                drift.add(ref.get(name), [model.get(name)])
+            drift.check()
 
 
-def _stream(recipe: Recipe, out: Path, max_shard_bytes: int) -> None:
-    """Our method, one tensor at a time: read it from every model, merge it, hand it to the shard writer."""
+def _stream(recipe: Recipe, out: Path, max_shard_bytes: int, max_relative_delta: float) -> None:
+    """Our method, one tensor at a time: read it from every model, merge it, hand it to the shard writer. The
+    models' distance from the reference is summed on the way and checked at the end (the output is a temporary
+    folder until then), so every tensor is read once."""
     method = method_named(recipe.merge_method)
     checked = check_recipe(
         recipe.merge_method, recipe.base_model, [m.model_dump() for m in recipe.models], recipe.parameters, "the recipe"
@@ -114,14 +137,20 @@ def _stream(recipe: Recipe, out: Path, max_shard_bytes: int) -> None:
     base, experts = (LazyModel(base_path) if base_path else None), [LazyModel(p) for p in paths]
     names = LazyModel(reference).names()
     alpha = lines_alpha(method, checked, names, num_layers, base, experts)
+    drift = Drift(reference, paths if base_path else paths[1:], max_relative_delta)
     writer = ShardWriter(out, max_shard_bytes)
     for name in names:
         slot = TensorSlot(name, layer_of(name), num_layers)
         per_model, params = checked.at(slot)
         if alpha is not None:
             params = {**params, "lines": {**params["lines"], "alpha": alpha}}
-        merged = method.merge(slot, base.get(name) if base else None, [e.get(name) for e in experts], per_model, params)
-        writer.add(name, merged.to(dtype))
+        theta, tensors = base.get(name) if base else None, [e.get(name) for e in experts]
+        if theta is None:  # no base: the first model is the reference
+            drift.add(tensors[0], tensors[1:])
+        else:
+            drift.add(theta, tensors)
+        writer.add(name, method.merge(slot, theta, tensors, per_model, params).to(dtype))
+    drift.check()
     writer.close()
     config["dtype"] = str(dtype).removeprefix("torch.")
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
@@ -181,11 +210,12 @@ def run_recipe(
         check_model_dir(path, chat=False)
     surgery = any((recipe.model_extra or {}).get(key) for key in MERGEKIT_ONLY_KEYS)
     if not surgery:  # slices and tokenizer surgery combine what need not share one base: mergekit checks them
-        check_compatible(paths[0], paths[1:], max_relative_delta)
+        # our engine reads every tensor anyway and checks the models' distance on the way
+        check_compatible(paths[0], paths[1:], max_relative_delta, read_weights=delegated is not None)
     start = time.perf_counter()
     with atomic_dir(Path(out_dir)) as tmp:
         if delegated is None:
-            _stream(recipe, tmp, max_shard_bytes)
+            _stream(recipe, tmp, max_shard_bytes, max_relative_delta)
         else:
             _mergekit(recipe, tmp, random_seed)
         check_model_dir(tmp, chat=False)
