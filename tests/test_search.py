@@ -41,7 +41,7 @@ def test_a_trial_draws_only_the_knobs_of_its_method():
         "base_model": None,
         "models": [{"model": "domain", "parameters": {}}, {"model": "math", "parameters": {}}],
         "parameters": {"num_layers": 3},
-    }  # blend keeps its declared default (false)
+    }  # transition keeps its declared default (0)
     assert (swap.realign_lr, swap.prune_ratio) == (None, None)
     pcb = suggest(FixedTrial({"method": "pcb", "lambda": 1.2, "pcb_ratio": 0.2}), no_safety, EXPERTS)
     assert pcb.recipe["parameters"] == {"lambda": 1.2, "pcb_ratio": 0.2}
