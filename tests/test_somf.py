@@ -107,7 +107,7 @@ def test_realign_stage_writes_the_fusion_and_counts_the_mask(tmp_path, tiny_base
     assert sum(card["masked_per_tensor"].values()) == from_aligned
 
     data.write_text("")
-    with pytest.raises(InputError, match="no safety rows"):
+    with pytest.raises(InputError, match="no rows to learn the mask from"):
         realign_model(aligned, finetuned, data, cfg, tmp_path / "other")
     assert not (tmp_path / "other").exists()
 
@@ -228,7 +228,7 @@ def test_realign_stage_with_the_concrete_dpo_variant(tmp_path, tiny_base):
     assert card["masked_per_tensor"][name] == int(back.sum()) and result.metrics["masked_weights"] > 0
 
     pairs.write_text(json.dumps({"id": "x", "prompt": "p", "completion": "c"}) + "\n")
-    with pytest.raises(InputError, match=r"rows without \['chosen', 'rejected'\]"):
+    with pytest.raises(InputError, match=r"row 'x' has no chosen, rejected"):
         realign_model(aligned, finetuned, pairs, cfg, tmp_path / "other")
 
 
