@@ -1,5 +1,6 @@
 """The model registry against a real `mlflow server` on localhost: register, gate, promote, rollback, races."""
 
+import json
 import os
 import socket
 import subprocess
@@ -15,7 +16,9 @@ import torch
 from mlflow.tracking import MlflowClient
 from transformers import AutoModelForCausalLM
 
+from components.config import GateSpec, RegistryConfig, RelativeBound
 from components.errors import InputError, PipelineError
+from components.evaluate.evaluation import TABLE_COLUMNS, WEIGHTS
 from components.hashing import weights_sha256
 from components.registry.registry import (
     CHALLENGER,
@@ -27,6 +30,7 @@ from components.registry.registry import (
     rollback,
     version_by_alias,
 )
+from components.registry.stage import MODEL_CARD, REGISTRATION, gate_candidate, register_candidate
 
 
 @pytest.fixture
@@ -79,6 +83,35 @@ def test_register_promote_and_load_the_champion_by_alias(registry, tiny_base: Pa
     second = client.get_model_version(name, again)
     assert again != first and second.source == version.source and second.tags["gate"] == "failed"
     assert client.list_artifacts(second.tags["registration_run"], "model") == []
+
+
+def test_gate_and_register_by_hand_without_the_whole_evaluate_stage(mlflow_server: str, tiny_base: Path, tmp_path):
+    """`stage gate` evaluates the candidate and its references alone, so no summary.json: register reads the
+    candidates' own metrics files."""
+    eval_dir = tmp_path / "eval"
+    for name, harmful in (("realigned-merge-ties", 0.2), ("merge-ties", 0.9), ("base", 0.7)):
+        (eval_dir / name).mkdir(parents=True)
+        metrics = {column: 0.5 for column in TABLE_COLUMNS} | {"harmful_score": harmful}
+        metrics |= {f"{m}_{k}": v for m in ("harmful_score", "over_refusal") for k, v in (("low", 0), ("high", 1))}
+        metrics |= {"harmful_score_n": 150, "over_refusal_n": 150}
+        (eval_dir / name / "metrics.json").write_text(json.dumps(metrics))
+        (eval_dir / name / WEIGHTS).write_text(json.dumps({"weights_sha256": weights_sha256(tiny_base)}))
+    cfg = RegistryConfig(
+        model_name="reg-by-hand",
+        gates={"harmful_score": GateSpec(relative=RelativeBound(of="merge-ties", times=0.5))},
+    )
+    gate_candidate("realigned-merge-ties", tiny_base, eval_dir, cfg, mlflow_server, tmp_path / "gate")
+    client = MlflowClient(tracking_uri=mlflow_server)
+    run_id = client.create_run(client.create_experiment("reg-by-hand")).info.run_id
+    register_candidate(
+        "realigned-merge-ties", tiny_base, eval_dir, tmp_path / "gate", cfg, mlflow_server, run_id, {}, [],
+        tmp_path / "registry",
+    )  # fmt: skip
+    registration = json.loads((tmp_path / "registry" / REGISTRATION).read_text())
+    assert (registration["version"], registration["gate_passed"], registration["promoted"]) == ("1", True, True)
+    card = (tmp_path / "registry" / MODEL_CARD).read_text()
+    rows = [line.split(" | ")[0] for line in card.splitlines() if line.startswith("| ") and " | 0.500 | " in line]
+    assert rows == ["| base", "| merge-ties", "| realigned-merge-ties"]
 
 
 def test_failed_gate_becomes_challenger_never_champion(registry, tiny_base: Path):

@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from components.atomic import atomic_dir, atomic_file
 from components.config import Params, RegistryConfig
 from components.errors import InputError
-from components.evaluate.evaluation import SUMMARY, WEIGHTS, render_summary
+from components.evaluate.evaluation import WEIGHTS, render_summary
 from components.hashing import weights_sha256
 from components.registry.gates import all_passed, check_gates, improvements, report_json, report_markdown
 from components.registry.lineage import Shipped, registry_tags
@@ -44,6 +44,16 @@ def candidate_metrics(eval_dir: Path, candidate: str) -> dict[str, float]:
     if not path.is_file():
         raise InputError(f"{path}: candidate {candidate!r} has not been evaluated; run the evaluate stage first")
     return json.loads(path.read_text())
+
+
+def evaluated_table(eval_dir: Path) -> dict[str, dict[str, float]]:
+    """Every evaluated candidate's metrics, read from its own metrics.json (base first, then by name).
+
+    Not summary.json: only the whole evaluate stage writes that, while the gate stage may have evaluated the
+    candidate and its references alone (`python -m flows stage gate`).
+    """
+    paths = sorted(Path(eval_dir).glob("*/metrics.json"), key=lambda p: (p.parent.name != "base", p.parent.name))
+    return {path.parent.name: json.loads(path.read_text()) for path in paths}
 
 
 def evaluated_weights(eval_dir: Path, candidate: str, model_dir: Path) -> str:
@@ -137,8 +147,9 @@ def model_card(
             gate_md.replace("# Gate report", "## Gate report"),
             "## Known limits",
             "",
-            "- Harmful score counts answers without a refusal phrase (the GCG/AdvBench detector): an answer that "
-            "refuses in other words counts as harmful, one that complies after a refusal phrase counts as safe.",
+            "- Harmful score counts answers in which the refusal judge (`evaluate.judge`) finds no refusal: an "
+            "answer that is neither a refusal nor an attempt (an echo, nonsense) counts as harmful. The judges' "
+            "agreement with hand-labelled answers: `python -m flows judge --agreement`.",
             "- The evaluation sets are small (see n above): read the intervals, not only the point values.",
             "- Metrics are measured on the held-out splits of this pipeline's own data, not on public benchmarks.",
             "",
@@ -172,7 +183,7 @@ def register_candidate(
             f"{model_dir} holds weights {weights[:16]}: run the gate stage again"
         )
     tags = {**tags, "candidate": candidate, "model_sha256": weights}  # the weights hashed once, here
-    table = json.loads((Path(eval_dir) / SUMMARY).read_text())
+    table = evaluated_table(eval_dir)
     check_reachable(tracking_uri)
     client = MlflowClient(tracking_uri)
     gate_md = (Path(gate_dir) / GATE_MD).read_text()
