@@ -61,10 +61,26 @@ def _decode_rate(params: Params, batch: int) -> tuple[float, float, float]:
     return len(prompts) * DECODED / decode, roofline, prefill
 
 
-def _suite(params: Params) -> None:
-    from components.evaluate.suite import evaluate_model
+def _suite(params: Params) -> dict[str, float]:
+    """The whole suite on the base model; returns the seconds of each of its parts (the suite's task functions,
+    timed where evaluate_model calls them: this runs in a process of its own)."""
+    from components.evaluate import suite
 
-    evaluate_model(params.ws.base_model, params.ws.curated, params.evaluate, params.seed)
+    parts: dict[str, float] = {}
+
+    def timed(name: str, task):
+        def run(*args, **kwargs):
+            start = time.perf_counter()
+            result = task(*args, **kwargs)
+            parts[name] = parts.get(name, 0.0) + time.perf_counter() - start
+            return result
+
+        return run
+
+    for name in ("domain_mc", "math_exact_match", "domain_perplexity", "refusal_share"):
+        setattr(suite, name, timed(name, getattr(suite, name)))
+    suite.evaluate_model(params.ws.base_model, params.ws.curated, params.evaluate, params.seed)
+    return parts
 
 
 @benchmark("evaluate")
@@ -81,7 +97,16 @@ def evaluate(params: Params, scratch: Path) -> Report:
             f"{rate:.0f} tokens/s decoded = {rate / roofline:.2f} of the roofline ({roofline:.0f} tokens/s); "
             f"prefill {prefill:.1f} s"
         )
-    seconds, peak, _ = measured(_suite, params)
+    seconds, peak, parts = measured(_suite, params)
     report.seconds["the whole suite on the base model"] = seconds
-    report.notes["suite"] = f"{seconds:.0f} s, peak RSS {peak:.0f} MB (params.yaml evaluate)"
+    cfg = params.evaluate
+    generated = (
+        cfg.math_problems * cfg.math_new_tokens + (cfg.harmful_prompts + cfg.benign_prompts) * cfg.safety_new_tokens
+    )
+    generating = parts["math_exact_match"] + parts["refusal_share"]
+    report.notes["suite"] = (
+        f"{seconds:.0f} s, peak RSS {peak:.0f} MB (params.yaml evaluate); "
+        + ", ".join(f"{name} {part:.0f} s" for name, part in parts.items())
+        + f"; generation at most {generated / generating:.0f} tokens/s ({generated} new tokens at most)"
+    )
     return report

@@ -9,12 +9,13 @@ module as a line that is rewritten in place on a terminal (every tenth elsewhere
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-CHATTY = ("transformers", "datasets", "accelerate", "peft", "trl", "torch", "py.warnings", "posttrain")
+CHATTY = ("transformers", "datasets", "accelerate", "peft", "trl", "torch", "mlflow", "py.warnings", "posttrain")
 
 
 class _LazyFileHandler(logging.FileHandler):
@@ -33,6 +34,7 @@ def route_library_output(log_file: Path, verbose: bool) -> None:
     """Warnings and library logs to `log_file` (and, when verbose, to the console too); progress bars off unless
     verbose."""
     import datasets
+    import mlflow  # noqa: F401  (it installs its own console handler on import: imported first, so it can go)
     import transformers
 
     handler = _LazyFileHandler(log_file)
@@ -50,6 +52,11 @@ def route_library_output(log_file: Path, verbose: bool) -> None:
         return
     transformers.utils.logging.disable_progress_bar()
     datasets.disable_progress_bars()
+    # MLflow's warnings (model registration on smol) to the log only, and its artifact download bars off
+    mlflow_logger = logging.getLogger("mlflow")
+    for console in [h for h in mlflow_logger.handlers if type(h) is logging.StreamHandler]:
+        mlflow_logger.removeHandler(console)
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
 
 
 def progress_line(place: str) -> Callable[[str, float], None]:

@@ -322,7 +322,7 @@ def ship(
             f"{prefix}register",
             f"Register {what} as a version of {cfg.model_name} (alias challenger) with lineage "
             "tags, model card and gate report; move champion to it if every gate passed",
-            "the candidate's model, gate/report.json, its evaluation summary.json",
+            "the candidate's model, gate/report.json, the evaluated candidates' metrics.json",
             f"{folder}registry/{{model_card.md, registration.json}}, the MLflow registry",
             ("registry",),
             lambda p: register_stage(p, shipped(p), repo),

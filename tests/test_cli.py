@@ -53,7 +53,7 @@ def test_the_console_shows_one_line_per_stage_and_library_chatter_goes_to_the_lo
         assert f"[{k}/{len(stages)} {stage.name}] done (" in console
     k = next(k for k, stage in enumerate(stages, 1) if stage.name == "evaluate")
     assert re.search(rf"\[{k}/{len(stages)} evaluate\] evaluate \((\d+)/\1 candidates\) 100%", console)
-    for chatter in ("{'loss'", "Loading weights", "Warning", "examples/s"):
+    for chatter in ("{'loss'", "Loading weights", "Warning", "WARNING", "examples/s", "Downloading artifacts"):
         assert chatter not in console, chatter
     log = (tiny_pipeline.parent / "outputs" / "tiny" / "run.log").read_text()
     assert "posttrain.train INFO step 1: {" in log and "Warning" in log
