@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.target}: {counts['rows']} rows, {counts['refusals']} refusals (judge: {judge})")
             return 0
         params = load_params(args.params, args.profile, parse_overrides(args.overrides))
-        if args.command in ("run", "search", "stage"):
+        if args.command in ("run", "search", "stage", "chat"):
             route_library_output(params.ws.run_log, args.verbose)
         repo = args.params.resolve().parent
         stages = (

@@ -181,4 +181,5 @@ def test_run_tiny_records_parent_and_nested_stage_runs(tiny_pipeline: Path, mlfl
             tracking_uri=mlflow_server,
         )
         assert answer.returncode == code, answer.stderr
+        assert "Loading weights" not in answer.stderr  # library progress bars go to run.log, as for a run
     assert "merged/nope does not exist" in answer.stderr
