@@ -18,7 +18,7 @@ from transformers import AutoModelForCausalLM
 
 from components.config import GateSpec, RegistryConfig, RelativeBound
 from components.errors import InputError, PipelineError
-from components.evaluate.evaluation import TABLE_COLUMNS, WEIGHTS
+from components.evaluate.evaluation import SUMMARY, TABLE_COLUMNS, WEIGHTS
 from components.hashing import weights_sha256
 from components.registry.registry import (
     CHALLENGER,
@@ -30,7 +30,7 @@ from components.registry.registry import (
     rollback,
     version_by_alias,
 )
-from components.registry.stage import MODEL_CARD, REGISTRATION, gate_candidate, register_candidate
+from components.registry.stage import MODEL_CARD, REGISTRATION, evaluated_table, gate_candidate, register_candidate
 
 
 @pytest.fixture
@@ -112,6 +112,15 @@ def test_gate_and_register_by_hand_without_the_whole_evaluate_stage(mlflow_serve
     card = (tmp_path / "registry" / MODEL_CARD).read_text()
     rows = [line.split(" | ")[0] for line in card.splitlines() if line.startswith("| ") and " | 0.500 | " in line]
     assert rows == ["| base", "| merge-ties", "| realigned-merge-ties"]
+
+    # after a whole evaluate stage, its summary names the candidates: a folder left by an older one stays out,
+    # and every row is still the candidate's own metrics file (what the gate judged), not the summary's copy
+    (eval_dir / "merge-old").mkdir()
+    (eval_dir / "merge-old" / "metrics.json").write_text(json.dumps(metrics))
+    (eval_dir / SUMMARY).write_text(json.dumps({"base": {}, "merge-ties": {}}))
+    table = evaluated_table(eval_dir, "realigned-merge-ties")
+    assert list(table) == ["base", "merge-ties", "realigned-merge-ties"]
+    assert table["merge-ties"]["harmful_score"] == 0.9
 
 
 def test_failed_gate_becomes_challenger_never_champion(registry, tiny_base: Path):

@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from components.atomic import atomic_dir, atomic_file
 from components.config import Params, RegistryConfig
 from components.errors import InputError
-from components.evaluate.evaluation import WEIGHTS, render_summary
+from components.evaluate.evaluation import SUMMARY, WEIGHTS, render_summary
 from components.hashing import weights_sha256
 from components.registry.gates import all_passed, check_gates, improvements, report_json, report_markdown
 from components.registry.lineage import Shipped, registry_tags
@@ -46,14 +46,19 @@ def candidate_metrics(eval_dir: Path, candidate: str) -> dict[str, float]:
     return json.loads(path.read_text())
 
 
-def evaluated_table(eval_dir: Path) -> dict[str, dict[str, float]]:
-    """Every evaluated candidate's metrics, read from its own metrics.json (base first, then by name).
+def evaluated_table(eval_dir: Path, candidate: str) -> dict[str, dict[str, float]]:
+    """The candidates of the last evaluation, each row read from its own metrics.json (what the gate judged).
 
-    Not summary.json: only the whole evaluate stage writes that, while the gate stage may have evaluated the
-    candidate and its references alone (`python -m flows stage gate`).
+    Which candidates: those summary.json lists (the evaluate stage's set, so a folder left by a candidate no
+    longer configured stays out), and `candidate`; without summary.json (the gate run by hand on candidates
+    evaluated one by one), every evaluated candidate. Base first, then by name.
     """
-    paths = sorted(Path(eval_dir).glob("*/metrics.json"), key=lambda p: (p.parent.name != "base", p.parent.name))
-    return {path.parent.name: json.loads(path.read_text()) for path in paths}
+    summary = Path(eval_dir) / SUMMARY
+    if summary.is_file():
+        names = {*json.loads(summary.read_text()), candidate}
+    else:
+        names = {path.parent.name for path in Path(eval_dir).glob("*/metrics.json")}
+    return {name: candidate_metrics(eval_dir, name) for name in sorted(names, key=lambda n: (n != "base", n))}
 
 
 def evaluated_weights(eval_dir: Path, candidate: str, model_dir: Path) -> str:
@@ -183,7 +188,7 @@ def register_candidate(
             f"{model_dir} holds weights {weights[:16]}: run the gate stage again"
         )
     tags = {**tags, "candidate": candidate, "model_sha256": weights}  # the weights hashed once, here
-    table = evaluated_table(eval_dir)
+    table = evaluated_table(eval_dir, candidate)
     check_reachable(tracking_uri)
     client = MlflowClient(tracking_uri)
     gate_md = (Path(gate_dir) / GATE_MD).read_text()
