@@ -117,10 +117,11 @@ def test_gate_and_register_by_hand_without_the_whole_evaluate_stage(mlflow_serve
     # and every row is still the candidate's own metrics file (what the gate judged), not the summary's copy
     (eval_dir / "merge-old").mkdir()
     (eval_dir / "merge-old" / "metrics.json").write_text(json.dumps(metrics))
-    (eval_dir / SUMMARY).write_text(json.dumps({"base": {}, "merge-ties": {}}))
+    # (a row without a metrics file here, as the search's references, comes from the summary)
+    (eval_dir / SUMMARY).write_text(json.dumps({"base": {}, "merge-ties": {}, "reference": {"harmful_score": 0.4}}))
     table = evaluated_table(eval_dir, "realigned-merge-ties")
-    assert list(table) == ["base", "merge-ties", "realigned-merge-ties"]
-    assert table["merge-ties"]["harmful_score"] == 0.9
+    assert list(table) == ["base", "merge-ties", "realigned-merge-ties", "reference"]
+    assert table["merge-ties"]["harmful_score"] == 0.9 and table["reference"] == {"harmful_score": 0.4}
 
 
 def test_failed_gate_becomes_challenger_never_champion(registry, tiny_base: Path):

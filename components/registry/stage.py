@@ -47,18 +47,22 @@ def candidate_metrics(eval_dir: Path, candidate: str) -> dict[str, float]:
 
 
 def evaluated_table(eval_dir: Path, candidate: str) -> dict[str, dict[str, float]]:
-    """The candidates of the last evaluation, each row read from its own metrics.json (what the gate judged).
+    """The candidates of the last evaluation, each row from its own metrics.json (what the gate judged) where the
+    folder has one, else from summary.json (the search's references, evaluated elsewhere).
 
     Which candidates: those summary.json lists (the evaluate stage's set, so a folder left by a candidate no
     longer configured stays out), and `candidate`; without summary.json (the gate run by hand on candidates
     evaluated one by one), every evaluated candidate. Base first, then by name.
     """
-    summary = Path(eval_dir) / SUMMARY
-    if summary.is_file():
-        names = {*json.loads(summary.read_text()), candidate}
-    else:
-        names = {path.parent.name for path in Path(eval_dir).glob("*/metrics.json")}
-    return {name: candidate_metrics(eval_dir, name) for name in sorted(names, key=lambda n: (n != "base", n))}
+    summary_path = Path(eval_dir) / SUMMARY
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    names = {*summary, candidate} if summary else {path.parent.name for path in Path(eval_dir).glob("*/metrics.json")}
+    return {
+        name: candidate_metrics(eval_dir, name)
+        if name not in summary or (Path(eval_dir) / name / "metrics.json").is_file()
+        else summary[name]
+        for name in sorted(names, key=lambda n: (n != "base", n))
+    }
 
 
 def evaluated_weights(eval_dir: Path, candidate: str, model_dir: Path) -> str:
