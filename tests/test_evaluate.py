@@ -30,7 +30,7 @@ from components.evaluate.scoring import (
     options_logprobs,
 )
 from components.evaluate.suite import mc_items
-from components.model.generate import generate_answers
+from components.model.generate import balanced_batches, generate_answers
 from components.safety.refusal import is_refusal
 from tests.data_helpers import read
 
@@ -298,6 +298,32 @@ def test_scoring_batches_hold_the_row_and_logit_budgets():
         assert len(batch) <= 64 and (len(batch) == 1 or len(batch) * kept <= SCORED_POSITIONS_PER_BATCH)
     assert max(len(b) for b in batches) == 64  # short rows fill whole batches
     assert [len(b) for b in batches if lengths[b[0]][0] == 512] == [4, 1]  # 4 x 512 logits rows fit, 5 do not
+
+
+def test_the_options_of_a_batch_stay_within_the_logits_budget(tiny_base: Path, monkeypatch):
+    import components.evaluate.scoring as scoring
+
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(tiny_base), AutoTokenizer.from_pretrained(tiny_base)
+    contexts = [f"Question {i}: which one?" for i in range(6)]
+    options = [["yes", "no", "a much longer answer with many words in it"]] * 3 + [["a", "b", "c"]] * 3
+    unbounded = options_logprobs(model, tokenizer, contexts, options, batch_size=18)
+    monkeypatch.setattr(scoring, "SCORED_POSITIONS_PER_BATCH", 40)
+    widths = []
+    forward = model.forward
+    model.forward = lambda *a, **k: widths.append(k["input_ids"].shape) or forward(*a, **k)
+    bounded = options_logprobs(model, tokenizer, contexts, options, batch_size=18)
+    answers = widths[1::2]  # each batch: the contexts' pass, then their options'
+    assert len(answers) > 1 and all(rows * width <= 40 for rows, width in answers)
+    flat = [score for per_context in bounded for score, _ in per_context]
+    assert flat == pytest.approx([score for per_context in unbounded for score, _ in per_context], abs=1e-4)
+
+
+def test_generation_batches_are_as_even_as_the_batch_size_allows():
+    assert [len(b) for b in balanced_batches(list(range(150)), 64)] == [50, 50, 50]  # not 64 + 64 + 22
+    assert [len(b) for b in balanced_batches(list(range(150)), 150)] == [150]
+    assert [len(b) for b in balanced_batches(list(range(101)), 25)] == [20, 20, 20, 20, 21]
+    assert sum(balanced_batches([5, 3, 9, 1], 3), []) == [5, 3, 9, 1]
+    assert balanced_batches([], 8) == []
 
 
 def test_greedy_answers_come_back_in_the_prompts_order_whatever_the_batching(tiny_base: Path):

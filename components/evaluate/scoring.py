@@ -9,18 +9,28 @@ import torch
 SCORED_POSITIONS_PER_BATCH = 2048
 
 
-def batches_by_length(lengths: list[tuple[int, int]], batch_size: int) -> list[list[int]]:
-    """Indices grouped into batches of similar length: at most `batch_size` rows and the positions budget."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+def budget_batches(order: list[int], positions: list[int], batch_size: int) -> list[list[int]]:
+    """`order` cut into consecutive batches of at most `batch_size` rows whose rows × their widest `positions` stay
+    within the logits budget (a row wider than the budget goes alone)."""
     batches: list[list[int]] = []
     for i in order:
         batch = batches[-1] if batches else None
-        kept = max(lengths[i][1], *(lengths[j][1] for j in batch)) + 1 if batch else 0
-        if batch and len(batch) < batch_size and (len(batch) + 1) * kept <= SCORED_POSITIONS_PER_BATCH:
+        if (
+            batch
+            and len(batch) < batch_size
+            and (len(batch) + 1) * max(positions[i], *(positions[j] for j in batch)) <= SCORED_POSITIONS_PER_BATCH
+        ):
             batch.append(i)
         else:
             batches.append([i])
     return batches
+
+
+def batches_by_length(lengths: list[tuple[int, int]], batch_size: int) -> list[list[int]]:
+    """Indices of (sequence length, scored positions) grouped into batches of similar length: at most `batch_size`
+    rows and the positions budget (the scored positions and the one after them, see continuation_logprobs)."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    return budget_batches(order, [scored + 1 for _, scored in lengths], batch_size)
 
 
 def continuation_logprobs(
@@ -84,10 +94,11 @@ def options_logprobs(
     option_ids = [[tokenizer(o, add_special_tokens=False)["input_ids"] for o in opts] for opts in options]
     results: list[list[tuple[float, int]]] = [[] for _ in contexts]
     model.eval()
-    rows = max(1, batch_size // k)
-    order = sorted(range(len(contexts)), key=lambda i: (max(map(len, option_ids[i])), len(context_ids[i])))
-    for start in range(0, len(order), rows):
-        batch = order[start : start + rows]
+    # contexts with options of similar length together (the options' padding), at most batch_size // k of them and
+    # their k options' positions within the logits budget
+    widths = [k * max(map(len, option_ids[i])) for i in range(len(contexts))]
+    order = sorted(range(len(contexts)), key=lambda i: (widths[i], len(context_ids[i])))
+    for batch in budget_batches(order, widths, max(1, batch_size // k)):
         width = max(len(context_ids[i]) for i in batch)
         ids = torch.full((len(batch), width), tokenizer.pad_token_id)
         mask = torch.zeros((len(batch), width), dtype=torch.long)
