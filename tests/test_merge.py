@@ -111,6 +111,25 @@ def test_pcb_and_lines_are_applied_per_tensor_with_the_depth_of_each(tmp_path: P
         assert torch.allclose(merged[name], expected, atol=1e-6), name
 
 
+def test_whole_model_pcb_equals_pcb_on_the_flattened_model(tmp_path: Path, four_layers):
+    # the paper's and the official code's form: every statistic over the whole model's concatenated task vectors
+    r = recipe(four_layers, "pcb", [("e0", {}), ("e1", {})], {"pcb_ratio": 0.2, "lambda": 0.8, "whole_model": True})
+    run_recipe(r, tmp_path / "pcb")
+    merged, base = tensors(tmp_path / "pcb"), tensors(four_layers["base"])
+    experts = [tensors(four_layers[e]) for e in ("e0", "e1")]
+    names = list(base)
+    flat = methods.pcb(
+        torch.cat([base[n].flatten() for n in names]),
+        [torch.cat([e[n].flatten() for n in names]) for e in experts],
+        ratio=0.2,
+        lam=0.8,
+    )
+    expected = dict(zip(names, flat.split([base[n].numel() for n in names]), strict=True))
+    assert max(float((merged[n].flatten() - expected[n]).abs().max()) for n in names) < 1e-6
+    per_tensor = methods.pcb(base[names[1]], [e[names[1]] for e in experts], ratio=0.2, lam=0.8)
+    assert not torch.allclose(merged[names[1]], per_tensor, atol=1e-6)  # the scope changes what is kept
+
+
 def test_lines_multi_task_alpha_is_derived_from_the_task_vectors(tmp_path: Path, four_layers):
     density = {"weight": 1.0, "density": 0.5}
     lines = {"alpha": "auto", "beta": 0.5}

@@ -75,6 +75,21 @@ def test_pcb_drops_the_low_scores_and_rescales_the_rest():
     assert torch.allclose(merged, t(0, 0, 0, 4.0))
 
 
+def test_whole_model_pcb_bounds_are_those_of_the_flattened_model():
+    from components.merge.methods.pcb import balance, quantile_bounds, whole_model_bounds
+
+    generator = torch.Generator().manual_seed(0)
+    pieces = [torch.randn(2, size, generator=generator) for size in (7, 30, 3)]  # three tensors' task vectors
+    magnitude, score = whole_model_bounds(lambda: iter(pieces), 40, 2, ratio=0.3, outlier=0.05)
+    flat = torch.cat(pieces, dim=1)
+    # the official code's clamp on the flattened model: |τ| at 0-based ranks ⌊40·0.05⌋ = 2 and ⌊40·0.95⌋ − 1 = 37
+    ordered = flat.abs().sort(dim=1).values
+    assert torch.equal(magnitude[0], ordered[:, 2:3]) and torch.equal(magnitude[1], ordered[:, 37:38])
+    scores = balance(flat, magnitude)[1].sort(dim=1).values  # then its scores at rank ⌊40·0.7⌋ = 28, and their max
+    assert torch.equal(score[0], scores[:, 28:29]) and torch.equal(score[1], scores[:, 39:40])
+    assert torch.equal(torch.cat(quantile_bounds(flat.abs(), 0.05, 0.05), 1), torch.cat(magnitude, 1))
+
+
 def test_lines_scales_linearly_with_depth():
     assert methods.lines_factor(0, 5, alpha=0.2, beta=0.8) == 0.2
     assert methods.lines_factor(4, 5, alpha=0.2, beta=0.8) == pytest.approx(1.0)

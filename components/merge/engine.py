@@ -14,6 +14,7 @@ import json
 import math
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -21,7 +22,7 @@ import torch
 from components.atomic import atomic_dir, check_output
 from components.errors import InputError
 from components.hashing import file_sha256, weights_sha256
-from components.merge.method import TensorSlot
+from components.merge.method import TensorSlot, TensorStream
 from components.merge.methods.scaling import multi_task_alpha, wants_auto_alpha
 from components.merge.recipe import DTYPES, MERGEKIT_ONLY_KEYS, Recipe, check_schema, mergekit_reason
 from components.merge.registry import check_recipe, method_named
@@ -129,27 +130,39 @@ def _stream(recipe: Recipe, out: Path, max_shard_bytes: int, max_relative_delta:
     reference = base_path or paths[0]
     config = _config(reference)
     num_layers = config["num_hidden_layers"]
+    model_level = checked.at(TensorSlot("", None, num_layers))[1]  # the global knobs outside the blocks
     if method.check_model is not None:  # knobs that need the block count hold one value for the whole model
-        method.check_model(checked.at(TensorSlot("", None, num_layers))[1], num_layers)
+        method.check_model(model_level, num_layers)
     # computed in float32 and rounded once to the output's dtype: out_dtype, else dtype, else the reference's
     named = recipe.out_dtype or recipe.dtype or config.get("dtype") or config.get("torch_dtype") or "float32"
     dtype = DTYPES[named.removeprefix("torch.")]
     base, experts = (LazyModel(base_path) if base_path else None), [LazyModel(p) for p in paths]
-    names = LazyModel(reference).names()
-    alpha = lines_alpha(method, checked, names, num_layers, base, experts)
+    reference_model = LazyModel(reference)
+    names = reference_model.names()
+
+    def read() -> Iterator[tuple[TensorSlot, torch.Tensor | None, list[torch.Tensor]]]:
+        for name in names:
+            yield (
+                TensorSlot(name, layer_of(name), num_layers),
+                base.get(name) if base else None,
+                [e.get(name) for e in experts],
+            )
+
+    stream = TensorStream(read, sum(math.prod(reference_model.shape(n)) for n in names), len(experts))
+    prepared = method.prepare(stream, model_level) if method.prepare else {}
+    alpha = lines_alpha(method, checked, stream, prepared) if wants_auto_alpha(model_level) else None
     drift = Drift(reference, paths if base_path else paths[1:], max_relative_delta)
     writer = ShardWriter(out, max_shard_bytes)
-    for name in names:
-        slot = TensorSlot(name, layer_of(name), num_layers)
+    for slot, theta, tensors in stream.read():
         per_model, params = checked.at(slot)
+        params = {**params, **prepared}
         if alpha is not None:
             params = {**params, "lines": {**params["lines"], "alpha": alpha}}
-        theta, tensors = base.get(name) if base else None, [e.get(name) for e in experts]
         if theta is None:  # no base: the first model is the reference
             drift.add(tensors[0], tensors[1:])
         else:
             drift.add(theta, tensors)
-        writer.add(name, method.merge(slot, theta, tensors, per_model, params).to(dtype))
+        writer.add(slot.name, method.merge(slot, theta, tensors, per_model, params).to(dtype))
     drift.check()
     writer.close()
     config["dtype"] = str(dtype).removeprefix("torch.")
@@ -159,21 +172,17 @@ def _stream(recipe: Recipe, out: Path, max_shard_bytes: int, max_relative_delta:
             shutil.copy(reference / file, out / file)
 
 
-def lines_alpha(method, checked, names, num_layers, base, experts) -> float | None:
-    """LiNeS's multi-task α when the recipe asks for `alpha: auto`: a first pass over every tensor merges it with
-    λ = 1 and no LiNeS, and sums the L1 norms of Σ_t τ_t and of the merged task vector; None otherwise."""
-    if not wants_auto_alpha(checked.at(TensorSlot("", None, num_layers))[1]):
-        return None
+def lines_alpha(method, checked, stream: TensorStream, prepared: dict) -> float:
+    """LiNeS's multi-task α (for `alpha: auto`): a first pass over every tensor merges it with λ = 1 and no LiNeS,
+    and sums the L1 norms of Σ_t τ_t and of the merged task vector. `prepared`: the method's whole-model values."""
     summed_l1 = merged_l1 = 0.0
-    for name in names:
-        slot = TensorSlot(name, layer_of(name), num_layers)
+    for slot, theta, tensors in stream.read():
         per_model, params = checked.at(slot)
-        theta = base.get(name).float()
-        tensors = [e.get(name) for e in experts]
-        plain = method.merge(slot, theta, tensors, per_model, {**params, "lines": None, "lambda": 1.0})
+        theta = theta.float()
+        plain = method.merge(slot, theta, tensors, per_model, {**params, **prepared, "lines": None, "lambda": 1.0})
         summed_l1 += float(sum(t.float() - theta for t in tensors).abs().sum())
         merged_l1 += float((plain - theta).abs().sum())
-    return multi_task_alpha(summed_l1, merged_l1, len(experts))
+    return multi_task_alpha(summed_l1, merged_l1, stream.models)
 
 
 def _mergekit(recipe: Recipe, out: Path, random_seed: int | None = None) -> None:

@@ -10,7 +10,7 @@ form all read these declarations; nothing else lists a method's parameters. merg
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,6 +90,21 @@ MergeTensor = Callable[
 
 
 @dataclass(frozen=True)
+class TensorStream:
+    """Every tensor of a merge's models, read anew on each call of `read`: (slot, θ_base or None, [θ_i]) in the
+    output's order; `size` is one model's entry count, `models` the number of models besides the base."""
+
+    read: Callable[[], Iterator[tuple[TensorSlot, torch.Tensor | None, list[torch.Tensor]]]]
+    size: int
+    models: int
+
+
+# prepare(stream, global parameters at the model level) -> values added to the global parameters of every tensor:
+# the whole-model statistics a method needs before it merges any tensor (streamed, not held)
+Prepare = Callable[[TensorStream, dict[str, Any]], dict[str, Any]]
+
+
+@dataclass(frozen=True)
 class MergeMethod:
     name: str
     summary: str
@@ -101,6 +116,7 @@ class MergeMethod:
     # parameters of mergekit's method of the same name that this one does not compute: a recipe that sets one is
     # handed to mergekit whole, so that it means what it means there
     mergekit_knobs: tuple[str, ...] = ()
+    prepare: Prepare | None = None  # statistics over the whole model, computed before the merge pass
 
     def knob(self, name: str) -> Knob | None:
         return next((k for k in self.knobs if k.name == name), None)
