@@ -16,14 +16,14 @@ from components.merge.tensors import LazyModel, ShardWriter
 EXPERTS = ("domain", "math", "safety")
 
 
-def _recipe(params: Params, method: str, dtype: str = "float32") -> Recipe:
+def _recipe(params: Params, method: str, dtype: str = "float32", whole_model: bool = False) -> Recipe:
     per_model = {"ties": {"density": 0.5, "weight": 1.0}, "task_arithmetic": {"weight": 1.0}, "pcb": {}}[method]
     return Recipe(
         merge_method=method,
         base_model=str(params.ws.base_model),
         dtype=dtype,
         models=[{"model": str(params.ws.job_model(e)), "parameters": per_model} for e in EXPERTS],
-        parameters={"pcb_ratio": 0.1} if method == "pcb" else {},
+        parameters={"pcb_ratio": 0.1, "whole_model": whole_model} if method == "pcb" else {},
     )
 
 
@@ -59,16 +59,17 @@ def merge(params: Params, scratch: Path) -> Report:
         raise SystemExit(f"merge benchmark: train {missing} first (python -m flows run --profile {params.profile})")
     report = Report("merge", baseline="read all inputs + write output")
     runs = [
-        ("read all inputs + write output", _read_and_write, "ties"),
-        ("ours: ties", _ours, "ties"),
-        ("mergekit: ties", _mergekit, "ties"),
-        ("ours: task_arithmetic", _ours, "task_arithmetic"),
-        ("mergekit: task_arithmetic", _mergekit, "task_arithmetic"),
-        ("ours: pcb", _ours, "pcb"),
+        ("read all inputs + write output", _read_and_write, _recipe(params, "ties")),
+        ("ours: ties", _ours, _recipe(params, "ties")),
+        ("mergekit: ties", _mergekit, _recipe(params, "ties")),
+        ("ours: task_arithmetic", _ours, _recipe(params, "task_arithmetic")),
+        ("mergekit: task_arithmetic", _mergekit, _recipe(params, "task_arithmetic")),
+        ("ours: pcb", _ours, _recipe(params, "pcb")),
+        ("ours: pcb, whole model", _ours, _recipe(params, "pcb", whole_model=True)),
     ]
-    for label, target, method in runs:
-        out = scratch / label.replace(" ", "_").replace(":", "")
-        seconds, peak_mb, _ = measured(target, _recipe(params, method), out)
+    for label, target, recipe in runs:
+        out = scratch / label.replace(" ", "_").replace(":", "").replace(",", "")
+        seconds, peak_mb, _ = measured(target, recipe, out)
         report.seconds[label] = seconds
         report.notes[f"peak RSS, {label}"] = f"{peak_mb:.0f} MB"
         shutil.rmtree(out, ignore_errors=True)
