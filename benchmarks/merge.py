@@ -45,8 +45,9 @@ def _read_and_write(recipe: Recipe, out: Path) -> None:
     """The floor: read each tensor of the base and every expert, write one tensor per name."""
     out.mkdir()
     models = [LazyModel(Path(recipe.base_model))] + [LazyModel(Path(m.model)) for m in recipe.models]
-    writer = ShardWriter(out)
-    for name in models[0].names():
+    names = models[0].names()
+    writer = ShardWriter(out, [(n, models[0].shape(n)) for n in names], torch.float32)
+    for name in names:
         tensors = [m.get(name) for m in models]
         writer.add(name, tensors[-1])
     writer.close()

@@ -187,6 +187,33 @@ def test_output_is_a_model_directory_with_a_card_and_shards(tmp_path: Path, four
     assert result.metrics["merge_seconds"] > 0
 
 
+def test_the_shard_writer_streams_each_tensor_into_readable_shards_in_order(tmp_path: Path):
+    from safetensors.torch import load_file
+
+    from components.merge.tensors import ShardWriter
+
+    generator = torch.Generator().manual_seed(0)
+    made = {
+        "b.weight": torch.randn(3, 5, generator=generator),
+        "a.bias": torch.randn(7, generator=generator),
+        "c.scale": torch.randn((), generator=generator),
+    }
+    made = {name: t.to(torch.bfloat16) for name, t in made.items()}
+    layout = [(name, list(t.shape)) for name, t in made.items()]
+    writer = ShardWriter(tmp_path, layout, torch.bfloat16, max_bytes=32)  # 30 + 14 + 2 bytes: two shards
+    for name, tensor in made.items():
+        writer.add(name, tensor)
+    writer.close()
+    index = json.loads((tmp_path / "model.safetensors.index.json").read_text())["weight_map"]
+    assert index == {"b.weight": "model-00001-of-00002.safetensors", "a.bias": "model-00002-of-00002.safetensors",
+                     "c.scale": "model-00002-of-00002.safetensors"}  # fmt: skip
+    read = {name: t for file in set(index.values()) for name, t in load_file(tmp_path / file).items()}
+    assert read.keys() == made.keys() and all(torch.equal(read[n], made[n]) for n in made)
+    early = ShardWriter(tmp_path / "x", layout, torch.bfloat16)
+    with pytest.raises(ValueError, match=r"got tensor 'a.bias', expected \['b.weight'\]"):
+        early.add("a.bias", made["a.bias"])
+
+
 def test_other_methods_go_to_mergekit(tmp_path: Path, four_layers):
     r = Recipe(
         merge_method="slerp",

@@ -152,7 +152,7 @@ def _stream(recipe: Recipe, out: Path, max_shard_bytes: int, max_relative_delta:
     prepared = method.prepare(stream, model_level) if method.prepare else {}
     alpha = lines_alpha(method, checked, stream, prepared) if wants_auto_alpha(model_level) else None
     drift = Drift(reference, paths if base_path else paths[1:], max_relative_delta)
-    writer = ShardWriter(out, max_shard_bytes)
+    writer = ShardWriter(out, [(n, reference_model.shape(n)) for n in names], dtype, max_shard_bytes)
     for slot, theta, tensors in stream.read():
         per_model, params = checked.at(slot)
         params = {**params, **prepared}
