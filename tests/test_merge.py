@@ -128,6 +128,10 @@ def test_whole_model_pcb_equals_pcb_on_the_flattened_model(tmp_path: Path, four_
     assert max(float((merged[n].flatten() - expected[n]).abs().max()) for n in names) < 1e-6
     per_tensor = methods.pcb(base[names[1]], [e[names[1]] for e in experts], ratio=0.2, lam=0.8)
     assert not torch.allclose(merged[names[1]], per_tensor, atol=1e-6)  # the scope changes what is kept
+    graded = recipe(four_layers, "pcb", [("e0", {}), ("e1", {})], {"pcb_ratio": [0.1, 0.3], "whole_model": True})
+    with pytest.raises(InputError, match=r"pcb_ratio: with whole_model: true it is one value for the whole model"):
+        run_recipe(graded, tmp_path / "graded")
+    assert not (tmp_path / "graded").exists()
 
 
 def test_lines_multi_task_alpha_is_derived_from_the_task_vectors(tmp_path: Path, four_layers):

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from components.errors import InputError
 from components.merge.method import Knob, MergeMethod, TensorSlot, TensorStream
 from components.merge.methods.scaling import LAMBDA, LINES, scale
 from components.merge.methods.task_arithmetic import task_vectors
@@ -119,12 +120,18 @@ def _prepare(stream: TensorStream, params: dict[str, Any]) -> dict[str, Any]:
         for _, base, experts in stream.read():
             yield task_vectors(base, experts).reshape(len(experts), -1)
 
-    return {"bounds": whole_model_bounds(task_vector_stream, stream.size, stream.models, params["pcb_ratio"])}
+    ratio = params["pcb_ratio"]
+    return {"bounds": whole_model_bounds(task_vector_stream, stream.size, stream.models, ratio), "bounds_ratio": ratio}
 
 
 def _merge(slot: TensorSlot, base, experts, per_model: list[dict[str, Any]], params: dict[str, Any]) -> torch.Tensor:
     if not params["whole_model"]:
         return pcb(base, experts, params["pcb_ratio"], scale(slot, params))
+    if params["pcb_ratio"] != params["bounds_ratio"]:  # a gradient or filtered value: one threshold cannot hold it
+        raise InputError(
+            f"parameters.pcb_ratio: with whole_model: true it is one value for the whole model, but it is "
+            f"{params['pcb_ratio']} at tensor {slot.name} and {params['bounds_ratio']} outside the blocks"
+        )
     magnitude, score = params["bounds"]
     clipped, scores = balance(task_vectors(base, experts).reshape(len(experts), -1), magnitude)
     update = merged_update(clipped, _clamped_minmax(scores, score))
