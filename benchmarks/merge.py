@@ -46,7 +46,8 @@ def _read_and_write(recipe: Recipe, out: Path) -> None:
     out.mkdir()
     models = [LazyModel(Path(recipe.base_model))] + [LazyModel(Path(m.model)) for m in recipe.models]
     names = models[0].names()
-    writer = ShardWriter(out, [(n, models[0].shape(n)) for n in names], torch.float32)
+    dtype = models[-1].get(names[0]).dtype  # the tensors written are the last model's
+    writer = ShardWriter(out, [(n, models[0].shape(n)) for n in names], dtype)
     for name in names:
         tensors = [m.get(name) for m in models]
         writer.add(name, tensors[-1])

@@ -88,11 +88,11 @@ class ShardWriter:
         self, out_dir: Path, layout: list[tuple[str, list[int]]], dtype: torch.dtype, max_bytes: int = 2 << 30
     ):
         self.out_dir, self.dtype = Path(out_dir), dtype
-        size = torch.empty(0, dtype=dtype).element_size()
+        self.element_size = torch.empty(0, dtype=dtype).element_size()
         self.shards: list[list[tuple[str, list[int]]]] = [[]]
         shard_bytes = 0
         for name, shape in layout:
-            nbytes = math.prod(shape) * size
+            nbytes = math.prod(shape) * self.element_size
             if self.shards[-1] and shard_bytes + nbytes > max_bytes:
                 self.shards.append([])
                 shard_bytes = 0
@@ -102,6 +102,7 @@ class ShardWriter:
         self.written = 0
         self.file = None
         self.shard = -1
+        self.remaining = 0  # tensors the open shard still expects
 
     def _path(self, shard: int) -> Path:
         return self.out_dir / f"shard-{shard}.safetensors"
@@ -111,9 +112,8 @@ class ShardWriter:
             self.file.close()
         self.shard += 1
         header, offset = {}, 0
-        size = torch.empty(0, dtype=self.dtype).element_size()
         for name, shape in self.shards[self.shard]:
-            nbytes = math.prod(shape) * size
+            nbytes = math.prod(shape) * self.element_size
             header[name] = {
                 "dtype": SAFETENSORS_DTYPES[self.dtype],
                 "shape": shape,
@@ -132,7 +132,7 @@ class ShardWriter:
             raise ValueError(f"ShardWriter: got tensor {name!r}, expected {self.expected[self.written :][:1]}")
         if tensor.dtype != self.dtype:
             raise ValueError(f"ShardWriter: tensor {name!r} is {tensor.dtype}, the shards hold {self.dtype}")
-        if self.file is None or self.remaining == 0:
+        if self.remaining == 0:
             self._open_next()
         self.file.write(memoryview(tensor.contiguous().reshape(-1).view(torch.uint8).numpy()))
         self.remaining -= 1
