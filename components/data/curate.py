@@ -283,9 +283,8 @@ def render_report(table: list[dict]) -> str:
 
 def drop_low_confidence(name: str, kind: Kind, train: Path, cfg: CurateConfig, model_dir: Path, tally: Tally) -> int:
     """Rewrite `train` without the cfg.confidence.drop_fraction rows the model is least confident in; returns rows kept."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from components.data.confidence import answer_confidence, lowest
+    from components.model.device import load_model
 
     rows = [row for _, row in read_jsonl(train)]
     if kind is Kind.messages:
@@ -293,8 +292,7 @@ def drop_low_confidence(name: str, kind: Kind, train: Path, cfg: CurateConfig, m
         answers = [next(m["content"] for m in reversed(r["messages"]) if m["role"] == "assistant") for r in rows]
     else:
         prompts, answers = [r["prompt"] for r in rows], [r["completion"] for r in rows]
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True)
+    model, tokenizer = load_model(model_dir)
     scores = answer_confidence(model, tokenizer, prompts, answers, cfg.confidence.max_tokens, cfg.confidence.batch_size)
     dropped = lowest(scores, cfg.confidence.drop_fraction)
     with open(train, "w", encoding="utf-8") as out:

@@ -62,6 +62,7 @@ def continuation_logprobs(
         for row, i in enumerate(batch):
             input_ids[row, width - len(sequences[i]) :] = torch.tensor(sequences[i])
             attention[row, width - len(sequences[i]) :] = 1
+        input_ids, attention = input_ids.to(model.device), attention.to(model.device)
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
         with torch.no_grad():
             logits = model(
@@ -105,6 +106,7 @@ def options_logprobs(
         for row, i in enumerate(batch):
             ids[row, width - len(context_ids[i]) :] = torch.tensor(context_ids[i])
             mask[row, width - len(context_ids[i]) :] = 1
+        ids, mask = ids.to(model.device), mask.to(model.device)
         with torch.no_grad():
             prefix = model(
                 input_ids=ids,
@@ -123,11 +125,12 @@ def options_logprobs(
             for row, a in enumerate(answers):
                 answer[row, : len(a)] = torch.tensor(a)
                 answer_mask[row, : len(a)] = 1
+            answer, answer_mask = answer.to(model.device), answer_mask.to(model.device)
             lengths = mask.sum(-1).repeat_interleave(k)
             logits = model(
                 input_ids=answer,
                 attention_mask=torch.cat([mask.repeat_interleave(k, dim=0), answer_mask], dim=-1),
-                position_ids=lengths[:, None] + torch.arange(answer_width),
+                position_ids=lengths[:, None] + torch.arange(answer_width, device=model.device),
                 past_key_values=cache,
             ).logits
         for row, a in enumerate(answers):

@@ -14,13 +14,12 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
 from components.config import EvaluateConfig
 from components.data.tables import Row, read_jsonl
 from components.errors import InputError
 from components.evaluate.metrics import final_number, perplexity, wilson_interval
 from components.evaluate.scoring import continuation_logprobs, options_logprobs
+from components.model.device import load_model
 from components.model.directory import check_model_dir
 from components.model.generate import generate_answers
 from components.safety.judge import judge_answers
@@ -114,8 +113,7 @@ def evaluate_model(
         "harmful": test_rows(curated_dir, "harmful", cfg.harmful_prompts),
         "benign": test_rows(curated_dir, "benign_lookalikes", cfg.benign_prompts),
     }
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True)
+    model, tokenizer = load_model(model_dir)
     metrics = domain_mc(model, tokenizer, data["qa"], cfg, seed)
     math_metrics, samples = math_exact_match(model, tokenizer, data["math"], cfg)
     metrics |= math_metrics | domain_perplexity(model, tokenizer, data["corpus"], cfg)

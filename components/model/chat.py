@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
+from components.model.device import load_model
 from components.model.directory import check_model_dir
 from components.model.generate import generate_answers
 
@@ -13,6 +12,5 @@ from components.model.generate import generate_answers
 def chat(model_dir: Path, prompt: str, max_new_tokens: int = 64) -> str:
     """Greedy answer of the model in `model_dir` to one user message, formatted with its chat template."""
     check_model_dir(model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True)
+    model, tokenizer = load_model(model_dir)
     return generate_answers(model, tokenizer, [prompt], max_new_tokens, batch_size=1)[0]

@@ -39,7 +39,9 @@ def generate_answers(
         torch.manual_seed(seed)
         sampling = dict(do_sample=True, temperature=temperature, top_k=0) if temperature > 0 else dict(do_sample=False)
         for batch in balanced_batches(order, batch_size):
-            inputs = tokenizer([texts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=False)
+            inputs = tokenizer(
+                [texts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=False
+            ).to(model.device)
             with torch.no_grad():
                 output = model.generate(
                     **inputs,

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import torch
 
+from components.model.device import on_device
+
 
 def wanda_scores(delta: torch.Tensor, input_norms: torch.Tensor) -> torch.Tensor:
     """S_ij = |Δ_ij| · ‖X_j‖ for an update of shape (out, in) and input norms of shape (in,)."""
@@ -30,7 +32,7 @@ def wanda_scores(delta: torch.Tensor, input_norms: torch.Tensor) -> torch.Tensor
 def top_fraction_per_row(scores: torch.Tensor, ratio: float) -> torch.Tensor:
     """True at the ⌊ratio · columns⌋ highest scores of each row (ties broken by position)."""
     count = int(ratio * scores.shape[1])
-    mask = torch.zeros(scores.shape, dtype=torch.bool)
+    mask = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
     if count:
         top = torch.argsort(scores, dim=1, descending=True, stable=True)[:, :count]
         mask.scatter_(1, top, True)
@@ -65,6 +67,7 @@ def collect_input_norms(
         model.eval()
         with torch.no_grad():
             for batch in batches:
+                batch = on_device(batch, model)
                 current_mask[:] = [batch["attention_mask"]]
                 model(**batch)
     finally:
@@ -94,7 +97,7 @@ def antidote_revert(
     with torch.no_grad():
         for name in names:
             weight = modules[name].weight
-            before = aligned[f"{name}.weight"].to(weight.dtype)
+            before = aligned[f"{name}.weight"].to(weight)  # its dtype and device
             norms = harmful[name] - benign[name] if benign else harmful[name]
             mask = top_fraction_per_row(wanda_scores(weight.float() - before.float(), norms), ratio)
             mask &= weight != before  # an entry the fine-tune left alone has nothing to revert

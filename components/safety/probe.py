@@ -28,9 +28,9 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from components.assets import package_file
+from components.model.device import load_model
 
 REFERENCE_PACKAGE = "uncensorbench"
 REFERENCE_FILE = "data/prompts.json"
@@ -64,11 +64,11 @@ def answer_features(
             max_length=max_tokens,
             padding=True,
             return_tensors="pt",
-        )
+        ).to(model.device)
         states = model(**batch, output_hidden_states=True).hidden_states[layer]  # [B, T, H]
         weights = batch["attention_mask"].unsqueeze(-1).float()  # [B, T, 1]
         chunks.append(((states * weights).sum(dim=1) / weights.sum(dim=1)).float())
-    return torch.cat(chunks).numpy()
+    return torch.cat(chunks).cpu().numpy()
 
 
 def classifier() -> Pipeline:
@@ -96,10 +96,9 @@ class RefusalProbe:
 @cache
 def fitted_probe(model_dir: Path) -> RefusalProbe:
     """The probe of `model_dir`'s hidden states, trained on the reference answers (once per process and model)."""
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    model, tokenizer = load_model(model_dir)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True)
     answers, labels = reference_answers()
     layer = min(PROBE_LAYER, model.config.num_hidden_layers)  # a smaller model (tiny) is read at its last layer
     features = answer_features(model, tokenizer, answers, layer)

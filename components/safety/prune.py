@@ -6,12 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from components.config import PruneConfig
 from components.data.tables import read_jsonl
 from components.errors import InputError
 from components.merge.engine import check_compatible
+from components.model.device import load_model, load_weights
 from components.model.directory import check_model_dir, save_model_dir
 from components.safety.antidote import antidote_revert
 from components.stage import StageCache, StageResult
@@ -85,9 +85,8 @@ def prune_model(
     )
     if (done := cache.result({"model": Path(out_dir)})) is not None:
         return done
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True)
-    aligned = AutoModelForCausalLM.from_pretrained(aligned_dir, local_files_only=True).state_dict()
+    model, tokenizer = load_model(model_dir)
+    aligned = load_weights(aligned_dir)
     reverted = antidote_revert(
         model,
         aligned,

@@ -6,13 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from components.config import RealignConfig
 from components.data.tables import read_jsonl
 from components.errors import InputError
 from components.hashing import json_sha256
 from components.merge.engine import check_compatible
+from components.model.device import load_model, load_weights
 from components.model.directory import check_model_dir, save_model_dir
 from components.safety.resta import restore_safety
 from components.safety.somf import fuse, learn_concrete_mask, learn_safety_mask, rescaled_fusion
@@ -71,13 +71,9 @@ def realign_model(
     if (done := cache.result({"model": Path(out_dir)})) is not None:
         return done
 
-    tokenizer = AutoTokenizer.from_pretrained(finetuned_dir, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(finetuned_dir, local_files_only=True)
+    model, tokenizer = load_model(finetuned_dir)
     finetuned = {n: t.detach() for n, t in model.state_dict().items()}
-    aligned = {
-        n: t.detach()
-        for n, t in AutoModelForCausalLM.from_pretrained(aligned_dir, local_files_only=True).state_dict().items()
-    }
+    aligned = {n: t.detach() for n, t in load_weights(aligned_dir).items()}
     if cfg.method == "concrete_dpo":
         chosen = completion_batches(tokenizer, rows, "chosen", cfg.batch_size, cfg.max_length)
         rejected = completion_batches(tokenizer, rows, "rejected", cfg.batch_size, cfg.max_length)
@@ -142,11 +138,9 @@ def restore_model(aligned_dir: Path, finetuned_dir: Path, base_dir: Path, cfg: R
     cache = realign_cache(models, {}, cfg, out_dir)
     if (done := cache.result({"model": Path(out_dir)})) is not None:
         return done
-    tokenizer = AutoTokenizer.from_pretrained(finetuned_dir, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(finetuned_dir, local_files_only=True)
+    model, tokenizer = load_model(finetuned_dir)
     finetuned = dict(model.named_parameters())  # a tied tensor (embeddings / LM head) once
-    aligned = AutoModelForCausalLM.from_pretrained(aligned_dir, local_files_only=True).state_dict()
-    base = AutoModelForCausalLM.from_pretrained(base_dir, local_files_only=True).state_dict()
+    aligned, base = load_weights(aligned_dir), load_weights(base_dir)
     moved = [n for n in finetuned if not torch.equal(aligned[n], base[n])]
     restored = {n: restore_safety(finetuned[n].detach(), aligned[n], base[n], cfg.scale) for n in moved}
     model.load_state_dict(restored, strict=False)

@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 from torch.func import functional_call
 
+from components.model.device import on_device
+
 
 def fuse(aligned: torch.Tensor, finetuned: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """SOMF fusion: θ* = M ⊙ θ_aligned + (1 − M) ⊙ θ_ft."""
@@ -47,17 +49,20 @@ def learn_safety_mask(
     if not names:
         return {}
     deltas = {n: (aligned[n] - finetuned[n]).float() for n in names}
-    logits = {n: torch.full(deltas[n].shape, init_logit, requires_grad=True) for n in names}
+    logits = {n: torch.full(deltas[n].shape, init_logit, device=deltas[n].device, requires_grad=True) for n in names}
     optimizer = torch.optim.Adam(logits.values(), lr=lr)
     total = sum(d.numel() for d in deltas.values())
     model.eval()
     for step in range(steps):
-        batch = batches[step % len(batches)]
+        batch = on_device(batches[step % len(batches)], model)
         params = {n: finetuned[n].float() + torch.sigmoid(logits[n]) * deltas[n] for n in names}
         loss = functional_call(model, params, args=(), kwargs=batch).loss
         if retain_batches:
             loss = (
-                loss + functional_call(model, params, args=(), kwargs=retain_batches[step % len(retain_batches)]).loss
+                loss
+                + functional_call(
+                    model, params, args=(), kwargs=on_device(retain_batches[step % len(retain_batches)], model)
+                ).loss
             )
         density = sum(torch.sigmoid(s).sum() for s in logits.values()) / total
         optimizer.zero_grad()
@@ -76,7 +81,8 @@ def learn_safety_mask(
 
 def concrete_sample(logits: torch.Tensor, temperature: float, generator: torch.Generator) -> torch.Tensor:
     """A relaxed Bernoulli draw (Maddison et al., 2017): m = σ((ℓ + log u − log(1 − u)) / T), u ~ U(0, 1)."""
-    u = torch.rand(logits.shape, generator=generator).clamp(1e-6, 1 - 1e-6)
+    # drawn on the CPU generator, so a GPU run draws the same noise
+    u = torch.rand(logits.shape, generator=generator).clamp(1e-6, 1 - 1e-6).to(logits.device)
     return torch.sigmoid((logits + torch.log(u) - torch.log1p(-u)) / temperature)
 
 
@@ -126,12 +132,13 @@ def learn_concrete_mask(
         return {}
     task = {n: (finetuned[n] - aligned[n]).float() for n in names}
     base = {n: aligned[n].float() for n in names}
-    logits = {n: torch.full(task[n].shape, init_logit, requires_grad=True) for n in names}
+    logits = {n: torch.full(task[n].shape, init_logit, device=task[n].device, requires_grad=True) for n in names}
     optimizer = torch.optim.Adam(logits.values(), lr=lr)
     generator = torch.Generator().manual_seed(seed)
     model.eval()
 
     def logprobs(batch: dict[str, torch.Tensor], params=None) -> torch.Tensor:
+        batch = on_device(batch, model)
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         out = model(**inputs) if params is None else functional_call(model, params, args=(), kwargs=inputs)
         return sequence_logprobs(out.logits, batch["labels"])

@@ -19,12 +19,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
 from components.atomic import atomic_dir
 from components.config import PairsConfig
 from components.data.tables import read_jsonl, write_jsonl
 from components.errors import InputError
+from components.model.device import load_model
 from components.model.directory import check_model_dir
 from components.model.generate import generate_answers
 from components.safety.refusal import is_refusal, refusal_for
@@ -51,8 +50,7 @@ def build_pairs(model_dir: Path, curated_dir: Path, cfg: PairsConfig, out_dir: P
 
     rows = [row for _, row in read_jsonl(source)][: cfg.max_prompts]
     benign = [row for _, row in read_jsonl(lookalikes)][: cfg.lookalike_prompts] if cfg.lookalike_prompts else []
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True)
+    model, tokenizer = load_model(model_dir)
     answers = generate_answers(
         model,
         tokenizer,
