@@ -14,6 +14,7 @@ from components.safety.somf import (
     learn_concrete_mask,
     learn_safety_mask,
     rescaled_fusion,
+    safety_mask_logits,
     sequence_logprobs,
 )
 
@@ -137,6 +138,63 @@ def test_realign_reads_the_retained_tables_and_names_a_bad_row(tmp_path, tiny_ba
         realign_model(
             aligned, finetuned, data, cfg.model_copy(update={"retain_rows": 5}), tmp_path / "a", retain_data=[kept]
         )
+
+
+def autograd_mask_logits(model, aligned, finetuned, batches, steps, lr, sparsity, init_logit, retain_batches):
+    """The refusal mask's objective left whole to autograd, as the paper writes it: the form the stage's
+    memory-lean steps must equal."""
+    from torch.func import functional_call
+
+    names = [n for n, _ in model.named_parameters() if not torch.equal(aligned[n], finetuned[n])]
+    deltas = {n: (aligned[n] - finetuned[n]).float() for n in names}
+    logits = {n: torch.full(deltas[n].shape, init_logit, requires_grad=True) for n in names}
+    optimizer = torch.optim.Adam(logits.values(), lr=lr)
+    total = sum(d.numel() for d in deltas.values())
+    model.eval()
+    for step in range(steps):
+        params = {n: finetuned[n].float() + torch.sigmoid(logits[n]) * deltas[n] for n in names}
+        loss = functional_call(model, params, args=(), kwargs=batches[step % len(batches)]).loss
+        loss = loss + functional_call(model, params, args=(), kwargs=retain_batches[step % len(retain_batches)]).loss
+        density = sum(torch.sigmoid(s).sum() for s in logits.values()) / total
+        optimizer.zero_grad()
+        (loss + sparsity * density).backward()
+        optimizer.step()
+    return {n: s.detach() for n, s in logits.items()}
+
+
+def test_the_lean_mask_steps_equal_autograd_over_the_whole_objective_bit_for_bit(tmp_path, tiny_base):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from components.safety.realign import completion_batches
+    from tests.test_merge import fine_tune
+
+    aligned_dir, finetuned_dir = fine_tune(tiny_base, tmp_path / "a", 1), fine_tune(tiny_base, tmp_path / "f", 2)
+    tokenizer = AutoTokenizer.from_pretrained(finetuned_dir)
+    rows = [{"prompt": f"Do harm {i}", "completion": "I can't help with that."} for i in range(4)]
+    kept = [{"prompt": f"What is {i} + 1?", "completion": f"It is {i + 1}."} for i in range(4)]
+    safety, retain = (completion_batches(tokenizer, r, "completion", 2, 64) for r in (rows, kept))
+    aligned = AutoModelForCausalLM.from_pretrained(aligned_dir).state_dict()
+    # as after LoRA, the (tied) embeddings do not differ: a tensor used twice in a pass sums its gradients in
+    # another order in the lean steps, equal only to rounding
+    aligned["model.embed_tokens.weight"] = AutoModelForCausalLM.from_pretrained(finetuned_dir).state_dict()[
+        "model.embed_tokens.weight"
+    ]
+    settings = dict(steps=4, lr=0.3, sparsity=2.0, init_logit=-0.5, retain_batches=retain)
+
+    model = AutoModelForCausalLM.from_pretrained(finetuned_dir)
+    finetuned = {n: t.detach() for n, t in model.state_dict().items()}
+    before = {n: t.clone() for n, t in finetuned.items()}
+    lean = safety_mask_logits(model, aligned, finetuned, safety, **settings)
+    assert model.is_gradient_checkpointing is False and not model.training, "the model is handed back as it was"
+    assert all(torch.equal(t, before[n]) for n, t in model.state_dict().items()), "and holds θ_ft again"
+    assert all(not p.requires_grad or p.grad is None for p in model.parameters())
+
+    reference_model = AutoModelForCausalLM.from_pretrained(finetuned_dir)
+    reference_finetuned = {n: t.detach() for n, t in reference_model.state_dict().items()}
+    reference = autograd_mask_logits(reference_model, aligned, reference_finetuned, safety, **settings)
+    assert lean.keys() == reference.keys() and len(lean) > 0
+    assert all(torch.equal(lean[n], reference[n]) for n in lean)
+    assert any(bool((lean[n] > 0).any()) for n in lean), "some coordinates were taken back: the test has teeth"
 
 
 # --- SOMF as the official code does it: concrete mask, rescaled task vector, DPO

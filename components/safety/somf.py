@@ -15,6 +15,8 @@ models fused at once: merge them first (any merge method), then realign.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch.func import functional_call
 
@@ -44,31 +46,116 @@ def learn_safety_mask(
     that are -100 outside the refusal tokens). Each step adds the loss of one of `retain_batches` (same form: what
     the fine-tuned model must keep doing), so a coordinate that answer needs is not taken back.
     """
+    logits = safety_mask_logits(model, aligned, finetuned, batches, steps, lr, sparsity, init_logit, retain_batches)
+    return {n: torch.sigmoid(s) > 0.5 for n, s in logits.items()}
+
+
+def safety_mask_logits(
+    model,
+    aligned: dict[str, torch.Tensor],
+    finetuned: dict[str, torch.Tensor],
+    batches: list[dict[str, torch.Tensor]],
+    steps: int,
+    lr: float,
+    sparsity: float,
+    init_logit: float,
+    retain_batches: list[dict[str, torch.Tensor]] = (),
+) -> dict[str, torch.Tensor]:
+    """The mask logits s that `learn_safety_mask` thresholds, after `steps` Adam steps on
+    L(θ(s)) + L_retain(θ(s)) + λ · mean(σ(s)).
+
+    The gradient is the chain rule written out (`mask_gradient`) rather than left to autograd through θ(s), so that
+    nothing of θ's size is held between the forward and backward passes but θ(s) itself (in the model) and its
+    gradient: each loss runs forward and backward on its own (with gradient checkpointing where the model has it),
+    and each tensor's logits take their Adam step as soon as their gradient is known. The result equals autograd
+    over the whole objective bit for bit where each differing tensor is read once per pass (tests/test_somf.py; a
+    differing tied embedding sums its gradients in another order, equal to rounding); the memory it saves is in
+    docs/measurements.md.
+    """
     # named_parameters lists a tied tensor (embeddings / LM head) once
-    names = [n for n, _ in model.named_parameters() if not torch.equal(aligned[n], finetuned[n])]
-    if not names:
+    parameters = {n: p for n, p in model.named_parameters() if not torch.equal(aligned[n], finetuned[n])}
+    if not parameters:
         return {}
-    deltas = {n: (aligned[n] - finetuned[n]).float() for n in names}
-    logits = {n: torch.full(deltas[n].shape, init_logit, device=deltas[n].device, requires_grad=True) for n in names}
-    optimizer = torch.optim.Adam(logits.values(), lr=lr)
-    total = sum(d.numel() for d in deltas.values())
-    model.eval()
-    for step in range(steps):
-        batch = on_device(batches[step % len(batches)], model)
-        params = {n: finetuned[n].float() + torch.sigmoid(logits[n]) * deltas[n] for n in names}
-        loss = functional_call(model, params, args=(), kwargs=batch).loss
-        if retain_batches:
-            loss = (
-                loss
-                + functional_call(
-                    model, params, args=(), kwargs=on_device(retain_batches[step % len(retain_batches)], model)
-                ).loss
-            )
-        density = sum(torch.sigmoid(s).sum() for s in logits.values()) / total
-        optimizer.zero_grad()
-        (loss + sparsity * density).backward()
-        optimizer.step()
-    return {n: torch.sigmoid(logits[n]).detach() > 0.5 for n in names}
+    logits = {n: torch.full(p.shape, init_logit, device=p.device) for n, p in parameters.items()}
+    # one optimiser per tensor: the same Adam arithmetic, stepped tensor by tensor
+    optimizers = {n: torch.optim.Adam([s], lr=lr) for n, s in logits.items()}
+    total = sum(s.numel() for s in logits.values())
+    with trainable_only(model, parameters):
+        for step in range(steps):
+            with torch.no_grad():
+                for n, p in parameters.items():
+                    p.data = interpolate(finetuned[n], aligned[n], logits[n])
+            loss_of(model, batches[step % len(batches)]).backward()
+            if retain_batches:
+                loss_of(model, retain_batches[step % len(retain_batches)]).backward()
+            density = density_gradients(logits, sparsity, total)
+            for n, p in parameters.items():
+                logits[n].grad = mask_gradient(logits[n], p.grad, finetuned[n], aligned[n], density[n])
+                p.grad = None
+                optimizers[n].step()
+                logits[n].grad = None
+    return logits
+
+
+def interpolate(finetuned: torch.Tensor, aligned: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """θ(s) = θ_ft + σ(s) ⊙ (θ_aligned − θ_ft), in float32."""
+    return finetuned.float() + torch.sigmoid(logits) * (aligned - finetuned).float()
+
+
+def mask_gradient(
+    logits: torch.Tensor, grad: torch.Tensor, finetuned: torch.Tensor, aligned: torch.Tensor, density: torch.Tensor
+) -> torch.Tensor:
+    """∂/∂s = σ′(s) · ∂(λ · mean σ)/∂Σσ (`density`) + σ′(s) ⊙ (θ_aligned − θ_ft) ⊙ ∂L/∂θ(s), each term through
+    torch's own sigmoid derivative and summed, as autograd sums the two paths to s."""
+    sigma = torch.sigmoid(logits)
+    return torch.ops.aten.sigmoid_backward(density.expand_as(sigma), sigma) + torch.ops.aten.sigmoid_backward(
+        grad * (aligned - finetuned).float(), sigma
+    )
+
+
+def density_gradients(logits: dict[str, torch.Tensor], sparsity: float, total: int) -> dict[str, torch.Tensor]:
+    """∂(λ · Σ_n Σσ(s_n) / |s|)/∂(Σσ(s_n)) for each tensor n: autograd over the per-tensor sums alone."""
+    with torch.no_grad():
+        sums = {n: torch.sigmoid(s).sum() for n, s in logits.items()}
+    for value in sums.values():
+        value.requires_grad_()
+    (sparsity * (sum(sums.values()) / total)).backward()
+    return {n: value.grad for n, value in sums.items()}
+
+
+def loss_of(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    return model(**on_device(batch, model)).loss
+
+
+@contextlib.contextmanager
+def trainable_only(model, parameters: dict[str, torch.nn.Parameter]):
+    """Only `parameters` get gradients (none are computed for the rest), with gradient checkpointing where the
+    model has it; afterwards the parameters hold their own values again and the model is as it was."""
+    values = {n: p.data for n, p in parameters.items()}
+    flags = {p: p.requires_grad for p in model.parameters()}
+    # training mode is what turns a transformers model's checkpointing on: only where it switches no dropout on
+    checkpointing = (
+        getattr(model, "supports_gradient_checkpointing", False)
+        and not getattr(model.config, "attention_dropout", 0.0)
+        and not any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules())
+    )
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in parameters.values():
+        p.requires_grad_(True)
+    if checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train(bool(checkpointing))
+    try:
+        yield
+    finally:
+        for n, p in parameters.items():
+            p.data, p.grad = values[n], None
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
+        if checkpointing:
+            model.gradient_checkpointing_disable()
+        model.eval()
 
 
 # SOMF as its official code does it (xinykou/safety_realignment): a concrete (relaxed Bernoulli) mask over the task
