@@ -21,6 +21,7 @@ import torch
 from torch.func import functional_call
 
 from components.model.device import on_device
+from components.resources import release_free_memory
 
 
 def fuse(aligned: torch.Tensor, finetuned: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -94,6 +95,9 @@ def safety_mask_logits(
                 p.grad = None
                 optimizers[n].step()
                 logits[n].grad = None
+            # the step's θ(s), gradients and activations were freed piecemeal; without this the C allocator keeps
+            # their pages and the process grows by about 0.1 GB a step (5.9 GB after 20 steps on smol, 4.7 with it)
+            release_free_memory()
     return logits
 
 
