@@ -12,12 +12,34 @@ from components.errors import InputError
 _CHUNK = 1 << 20
 
 
+# Hashes already computed in this process, by the file's identity (path, inode, size, modification time in ns), as
+# DVC's own state does: a pipeline run hashes a model once, not once per stage that reads it (the base model was
+# hashed 9 times in a run, about 1.4 s each on smol). Every output is written to a new file and renamed into place,
+# so a changed file has a new inode and time.
+_KNOWN: dict[tuple, str] = {}
+
+
+def _identity(path: Path) -> tuple:
+    stat = Path(path).stat()
+    return (str(Path(path).resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+def _remembered(kind: str, paths: list[Path], compute) -> str:
+    key = (kind, *(_identity(p) for p in paths))
+    if key not in _KNOWN:
+        _KNOWN[key] = compute()
+    return _KNOWN[key]
+
+
 def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+    def compute() -> str:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            while chunk := handle.read(_CHUNK):
+                digest.update(chunk)
+        return digest.hexdigest()
+
+    return _remembered("sha256", [path], compute)
 
 
 def file_md5(path: Path) -> str:
@@ -65,12 +87,16 @@ def _readable(file: Path, read):
 def weights_sha256(model_dir: Path) -> str:
     """A model's identity: its tensors (name, dtype, shape, bytes) in name order, whatever the sharding, cards or
     timings beside them. Every evaluation, gate report and registry version names the weights by this hash."""
-    import torch
-    from safetensors import safe_open
-
     files = sorted(Path(model_dir).glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"{model_dir}: no safetensors weights")
+    return _remembered("weights", files, lambda: _tensors_sha256(files))
+
+
+def _tensors_sha256(files: list[Path]) -> str:
+    import torch
+    from safetensors import safe_open
+
     owner = {}
     for file in files:
         handle = _readable(file, lambda f=file: safe_open(f, "pt"))

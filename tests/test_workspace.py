@@ -177,3 +177,33 @@ def test_parents_and_known_models_come_from_params():
     assert [str(p) for p in ModelRef.parse("domain").parents(params)] == ["cpt"]
     with pytest.raises(ValueError, match="'merge-nope' is not a model of this pipeline"):
         ModelRef.parse("merge-nope").check(params)
+
+
+def test_a_file_is_hashed_once_per_process_until_it_changes(tmp_path: Path, monkeypatch):
+    import hashlib
+    import os
+
+    from components.hashing import file_sha256
+
+    path = tmp_path / "weights.bin"
+    path.write_bytes(b"a" * 100)
+    reads = []
+    real_open = open
+
+    def counting_open(file, *args, **kwargs):
+        reads.append(file)
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", counting_open)
+    first = file_sha256(path)
+    assert first == file_sha256(path) == hashlib.sha256(b"a" * 100).hexdigest()
+    assert reads.count(path) == 1, "the second ask is answered from memory"
+    replacement = tmp_path / "new.bin"
+    replacement.write_bytes(b"b" * 100)  # same size, written beside and renamed in, as every stage writes
+    os.replace(replacement, path)
+    assert file_sha256(path) == hashlib.sha256(b"b" * 100).hexdigest()
+    stat = path.stat()
+    with real_open(path, "r+b") as handle:  # rewritten in place: a new modification time
+        handle.write(b"c" * 100)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert file_sha256(path) == hashlib.sha256(b"c" * 100).hexdigest()
