@@ -16,6 +16,7 @@ from components.config import EvaluateConfig, PruneConfig, RealignConfig, load_p
 from tests.conftest import REPO
 from tests.test_evaluate import curated  # noqa: F401  (a fixture)
 from tests.test_merge import fine_tune
+from tests.test_somf import realign_inputs
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -52,13 +53,7 @@ def test_evaluation_runs_on_the_gpu_with_the_cpus_numbers(tiny_base: Path, curat
 def test_realign_runs_on_the_gpu_and_learns_the_cpus_mask(tmp_path: Path, tiny_base: Path, monkeypatch):
     from components.safety.realign import realign_model
 
-    aligned, finetuned = fine_tune(tiny_base, tmp_path / "aligned", 1), fine_tune(tiny_base, tmp_path / "ft", 2)
-    data = tmp_path / "harmful.jsonl"
-    data.write_text(
-        "".join(
-            json.dumps({"prompt": f"Do harm {i}", "completion": "I can't help with that."}) + "\n" for i in range(4)
-        )
-    )
+    aligned, finetuned, data = realign_inputs(tmp_path, tiny_base)
     cfg = RealignConfig(model="ft", steps=10, lr=0.5, sparsity=0.0, batch_size=2)
     runs = iter(("gpu", "cpu"))
     gpu, cpu, peak = on_gpu_and_cpu(

@@ -79,14 +79,10 @@ def test_identical_tensors_get_no_mask():
     assert learn_safety_mask(Probe(), same, dict(same), [{"x": x, "target": torch.zeros(2)}], steps=2) == {}
 
 
-def test_realign_stage_writes_the_fusion_and_counts_the_mask(tmp_path, tiny_base):
+def realign_inputs(tmp_path, tiny_base):
+    """(aligned, fine-tuned, refusal demonstrations): two noisy copies of the tiny model and four refusals."""
     import json
 
-    from transformers import AutoModelForCausalLM
-
-    from components.config import RealignConfig
-    from components.errors import InputError
-    from components.safety.realign import realign_model
     from tests.test_merge import fine_tune
 
     aligned, finetuned = fine_tune(tiny_base, tmp_path / "aligned", 1), fine_tune(tiny_base, tmp_path / "ft", 2)
@@ -96,6 +92,19 @@ def test_realign_stage_writes_the_fusion_and_counts_the_mask(tmp_path, tiny_base
             json.dumps({"prompt": f"Do harm {i}", "completion": "I can't help with that."}) + "\n" for i in range(4)
         )
     )
+    return aligned, finetuned, data
+
+
+def test_realign_stage_writes_the_fusion_and_counts_the_mask(tmp_path, tiny_base):
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    from components.config import RealignConfig
+    from components.errors import InputError
+    from components.safety.realign import realign_model
+
+    aligned, finetuned, data = realign_inputs(tmp_path, tiny_base)
     cfg = RealignConfig(model="ft", steps=30, lr=0.5, sparsity=0.0, batch_size=2)
     result = realign_model(aligned, finetuned, data, cfg, tmp_path / "out")
     a, f, out = (AutoModelForCausalLM.from_pretrained(p).state_dict() for p in (aligned, finetuned, tmp_path / "out"))
