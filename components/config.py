@@ -383,6 +383,7 @@ class RealignConfig(StrictModel):
     sparsity: float = Field(default=1.0, ge=0)  # λ of the mask's sparsity term (refusal_mask)
     temperature: float = Field(default=0.5, gt=0)  # of the concrete mask (concrete_dpo)
     beta: float = Field(default=0.1, gt=0)  # DPO's β (concrete_dpo)
+    rescale: bool = True  # concrete_dpo: the kept update divided by mean(m), as the official code; false: not
     scale: float = Field(default=1.0, gt=0, le=10)  # λ of the safety vector (resta)
     safety_rows: PositiveInt = 64
     # refusal_mask: curated tables (prompt -> completion) whose train rows the realigned model must keep answering;

@@ -7,13 +7,13 @@ import torch
 
 from components.safety.resta import restore_safety
 from components.safety.somf import (
+    concrete_fusion,
     concrete_sample,
     dpo_loss,
     export_mask,
     fuse,
     learn_concrete_mask,
     learn_safety_mask,
-    rescaled_fusion,
     safety_mask_logits,
     sequence_logprobs,
 )
@@ -221,8 +221,9 @@ def test_concrete_sample_follows_the_relaxed_bernoulli_formula():
 def test_the_kept_task_vector_is_rescaled_by_the_mean_of_the_mask():
     aligned, tau = torch.ones(4), torch.tensor([2.0, 4.0, 6.0, 8.0])
     kept = torch.tensor([True, False, True, False])  # mean 0.5: the kept entries count double
-    assert torch.equal(rescaled_fusion(aligned, tau, kept), torch.tensor([5.0, 1.0, 13.0, 1.0]))
-    assert torch.equal(rescaled_fusion(aligned, tau, torch.zeros(4, dtype=torch.bool)), aligned)
+    assert torch.equal(concrete_fusion(aligned, tau, kept), torch.tensor([5.0, 1.0, 13.0, 1.0]))
+    assert torch.equal(concrete_fusion(aligned, tau, kept, rescale=False), torch.tensor([3.0, 1.0, 7.0, 1.0]))
+    assert torch.equal(concrete_fusion(aligned, tau, torch.zeros(4, dtype=torch.bool)), aligned)
     assert export_mask(torch.tensor([-0.1, 0.0, 0.2])).tolist() == [False, False, True]
 
 
@@ -263,7 +264,7 @@ def test_the_concrete_mask_reverts_the_harmful_update_and_keeps_the_benign_one()
         Scorer(finetuned["w"].tolist()), aligned, finetuned, [(chosen, rejected)], steps=200, lr=0.05
     )
     assert kept["w"].tolist() == [False, False, False, True, True, True]
-    fused = rescaled_fusion(aligned["w"], finetuned["w"] - aligned["w"], kept["w"])
+    fused = concrete_fusion(aligned["w"], finetuned["w"] - aligned["w"], kept["w"])
     assert torch.equal(fused, torch.tensor([1.0, 1, 1, 2, 2, 2]))
 
 
@@ -293,6 +294,12 @@ def test_realign_stage_with_the_concrete_dpo_variant(tmp_path, tiny_base):
     assert torch.allclose(out[name][~back], (a[name] + (f[name] - a[name]) / share_kept)[~back], atol=1e-5)
     card = json.loads((tmp_path / "out" / "realign_card.json").read_text())
     assert card["masked_per_tensor"][name] == int(back.sum()) and result.metrics["masked_weights"] > 0
+
+    # without the rescale the kept coordinates are the fine-tuned model's own
+    realign_model(aligned, finetuned, pairs, cfg.model_copy(update={"rescale": False}), tmp_path / "plain")
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "plain").state_dict()[name]
+    back = plain == a[name]
+    assert 0 < back.float().mean() < 1 and torch.allclose(plain[~back], f[name][~back], atol=1e-6)
 
     pairs.write_text(json.dumps({"id": "x", "prompt": "p", "completion": "c"}) + "\n")
     with pytest.raises(InputError, match=r"row 'x' has no chosen, rejected"):

@@ -15,7 +15,7 @@ from components.merge.engine import check_compatible
 from components.model.device import load_model, load_weights
 from components.model.directory import check_model_dir, save_model_dir
 from components.safety.resta import restore_safety
-from components.safety.somf import fuse, learn_concrete_mask, learn_safety_mask, rescaled_fusion
+from components.safety.somf import concrete_fusion, fuse, learn_concrete_mask, learn_safety_mask
 from components.stage import StageCache, StageResult
 
 
@@ -87,8 +87,9 @@ def realign_model(
             cfg.temperature,
             cfg.init_logit,
             cfg.beta,
+            cfg.rescale,
         )
-        fused = {n: rescaled_fusion(aligned[n], finetuned[n] - aligned[n], kept[n]) for n in kept}
+        fused = {n: concrete_fusion(aligned[n], finetuned[n] - aligned[n], kept[n], cfg.rescale) for n in kept}
         back = {n: ~m for n, m in kept.items()}  # what the fusion takes from the aligned model
     else:
         back = learn_safety_mask(

@@ -177,10 +177,14 @@ def concrete_sample(logits: torch.Tensor, temperature: float, generator: torch.G
     return torch.sigmoid((logits + torch.log(u) - torch.log1p(-u)) / temperature)
 
 
-def rescaled_fusion(aligned: torch.Tensor, task_vector: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """θ(m) = θ_aligned + τ ⊙ m / mean(m); with an empty mask, θ_aligned."""
+def concrete_fusion(
+    aligned: torch.Tensor, task_vector: torch.Tensor, mask: torch.Tensor, rescale: bool = True
+) -> torch.Tensor:
+    """θ(m) = θ_aligned + τ ⊙ m / mean(m) (rescale, the official code) or θ_aligned + τ ⊙ m; empty mask: θ_aligned."""
     kept = mask.float().mean()
-    return aligned if kept == 0 else aligned + task_vector * mask / kept
+    if kept == 0:
+        return aligned
+    return aligned + task_vector * mask / kept if rescale else aligned + task_vector * mask
 
 
 def export_mask(logits: torch.Tensor) -> torch.Tensor:
@@ -212,12 +216,13 @@ def learn_concrete_mask(
     temperature: float = 0.5,
     init_logit: float = 0.0,
     beta: float = 0.1,
+    rescale: bool = True,
     seed: int = 0,
 ) -> dict[str, torch.Tensor]:
     """Boolean mask per differing tensor: True where the fused model keeps the fine-tuned update.
 
-    `model` holds θ_ft. `pairs` are (chosen batch, rejected batch) of the model's keyword inputs, with `labels`
-    −100 outside the answer tokens."""
+    `model` holds θ_ft; `rescale` divides the kept update by mean(m) (`concrete_fusion`). `pairs` are (chosen
+    batch, rejected batch) of the model's keyword inputs, with `labels` −100 outside the answer tokens."""
     names = [n for n, _ in model.named_parameters() if not torch.equal(aligned[n], finetuned[n])]
     if not names:
         return {}
@@ -240,7 +245,8 @@ def learn_concrete_mask(
         index = step % len(pairs)
         chosen, rejected = pairs[index]
         params = {
-            n: rescaled_fusion(base[n], task[n], concrete_sample(logits[n], temperature, generator)) for n in names
+            n: concrete_fusion(base[n], task[n], concrete_sample(logits[n], temperature, generator), rescale)
+            for n in names
         }
         loss = dpo_loss(logprobs(chosen, params), logprobs(rejected, params), *reference[index], beta)
         optimizer.zero_grad()
