@@ -11,11 +11,8 @@ from components.config import DEFAULT_PARAMS, Params, load_params, parse_overrid
 from components.errors import PipelineError
 from components.lock import workspace_lock
 from components.model.ref import Kind, ModelRef
-from components.registry.registry import check_reachable, download_model, promote, rollback
-from components.registry.registry import describe as describe_registry
 from components.safety.judge import JUDGES, judge_file, record_agreement
 from components.stage import StageResult
-from components.tracking import client_for, pipeline_run, tracked_stage, tracking_uri
 from flows.console import progress_line, route_library_output
 from flows.defaults import DEFAULT_CRON, DEFAULT_POOL
 from flows.stages import DATA, Stage, describe, search_stages, stages_for
@@ -42,11 +39,14 @@ def _add_params_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(stage_table: bool = True) -> argparse.ArgumentParser:
+    """The command line; `stage_table`: the help lists the stages (it names the merge methods, which imports
+    torch, so it is built only when help is asked for)."""
+    table = describe() if stage_table else ""
     parser = argparse.ArgumentParser(
         prog="python -m flows",
         description="Post-train a language model: data, training, merging, safety, evaluation, registry.",
-        epilog="stages, in pipeline order:\n" + describe(),
+        epilog="stages, in pipeline order:\n" + table,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True)
@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     stage = commands.add_parser(
         "stage",
         help="run one stage",
-        epilog="stages:\n" + describe(),
+        epilog="stages:\n" + table,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     stage.add_argument("name", metavar="NAME", help=", ".join(s.name for s in DATA) + ", train-<job>")
@@ -137,6 +137,8 @@ def _add_deploy_options(parser: argparse.ArgumentParser) -> None:
 def _run_stage(
     stage: Stage, params: Params, repo: Path, tracking: bool, parent_run_id: str | None = None, place: str = ""
 ) -> StageResult:
+    from components.tracking import tracked_stage
+
     with progress.listening(progress_line(place + stage.name)):
         if not tracking:
             result = stage.execute(params)
@@ -181,6 +183,9 @@ def chat_model(params: Params, model: str | None) -> Path:
         return Path(model)
     ref = ModelRef.parse(model or "base")
     if ref.kind is Kind.REGISTRY:
+        from components.registry.registry import check_reachable, download_model
+        from components.tracking import tracking_uri
+
         check_reachable(tracking_uri(params))
         return download_model(str(ref), tracking_uri=tracking_uri(params))
     folder = ref.folder(params.ws)
@@ -193,6 +198,10 @@ def chat_model(params: Params, model: str | None) -> Path:
 
 
 def registry_command(params: Params, action: str, version: str | None) -> str:
+    from components.registry.registry import check_reachable, promote, rollback
+    from components.registry.registry import describe as describe_registry
+    from components.tracking import client_for, tracking_uri
+
     uri = tracking_uri(params)
     check_reachable(uri)
     client = client_for(params)
@@ -229,7 +238,8 @@ def orchestration_command(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(stage_table=bool({"-h", "--help"} & set(argv))).parse_args(argv)
     try:
         if args.command in ("deploy", "stack"):
             return orchestration_command(args)
@@ -273,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
                     for k, stage in enumerate(stages, 1):
                         _run_stage(stage, params, repo, False, None, f"{k}/{len(stages)} ")
                 else:
+                    from components.tracking import pipeline_run, tracking_uri
+
                     with pipeline_run(params, repo) as parent:
                         for k, stage in enumerate(stages, 1):
                             _run_stage(stage, params, repo, True, parent, f"{k}/{len(stages)} ")

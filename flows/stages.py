@@ -8,34 +8,59 @@ it hashes, the paths whose content it hashes (`inputs`), the paths it writes (`o
 
 from __future__ import annotations
 
+import importlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-
-import mlflow
+from typing import TYPE_CHECKING, Any
 
 from components import resources
 from components.atomic import atomic_file
 from components.config import Params, search_models
-from components.data.stage import curate_stage, sources_stage, validate_stage
-from components.evaluate.evaluation import TEST_SETS
-from components.evaluate.stage import candidate_folders, evaluate_stage, report_stage
-from components.merge.registry import our_methods
-from components.merge.stage import merge_stage
-from components.model.base import source_files
 from components.model.ref import ModelRef
-from components.model.stage import base_model_stage
-from components.registry.lineage import Shipped, pipeline_candidate, search_candidate
-from components.registry.stage import gate_stage, register_stage
-from components.safety.stage import prune_stage, realign_data, realign_stage, retain_tables
-from components.search.stage import search_stage
 from components.stage import StageResult
-from components.tracking import log_child_run
-from components.train.data import harmful_mix_table, table_folder
-from components.train.stage import pairs_stage, train_stage
 from components.workspace import Workspace
+
+if TYPE_CHECKING:
+    from components.registry.lineage import Shipped
+
+
+def lazy(module: str, name: str) -> Callable[..., Any]:
+    """`module.name`, imported at its first call. The table names every stage's code this way, so reading it
+    (`--help`, `stages`, dvc.yaml) imports none of the stages' libraries, and `python -m flows stage NAME` imports
+    only what NAME runs (torch, transformers, Great Expectations, mergekit, MLflow each cost seconds to import)."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return getattr(importlib.import_module(module), name)(*args, **kwargs)
+
+    call.__name__ = call.__qualname__ = name
+    return call
+
+
+base_model_stage = lazy("components.model.stage", "base_model_stage")
+source_files = lazy("components.model.base", "source_files")
+sources_stage = lazy("components.data.stage", "sources_stage")
+curate_stage = lazy("components.data.stage", "curate_stage")
+validate_stage = lazy("components.data.stage", "validate_stage")
+pairs_stage = lazy("components.train.stage", "pairs_stage")
+train_stage = lazy("components.train.stage", "train_stage")
+harmful_mix_table = lazy("components.train.data", "harmful_mix_table")
+table_folder = lazy("components.train.data", "table_folder")
+merge_stage = lazy("components.merge.stage", "merge_stage")
+our_methods = lazy("components.merge.registry", "our_methods")
+realign_stage = lazy("components.safety.stage", "realign_stage")
+realign_data = lazy("components.safety.stage", "realign_data")
+retain_tables = lazy("components.safety.stage", "retain_tables")
+prune_stage = lazy("components.safety.stage", "prune_stage")
+evaluate_stage = lazy("components.evaluate.stage", "evaluate_stage")
+report_stage = lazy("components.evaluate.stage", "report_stage")
+candidate_folders = lazy("components.evaluate.stage", "candidate_folders")
+gate_stage = lazy("components.registry.stage", "gate_stage")
+register_stage = lazy("components.registry.stage", "register_stage")
+pipeline_candidate = lazy("components.registry.lineage", "pipeline_candidate")
+search_candidate = lazy("components.registry.lineage", "search_candidate")
 
 RUN = "<workspace>/<profile>"
 
@@ -253,6 +278,13 @@ def prune(params: Params) -> Stage:
     )
 
 
+def evaluated_splits(ws: Workspace) -> list[Path]:
+    """The test splits the evaluation suite reads."""
+    from components.evaluate.evaluation import TEST_SETS
+
+    return [ws.split(name, "test") for name in TEST_SETS]
+
+
 EVALUATE = Stage(
     "evaluate",
     "Held-out evaluation of every candidate (base, each trained model): domain multiple "
@@ -262,7 +294,7 @@ EVALUATE = Stage(
     ("seed", "evaluate"),
     evaluate_stage,
     "components.evaluate.evaluation",
-    inputs=lambda ws, p: [*candidate_folders(p, ws).values(), *(ws.split(name, "test") for name in TEST_SETS)],
+    inputs=lambda ws, p: [*candidate_folders(p, ws).values(), *evaluated_splits(ws)],
     outputs=lambda ws, p: [ws.eval],
 )
 
@@ -359,6 +391,16 @@ def with_inits(params: Params, jobs: list[str]) -> set[str]:
     return needed
 
 
+def run_search(params: Params) -> StageResult:
+    """The search stage, its trials logged as child runs when an MLflow run is active."""
+    import mlflow
+
+    from components.search.stage import search_stage
+    from components.tracking import log_child_run
+
+    return search_stage(params, log_child_run if mlflow.active_run() else None)
+
+
 def search(params: Params) -> Stage:
     cfg = params.search
 
@@ -375,7 +417,7 @@ def search(params: Params) -> Stage:
         f"{RUN}/search/{{study.db, trials/, trials.json, eval/, pareto_front.png, chosen.json, "
         "chosen_recipe.yaml, report.md}",
         ("search", "safety", "evaluate"),
-        lambda p: search_stage(p, log_child_run if mlflow.active_run() else None),
+        run_search,
         "components.search.stage",
         # the experts (and the aligned model) it merges, the data it evaluates and calibrates on, and validation/
         inputs=lambda ws, p: [

@@ -32,6 +32,15 @@ def test_help_lists_every_stage_with_what_it_reads_and_writes():
     assert "train-math" in listing.stdout and "sft on math from base" in listing.stdout
 
 
+def test_the_command_line_and_its_stage_table_load_without_the_stages_libraries():
+    """Each stage's code is imported when it runs, so `python -m flows stage NAME` (one process per stage under
+    `dvc repro`) imports only what NAME needs."""
+    heavy = ("torch", "transformers", "mlflow", "great_expectations", "mergekit", "optuna", "trl", "peft", "prefect")
+    code = "import sys, flows.__main__, flows.stages; print(' '.join(m for m in sys.argv[1:] if m in sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", code, *heavy], cwd=REPO, capture_output=True, text=True, check=True)
+    assert loaded.stdout.split() == []
+
+
 def test_unknown_profile_exits_non_zero_and_writes_nothing(params_file: Path):
     out = flows("stage", "base-model", "--params", str(params_file), "--profile", "huge")
     assert out.returncode == 2
