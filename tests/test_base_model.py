@@ -6,9 +6,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from components.config import load_params, parse_overrides
+from components.config import EmbeddedModel, load_params, parse_overrides
 from components.errors import InputError
-from components.model.base import build_base_model
+from components.model.base import build_base_model, embedded_gguf, load_tokenizer
 from components.model.chat import chat
 from components.model.directory import check_model_dir
 from components.stage import read_card
@@ -80,6 +80,19 @@ def test_incomplete_local_model_is_refused_and_nothing_is_written(tmp_path: Path
         build_base_model(cfg, tmp_path / "out")
     assert not (tmp_path / "out").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken"]
+
+
+def test_the_embedded_tokenizer_is_the_one_autotokenizer_loads(tmp_path: Path):
+    """load_tokenizer skips AutoTokenizer's parse of the whole GGUF for the embedded model; same tokenizer."""
+    gguf = embedded_gguf(EmbeddedModel(source="embedded"))
+    ours, auto = load_tokenizer(gguf), AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    assert type(ours) is type(auto)
+    ours.save_pretrained(tmp_path / "ours")
+    auto.save_pretrained(tmp_path / "auto")
+    written = sorted(p.name for p in (tmp_path / "auto").iterdir())
+    assert written == sorted(p.name for p in (tmp_path / "ours").iterdir()) and "tokenizer.json" in written
+    for name in written:
+        assert (tmp_path / "ours" / name).read_bytes() == (tmp_path / "auto" / name).read_bytes(), name
 
 
 @pytest.mark.smol
