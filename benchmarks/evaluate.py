@@ -1,10 +1,14 @@
-"""Evaluation speed against this machine's limits: greedy decoding against its roofline, and the whole suite.
+"""Evaluation speed against this machine's limits: greedy decoding against its roofline, the suite's answers
+against `model.generate`, and the whole suite.
 
 A decoding step reads every weight once and does 2 × parameters multiply-adds per row, so its rate in tokens
 per second is bounded by min(memory bandwidth ÷ weight bytes × rows, matmul FLOP/s ÷ (2 × parameters)), both
 measured here in the same process (a 1 GiB read; a large fp32 matmul). Decoding is timed as the difference
-between generating 1 and 33 tokens, so that the prompts' prefill is not counted; the baseline is the batch
-size the suite used before (16), beside the one it uses now (params.yaml evaluate.batch_size).
+between generating 1 and 33 tokens with no stop token, so that the prompts' prefill is not counted and every
+row decodes every step; the baseline is the batch size the suite used before (16), beside the one it uses now
+(params.yaml evaluate.batch_size). The answers to the held-out harmful prompts are timed with this project's
+generation (shared prefix once, ended rows dropped) and with `model.generate` as the suite called it before
+(left-padded batches, static cache), on the base model and on the TIES merge when it is built.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ def _decode_rate(params: Params, batch: int) -> tuple[float, float, float]:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     prompts = [row["prompt"] for row in test_rows(params.ws.curated, "harmful", batch)]
+    model.generation_config.eos_token_id = None  # every row decodes every step
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     bandwidth, flops = _machine_limits()
     generate_answers(model, tokenizer, prompts[:2], 2, 2)  # warm-up
@@ -59,6 +64,53 @@ def _decode_rate(params: Params, batch: int) -> tuple[float, float, float]:
     n_params = sum(p.numel() for p in model.parameters())
     roofline = min(bandwidth / weights * len(prompts), flops / (2 * n_params))
     return len(prompts) * DECODED / decode, roofline, prefill
+
+
+def _model_generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
+    """The baseline: `model.generate` on left-padded batches of similar length, with a static cache."""
+    import torch
+
+    from components.model.generate import balanced_batches
+
+    texts = [
+        tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
+        for p in prompts
+    ]
+    order = sorted(range(len(texts)), key=lambda i: len(tokenizer(texts[i], add_special_tokens=False)["input_ids"]))
+    answers = [""] * len(texts)
+    tokenizer.padding_side = "left"
+    for batch in balanced_batches(order, batch_size):
+        inputs = tokenizer([texts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=False)
+        with torch.no_grad():
+            output = model.generate(
+                **inputs,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+                cache_implementation="static",
+                disable_compile=True,
+            )
+        new = tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+        for i, answer in zip(batch, new, strict=True):
+            answers[i] = answer.strip()
+    return answers
+
+
+def _answers(params: Params, model_dir: Path, baseline: bool) -> tuple[list[str], float]:
+    """The held-out harmful prompts' answers as the suite asks for them, and their seconds."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from components.evaluate.suite import test_rows
+    from components.model.generate import generate_answers
+
+    cfg = params.evaluate
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    prompts = [row["prompt"] for row in test_rows(params.ws.curated, "harmful", cfg.harmful_prompts)]
+    start = time.perf_counter()
+    answer = _model_generate if baseline else generate_answers
+    answers = answer(model, tokenizer, prompts, cfg.safety_new_tokens, cfg.batch_size)
+    return answers, time.perf_counter() - start
 
 
 def _suite(params: Params) -> dict[str, float]:
@@ -96,6 +148,18 @@ def evaluate(params: Params, scratch: Path) -> Report:
         report.notes[f"batch {batch}"] = (
             f"{rate:.0f} tokens/s decoded = {rate / roofline:.2f} of the roofline ({roofline:.0f} tokens/s); "
             f"prefill {prefill:.1f} s"
+        )
+    for name, model_dir in (("base", params.ws.base_model), ("merge-ties", params.ws.merged("ties"))):
+        if not model_dir.is_dir():
+            continue
+        _, _, (reference, baseline) = measured(_answers, params, model_dir, True)
+        _, _, (answers, ours) = measured(_answers, params, model_dir, False)
+        what = f"{len(answers)} harmful answers of {name}"
+        report.seconds[f"{what}, model.generate"] = baseline
+        report.seconds[f"{what}, shared prefix and ended rows dropped"] = ours
+        same = sum(a == b for a, b in zip(answers, reference, strict=True))
+        report.notes[f"answers of {name}"] = (
+            f"{ours / baseline:.2f} of model.generate's time; {same} of {len(answers)} identical"
         )
     seconds, peak, parts = measured(_suite, params)
     report.seconds["the whole suite on the base model"] = seconds

@@ -87,7 +87,7 @@ class Workspace:
         return self.run_dir / "data" / "pairs"
 
     def pair_table(self, table: str) -> Path:
-        """A table of the pairs stage (components.train.pairs.PAIR_TABLES): data/pairs/<table>/train.jsonl."""
+        """A table of the pairs stage (components.train.data.PAIR_TABLES): data/pairs/<table>/train.jsonl."""
         return self.pairs / table / "train.jsonl"
 
     @property

@@ -30,7 +30,7 @@ from components.evaluate.scoring import (
     options_logprobs,
 )
 from components.evaluate.suite import mc_items
-from components.model.generate import balanced_batches, generate_answers
+from components.model.generate import balanced_batches, generate_answers, shared_prefix
 from components.safety.refusal import is_refusal
 from tests.data_helpers import read
 
@@ -331,6 +331,45 @@ def test_greedy_answers_come_back_in_the_prompts_order_whatever_the_batching(tin
     prompts = ["A long prompt with many words in it, longer than the rest", "Hi", "Medium length prompt", "Yo"]
     alone = [generate_answers(model, tokenizer, [p], 6, 1)[0] for p in prompts]
     assert generate_answers(model, tokenizer, prompts, 6, 3) == alone
+
+
+def test_the_shared_prefix_leaves_every_row_a_token_of_its_own():
+    assert shared_prefix([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2
+    assert shared_prefix([[1, 2, 3], [1, 2, 3]]) == 2  # identical rows: the last token stays each row's own
+    assert shared_prefix([[7], [7, 8]]) == 0
+    assert shared_prefix([[1, 2], [3, 2]]) == 0
+
+
+def test_greedy_answers_equal_model_generate_with_rows_that_end_at_different_steps(tiny_base: Path):
+    """The shared prefix run once and ended rows dropped change no answer: each row gets the tokens that
+    `model.generate` gives it in a left-padded batch, up to its stop token."""
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(tiny_base), AutoTokenizer.from_pretrained(tiny_base)
+    torch.manual_seed(0)
+    with torch.no_grad():  # larger random weights: the tiny model's greedy answers vary between prompts
+        for weight in (p for p in model.parameters() if p.dim() == 2):
+            weight.normal_(0, 0.3)
+    prompts = [f"Question {i}: " + "word " * (i % 5) for i in range(12)]
+    texts = [
+        tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
+        for p in prompts
+    ]
+    tokenizer.padding_side = "left"
+    inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+
+    def reference(stop: int | None) -> list[list[int]]:
+        """model.generate's new tokens of each row, up to (without) its first `stop`."""
+        output = model.generate(**inputs, max_new_tokens=10, do_sample=False, pad_token_id=0, eos_token_id=stop)
+        rows = output[:, inputs["input_ids"].shape[1] :].tolist()
+        return [row[: row.index(stop)] if stop in row else row for row in rows]
+
+    # a token the random model emits at different steps in different rows serves as the stop token
+    free = reference(None)
+    stop = next(t for row in free for t in row[2:] if 3 <= sum(t in r for r in free) < len(free))
+    expected = reference(stop)
+    assert len({len(row) for row in expected}) > 2 and any(len(row) == 10 for row in expected)
+    model.generation_config.eos_token_id = stop
+    answers = generate_answers(model, tokenizer, prompts, 10, batch_size=12)
+    assert answers == [tokenizer.decode(row, skip_special_tokens=True).strip() for row in expected]
 
 
 def test_a_candidate_with_the_weights_of_an_evaluated_one_is_not_evaluated_again(

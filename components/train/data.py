@@ -8,8 +8,14 @@ from pathlib import Path
 from components.config import SftJob, TrainJob
 from components.data.tables import Kind, Row, read_jsonl
 from components.errors import InputError
-from components.train.pairs import PAIR_TABLES
 from components.workspace import Workspace
+
+# The tables the pairs stage (components/train/pairs.py) writes, and their kinds.
+PAIR_TABLES = {
+    "refusal_pairs": "preference",
+    "harmful_compliance": "prompt_completion",
+    "safety_sft": "prompt_completion",
+}
 
 METHOD_KINDS = {
     "cpt": (Kind.text,),

@@ -29,12 +29,6 @@ from components.model.generate import generate_answers
 from components.safety.refusal import is_refusal, refusal_for
 from components.stage import StageCache, StageResult
 
-PAIR_TABLES = {
-    "refusal_pairs": "preference",
-    "harmful_compliance": "prompt_completion",
-    "safety_sft": "prompt_completion",
-}
-
 
 def build_pairs(model_dir: Path, curated_dir: Path, cfg: PairsConfig, out_dir: Path, seed: int = 0) -> StageResult:
     """Write out_dir/{refusal_pairs,safety_sft,harmful_compliance}/train.jsonl from the base model's answers."""
