@@ -4,15 +4,16 @@ against `model.generate`, and the whole suite.
 A decoding step reads every weight once and does 2 × parameters multiply-adds per row, so its rate in tokens
 per second is bounded by min(memory bandwidth ÷ weight bytes × rows, matmul FLOP/s ÷ (2 × parameters)), both
 measured here in the same process (a 1 GiB read; a large fp32 matmul). Decoding is timed as the difference
-between generating 1 and 33 tokens with no stop token, so that the prompts' prefill is not counted and every
-row decodes every step; the baseline is the batch size the suite used before (16), beside the one it uses now
-(params.yaml evaluate.batch_size). The answers to the held-out harmful prompts are timed with this project's
+between generating 1 and 33 tokens with no stop token (medians of three), so that the prompts' prefill is not
+counted and every row decodes every step; the baseline is the batch size the suite used before (16), beside the
+one it uses now (params.yaml evaluate.batch_size). The answers to the held-out harmful prompts are timed with this project's
 generation (shared prefix once, ended rows dropped) and with `model.generate` as the suite called it before
 (left-padded batches, static cache), on the base model and on the TIES merge when it is built.
 """
 
 from __future__ import annotations
 
+import statistics
 import time
 from pathlib import Path
 
@@ -55,12 +56,16 @@ def _decode_rate(params: Params, batch: int) -> tuple[float, float, float]:
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     bandwidth, flops = _machine_limits()
     generate_answers(model, tokenizer, prompts[:2], 2, 2)  # warm-up
-    start = time.perf_counter()
-    generate_answers(model, tokenizer, prompts, 1, batch)
-    prefill = time.perf_counter() - start
-    start = time.perf_counter()
-    generate_answers(model, tokenizer, prompts, 1 + DECODED, batch)
-    decode = time.perf_counter() - start - prefill
+
+    def seconds(tokens: int) -> float:
+        start = time.perf_counter()
+        generate_answers(model, tokenizer, prompts, tokens, batch)
+        return time.perf_counter() - start
+
+    # medians of three, alternating: the prefill's time varies by a second or two between runs
+    prefills, generations = zip(*((seconds(1), seconds(1 + DECODED)) for _ in range(3)), strict=True)
+    prefill = statistics.median(prefills)
+    decode = statistics.median(generations) - prefill
     n_params = sum(p.numel() for p in model.parameters())
     roofline = min(bandwidth / weights * len(prompts), flops / (2 * n_params))
     return len(prompts) * DECODED / decode, roofline, prefill

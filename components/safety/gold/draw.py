@@ -3,6 +3,10 @@ benign look-alike test prompts, the same number from each (candidate, kind), dup
 prompt dropped. The labels are added by people reading each row against RUBRIC.md.
 
     python -m components.safety.gold.draw outputs/smol 13 unlabelled.jsonl
+    python -m components.safety.gold.draw outputs/smol-safety 13 demo.jsonl attack realigned-attack pruned-attack
+
+With candidate names, only those candidates' rows, their ids and candidates prefixed with the run's folder name
+(`smol-safety/attack:...`) so that they never meet the default run's.
 """
 
 from __future__ import annotations
@@ -45,9 +49,20 @@ def draw(run_dir: Path, per_cell: int, seed: int = 0) -> list[dict]:
     return rows
 
 
+def only(rows: list[dict], candidates: list[str], run_name: str) -> list[dict]:
+    """The rows of `candidates`, their id and candidate prefixed with `run_name/`."""
+    return [
+        {**row, "id": f"{run_name}/{row['id']}", "candidate": f"{run_name}/{row['candidate']}"}
+        for row in rows
+        if row["candidate"] in candidates
+    ]
+
+
 if __name__ == "__main__":
-    run, per_cell, target = Path(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
+    run, per_cell, target, candidates = Path(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3]), sys.argv[4:]
     drawn = draw(run, per_cell)
+    if candidates:
+        drawn = only(drawn, candidates, run.name)
     with atomic_file(target) as tmp:
         tmp.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in drawn))
     print(f"{target}: {len(drawn)} rows")
