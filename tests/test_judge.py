@@ -148,3 +148,13 @@ def test_the_probe_judge_needs_a_model():
         judge_answer("I'm sorry.", "probe")
     with pytest.raises(InputError, match="judge model"):
         judge_answers(["I'm sorry."], "probe")
+
+
+def test_drawing_a_runs_named_candidates_keeps_only_those_and_prefixes_their_ids():
+    from components.safety.gold.draw import only
+
+    rows = [{"id": f"{c}:harmbench:1", "candidate": c, "answer": c} for c in ("attack", "base", "pruned-attack")]
+    picked = only(rows, ["attack", "pruned-attack"], "smol-safety")
+    assert [r["id"] for r in picked] == ["smol-safety/attack:harmbench:1", "smol-safety/pruned-attack:harmbench:1"]
+    assert [r["candidate"] for r in picked] == ["smol-safety/attack", "smol-safety/pruned-attack"]
+    assert [r["answer"] for r in picked] == ["attack", "pruned-attack"] and rows[0]["id"] == "attack:harmbench:1"
