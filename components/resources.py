@@ -27,8 +27,17 @@ CLEAR_REFS = Path("/proc/self/clear_refs")
 
 def release_free_memory() -> None:
     """Hand memory that is free but still held by the process back to the system (glibc keeps what earlier work
-    freed), so that a new high-water mark starts from what is really in use, not from the last stage's peak."""
+    freed), so that a new high-water mark starts from what is really in use, not from the last stage's peak.
+
+    What survives the collection is frozen (`gc.freeze`): it is the libraries' modules and classes and the
+    pipeline's own state, about 0.9 million objects once torch, transformers, MLflow and Great Expectations are
+    loaded, which every full collection would walk again (0.45 s each, 9 of the tiny run's 66 s). The next
+    stage's collection then looks only at what was made since. The price: an object alive at a stage boundary
+    that later becomes garbage inside a reference cycle is never collected; over a whole tiny run that was 139
+    objects (a few kB).
+    """
     gc.collect()
+    gc.freeze()
     return_free_pages()
 
 

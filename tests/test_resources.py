@@ -34,3 +34,20 @@ def test_a_stage_run_leaves_its_time_and_peak_in_its_metrics_and_the_timings_fil
     listing = describe([stage], params.ws.timings)
     assert "last run: " in listing and "MB (built)" in listing
     assert "(up to date)" in describe([demo_stage("other", stage.run)], params.ws.timings)
+
+
+def test_releasing_memory_freezes_what_survives_and_still_collects_later_cycles():
+    import gc
+    import weakref
+
+    class Node:
+        pass
+
+    resources.release_free_memory()
+    assert gc.get_freeze_count() > 1000  # the libraries' objects are out of later collections' way
+    cycle = Node()
+    cycle.itself = cycle
+    alive = weakref.ref(cycle)
+    del cycle
+    resources.release_free_memory()
+    assert alive() is None  # garbage made after the freeze is still found
