@@ -15,6 +15,29 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 
+# The suite runs on two pytest-xdist workers (pyproject.toml's addopts). Most of its time is single-threaded
+# Python (a tiny pipeline run's CPU time equals its wall time), so two workers on two cores nearly halve it; one
+# torch thread per worker (and per process a test starts) keeps the two from fighting over the cores in the
+# tests that do multiply matrices.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+# The modules that read the one tiny pipeline run of the session (the `tiny_pipeline` fixture) share a worker, so
+# that it runs once; every other module is a unit of its own, its tests on one worker in the order written.
+TINY_PIPELINE_READERS = {"test_cli", "test_notebooks", "test_search"}
+
+
+def pytest_xdist_make_scheduler(config, log):
+    # xdist's own `--dist loadgroup` marks groups by rewriting node ids, which pytest 9 no longer reads
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::")[0].rsplit("/", 1)[-1].removesuffix(".py")
+            return "tiny_pipeline" if module in TINY_PIPELINE_READERS else module
+
+    return ModuleScheduling(config, log)
+
 
 @pytest.fixture
 def params_file(tmp_path: Path) -> Path:
