@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -241,6 +242,28 @@ def test_the_cpu_sft_trainer_computes_trls_loss_with_the_models_own_head(workspa
         type(trainer_for(job, model, tokenizer, Dataset.from_list(rows), None, workspace / "l2", [])) is not SFTTrainer
     )
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
+def test_the_cpu_sft_trainers_gradient_is_the_models_own_losss_bit_for_bit(workspace: Path):
+    """The CPU trainer's head runs over the labelled positions only: the adapter's gradient must not change."""
+    from transformers import Trainer
+
+    params = tiny(workspace, "train.jobs.math.max_length=128")
+    job = params.train.jobs["math"]
+    rows = job_rows("math", job, params.ws, "train")[:4]
+    tokenizer = AutoTokenizer.from_pretrained(params.ws.base_model)
+    model = AutoModelForCausalLM.from_pretrained(params.ws.base_model)
+    trainer = trainer_for(job, model, tokenizer, Dataset.from_list(rows), None, workspace / "grad", [])
+    batch = next(iter(trainer.get_train_dataloader()))
+    labelled = int((batch["labels"][:, 1:] != -100).sum())
+    assert 0 < labelled < batch["labels"].numel() / 2  # mostly prompt: the head skips most positions
+    gradients = []
+    for compute_loss in (trainer.compute_loss, partial(Trainer.compute_loss, trainer)):
+        trainer.model.zero_grad()
+        compute_loss(trainer.model, batch, num_items_in_batch=torch.tensor(2 * labelled)).backward()
+        gradients.append({n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.requires_grad})
+    assert gradients[0].keys() == gradients[1].keys()
+    assert all(torch.equal(gradients[0][n], gradients[1][n]) for n in gradients[0])
 
 
 def test_cpt_packs_full_rows_without_flattening_the_batch(workspace: Path):

@@ -21,6 +21,7 @@ import torch
 from torch.func import functional_call
 
 from components.model.device import on_device
+from components.model.loss import next_token_loss
 from components.resources import return_free_pages
 
 
@@ -128,7 +129,8 @@ def density_gradients(logits: dict[str, torch.Tensor], sparsity: float, total: i
 
 
 def loss_of(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    return model(**on_device(batch, model)).loss
+    """The model's loss on the batch; a causal LM's with its head over the labelled (refusal) tokens only."""
+    return next_token_loss(model, on_device(batch, model))
 
 
 @contextlib.contextmanager

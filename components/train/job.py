@@ -30,6 +30,7 @@ from components.atomic import atomic_dir
 from components.config import TrainJob
 from components.errors import InputError
 from components.model.directory import check_model_dir
+from components.model.loss import next_token_loss
 from components.stage import StageCache, StageResult
 from components.train.data import harmful_mix_table, job_rows, job_tables
 from components.workspace import Workspace
@@ -75,12 +76,16 @@ class ReportProgress(TrainerCallback):
 
 
 def sft_trainer_class() -> type:
-    """TRL's SFTTrainer; on a CPU, one whose loss is the model's own cross-entropy over full logits.
+    """TRL's SFTTrainer; on a CPU, one whose loss runs the LM head over the labelled positions only.
 
     TRL computes the SFT loss through a fused, chunked LM head that never holds the full logits: on a GPU it
     saves memory, on a CPU it recomputes the head's tiles in the backward pass and adds entropy and top-1
-    statistics for logging, 35% of a step on SmolLM2-135M (benchmarks/train.py). The loss is the same
-    (to 1e-5 on the first step); the logged entropy and mean_token_accuracy are what the CPU variant gives up.
+    statistics for logging, 35% of a step on SmolLM2-135M (benchmarks/train.py). The CPU variant computes the head
+    only where a label is, a slice at a time, with each slice's gradient formed in the forward pass
+    (`components.model.loss`): the gradient is the model's own loss's bit for bit, without its full-vocabulary
+    logits (which cost memory, and time on the prompt and padding positions that have no label). The logged
+    entropy and mean_token_accuracy are what it gives up. A model wrapped for distributed training, or one whose
+    head is trained, gets the model's own loss.
     """
     from transformers import Trainer
     from trl import SFTTrainer
@@ -88,11 +93,13 @@ def sft_trainer_class() -> type:
     if torch.cuda.is_available():
         return SFTTrainer
 
-    class ModelLossSFTTrainer(SFTTrainer):
+    class LabelledHeadSFTTrainer(SFTTrainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+            if return_outputs or self.accelerator.unwrap_model(model) is not model:
+                return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+            return next_token_loss(model, inputs, num_items_in_batch if self.model_accepts_loss_kwargs else None)
 
-    return ModelLossSFTTrainer
+    return LabelledHeadSFTTrainer
 
 
 def trainer_for(
