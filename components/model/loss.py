@@ -24,7 +24,7 @@ import torch.nn.functional as F
 # `ForCausalLMLoss` (no logit scaling or soft-capping): read in transformers' modeling files.
 PLAIN_HEAD_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
 
-CHUNK_ROWS = 1024  # positions per slice of the head: 1024 × 49,152 float32 logits is 200 MB
+CHUNK_ROWS = 256  # positions per slice of the head: 256 × 49,152 float32 logits are 50 MB
 
 
 class _HeadCrossEntropy(torch.autograd.Function):
