@@ -95,13 +95,18 @@ def test_pairs_prefer_refusing_harmful_prompts_and_answering_benign_look_alikes(
     assert answers == [(p["prompt"], p["chosen"]) for p in contrast]
 
 
-def test_sft_masks_the_prompt_so_the_loss_is_on_the_completion_only(workspace: Path):
-    params = tiny(workspace, "train.jobs.math.max_length=256")
+def math_trainer(workspace: Path, max_length: int, rows: int, folder: str):
+    """The tiny math job's trainer on its first `rows` train rows, its tokenizer and those rows."""
+    params = tiny(workspace, f"train.jobs.math.max_length={max_length}")
     job = params.train.jobs["math"]
-    rows = job_rows("math", job, params.ws, "train")[:2]
     tokenizer = AutoTokenizer.from_pretrained(params.ws.base_model)
     model = AutoModelForCausalLM.from_pretrained(params.ws.base_model)
-    trainer = trainer_for(job, model, tokenizer, Dataset.from_list(rows), None, workspace / "mask", [])
+    data = job_rows("math", job, params.ws, "train")[:rows]
+    return trainer_for(job, model, tokenizer, Dataset.from_list(data), None, workspace / folder, []), tokenizer, data
+
+
+def test_sft_masks_the_prompt_so_the_loss_is_on_the_completion_only(workspace: Path):
+    trainer, tokenizer, rows = math_trainer(workspace, 256, 2, "mask")
     example = trainer.train_dataset[0]
     learned = [t for t, label in zip(example["input_ids"], example["labels"], strict=True) if label != -100]
     masked = [t for t, label in zip(example["input_ids"], example["labels"], strict=True) if label == -100]
@@ -248,12 +253,7 @@ def test_the_cpu_sft_trainers_gradient_is_the_models_own_losss_bit_for_bit(works
     """The CPU trainer's head runs over the labelled positions only: the adapter's gradient must not change."""
     from transformers import Trainer
 
-    params = tiny(workspace, "train.jobs.math.max_length=128")
-    job = params.train.jobs["math"]
-    rows = job_rows("math", job, params.ws, "train")[:4]
-    tokenizer = AutoTokenizer.from_pretrained(params.ws.base_model)
-    model = AutoModelForCausalLM.from_pretrained(params.ws.base_model)
-    trainer = trainer_for(job, model, tokenizer, Dataset.from_list(rows), None, workspace / "grad", [])
+    trainer, _, _ = math_trainer(workspace, 128, 4, "grad")
     batch = next(iter(trainer.get_train_dataloader()))
     labelled = int((batch["labels"][:, 1:] != -100).sum())
     assert 0 < labelled < batch["labels"].numel() / 2  # mostly prompt: the head skips most positions
