@@ -31,6 +31,10 @@ def test_the_loss_and_its_gradient_by_hand():
     assert head_cross_entropy(hidden, weight, labels, torch.tensor(8)).item() == pytest.approx(
         (nll_0 + nll_1) / 8, rel=1e-6
     )
+    # no label at all: as the model's loss, a mean over nothing (nan), a sum over a given count (0)
+    unlabelled = torch.full_like(labels, -100)
+    assert head_cross_entropy(hidden, weight, unlabelled).isnan()
+    assert head_cross_entropy(hidden, weight, unlabelled, torch.tensor(8)).item() == 0.0
 
 
 def lora_model(seed: int = 0):
