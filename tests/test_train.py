@@ -225,27 +225,20 @@ def test_out_of_range_hyperparameters_are_refused_when_params_load(workspace: Pa
         tiny(workspace, setting)
 
 
-def test_the_cpu_sft_trainer_computes_trls_loss_with_the_models_own_head(workspace: Path):
-    """On a CPU the SFT trainer's loss is the model's cross-entropy; it must equal TRL's fused-head loss."""
+def test_the_cpu_sft_trainers_loss_equals_trls_fused_head_loss(workspace: Path):
+    """On a CPU the SFT trainer computes its own loss (the head over labelled positions); it must equal TRL's."""
     from trl import SFTTrainer
 
-    params = tiny(workspace, "train.jobs.math.max_length=128")
-    job = params.train.jobs["math"]
-    rows = job_rows("math", job, params.ws, "train")[:4]
-    tokenizer = AutoTokenizer.from_pretrained(params.ws.base_model)
     losses = []
     for cls in (None, SFTTrainer):
         torch.manual_seed(0)
-        model = AutoModelForCausalLM.from_pretrained(params.ws.base_model)
-        trainer = trainer_for(job, model, tokenizer, Dataset.from_list(rows), None, workspace / "loss", [])
+        trainer, _, _ = math_trainer(workspace, 128, 4, "loss")
+        assert type(trainer) is not SFTTrainer
         if cls is not None:
             trainer.__class__ = cls  # the same trainer object, TRL's own compute_loss
         batch = next(iter(trainer.get_train_dataloader()))
         with torch.no_grad():
             losses.append(float(trainer.compute_loss(trainer.model, batch)))
-    assert (
-        type(trainer_for(job, model, tokenizer, Dataset.from_list(rows), None, workspace / "l2", [])) is not SFTTrainer
-    )
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
 
 
@@ -257,11 +250,15 @@ def test_the_cpu_sft_trainers_gradient_is_the_models_own_losss_bit_for_bit(works
     batch = next(iter(trainer.get_train_dataloader()))
     labelled = int((batch["labels"][:, 1:] != -100).sum())
     assert 0 < labelled < batch["labels"].numel() / 2  # mostly prompt: the head skips most positions
+    head_calls = []  # the model's own loss calls its LM head module on every position; the trainer's must not
+    trainer.model.get_output_embeddings().register_forward_hook(lambda module, args, out: head_calls.append(out.shape))
     gradients = []
     for compute_loss in (trainer.compute_loss, partial(Trainer.compute_loss, trainer)):
         trainer.model.zero_grad()
         compute_loss(trainer.model, batch, num_items_in_batch=torch.tensor(2 * labelled)).backward()
         gradients.append({n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.requires_grad})
+        head_calls.append("done")
+    assert head_calls[0] == "done" and len(head_calls) == 3  # the trainer's loss took the labelled-position path
     assert gradients[0].keys() == gradients[1].keys()
     assert all(torch.equal(gradients[0][n], gradients[1][n]) for n in gradients[0])
 
