@@ -168,18 +168,18 @@ def test_flow_end_to_end_on_tiny(prefect_api, mlflow_server, params_file: Path, 
 def test_killed_run_resumes_without_recomputing_finished_stages(
     prefect_api, mlflow_server, params_file: Path, monkeypatch
 ):
+    from components.train.job import checkpoint_is_complete
     from flows.post_train import post_train
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     params_file.write_text(params_file.read_text().replace("model_name: post-train-tiny", "model_name: killed-tiny"))
     run_dir = params_file.parent / "outputs" / "tiny"
     process = run_flow_in_subprocess(params_file, prefect_api, mlflow_server)
-    # trainer_state.json is the last file of a checkpoint: once it exists the checkpoint is complete
-    checkpoint = run_dir / "train" / "math" / "checkpoints" / "checkpoint-1" / "trainer_state.json"
+    checkpoint = run_dir / "train" / "math" / "checkpoints" / "checkpoint-1"
     deadline = time.monotonic() + 400
-    while not checkpoint.is_file() and process.poll() is None and time.monotonic() < deadline:
+    while not checkpoint_is_complete(checkpoint) and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert checkpoint.is_file(), "the flow never completed the math expert's first checkpoint"
+    assert checkpoint_is_complete(checkpoint), "the flow never completed the math expert's first checkpoint"
     process.send_signal(signal.SIGKILL)
     process.wait()
     # A real Prefect server revokes the killed run's lease on the workspace lock once it lapses (60 s); the test

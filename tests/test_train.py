@@ -19,7 +19,7 @@ from components.config import load_params, parse_overrides
 from components.errors import InputError, ParamsError
 from components.safety.refusal import REFUSALS, is_refusal, refusal_for
 from components.train.data import job_rows
-from components.train.job import run_job, trainer_for
+from components.train.job import checkpoint_is_complete, last_checkpoint, run_job, trainer_for
 from flows.stages import DATA
 from tests.conftest import REPO
 
@@ -146,15 +146,15 @@ def test_killed_training_resumes_from_its_last_checkpoint(workspace: Path):
     )
     checkpoints = workspace / "outputs" / "tiny" / "train" / "math" / "checkpoints"
     deadline = time.time() + 120
-    while (
-        not list(checkpoints.glob("checkpoint-*/trainer_state.json"))
-        and time.time() < deadline
-        and process.poll() is None
-    ):
+
+    def complete() -> list[int]:
+        return [int(c.name.split("-")[1]) for c in checkpoints.glob("checkpoint-*") if checkpoint_is_complete(c)]
+
+    while not complete() and time.time() < deadline and process.poll() is None:
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    killed_at = max(int(p.parent.name.split("-")[1]) for p in checkpoints.glob("checkpoint-*/trainer_state.json"))
+    killed_at = max(complete())  # a checkpoint the kill cut short is not one to resume from
     assert 2 <= killed_at < 40, "the kill must land part-way through training"
     assert not (workspace / "outputs" / "tiny" / "models" / "math").exists(), "no model from a killed run"
 
@@ -173,6 +173,16 @@ def test_killed_training_resumes_from_its_last_checkpoint(workspace: Path):
     assert [e["step"] for e in history if "loss" in e] == list(range(1, 41)), "one loss curve, from step 1 to 40"
     losses = [e["loss"] for e in history if "loss" in e]
     assert result.metrics["train_loss"] == pytest.approx(sum(losses) / 40)  # every step, not only the resumed ones
+
+
+def test_a_checkpoint_cut_short_while_its_state_was_written_is_not_resumed(tmp_path: Path):
+    for step, state in [(2, '{"global_step": 2}'), (4, '{"global_step": 4}'), (6, ""), (8, '{"global_st')]:
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
+    (tmp_path / "checkpoint-10").mkdir()  # killed before its state was begun
+    assert last_checkpoint(tmp_path) == tmp_path / "checkpoint-4"
+    assert sorted(c.name for c in tmp_path.iterdir()) == ["checkpoint-2", "checkpoint-4"]
+    assert last_checkpoint(tmp_path / "none") is None
 
 
 def test_a_method_given_the_wrong_kind_of_data_fails_before_training(workspace: Path):

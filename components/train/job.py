@@ -164,11 +164,20 @@ def _step(checkpoint: Path | None) -> int:
     return int(checkpoint.name.split("-")[1]) if checkpoint else 0
 
 
+def checkpoint_is_complete(checkpoint: Path) -> bool:
+    """Whether the Trainer finished writing `checkpoint`: trainer_state.json is its last file, and a kill during
+    that write leaves it empty or cut short (the Trainer writes it in place), so it must also parse."""
+    try:
+        return isinstance(json.loads((checkpoint / "trainer_state.json").read_text()), dict)
+    except (OSError, ValueError):
+        return False
+
+
 def last_checkpoint(checkpoints: Path) -> Path | None:
-    """The newest complete checkpoint; a checkpoint the kill interrupted (no trainer_state.json yet) is removed."""
+    """The newest complete checkpoint; a checkpoint the kill interrupted is removed."""
     complete = []
     for checkpoint in checkpoints.glob("checkpoint-*"):
-        if (checkpoint / "trainer_state.json").is_file():
+        if checkpoint_is_complete(checkpoint):
             complete.append(checkpoint)
         else:
             shutil.rmtree(checkpoint, ignore_errors=True)  # every process of a distributed run may get here
