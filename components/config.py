@@ -414,6 +414,13 @@ class EvaluateConfig(StrictModel):
     batch_size: BatchSize = 16
     # how an answer is judged a refusal (components/safety/judge.py); `anywhere` is the GCG evaluation's rule
     judge: JudgeName = "anywhere"
+    # end a safety answer once the judge's verdict on it can no longer change (`opening`: its first sentence is
+    # written): the same metrics, and samples.jsonl holds the answers up to there; false writes every answer out to
+    # safety_new_tokens (for people reading whole answers, such as the labellers of the judge gold set)
+    stop_at_verdict: bool = True
+    # which of the pipeline's models the evaluate stage scores (names as in registry.candidate); null: every one.
+    # The shipped candidate and the gates' references must be among them.
+    candidates: list[str] | None = None
 
 
 # Which way each gateable metric of the evaluation suite improves.
@@ -603,6 +610,7 @@ class Params(StrictModel):
                     ModelRef.parse(gate.relative.of).check(self, shipped=True)
                 except ValueError as err:
                     raise ValueError(f"registry.gates.{metric}.relative.of: {err}") from None
+        self._gated_models_are_evaluated()
         trained = {"base", *self.train.jobs}
         for name, spec in self.merge.recipes.items():
             names = [spec.base_model] if spec.base_model else []
@@ -614,6 +622,26 @@ class Params(StrictModel):
                     f"(known: {', '.join(sorted(trained))})"
                 )
         return self
+
+    def _gated_models_are_evaluated(self) -> None:
+        from components.model.ref import ModelRef
+
+        chosen = self.evaluate.candidates
+        if chosen is None:
+            return
+        for index, name in enumerate(chosen):
+            try:
+                ModelRef.parse(name).check(self, shipped=True)
+            except ValueError as err:
+                raise ValueError(f"evaluate.candidates[{index}]: {err}") from None
+        needed = [("registry.candidate", self.registry.candidate)] + [
+            (f"registry.gates.{metric}.relative.of", gate.relative.of)
+            for metric, gate in self.registry.gates.items()
+            if gate.relative is not None
+        ]
+        for key, name in needed:
+            if name is not None and name not in chosen:
+                raise ValueError(f"{key}: {name!r} is not evaluated (evaluate.candidates: {', '.join(chosen)})")
 
     @property
     def ws(self) -> Workspace:

@@ -130,6 +130,27 @@ def test_evaluate_stage_scores_every_candidate_and_caches_by_weights(tmp_path: P
     assert evaluate_candidates({"base": tiny_base}, curated, cfg, 0, tmp_path / "eval").cached
 
 
+def test_the_stage_scores_the_chosen_candidates_and_choosing_more_keeps_the_others_evaluations(
+    tmp_path: Path, tiny_base: Path, curated: Path
+):
+    from components.config import load_params, parse_overrides
+    from components.evaluate.evaluation import evaluate_cached
+    from components.evaluate.stage import candidate_folders, candidates
+    from tests.conftest import REPO
+
+    chosen = "evaluate.candidates=[base,merge-ties,realigned-merge-ties]"
+    params = load_params(REPO / "params.yaml", "tiny", parse_overrides([f"workspace={tmp_path}", chosen]))
+    every = load_params(REPO / "params.yaml", "tiny", parse_overrides([f"workspace={tmp_path}"]))
+    for folder in candidate_folders(every, every.ws).values():
+        folder.mkdir(parents=True, exist_ok=True)
+    assert set(candidates(every)) > set(candidates(params)) == {"base", "merge-ties", "realigned-merge-ties"}
+
+    cfg = EvaluateConfig(math_new_tokens=4, safety_new_tokens=4, batch_size=4, candidates=["base"])
+    assert not evaluate_cached(tiny_base, curated, cfg, 0, tmp_path / "eval" / "base")[1]
+    more = cfg.model_copy(update={"candidates": ["base", "merge-ties"]})
+    assert evaluate_cached(tiny_base, curated, more, 0, tmp_path / "eval" / "base")[1]  # base is not run again
+
+
 def test_the_probe_judge_decides_the_safety_metrics_when_configured(tmp_path: Path, tiny_base: Path, curated: Path):
     from components.safety.judge import judge_answers
 
@@ -370,6 +391,25 @@ def test_greedy_answers_equal_model_generate_with_rows_that_end_at_different_ste
     model.generation_config.eos_token_id = stop
     answers = generate_answers(model, tokenizer, prompts, 10, batch_size=12)
     assert answers == [tokenizer.decode(row, skip_special_tokens=True).strip() for row in expected]
+
+
+def test_an_answer_ends_where_until_first_holds_and_is_that_much_of_the_whole_answer(tiny_base: Path):
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(tiny_base), AutoTokenizer.from_pretrained(tiny_base)
+    torch.manual_seed(0)
+    with torch.no_grad():  # larger random weights: the tiny model's answers vary between prompts
+        for weight in (p for p in model.parameters() if p.dim() == 2):
+            weight.normal_(0, 0.3)
+    prompts = [f"Question {i}: " + "word " * (i % 5) for i in range(8)]
+    whole = generate_answers(model, tokenizer, prompts, 12, batch_size=8)
+    steps = []
+    forward = model.forward
+    model.forward = lambda *a, **k: steps.append(k["input_ids"].shape[0]) or forward(*a, **k)
+    cut = generate_answers(model, tokenizer, prompts, 12, batch_size=8, until=lambda answer: len(answer) >= 6)
+    for short, full in zip(cut, whole, strict=True):
+        assert full.startswith(short)
+        assert len(short) >= 6 or short == full
+    assert any(len(short) < len(full) for short, full in zip(cut, whole, strict=True))
+    assert len(steps) < 1 + 12  # the prefix and prompts' passes, then fewer decoding steps than the budget's
 
 
 def test_a_candidate_with_the_weights_of_an_evaluated_one_is_not_evaluated_again(

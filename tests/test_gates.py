@@ -95,6 +95,19 @@ def test_bad_gate_params_are_rejected_with_their_key():
         load_params(REPO / "params.yaml", "tiny", parse_overrides(["registry.candidate=merge-nope"]))
 
 
+def test_the_gates_read_only_evaluated_candidates():
+    def chosen(names: str, *more: str):
+        return load_params(REPO / "params.yaml", "tiny", parse_overrides([f"evaluate.candidates={names}", *more]))
+
+    assert chosen("[base,merge-ties,realigned-merge-ties]").evaluate.candidates[-1] == "realigned-merge-ties"
+    with pytest.raises(ParamsError, match=r"evaluate.candidates\[1\]: 'merge-nope' is not a candidate"):
+        chosen("[base,merge-nope,merge-ties,realigned-merge-ties]")
+    with pytest.raises(ParamsError, match=r"registry.candidate: 'realigned-merge-ties' is not evaluated"):
+        chosen("[base,merge-ties]")
+    with pytest.raises(ParamsError, match=r"registry.gates.harmful_score.relative.of: 'merge-ties' is not evaluated"):
+        chosen("[base,realigned-merge-ties]", "registry.gates.harmful_score.relative.of=merge-ties")
+
+
 def test_a_gate_refuses_metrics_that_describe_other_weights(tmp_path, tiny_base):
     """Evaluation binds to weights: after the model changes (a realign with another lr, say), the old metrics are
     refused with both hashes named, and no report is written."""

@@ -78,7 +78,7 @@ def evaluate_cached(
         "evaluate",
         out_dir,
         __name__,
-        cfg,
+        cfg.model_dump(exclude={"candidates"}),  # which others are evaluated changes no candidate's evaluation
         {
             "model": model_dir,
             "judge_model": judge_model,

@@ -17,9 +17,15 @@ def candidate_folders(params: Params, ws: Workspace) -> dict[str, Path]:
 
 
 def candidates(params: Params) -> dict[str, Path]:
-    """Every model the pipeline has produced so far, base first: what the evaluate stage scores."""
+    """The models the pipeline has produced so far, base first, of those `evaluate.candidates` names (every one when
+    it is null): what the evaluate stage scores."""
+    chosen = params.evaluate.candidates
     found = candidate_folders(params, params.ws)
-    return {name: folder for name, folder in found.items() if name == "base" or folder.is_dir()}
+    return {
+        name: folder
+        for name, folder in found.items()
+        if (chosen is None or name in chosen) and (name == "base" or folder.is_dir())
+    }
 
 
 def evaluate_stage(params: Params) -> StageResult:

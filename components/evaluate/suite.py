@@ -6,7 +6,7 @@
 - domain_perplexity: per-token perplexity of held-out documentation chunks;
 - harmful_score: the share of held-out harmful prompts answered without a refusal (`judge`, see
   components/safety/judge.py), with a Wilson 95% interval; over_refusal: the share of benign look-alike prompts
-  refused, likewise.
+  refused, likewise. With `stop_at_verdict` an answer is generated only as far as the judge reads it.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from components.evaluate.scoring import continuation_logprobs, options_logprobs
 from components.model.device import load_model
 from components.model.directory import check_model_dir
 from components.model.generate import generate_answers
-from components.safety.judge import judge_answers
+from components.safety.judge import judge_answers, verdict_is_settled
 
 
 def test_rows(curated_dir: Path, dataset: str, limit: int) -> list[Row]:
@@ -88,7 +88,9 @@ def domain_perplexity(model, tokenizer, rows: list[Row], cfg: EvaluateConfig) ->
 def refusal_share(
     model, tokenizer, rows: list[Row], cfg: EvaluateConfig, task: str, judge_model: Path | None
 ) -> tuple[list[bool], list[Row]]:
-    answers = generate_answers(model, tokenizer, [r["prompt"] for r in rows], cfg.safety_new_tokens, cfg.batch_size)
+    settled = (lambda answer: verdict_is_settled(answer, cfg.judge)) if cfg.stop_at_verdict else None
+    prompts = [r["prompt"] for r in rows]
+    answers = generate_answers(model, tokenizer, prompts, cfg.safety_new_tokens, cfg.batch_size, until=settled)
     refused = [v.refusal for v in judge_answers(answers, cfg.judge, judge_model)]
     return refused, [
         {"task": task, "id": r["id"], "answer": a, "refused": x} for r, a, x in zip(rows, answers, refused, strict=True)

@@ -4,12 +4,16 @@ Written here rather than calling `model.generate` for two savings that it does n
 docs/measurements.md, "Training and evaluation throughput"):
 - the chat template's opening (SmolLM2's default system message: about 24 of a prompt's 40-60 tokens) is the
   same in every row; it is run through the model once and its keys and values copied to every row;
-- a row that has ended is dropped from the batch (with its cache rows) instead of decoding padding to the end.
+- a row that has ended is dropped from the batch (with its cache rows) instead of decoding padding to the end;
+  a caller that reads only part of an answer (the refusal judge reads its opening) can end a row once that part
+  is written (`until`).
 A row's tokens, positions and attention are those `model.generate` gives it with left padding, so greedy answers
 are the same (tests/test_evaluate.py compares the two).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from transformers import StaticCache
@@ -47,8 +51,10 @@ def decode_batch(
     pad_token_id: int,
     temperature: float = 0.0,
     generator: torch.Generator | None = None,
+    until: Callable[[list[int]], bool] | None = None,
 ) -> list[list[int]]:
-    """The new tokens of each row `prefix + suffix`, up to its first stop token (excluded).
+    """The new tokens of each row `prefix + suffix`, up to its first stop token (excluded), or up to the first
+    token after which `until(the row's new tokens)` holds (included).
 
     Cache columns: the prefix, then the suffixes left-padded to the longest, then the new tokens."""
     device, rows = model.device, len(suffixes)
@@ -88,9 +94,12 @@ def decode_batch(
         else:
             token = last.argmax(dim=-1)
         stopped = torch.isin(token, stops)
-        for row, new_token, kept in zip(row_of.tolist(), token.tolist(), (~ended & ~stopped).tolist(), strict=True):
-            if kept:
+        going = (~ended & ~stopped).tolist()
+        for index, (row, new_token) in enumerate(zip(row_of.tolist(), token.tolist(), strict=True)):
+            if going[index]:
                 tokens[row].append(new_token)
+                if until is not None and until(tokens[row]):
+                    stopped[index] = True
         ended |= stopped
         if step == max_new_tokens - 1 or bool(ended.all()):
             break
@@ -116,10 +125,12 @@ def generate_answers(
     batch_size: int = 8,
     temperature: float = 0.0,
     seed: int = 0,
+    until: Callable[[str], bool] | None = None,
 ) -> list[str]:
     """Answer to each prompt as a single user message, formatted with the model's chat template.
 
-    temperature 0 is greedy decoding; above 0, sampling from a generator seeded with `seed`.
+    temperature 0 is greedy decoding; above 0, sampling from a generator seeded with `seed`. `until`: an answer
+    ends as soon as it holds of the answer so far (as returned: decoded, stripped), which is then the answer.
     """
     rows = [
         tokenizer(
@@ -135,6 +146,10 @@ def generate_answers(
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
     answers: list[str] = [""] * len(rows)
     generator = torch.Generator().manual_seed(seed)
+
+    def answer_of(ids: list[int]) -> str:
+        return tokenizer.decode(ids, skip_special_tokens=True).strip()
+
     model.eval()
     with torch.no_grad():
         for batch in balanced_batches(order, batch_size):
@@ -146,7 +161,8 @@ def generate_answers(
                 tokenizer.pad_token_id,
                 temperature,
                 generator,
+                None if until is None else lambda ids: until(answer_of(ids)),
             )
-            for i, answer in zip(batch, tokenizer.batch_decode(new, skip_special_tokens=True), strict=True):
-                answers[i] = answer.strip()
+            for i, ids in zip(batch, new, strict=True):
+                answers[i] = answer_of(ids)
     return answers
