@@ -8,7 +8,8 @@ between generating 1 and 33 tokens with no stop token (medians of three), so tha
 counted and every row decodes every step; the baseline is the batch size the suite used before (16), beside the
 one it uses now (params.yaml evaluate.batch_size). The answers to the held-out harmful prompts are timed with this project's
 generation (shared prefix once, ended rows dropped) and with `model.generate` as the suite called it before
-(left-padded batches, static cache), on the base model and on the TIES merge when it is built.
+(left-padded batches, static cache), on the base model and on the TIES merge when it is built, and once more with
+each answer ended where the judge's verdict on it is settled (evaluate.stop_at_verdict), with the verdicts compared.
 """
 
 from __future__ import annotations
@@ -101,20 +102,26 @@ def _model_generate(model, tokenizer, prompts: list[str], max_new_tokens: int, b
     return answers
 
 
-def _answers(params: Params, model_dir: Path, baseline: bool) -> tuple[list[str], float]:
-    """The held-out harmful prompts' answers as the suite asks for them, and their seconds."""
+def _answers(params: Params, model_dir: Path, how: str) -> tuple[list[str], float]:
+    """The held-out harmful prompts' answers as the suite asks for them, and their seconds: `how` is
+    "model.generate", "whole" (this project's generation, every answer to its end) or "judged" (each answer ended
+    once the judge's verdict on it is settled, as the suite does with evaluate.stop_at_verdict)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from components.evaluate.suite import test_rows
     from components.model.generate import generate_answers
+    from components.safety.judge import verdict_is_settled
 
     cfg = params.evaluate
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     prompts = [row["prompt"] for row in test_rows(params.ws.curated, "harmful", cfg.harmful_prompts)]
     start = time.perf_counter()
-    answer = _model_generate if baseline else generate_answers
-    answers = answer(model, tokenizer, prompts, cfg.safety_new_tokens, cfg.batch_size)
+    if how == "model.generate":
+        answers = _model_generate(model, tokenizer, prompts, cfg.safety_new_tokens, cfg.batch_size)
+    else:
+        until = (lambda answer: verdict_is_settled(answer, cfg.judge)) if how == "judged" else None
+        answers = generate_answers(model, tokenizer, prompts, cfg.safety_new_tokens, cfg.batch_size, until=until)
     return answers, time.perf_counter() - start
 
 
@@ -142,6 +149,8 @@ def _suite(params: Params) -> dict[str, float]:
 
 @benchmark("evaluate")
 def evaluate(params: Params, scratch: Path) -> Report:
+    from components.safety.judge import judge_answers
+
     if not params.ws.curated.is_dir():
         raise SystemExit(
             f"evaluate benchmark: run the data stages first (python -m flows run --profile {params.profile})"
@@ -157,14 +166,22 @@ def evaluate(params: Params, scratch: Path) -> Report:
     for name, model_dir in (("base", params.ws.base_model), ("merge-ties", params.ws.merged("ties"))):
         if not model_dir.is_dir():
             continue
-        _, _, (reference, baseline) = measured(_answers, params, model_dir, True)
-        _, _, (answers, ours) = measured(_answers, params, model_dir, False)
+        _, _, (reference, baseline) = measured(_answers, params, model_dir, "model.generate")
+        _, _, (answers, ours) = measured(_answers, params, model_dir, "whole")
+        _, _, (judged, stopped) = measured(_answers, params, model_dir, "judged")
         what = f"{len(answers)} harmful answers of {name}"
         report.seconds[f"{what}, model.generate"] = baseline
         report.seconds[f"{what}, shared prefix and ended rows dropped"] = ours
+        report.seconds[f"{what}, the same, each ended at the judge's verdict"] = stopped
         same = sum(a == b for a, b in zip(answers, reference, strict=True))
+        verdicts = [v.refusal for v in judge_answers(answers, params.evaluate.judge)]
+        same_verdicts = sum(
+            v.refusal == w for v, w in zip(judge_answers(judged, params.evaluate.judge), verdicts, strict=True)
+        )
         report.notes[f"answers of {name}"] = (
-            f"{ours / baseline:.2f} of model.generate's time; {same} of {len(answers)} identical"
+            f"{ours / baseline:.2f} of model.generate's time; {same} of {len(answers)} identical; ended at the "
+            f"verdict: {stopped / baseline:.2f} of model.generate's time, the same verdict on {same_verdicts} of "
+            f"{len(answers)} ({params.evaluate.judge} judge)"
         )
     seconds, peak, parts = measured(_suite, params)
     report.seconds["the whole suite on the base model"] = seconds

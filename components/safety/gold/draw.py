@@ -7,6 +7,9 @@ prompt dropped. The labels are added by people reading each row against RUBRIC.m
 
 With candidate names, only those candidates' rows, their ids and candidates prefixed with the run's folder name
 (`smol-safety/attack:...`) so that they never meet the default run's.
+
+Labellers read whole answers: draw from a run evaluated with `--set evaluate.stop_at_verdict=false` (by default the
+evaluation ends each safety answer where the judge's verdict is settled, and samples.jsonl holds only that much).
 """
 
 from __future__ import annotations
