@@ -419,7 +419,8 @@ class EvaluateConfig(StrictModel):
     # safety_new_tokens (for people reading whole answers, such as the labellers of the judge gold set)
     stop_at_verdict: bool = True
     # which of the pipeline's models the evaluate stage scores (names as in registry.candidate); null: every one.
-    # The shipped candidate and the gates' references must be among them.
+    # The shipped candidate and the gates' references must be among them; a realigned or pruned model whose stage
+    # is off is skipped.
     candidates: list[str] | None = None
 
 
@@ -624,15 +625,19 @@ class Params(StrictModel):
         return self
 
     def _gated_models_are_evaluated(self) -> None:
-        from components.model.ref import ModelRef
+        from components.model.ref import Kind, ModelRef
 
         chosen = self.evaluate.candidates
         if chosen is None:
             return
         for index, name in enumerate(chosen):
             try:
-                ModelRef.parse(name).check(self, shipped=True)
-            except ValueError as err:
+                ref = ModelRef.parse(name)
+                if ref.kind in (Kind.REALIGNED, Kind.PRUNED):
+                    ref.of.check(self)  # its stage may be off (`safety.realign.model: null`): skipped, not an error
+                else:
+                    ref.check(self, shipped=True)
+            except (ValueError, ParamsError) as err:  # ParamsError: an empty name
                 raise ValueError(f"evaluate.candidates[{index}]: {err}") from None
         needed = [("registry.candidate", self.registry.candidate)] + [
             (f"registry.gates.{metric}.relative.of", gate.relative.of)

@@ -42,7 +42,7 @@ from components.lock import workspace_lock
 from components.merge.methods.scaling import LAMBDA
 from components.merge.methods.ties import DENSITY
 from components.merge.registry import all_method_names, method_named, methods_with, our_methods
-from components.model.ref import ModelRef
+from components.model.ref import ModelRef, pipeline_models
 from components.redact import redact_text
 from components.stage import StageResult
 from components.tracking import client_for, pipeline_run, tracked_stage, tracking_uri
@@ -185,6 +185,11 @@ def select_experts(params: Params, experts: list[str]) -> Params:
         for name, spec in dumped["merge"]["recipes"].items()
         if {entry["model"] for entry in spec["models"]} | {spec["base_model"] or "base"} <= available
     }
+    chosen = dumped["evaluate"]["candidates"]
+    if chosen is not None:  # the evaluated candidates that are still made
+        dumped["evaluate"]["candidates"] = None
+        made = {str(ref) for ref in pipeline_models(revalidate(dumped, f"experts {experts}"))}
+        dumped["evaluate"]["candidates"] = [name for name in chosen if name in made]
     return revalidate(dumped, f"experts {experts}")
 
 

@@ -6,6 +6,7 @@ import pytest
 
 from components.config import GateSpec, RelativeBound, load_params, parse_overrides
 from components.errors import InputError, ParamsError
+from components.model.ref import pipeline_models
 from components.registry.gates import all_passed, check_gates, improvements, promotion, report_json, report_markdown
 from tests.conftest import REPO
 
@@ -104,6 +105,10 @@ def test_the_gates_read_only_evaluated_candidates():
         chosen("[base,merge-nope,merge-ties,realigned-merge-ties]")
     with pytest.raises(ParamsError, match=r"registry.candidate: 'realigned-merge-ties' is not evaluated"):
         chosen("[base,merge-ties]")
+    skipped = chosen("[base,merge-ties,realigned-merge-ties]", "safety.realign.model=null", "registry.candidate=base")
+    assert "realigned-merge-ties" not in {str(ref) for ref in pipeline_models(skipped)}  # accepted, then not made
+    with pytest.raises(ParamsError, match=r"evaluate.candidates\[1\]: 'merge-nope' is not a model"):
+        chosen("[base,realigned-merge-nope]", "registry.candidate=base")
     with pytest.raises(ParamsError, match=r"registry.gates.harmful_score.relative.of: 'merge-ties' is not evaluated"):
         chosen("[base,realigned-merge-ties]", "registry.gates.harmful_score.relative.of=merge-ties")
 

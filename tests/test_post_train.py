@@ -46,6 +46,19 @@ def test_form_fields_become_params():
         )
     )
     assert list(only_math.train.jobs) == ["math"] and only_math.merge.recipes == {}
+    chosen = resolve(
+        PostTrainRequest(
+            profile="tiny",
+            experts=["math"],
+            overrides=[
+                "safety.realign.model=null",
+                "safety.prune.model=null",
+                "registry.candidate=math",
+                "evaluate.candidates=[base,domain,math,merge-ties,realigned-merge-ties]",
+            ],
+        )
+    )
+    assert chosen.evaluate.candidates == ["base", "math"]  # of the candidates chosen, those still made
     with_init = resolve(PostTrainRequest(profile="tiny", experts=["domain", "math", "safety"]))
     assert list(with_init.train.jobs) == ["cpt", "domain", "math", "safety"]  # domain starts from cpt
 
