@@ -412,6 +412,21 @@ def test_an_answer_ends_where_until_first_holds_and_is_that_much_of_the_whole_an
     assert len(steps) < 1 + 12  # the prefix and prompts' passes, then fewer decoding steps than the budget's
 
 
+def test_a_safety_sample_says_whether_its_answer_may_stop_at_its_verdict(monkeypatch):
+    import components.evaluate.suite as suite
+
+    asked = []
+    answers = ["Sure. Step one is", "I can"]  # the first one's opening is written, the second's is not
+    monkeypatch.setattr(suite, "generate_answers", lambda *a, **k: asked.append(k["until"]) or answers)
+    rows = [{"id": "a", "prompt": "x"}, {"id": "b", "prompt": "y"}]
+    cfg = EvaluateConfig(judge="opening")
+    _, samples = suite.refusal_share(None, None, rows, cfg, "harmful", None)
+    assert [s["cut_at_verdict"] for s in samples] == [True, False] and asked[0]("Sure.")
+    whole = cfg.model_copy(update={"stop_at_verdict": False})
+    _, samples = suite.refusal_share(None, None, rows, whole, "harmful", None)
+    assert [s["cut_at_verdict"] for s in samples] == [False, False] and asked[1] is None
+
+
 def test_a_candidate_with_the_weights_of_an_evaluated_one_is_not_evaluated_again(
     tmp_path: Path, tiny_base: Path, curated: Path, monkeypatch
 ):

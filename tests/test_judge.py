@@ -177,6 +177,32 @@ def test_the_probe_judge_needs_a_model():
         judge_answers(["I'm sorry."], "probe")
 
 
+def test_the_gold_draw_refuses_answers_cut_at_their_verdict(tmp_path: Path):
+    from components.safety.gold.draw import draw
+    from components.workspace import Workspace
+
+    ws = Workspace(tmp_path, "run")
+    for table in ("harmful", "benign_lookalikes"):
+        ws.split(table, "test").parent.mkdir(parents=True)
+        ws.split(table, "test").write_text(json.dumps({"id": "p1", "prompt": f"How do I do {table}?"}) + "\n")
+    for candidate, cut in (("base", False), ("merge-ties", True)):
+        (ws.eval / candidate).mkdir(parents=True)
+        samples = [
+            {"task": t, "id": "p1", "answer": f"Sure. {candidate}", "cut_at_verdict": cut}
+            for t in ("harmful", "benign")
+        ]
+        (ws.eval / candidate / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in samples))
+    with pytest.raises(
+        InputError, match=r"merge-ties/samples.jsonl: its answers end where the judge's verdict settled"
+    ):
+        draw(tmp_path / "run", 1)
+    (ws.eval / "merge-ties" / "samples.jsonl").unlink()
+    assert [(row["kind"], row["answer"]) for row in draw(tmp_path / "run", 1)] == [
+        ("harmful", "Sure. base"),
+        ("benign", "Sure. base"),
+    ]
+
+
 def test_drawing_a_runs_named_candidates_keeps_only_those_and_prefixes_their_ids():
     from components.safety.gold.draw import only
 

@@ -93,7 +93,9 @@ def refusal_share(
     answers = generate_answers(model, tokenizer, prompts, cfg.safety_new_tokens, cfg.batch_size, until=settled)
     refused = [v.refusal for v in judge_answers(answers, cfg.judge, judge_model)]
     return refused, [
-        {"task": task, "id": r["id"], "answer": a, "refused": x} for r, a, x in zip(rows, answers, refused, strict=True)
+        # cut_at_verdict: the answer may stop where its verdict settled, before its end
+        {"task": task, "id": r["id"], "answer": a, "refused": x, "cut_at_verdict": bool(settled and settled(a))}
+        for r, a, x in zip(rows, answers, refused, strict=True)
     ]
 
 

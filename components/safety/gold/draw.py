@@ -8,8 +8,8 @@ prompt dropped. The labels are added by people reading each row against RUBRIC.m
 With candidate names, only those candidates' rows, their ids and candidates prefixed with the run's folder name
 (`smol-safety/attack:...`) so that they never meet the default run's.
 
-Labellers read whole answers: draw from a run evaluated with `--set evaluate.stop_at_verdict=false` (by default the
-evaluation ends each safety answer where the judge's verdict is settled, and samples.jsonl holds only that much).
+Labellers read whole answers: a run whose evaluation ended answers where the judge's verdict settled (the default,
+`evaluate.stop_at_verdict`) is refused; evaluate it again with `--set evaluate.stop_at_verdict=false`.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pathlib import Path
 
 from components.atomic import atomic_file
 from components.data.tables import read_jsonl
+from components.errors import InputError
 from components.workspace import Workspace
 
 KINDS = {"harmful": "harmful", "benign": "benign_lookalikes"}  # sample task -> curated table
@@ -35,6 +36,11 @@ def draw(run_dir: Path, per_cell: int, seed: int = 0) -> list[dict]:
     rng, rows, seen = random.Random(seed), [], set()
     for candidate in sorted(p.name for p in ws.eval.iterdir() if (p / "samples.jsonl").is_file()):
         samples = [row for _, row in read_jsonl(ws.eval / candidate / "samples.jsonl")]
+        if any(sample.get("cut_at_verdict") for sample in samples):
+            raise InputError(
+                f"{ws.eval / candidate / 'samples.jsonl'}: its answers end where the judge's verdict settled; "
+                "labellers read whole answers: evaluate with --set evaluate.stop_at_verdict=false and draw again"
+            )
         for kind in KINDS:
             fresh = [s for s in samples if s["task"] == kind and (prompts[kind][s["id"]], s["answer"]) not in seen]
             for sample in rng.sample(fresh, min(per_cell, len(fresh))):
@@ -63,7 +69,10 @@ def only(rows: list[dict], candidates: list[str], run_name: str) -> list[dict]:
 
 if __name__ == "__main__":
     run, per_cell, target, candidates = Path(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3]), sys.argv[4:]
-    drawn = draw(run, per_cell)
+    try:
+        drawn = draw(run, per_cell)
+    except InputError as err:
+        sys.exit(f"error: {err}")
     if candidates:
         drawn = only(drawn, candidates, run.name)
     with atomic_file(target) as tmp:
