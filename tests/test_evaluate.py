@@ -404,10 +404,19 @@ def test_an_answer_ends_where_until_first_holds_and_is_that_much_of_the_whole_an
     steps = []
     forward = model.forward
     model.forward = lambda *a, **k: steps.append(k["input_ids"].shape[0]) or forward(*a, **k)
-    cut = generate_answers(model, tokenizer, prompts, 12, batch_size=8, until=lambda answer: len(answer) >= 6)
+    held = []  # every answer so far on which `until` held
+
+    def until(answer: str) -> bool:
+        if len(answer) >= 6:
+            held.append(answer)
+        return len(answer) >= 6
+
+    cut = generate_answers(model, tokenizer, prompts, 12, batch_size=8, until=until)
     for short, full in zip(cut, whole, strict=True):
         assert full.startswith(short)
         assert len(short) >= 6 or short == full
+        # it ended at the first token after which `until` held: no shorter answer of its own satisfied it
+        assert not [earlier for earlier in held if earlier != short and short.startswith(earlier)]
     assert any(len(short) < len(full) for short, full in zip(cut, whole, strict=True))
     assert len(steps) < 1 + 12  # the prefix and prompts' passes, then fewer decoding steps than the budget's
 
