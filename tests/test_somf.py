@@ -171,7 +171,8 @@ def autograd_mask_logits(model, aligned, finetuned, batches, steps, lr, sparsity
     return {n: s.detach() for n, s in logits.items()}
 
 
-def test_the_lean_mask_steps_equal_autograd_over_the_whole_objective_bit_for_bit(tmp_path, tiny_base):
+@pytest.mark.parametrize("embeddings_differ", [False, True], ids=["lora-like", "tied-embeddings-differ"])
+def test_the_lean_mask_steps_equal_autograd_over_the_whole_objective(tmp_path, tiny_base, embeddings_differ):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from components.safety.realign import completion_batches
@@ -183,11 +184,10 @@ def test_the_lean_mask_steps_equal_autograd_over_the_whole_objective_bit_for_bit
     kept = [{"prompt": f"What is {i} + 1?", "completion": f"It is {i + 1}."} for i in range(4)]
     safety, retain = (completion_batches(tokenizer, r, "completion", 2, 64) for r in (rows, kept))
     aligned = AutoModelForCausalLM.from_pretrained(aligned_dir).state_dict()
-    # as after LoRA, the (tied) embeddings do not differ: a tensor used twice in a pass sums its gradients in
-    # another order in the lean steps, equal only to rounding
-    aligned["model.embed_tokens.weight"] = AutoModelForCausalLM.from_pretrained(finetuned_dir).state_dict()[
-        "model.embed_tokens.weight"
-    ]
+    if not embeddings_differ:  # as after LoRA; else the tied embeddings / LM head read θ(s) in both their places
+        aligned["model.embed_tokens.weight"] = AutoModelForCausalLM.from_pretrained(finetuned_dir).state_dict()[
+            "model.embed_tokens.weight"
+        ]
     settings = dict(steps=4, lr=0.3, sparsity=2.0, init_logit=-0.5, retain_batches=retain)
 
     model = AutoModelForCausalLM.from_pretrained(finetuned_dir)
@@ -202,7 +202,12 @@ def test_the_lean_mask_steps_equal_autograd_over_the_whole_objective_bit_for_bit
     reference_finetuned = {n: t.detach() for n, t in reference_model.state_dict().items()}
     reference = autograd_mask_logits(reference_model, aligned, reference_finetuned, safety, **settings)
     assert lean.keys() == reference.keys() and len(lean) > 0
-    assert all(torch.equal(lean[n], reference[n]) for n in lean)
+    # θ(s) is formed per loss and its two gradients reach s one by one, a float sum in another order; Adam divides
+    # tiny gradients by their own size, which turns that rounding into up to ~1e-5 here (4 steps of lr 0.3: a
+    # wrong gradient moves logits by about the learning rate)
+    for n in lean:
+        torch.testing.assert_close(lean[n], reference[n], rtol=0, atol=1e-4, msg=n)
+    assert all(torch.equal(lean[n] > 0, reference[n] > 0) for n in lean)
     assert any(bool((lean[n] > 0).any()) for n in lean), "some coordinates were taken back: the test has teeth"
 
 

@@ -73,7 +73,8 @@ def realign_model(
 
     model, tokenizer = load_model(finetuned_dir)
     finetuned = {n: t.detach() for n, t in model.state_dict().items()}
-    aligned = {n: t.detach() for n, t in load_weights(aligned_dir).items()}
+    # only the tensors that differ are kept: the others (on smol the embeddings, 113 MB) are never read
+    aligned = {n: t.detach() for n, t in load_weights(aligned_dir).items() if not torch.equal(t, finetuned[n])}
     if cfg.method == "concrete_dpo":
         chosen = completion_batches(tokenizer, rows, "chosen", cfg.batch_size, cfg.max_length)
         rejected = completion_batches(tokenizer, rows, "rejected", cfg.batch_size, cfg.max_length)

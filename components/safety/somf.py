@@ -19,6 +19,7 @@ import contextlib
 
 import torch
 from torch.func import functional_call
+from torch.nn.utils import parametrize
 
 from components.model.device import on_device
 from components.model.loss import next_token_loss
@@ -66,59 +67,75 @@ def safety_mask_logits(
     """The mask logits s that `learn_safety_mask` thresholds, after `steps` Adam steps on
     L(θ(s)) + L_retain(θ(s)) + λ · mean(σ(s)).
 
-    The gradient is the chain rule written out (`mask_gradient`) rather than left to autograd through θ(s), so that
-    nothing of θ's size is held between the forward and backward passes but θ(s) itself (in the model) and its
-    gradient: each loss runs forward and backward on its own (with gradient checkpointing where the model has it),
-    and each tensor's logits take their Adam step as soon as their gradient is known. The result equals autograd
-    over the whole objective bit for bit where each differing tensor is read once per pass (tests/test_somf.py; a
-    differing tied embedding sums its gradients in another order, equal to rounding); the memory it saves is in
-    docs/measurements.md.
+    Each differing weight of the model becomes θ(s) through a parametrization (torch.nn.utils.parametrize) that
+    computes it from θ_ft, θ_aligned and s where the layer reads it, so with gradient checkpointing no θ(s) outlives
+    its layer: it is computed again when the backward pass reaches the layer. Both losses run forward, then one
+    backward pass; each tensor's logits take their Adam step from a hook as soon as their gradient is complete
+    (the density term λ · mean σ(s) is added there), and the gradient is dropped. What stays between steps is
+    θ_ft, θ_aligned (the differing tensors), s and Adam's two moments. The logits equal autograd over the whole
+    objective up to the order of a float sum (tests/test_somf.py); the memory it saves is in docs/measurements.md.
     """
-    # named_parameters lists a tied tensor (embeddings / LM head) once
-    parameters = {n: p for n, p in model.named_parameters() if not torch.equal(aligned[n], finetuned[n])}
-    if not parameters:
+    names = differing(model, aligned, finetuned)
+    if not names:
         return {}
-    logits = {n: torch.full(p.shape, init_logit, device=p.device) for n, p in parameters.items()}
+    interpolations = {n: Interpolation(aligned[n], init_logit) for n in names}
+    logits = {n: m.logits for n, m in interpolations.items()}
     # one optimiser per tensor: the same Adam arithmetic, stepped tensor by tensor
     optimizers = {n: torch.optim.Adam([s], lr=lr) for n, s in logits.items()}
     total = sum(s.numel() for s in logits.values())
-    with trainable_only(model, parameters):
-        for step in range(steps):
-            with torch.no_grad():
-                for n, p in parameters.items():
-                    p.data = interpolate(finetuned[n], aligned[n], logits[n])
-            # the C allocator keeps what each phase freed (the last step's θ(s), a backward pass's activations) in
-            # its heap unless asked: handed back after each phase, the peak on smol is 4.5 GB, not 4.9
-            return_free_pages()
-            loss_of(model, batches[step % len(batches)]).backward()
-            return_free_pages()
-            if retain_batches:
-                loss_of(model, retain_batches[step % len(retain_batches)]).backward()
+    density: dict[str, torch.Tensor] = {}
+    stepped: set[str] = set()
+
+    def adam_step(name: str, s: torch.Tensor) -> None:
+        """∂/∂s of the losses (autograd's, through θ(s)) plus σ′(s) · ∂(λ · mean σ)/∂Σσ, then Adam's step."""
+        with torch.no_grad():
+            density_term = torch.ops.aten.sigmoid_backward(density[name].expand_as(s), torch.sigmoid(s))
+            s.grad = density_term if s.grad is None else s.grad.add_(density_term)
+        optimizers[name].step()
+        s.grad = None
+        stepped.add(name)
+
+    hooks = [s.register_post_accumulate_grad_hook(lambda s, n=n: adam_step(n, s)) for n, s in logits.items()]
+    try:
+        with interpolated(model, interpolations):
+            for step in range(steps):
+                density.update(density_gradients(logits, sparsity, total))
+                stepped.clear()
+                losses = [loss_of(model, batches[step % len(batches)])]
+                if retain_batches:
+                    losses.append(loss_of(model, retain_batches[step % len(retain_batches)]))
+                torch.autograd.backward(losses)
+                for n in names:  # a tensor no loss reached still takes the density term's step
+                    if n not in stepped:
+                        adam_step(n, logits[n])
+                # the C allocator keeps what a step freed in its heap unless asked
                 return_free_pages()
-            density = density_gradients(logits, sparsity, total)
-            for n, p in parameters.items():
-                logits[n].grad = mask_gradient(logits[n], p.grad, finetuned[n], aligned[n], density[n])
-                p.grad = None
-                optimizers[n].step()
-                logits[n].grad = None
-            return_free_pages()
-    return logits
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return {n: s.detach() for n, s in logits.items()}
+
+
+def differing(model, aligned: dict[str, torch.Tensor], finetuned: dict[str, torch.Tensor]) -> list[str]:
+    """The model's parameters where θ_aligned ≠ θ_ft (a tied tensor once; one `aligned` leaves out counts as equal)."""
+    return [n for n, _ in model.named_parameters() if n in aligned and not torch.equal(aligned[n], finetuned[n])]
+
+
+class Interpolation(torch.nn.Module):
+    """A parametrization of θ_ft: θ(s) = θ_ft + σ(s) ⊙ (θ_aligned − θ_ft), with the logits s its parameter."""
+
+    def __init__(self, aligned: torch.Tensor, init_logit: float):
+        super().__init__()
+        self.aligned = aligned
+        self.logits = torch.nn.Parameter(torch.full(aligned.shape, init_logit, device=aligned.device))
+
+    def forward(self, finetuned: torch.Tensor) -> torch.Tensor:
+        return interpolate(finetuned, self.aligned, self.logits)
 
 
 def interpolate(finetuned: torch.Tensor, aligned: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     """θ(s) = θ_ft + σ(s) ⊙ (θ_aligned − θ_ft), in float32."""
     return finetuned.float() + torch.sigmoid(logits) * (aligned - finetuned).float()
-
-
-def mask_gradient(
-    logits: torch.Tensor, grad: torch.Tensor, finetuned: torch.Tensor, aligned: torch.Tensor, density: torch.Tensor
-) -> torch.Tensor:
-    """∂/∂s = σ′(s) · ∂(λ · mean σ)/∂Σσ (`density`) + σ′(s) ⊙ (θ_aligned − θ_ft) ⊙ ∂L/∂θ(s), each term through
-    torch's own sigmoid derivative and summed, as autograd sums the two paths to s."""
-    sigma = torch.sigmoid(logits)
-    return torch.ops.aten.sigmoid_backward(density.expand_as(sigma), sigma) + torch.ops.aten.sigmoid_backward(
-        grad * (aligned - finetuned).float(), sigma
-    )
 
 
 def density_gradients(logits: dict[str, torch.Tensor], sparsity: float, total: int) -> dict[str, torch.Tensor]:
@@ -137,10 +154,9 @@ def loss_of(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def trainable_only(model, parameters: dict[str, torch.nn.Parameter]):
-    """Only `parameters` get gradients (none are computed for the rest), with gradient checkpointing where the
-    model has it; afterwards the parameters hold their own values again and the model is as it was."""
-    values = {n: p.data for n, p in parameters.items()}
+def interpolated(model, interpolations: dict[str, Interpolation]):
+    """The model's weights named in `interpolations` read as θ(s) (every module that holds a tied tensor), only the
+    logits get gradients, with gradient checkpointing where the model has it; afterwards the model is as it was."""
     flags = {p: p.requires_grad for p in model.parameters()}
     # training mode is what turns a transformers model's checkpointing on: only where it switches no dropout on
     checkpointing = (
@@ -150,16 +166,23 @@ def trainable_only(model, parameters: dict[str, torch.nn.Parameter]):
     )
     for p in model.parameters():
         p.requires_grad_(False)
-    for p in parameters.values():
-        p.requires_grad_(True)
+    holders = {id(p): n for n, p in model.named_parameters() if n in interpolations}
+    sites = [
+        (module, leaf, holders[id(p)])
+        for module in model.modules()
+        for leaf, p in list(module._parameters.items())
+        if p is not None and id(p) in holders
+    ]
+    for module, leaf, name in sites:
+        parametrize.register_parametrization(module, leaf, interpolations[name])
     if checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train(bool(checkpointing))
     try:
         yield
     finally:
-        for n, p in parameters.items():
-            p.data, p.grad = values[n], None
+        for module, leaf, _ in sites:
+            parametrize.remove_parametrizations(module, leaf, leave_parametrized=False)
         for p, flag in flags.items():
             p.requires_grad_(flag)
         if checkpointing:
@@ -228,7 +251,7 @@ def learn_concrete_mask(
 
     `model` holds θ_ft; `rescale` divides the kept update by mean(m) (`concrete_fusion`). `pairs` are (chosen
     batch, rejected batch) of the model's keyword inputs, with `labels` −100 outside the answer tokens."""
-    names = [n for n, _ in model.named_parameters() if not torch.equal(aligned[n], finetuned[n])]
+    names = differing(model, aligned, finetuned)
     if not names:
         return {}
     task = {n: (finetuned[n] - aligned[n]).float() for n in names}
