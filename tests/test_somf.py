@@ -211,6 +211,39 @@ def test_the_lean_mask_steps_equal_autograd_over_the_whole_objective(tmp_path, t
     assert any(bool((lean[n] > 0).any()) for n in lean), "some coordinates were taken back: the test has teeth"
 
 
+class HalfUsed(torch.nn.Module):
+    """Probe's loss on `w`; `spare` differs between the models but no loss reads it."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(6))
+        self.spare = torch.nn.Parameter(torch.zeros(3))
+
+    def forward(self, x, target):
+        return Output(((x @ self.w) - target).pow(2).mean())
+
+
+def test_a_differing_tensor_no_loss_reads_still_takes_the_density_step():
+    aligned = {"w": torch.tensor([1.0, -1.0, 0.5, 0.0, 0.0, 0.0]), "spare": torch.tensor([1.0, 2.0, 3.0])}
+    finetuned = {"w": torch.tensor([-1.0, 1.0, -0.5, 2.0, -2.0, 3.0]), "spare": torch.zeros(3)}
+    x = torch.randn(8, 6, generator=torch.Generator().manual_seed(0))
+    batches = [{"x": x, "target": x @ aligned["w"]}]
+    settings = dict(steps=3, lr=0.3, sparsity=2.0, init_logit=-0.5, retain_batches=batches)
+
+    def model(values):
+        probe = HalfUsed()
+        with torch.no_grad():
+            for n, p in probe.named_parameters():
+                p.copy_(values[n])
+        return probe
+
+    lean = safety_mask_logits(model(finetuned), aligned, finetuned, batches, **settings)
+    reference = autograd_mask_logits(model(finetuned), aligned, finetuned, batches, **settings)
+    assert (lean["spare"] < -0.5).all(), "the density term pushed the unread tensor's logits down"
+    for n in ("w", "spare"):
+        torch.testing.assert_close(lean[n], reference[n], rtol=0, atol=1e-4, msg=n)
+
+
 # --- SOMF as the official code does it: concrete mask, rescaled task vector, DPO
 
 

@@ -170,8 +170,8 @@ def interpolated(model, interpolations: dict[str, Interpolation]):
     sites = [
         (module, leaf, holders[id(p)])
         for module in model.modules()
-        for leaf, p in list(module._parameters.items())
-        if p is not None and id(p) in holders
+        for leaf, p in list(module.named_parameters(recurse=False))
+        if id(p) in holders
     ]
     for module, leaf, name in sites:
         parametrize.register_parametrization(module, leaf, interpolations[name])
