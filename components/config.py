@@ -575,6 +575,9 @@ class Params(StrictModel):
     profile: str
     workspace: RelPath = Path("outputs")
     seed: int = 0
+    # `flows run` and the Prefect flows run each stage that holds models in a process of its own (flows/own_process.py):
+    # its memory goes back when it ends and its peak is its own. false: every stage in the run's process.
+    stage_processes: bool = True
     tracking: TrackingConfig = TrackingConfig()
     base_model: BaseModelConfig
     data: DataConfig = DataConfig()

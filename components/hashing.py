@@ -24,6 +24,16 @@ def _identity(path: Path) -> tuple:
     return (str(Path(path).resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns)
 
 
+def known() -> dict[tuple, str]:
+    """The hashes this process has computed, by file identity (a stage run in its own process takes them along)."""
+    return dict(_KNOWN)
+
+
+def remember(hashes: dict[tuple, str]) -> None:
+    """Hashes computed by another process of this run, from `known` there."""
+    _KNOWN.update(hashes)
+
+
 def _remembered(kind: str, paths: list[Path], compute) -> str:
     key = (kind, *(_identity(p) for p in paths))
     if key not in _KNOWN:

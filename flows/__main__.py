@@ -15,7 +15,7 @@ from components.safety.judge import JUDGES, judge_file, record_agreement
 from components.stage import StageResult
 from flows.console import progress_line, route_library_output
 from flows.defaults import DEFAULT_CRON, DEFAULT_POOL
-from flows.stages import DATA, Stage, describe, search_stages, stages_for
+from flows.stages import DATA, Stage, describe, prepare_apart, search_stages, stages_for
 
 
 def _add_profile_options(parser: argparse.ArgumentParser) -> None:
@@ -135,16 +135,22 @@ def _add_deploy_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_stage(
-    stage: Stage, params: Params, repo: Path, tracking: bool, parent_run_id: str | None = None, place: str = ""
+    stage: Stage,
+    params: Params,
+    repo: Path,
+    tracking: bool,
+    parent_run_id: str | None = None,
+    place: str = "",
+    apart: bool = False,
 ) -> StageResult:
     from components.tracking import tracked_stage
 
     with progress.listening(progress_line(place + stage.name)):
         if not tracking:
-            result = stage.execute(params)
+            result = stage.execute(params, apart)
         else:
             result, _ = tracked_stage(
-                params, repo, stage.name, stage.param_keys, lambda: stage.execute(params), parent_run_id
+                params, repo, stage.name, stage.param_keys, lambda: stage.execute(params, apart), parent_run_id
             )
     state = "up to date" if result.cached else "done"
     took = f"{result.metrics['stage_seconds']:.1f} s, peak RSS {result.metrics['stage_peak_rss_mb']:.0f} MB"
@@ -279,15 +285,16 @@ def main(argv: list[str] | None = None) -> int:
                 _run_stage(by_name[args.name], params, repo, not args.no_tracking)
         elif args.command in ("run", "search"):
             with workspace_lock(params.ws.run_dir):
+                prepare_apart(params)
                 if args.no_tracking:
                     for k, stage in enumerate(stages, 1):
-                        _run_stage(stage, params, repo, False, None, f"{k}/{len(stages)} ")
+                        _run_stage(stage, params, repo, False, None, f"{k}/{len(stages)} ", apart=True)
                 else:
                     from components.tracking import pipeline_run, tracking_uri
 
                     with pipeline_run(params, repo) as parent:
                         for k, stage in enumerate(stages, 1):
-                            _run_stage(stage, params, repo, True, parent, f"{k}/{len(stages)} ")
+                            _run_stage(stage, params, repo, True, parent, f"{k}/{len(stages)} ", apart=True)
                     uri = tracking_uri(params)
                     print(f"MLflow: run {parent} in experiment {params.tracking.experiment!r} at {uri}")
                     print(f"        browse it with: mlflow ui --backend-store-uri {uri}")

@@ -47,7 +47,7 @@ from components.redact import redact_text
 from components.stage import StageResult
 from components.tracking import client_for, pipeline_run, tracked_stage, tracking_uri
 from flows.form import fields_as_parameters, form_choices, one_of
-from flows.stages import Stage, stages_for, with_inits
+from flows.stages import Stage, prepare_apart, stages_for, with_inits
 
 REPO = Path(__file__).resolve().parents[1]
 LOCK_LEASE_SECONDS = 60
@@ -223,7 +223,7 @@ def run_stage(stage_name: str, stage: Stage, params: Params, repo: Path, parent_
 
     with progress.listening(show):
         result, run_id = tracked_stage(
-            params, repo, stage_name, stage.param_keys, lambda: stage.execute(params), parent_run_id
+            params, repo, stage_name, stage.param_keys, lambda: stage.execute(params, apart=True), parent_run_id
         )
     get_run_logger().info(
         "%s %s (MLflow run %s): %s",
@@ -313,6 +313,7 @@ def run_stages(
         client.set_tag(parent, "prefect.flow_run_id", str(flow_run.id))
         if flow_run.ui_url:
             client.set_tag(parent, "prefect.flow_run_url", flow_run.ui_url)
+        prepare_apart(params)
         previous = None  # each stage waits for the one before: the run graph shows the pipeline's order
         for stage in stages:
             previous = run_stage(

@@ -27,40 +27,42 @@ if TYPE_CHECKING:
     from components.registry.lineage import Shipped
 
 
-def lazy(module: str, name: str) -> Callable[..., Any]:
+@dataclass(frozen=True)
+class Lazy:
     """`module.name`, imported at its first call. The table names every stage's code this way, so reading it
     (`--help`, `stages`, dvc.yaml) imports none of the stages' libraries, and `python -m flows stage NAME` imports
-    only what NAME runs (torch, transformers, Great Expectations, mergekit, MLflow each cost seconds to import)."""
+    only what NAME runs (torch, transformers, Great Expectations, mergekit, MLflow each cost seconds to import).
+    A plain value, so a stage's entry can be sent to a process of its own (flows/own_process.py)."""
 
-    def call(*args: Any, **kwargs: Any) -> Any:
-        return getattr(importlib.import_module(module), name)(*args, **kwargs)
+    module: str
+    name: str
 
-    call.__name__ = call.__qualname__ = name
-    return call
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return getattr(importlib.import_module(self.module), self.name)(*args, **kwargs)
 
 
-base_model_stage = lazy("components.model.stage", "base_model_stage")
-source_files = lazy("components.model.base", "source_files")
-sources_stage = lazy("components.data.stage", "sources_stage")
-curate_stage = lazy("components.data.stage", "curate_stage")
-validate_stage = lazy("components.data.stage", "validate_stage")
-pairs_stage = lazy("components.train.stage", "pairs_stage")
-train_stage = lazy("components.train.stage", "train_stage")
-harmful_mix_table = lazy("components.train.data", "harmful_mix_table")
-table_folder = lazy("components.train.data", "table_folder")
-merge_stage = lazy("components.merge.stage", "merge_stage")
-our_methods = lazy("components.merge.registry", "our_methods")
-realign_stage = lazy("components.safety.stage", "realign_stage")
-realign_data = lazy("components.safety.stage", "realign_data")
-retain_tables = lazy("components.safety.stage", "retain_tables")
-prune_stage = lazy("components.safety.stage", "prune_stage")
-evaluate_stage = lazy("components.evaluate.stage", "evaluate_stage")
-report_stage = lazy("components.evaluate.stage", "report_stage")
-candidate_folders = lazy("components.evaluate.stage", "candidate_folders")
-gate_stage = lazy("components.registry.stage", "gate_stage")
-register_stage = lazy("components.registry.stage", "register_stage")
-pipeline_candidate = lazy("components.registry.lineage", "pipeline_candidate")
-search_candidate = lazy("components.registry.lineage", "search_candidate")
+base_model_stage = Lazy("components.model.stage", "base_model_stage")
+source_files = Lazy("components.model.base", "source_files")
+sources_stage = Lazy("components.data.stage", "sources_stage")
+curate_stage = Lazy("components.data.stage", "curate_stage")
+validate_stage = Lazy("components.data.stage", "validate_stage")
+pairs_stage = Lazy("components.train.stage", "pairs_stage")
+train_stage = Lazy("components.train.stage", "train_stage")
+harmful_mix_table = Lazy("components.train.data", "harmful_mix_table")
+table_folder = Lazy("components.train.data", "table_folder")
+merge_stage = Lazy("components.merge.stage", "merge_stage")
+our_methods = Lazy("components.merge.registry", "our_methods")
+realign_stage = Lazy("components.safety.stage", "realign_stage")
+realign_data = Lazy("components.safety.stage", "realign_data")
+retain_tables = Lazy("components.safety.stage", "retain_tables")
+prune_stage = Lazy("components.safety.stage", "prune_stage")
+evaluate_stage = Lazy("components.evaluate.stage", "evaluate_stage")
+report_stage = Lazy("components.evaluate.stage", "report_stage")
+candidate_folders = Lazy("components.evaluate.stage", "candidate_folders")
+gate_stage = Lazy("components.registry.stage", "gate_stage")
+register_stage = Lazy("components.registry.stage", "register_stage")
+pipeline_candidate = Lazy("components.registry.lineage", "pipeline_candidate")
+search_candidate = Lazy("components.registry.lineage", "search_candidate")
 
 RUN = "<workspace>/<profile>"
 
@@ -83,16 +85,33 @@ class Stage:
     key_module: str
     inputs: Paths
     outputs: Paths
+    holds_models: bool = False  # loads model weights to compute with: run apart in a pipeline run
 
-    def execute(self, params: Params) -> StageResult:
-        """`run`, measured: wall seconds and peak RSS join the stage's metrics and the run's timings file."""
-        with resources.measured() as usage:
-            result = self.run(params)
+    def execute(self, params: Params, apart: bool = False) -> StageResult:
+        """`run`, measured: wall seconds and peak RSS join the stage's metrics and the run's timings file. With
+        `apart` (a whole pipeline run with `stage_processes`), a stage that holds models runs in a process of its
+        own (flows/own_process.py), measured there."""
+        if apart and self.holds_models and params.stage_processes:
+            from flows.own_process import run_in_own_process
+
+            result, usage = run_in_own_process(self.run, params)
+        else:
+            with resources.measured() as usage:
+                result = self.run(params)
         record_timing(params.ws.timings, self.name, usage, result.cached)
         return replace(
             result,
             metrics={**result.metrics, "stage_seconds": usage.seconds, "stage_peak_rss_mb": usage.peak_rss_mb},
         )
+
+
+def prepare_apart(params: Params) -> None:
+    """Before a whole run: with `stage_processes`, the fork server of the stages run apart starts importing their
+    libraries while the data stages run."""
+    if params.stage_processes:
+        from flows.own_process import start_fork_server
+
+        start_fork_server()
 
 
 def record_timing(path: Path, stage: str, usage: resources.Usage, cached: bool) -> None:
@@ -171,6 +190,7 @@ DATA: tuple[Stage, ...] = (
             + [ws.validation]
         ),
         outputs=lambda ws, p: [ws.pairs],
+        holds_models=True,
     ),
 )
 
@@ -200,6 +220,7 @@ def train(params: Params, name: str) -> Stage:
         "components.train.job",
         inputs,
         outputs=lambda ws, p: [ws.job_model(name), ws.job_work(name)],
+        holds_models=True,
     )
 
 
@@ -220,6 +241,7 @@ def merge(params: Params, name: str) -> Stage:
             for model in [*([spec.base_model] if spec.base_model else []), *(entry["model"] for entry in spec.models)]
         ],
         outputs=lambda ws, p: [ws.merged(name)],
+        holds_models=True,
     )
 
 
@@ -253,6 +275,7 @@ def realign(params: Params) -> Stage:
             *retain_tables(ws, cfg),
         ],
         outputs=lambda ws, p: [ws.realigned],
+        holds_models=True,
     )
 
 
@@ -275,6 +298,7 @@ def prune(params: Params) -> Stage:
             *([ws.split("domain_qa", "train")] if cfg.score == "contrastive" else []),
         ],
         outputs=lambda ws, p: [ws.pruned],
+        holds_models=True,
     )
 
 
@@ -296,6 +320,7 @@ EVALUATE = Stage(
     "components.evaluate.evaluation",
     inputs=lambda ws, p: [*candidate_folders(p, ws).values(), *evaluated_splits(ws)],
     outputs=lambda ws, p: [ws.eval],
+    holds_models=True,
 )
 
 REPORT = Stage(

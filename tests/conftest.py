@@ -160,7 +160,7 @@ def prefect_api():
 
 @pytest.fixture(scope="session")
 def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory, mlflow_server: str) -> Path:
-    """`python -m flows run --profile tiny` once, tracked on the MLflow server: its params file (outputs and the
+    """`python -m flows run --profile tiny` once (stages apart), tracked on the MLflow server: its params file (outputs and the
     console's text, console.txt, beside it).
 
     The CLI, notebook and recipe-search tests read this run rather than each training the tiny experts again.
@@ -172,7 +172,10 @@ def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory, mlflow_server: str) 
     shutil.copy(REPO / "params.yaml", params_file)
     env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": mlflow_server}
     out = subprocess.run(
-        [sys.executable, "-m", "flows", "run", "--params", str(params_file), "--profile", "tiny"],
+        # each model stage in a process of its own, as smol runs them: the CLI tests read its logs, progress lines
+        # and MLflow runs
+        [sys.executable, "-m", "flows", "run", "--params", str(params_file), "--profile", "tiny"]
+        + ["--set", "stage_processes=true"],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import mlflow
 
 from components.config import Params
@@ -22,5 +24,7 @@ def train_stage(params: Params, name: str) -> StageResult:
     """Train job `name` from its init model; its merged model goes to models/<name>/, its work to train/<name>/."""
     ws, job = params.ws, params.train.jobs[name]
     require_validated(ws)
-    report_to = ["mlflow"] if mlflow.active_run() else []  # the Trainer logs loss curves to the stage's run
+    # the Trainer logs loss curves to the stage's run: the active one, or the one handed to a stage run in a process of
+    # its own (MLFLOW_RUN_ID, which the Trainer's MLflow callback resumes)
+    report_to = ["mlflow"] if mlflow.active_run() or os.environ.get("MLFLOW_RUN_ID") else []
     return run_job(name, job, ModelRef.parse(job.init).folder(ws), ws, ws.job_model(name), ws.job_work(name), report_to)
