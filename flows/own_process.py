@@ -120,7 +120,8 @@ def run_in_own_process(run: Callable[[Params], StageResult], params: Params) -> 
     """`run(params)` in a process of its own; its result and its own wall time and peak RSS, or its exception."""
     context = _context()
     events = context.Queue()
-    child = context.Process(target=_stage_process, args=(run, params, events, Surroundings.here()), daemon=True)
+    # not a daemon: a stage may start processes of its own (a DataLoader's workers, datasets' map with num_proc)
+    child = context.Process(target=_stage_process, args=(run, params, events, Surroundings.here()))
     child.start()
     answered = False
     try:

@@ -4,6 +4,7 @@ model hashes come back; its memory stays its own; it dies with the run that star
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -64,6 +65,13 @@ def is_killed(params: None) -> StageResult:
     raise AssertionError("unreachable")
 
 
+def starts_a_process(params: None) -> StageResult:
+    helper = multiprocessing.get_context("fork").Process(target=os.getpid)
+    helper.start()
+    helper.join()
+    return StageResult({}, {"exitcode": float(helper.exitcode)})
+
+
 def waits(params: Path) -> StageResult:
     params.write_text(str(os.getpid()))
     time.sleep(120)
@@ -111,6 +119,10 @@ def test_a_stage_apart_raises_its_own_error_with_its_traceback():
         run_in_own_process(fails, None)
     assert isinstance(raised.value.__cause__, StageTraceback)
     assert 'in fails\n    raise InputError("tables/x.jsonl' in str(raised.value.__cause__)
+
+
+def test_a_stage_apart_may_start_processes_of_its_own():  # a DataLoader's workers, datasets' map with num_proc
+    assert run_in_own_process(starts_a_process, None)[0].metrics == {"exitcode": 0.0}
 
 
 def test_a_stage_process_killed_fails_with_the_signal():

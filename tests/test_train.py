@@ -175,6 +175,26 @@ def test_killed_training_resumes_from_its_last_checkpoint(workspace: Path):
     assert result.metrics["train_loss"] == pytest.approx(sum(losses) / 40)  # every step, not only the resumed ones
 
 
+def test_a_run_killed_after_its_last_step_writes_the_model_without_another_step(workspace: Path):
+    """Killed between the final checkpoint and the model's write (the merge and save take seconds on smol): the
+    resumed job writes the model of its max_steps, not of one step more (the Trainer checks the limit after a step)."""
+    params = tiny(workspace)  # safety: 2 steps, a checkpoint after each
+    job, ws = params.train.jobs["safety"], params.ws
+
+    def train() -> dict[str, float]:
+        return run_job("safety", job, ws.base_model, ws, ws.job_model("safety"), ws.job_work("safety")).metrics
+
+    finished = train()
+    uninterrupted = weights(ws.job_model("safety"))
+    assert checkpoint_is_complete(ws.job_work("safety") / "checkpoints" / f"checkpoint-{job.max_steps}")
+    shutil.rmtree(ws.job_model("safety"))  # as if killed before the model was written
+    resumed = train()
+    assert resumed["resumed_from_step"] == resumed["steps"] == finished["steps"] == job.max_steps
+    assert resumed["train_loss"] == finished["train_loss"]  # the same steps' losses, from the checkpoint
+    again = weights(ws.job_model("safety"))
+    assert all(torch.equal(again[name], uninterrupted[name]) for name in uninterrupted)
+
+
 def test_a_checkpoint_cut_short_while_its_state_was_written_is_not_resumed(tmp_path: Path):
     for step, state in [(2, '{"global_step": 2}'), (4, '{"global_step": 4}'), (6, ""), (8, '{"global_st')]:
         (tmp_path / f"checkpoint-{step}").mkdir()

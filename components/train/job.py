@@ -23,7 +23,7 @@ import torch
 from accelerate import PartialState
 from datasets import Dataset
 from peft import LoraConfig
-from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, TrainerCallback
+from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, TrainerCallback, TrainerState
 
 from components import progress, resources
 from components.atomic import atomic_dir
@@ -254,12 +254,19 @@ def run_job(
         report_to or [],
     )
     start = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    if resume is not None and _step(resume) >= job.max_steps:
+        # training was complete when the run ended (before the model was written): the Trainer, resumed there,
+        # would take one step more than max_steps (it checks the limit after a step), so the state is loaded instead
+        trainer._load_from_checkpoint(str(resume))
+        trainer.state = TrainerState.load_from_json(str(resume / "trainer_state.json"))
+        resumed_loss = float("nan")
+    else:
+        resumed_loss = float(trainer.train(resume_from_checkpoint=str(resume) if resume else None).training_loss)
     seconds = time.perf_counter() - start
     metrics = {
         # the mean over every step (logging_steps=1), including those before a resume; the Trainer's own
         # training_loss covers only the steps this process ran
-        "train_loss": _mean_step_loss(trainer.state.log_history, float(result.training_loss)),
+        "train_loss": _mean_step_loss(trainer.state.log_history, resumed_loss),
         "final_loss": float(next(e["loss"] for e in reversed(trainer.state.log_history) if "loss" in e)),
         "steps": float(trainer.state.global_step),
         "resumed_from_step": float(_step(resume)),
