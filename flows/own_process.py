@@ -40,6 +40,7 @@ from components.stage import StageResult
 # PEFT, datasets and MLflow here (another 280 MiB, what only training needs) would sit in every stage's peak.
 PRELOAD = ["torch", "transformers", "safetensors"]
 POLL_SECONDS = 0.5
+_server_started = False  # this process's fork server (start_fork_server)
 
 
 class StageProcessError(PipelineError):
@@ -104,9 +105,6 @@ def start_fork_server() -> None:
     multiprocessing.set_forkserver_preload(PRELOAD)
     multiprocessing.forkserver.ensure_running()
     _server_started = True
-
-
-_server_started = False
 
 
 def _context() -> multiprocessing.context.BaseContext:
