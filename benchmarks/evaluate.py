@@ -1,15 +1,18 @@
 """Evaluation speed against this machine's limits: greedy decoding against its roofline, the suite's answers
 against `model.generate`, and the whole suite.
 
-A decoding step reads every weight once and does 2 × parameters multiply-adds per row, so its rate in tokens
-per second is bounded by min(memory bandwidth ÷ weight bytes × rows, matmul FLOP/s ÷ (2 × parameters)), both
-measured here in the same process (a 1 GiB read; a large fp32 matmul). Decoding is timed as the difference
+Every model runs in the suite's dtype (params.yaml evaluate.dtype). A decoding step reads every weight once and
+does 2 × parameters multiply-adds per row, so its rate in tokens per second is bounded by min(memory bandwidth ÷
+weight bytes × rows, matmul FLOP/s ÷ (2 × parameters)), both measured here in the same process (a 1 GiB read; a
+large matmul in that dtype). Decoding is timed as the difference
 between generating 1 and 33 tokens with no stop token (medians of three), so that the prompts' prefill is not
 counted and every row decodes every step; the baseline is the batch size the suite used before (16), beside the
 one it uses now (params.yaml evaluate.batch_size). The answers to the held-out harmful prompts are timed with this project's
 generation (shared prefix once, ended rows dropped) and with `model.generate` as the suite called it before
 (left-padded batches, static cache), on the base model and on the TIES merge when it is built, and once more with
 each answer ended where the judge's verdict on it is settled (evaluate.stop_at_verdict), with the verdicts compared.
+The whole suite on the base model runs in its dtype and, when that is not float32, in float32 beside it: the
+time and the metrics of each.
 """
 
 from __future__ import annotations
@@ -19,13 +22,13 @@ import time
 from pathlib import Path
 
 from benchmarks.runner import Report, benchmark, measured
-from components.config import Params
+from components.config import METRIC_DIRECTIONS, Params
 
 DECODED = 32
 
 
-def _machine_limits() -> tuple[float, float]:
-    """(bytes/s read, fp32 matmul FLOP/s) on this machine's cores."""
+def _machine_limits(dtype) -> tuple[float, float]:
+    """(bytes/s read, matmul FLOP/s in `dtype`) on this machine's cores."""
     import torch
 
     block = torch.ones(256 * 2**20)
@@ -34,7 +37,7 @@ def _machine_limits() -> tuple[float, float]:
     for _ in range(5):
         block.sum()
     bandwidth = 5 * block.numel() * 4 / (time.perf_counter() - start)
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
     a @ b
     start = time.perf_counter()
     for _ in range(5):
@@ -44,18 +47,15 @@ def _machine_limits() -> tuple[float, float]:
 
 def _decode_rate(params: Params, batch: int) -> tuple[float, float, float]:
     """(decoded tokens/s, roofline tokens/s, prefill s) on the first `batch` held-out harmful prompts."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from components.evaluate.suite import test_rows
+    from components.model.device import load_model
     from components.model.generate import generate_answers
 
-    model_dir = params.ws.base_model
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    model, tokenizer = load_model(params.ws.base_model, params.evaluate.dtype)
     prompts = [row["prompt"] for row in test_rows(params.ws.curated, "harmful", batch)]
     model.generation_config.eos_token_id = None  # every row decodes every step
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    bandwidth, flops = _machine_limits()
+    bandwidth, flops = _machine_limits(next(model.parameters()).dtype)
     generate_answers(model, tokenizer, prompts[:2], 2, 2)  # warm-up
 
     def seconds(tokens: int) -> float:
@@ -106,15 +106,14 @@ def _answers(params: Params, model_dir: Path, how: str) -> tuple[list[str], floa
     """The held-out harmful prompts' answers as the suite asks for them, and their seconds: `how` is
     "model.generate", "whole" (this project's generation, every answer to its end) or "judged" (each answer ended
     once the judge's verdict on it is settled, as the suite does with evaluate.stop_at_verdict)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from components.evaluate.suite import test_rows
+    from components.model.device import load_model
     from components.model.generate import generate_answers
     from components.safety.judge import verdict_is_settled
 
     cfg = params.evaluate
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    model, tokenizer = load_model(model_dir, cfg.dtype)
+    model.eval()
     prompts = [row["prompt"] for row in test_rows(params.ws.curated, "harmful", cfg.harmful_prompts)]
     start = time.perf_counter()
     if how == "model.generate":
@@ -125,9 +124,9 @@ def _answers(params: Params, model_dir: Path, how: str) -> tuple[list[str], floa
     return answers, time.perf_counter() - start
 
 
-def _suite(params: Params) -> dict[str, float]:
-    """The whole suite on the base model; returns the seconds of each of its parts (the suite's task functions,
-    timed where evaluate_model calls them: this runs in a process of its own)."""
+def _suite(params: Params, dtype: str) -> tuple[dict[str, float], dict[str, float]]:
+    """The whole suite on the base model in `dtype`: (the seconds of each of its parts, the suite's task functions
+    timed where evaluate_model calls them (this runs in a process of its own); its metrics)."""
     from components.evaluate import suite
 
     parts: dict[str, float] = {}
@@ -143,8 +142,9 @@ def _suite(params: Params) -> dict[str, float]:
 
     for name in ("domain_mc", "math_exact_match", "domain_perplexity", "refusal_share"):
         setattr(suite, name, timed(name, getattr(suite, name)))
-    suite.evaluate_model(params.ws.base_model, params.ws.curated, params.evaluate, params.seed)
-    return parts
+    cfg = params.evaluate.model_copy(update={"dtype": dtype})
+    metrics, _ = suite.evaluate_model(params.ws.base_model, params.ws.curated, cfg, params.seed)
+    return parts, metrics
 
 
 @benchmark("evaluate")
@@ -183,16 +183,24 @@ def evaluate(params: Params, scratch: Path) -> Report:
             f"verdict: {stopped / baseline:.2f} of model.generate's time, the same verdict on {same_verdicts} of "
             f"{len(answers)} ({params.evaluate.judge} judge)"
         )
-    seconds, peak, parts = measured(_suite, params)
-    report.seconds["the whole suite on the base model"] = seconds
     cfg = params.evaluate
     generated = (
         cfg.math_problems * cfg.math_new_tokens + (cfg.harmful_prompts + cfg.benign_prompts) * cfg.safety_new_tokens
     )
-    generating = parts["math_exact_match"] + parts["refusal_share"]
-    report.notes["suite"] = (
-        f"{seconds:.0f} s, peak RSS {peak:.0f} MB (params.yaml evaluate); "
-        + ", ".join(f"{name} {part:.0f} s" for name, part in parts.items())
-        + f"; generation at most {generated / generating:.0f} tokens/s ({generated} new tokens at most)"
-    )
+    suites = {}
+    for dtype in dict.fromkeys((cfg.dtype, "float32")):
+        seconds, peak, (parts, metrics) = measured(_suite, params, dtype)
+        report.seconds[f"the whole suite on the base model, {dtype}"] = seconds
+        generating = parts["math_exact_match"] + parts["refusal_share"]
+        report.notes[f"suite, {dtype}"] = (
+            f"{seconds:.0f} s, peak RSS {peak:.0f} MB (params.yaml evaluate); "
+            + ", ".join(f"{name} {part:.0f} s" for name, part in parts.items())
+            + f"; generation at most {generated / generating:.0f} tokens/s ({generated} new tokens at most)"
+        )
+        suites[dtype] = (seconds, metrics)
+    if len(suites) == 2:
+        (seconds, metrics), (float32_seconds, float32_metrics) = suites.values()
+        report.notes["suite against float32"] = f"{seconds / float32_seconds:.2f} of float32's time; " + ", ".join(
+            f"{name} {float32_metrics[name]:.4g} -> {metrics[name]:.4g}" for name in METRIC_DIRECTIONS
+        )
     return report

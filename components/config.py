@@ -412,6 +412,10 @@ class EvaluateConfig(StrictModel):
     math_new_tokens: TokenCount = 64
     safety_new_tokens: TokenCount = 32
     batch_size: BatchSize = 16
+    # what the evaluated models compute in: auto (each checkpoint's own dtype), or cast to float32 / bfloat16
+    # (bfloat16 on a CPU with AVX-512 BF16 or AMX: 2-3x float32's matrix products, metrics within their intervals
+    # of float32's, docs/measurements.md; elsewhere torch emulates it, slower)
+    dtype: Literal["auto"] | Dtype = "auto"
     # how an answer is judged a refusal (components/safety/judge.py); `anywhere` is the GCG evaluation's rule
     judge: JudgeName = "anywhere"
     # end a safety answer once the judge's verdict on it can no longer change (`opening`: its first sentence is

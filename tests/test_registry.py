@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -14,15 +15,17 @@ import mlflow
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
-from components.config import GateSpec, RegistryConfig, RelativeBound
+from components.config import EvaluateConfig, GateSpec, RegistryConfig, RelativeBound
 from components.errors import InputError, PipelineError
-from components.evaluate.evaluation import SUMMARY, TABLE_COLUMNS, WEIGHTS
+from components.evaluate.evaluation import SUMMARY, TABLE_COLUMNS, WEIGHTS, evaluate_candidates
 from components.hashing import weights_sha256
 from components.registry.registry import (
     CHALLENGER,
     CHAMPION,
+    SUITE_TAG,
     check_reachable,
     download_model,
     promote,
@@ -30,7 +33,14 @@ from components.registry.registry import (
     rollback,
     version_by_alias,
 )
-from components.registry.stage import MODEL_CARD, REGISTRATION, evaluated_table, gate_candidate, register_candidate
+from components.registry.stage import (
+    MODEL_CARD,
+    REGISTRATION,
+    Suite,
+    evaluated_table,
+    gate_candidate,
+    register_candidate,
+)
 
 
 @pytest.fixture
@@ -122,6 +132,61 @@ def test_gate_and_register_by_hand_without_the_whole_evaluate_stage(mlflow_serve
     table = evaluated_table(eval_dir, "realigned-merge-ties")
     assert list(table) == ["base", "merge-ties", "realigned-merge-ties", "reference"]
     assert table["merge-ties"]["harmful_score"] == 0.9 and table["reference"] == {"harmful_score": 0.4}
+
+
+def test_the_gate_compares_with_the_champion_as_the_candidates_suite_measures_it(
+    mlflow_server: str, tiny_base: Path, curated: Path, tmp_path: Path, monkeypatch
+):
+    """A champion registered with float32 metrics, a candidate evaluated in bfloat16: the gate measures the champion
+    in bfloat16 too (its weights downloaded from the registry), keeps that for the next gate run, and takes a
+    candidate's own evaluation where the weights are the champion's."""
+    from components.evaluate import suite as evaluation_suite
+
+    float32 = Suite(curated, EvaluateConfig(math_new_tokens=4, safety_new_tokens=4, batch_size=4), 0)
+    bfloat16 = Suite(curated, float32.cfg.model_copy(update={"dtype": "bfloat16"}), 0)
+    assert float32.fingerprint() != bfloat16.fingerprint()
+    cfg = RegistryConfig(model_name="reg-suites", gates={"domain_perplexity": GateSpec(tolerance=0.0)})
+    client = MlflowClient(tracking_uri=mlflow_server)
+    run_id = client.create_run(client.create_experiment("reg-suites")).info.run_id
+
+    def gate(candidate: str, model: Path, eval_dir: Path, suite: Suite) -> dict:
+        evaluate_candidates({candidate: model}, curated, suite.cfg, 0, eval_dir)
+        gate_candidate(candidate, model, eval_dir, cfg, mlflow_server, tmp_path / "gate", suite)
+        return json.loads((tmp_path / "gate" / "report.json").read_text())
+
+    gate("champion", tiny_base, tmp_path / "eval32", float32)
+    register_candidate(
+        "champion", tiny_base, tmp_path / "eval32", tmp_path / "gate", cfg, mlflow_server, run_id,
+        {SUITE_TAG: float32.fingerprint()}, [], tmp_path / "registry",
+    )  # fmt: skip
+    registered = json.loads((tmp_path / "eval32" / "champion" / "metrics.json").read_text())["domain_perplexity"]
+
+    model = shutil.copytree(tiny_base, tmp_path / "candidate")
+    tensors = load_file(model / "model.safetensors")
+    tensors["model.norm.weight"] = tensors["model.norm.weight"] * 1.5
+    save_file(tensors, model / "model.safetensors", metadata={"format": "pt"})
+    report = gate("candidate", model, tmp_path / "eval16", bfloat16)
+    measured = evaluation_suite.evaluate_model(tiny_base, curated, bfloat16.cfg, 0)[0]["domain_perplexity"]
+    assert measured != registered
+    (result,) = report["gates"]
+    assert result["champion"] == measured and report["champion_metrics"].endswith("evaluated again with this one")
+    assert "evaluated again with this one" in (tmp_path / "gate" / "report.md").read_text()
+
+    def not_again(*args):
+        raise AssertionError("the champion was evaluated again")
+
+    monkeypatch.setattr(evaluation_suite, "evaluate_model", not_again)
+    # the next gate run of the same suite reads the kept evaluation
+    assert gate("candidate", model, tmp_path / "eval16", bfloat16)["gates"][0]["champion"] == measured
+    # a candidate with the champion's weights, evaluated in this suite: its own metrics are the champion's
+    (tmp_path / "gate" / "champion.json").unlink()
+    monkeypatch.undo()
+    report = gate("champion", tiny_base, tmp_path / "eval16", bfloat16)
+    assert report["champion_metrics"] == "its weights are champion's, evaluated here"
+    assert report["gates"][0]["champion"] == measured
+    # and the suite it was registered with takes its registered metrics
+    report = gate("champion", tiny_base, tmp_path / "eval32", float32)
+    assert report["champion_metrics"] == "its registered metrics" and report["gates"][0]["champion"] == registered
 
 
 def test_failed_gate_becomes_challenger_never_champion(registry, tiny_base: Path):

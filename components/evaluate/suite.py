@@ -7,6 +7,8 @@
 - harmful_score: the share of held-out harmful prompts answered without a refusal (`judge`, see
   components/safety/judge.py), with a Wilson 95% interval; over_refusal: the share of benign look-alike prompts
   refused, likewise. With `stop_at_verdict` an answer is generated only as far as the judge reads it.
+
+Every part runs the model in `dtype` (its checkpoint's own by default; bfloat16 on smol).
 """
 
 from __future__ import annotations
@@ -117,7 +119,7 @@ def evaluate_model(
         "harmful": test_rows(curated_dir, "harmful", cfg.harmful_prompts),
         "benign": test_rows(curated_dir, "benign_lookalikes", cfg.benign_prompts),
     }
-    model, tokenizer = load_model(model_dir)
+    model, tokenizer = load_model(model_dir, cfg.dtype)
     metrics = domain_mc(model, tokenizer, data["qa"], cfg, seed)
     math_metrics, samples = math_exact_match(model, tokenizer, data["math"], cfg)
     metrics |= math_metrics | domain_perplexity(model, tokenizer, data["corpus"], cfg)

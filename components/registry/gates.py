@@ -120,8 +120,10 @@ def report_json(
     champion_version: str | None,
     weights_sha256: str | None = None,
     better: dict[str, float] | None = None,
+    champion_source: str = "",
 ) -> str:
-    """The verdict as the register stage and the registry read it, bound to the weights it judged."""
+    """The verdict as the register stage and the registry read it, bound to the weights it judged;
+    `champion_source`: where the champion's metrics came from."""
     promote, why = promotion(results, better or {}, champion_version)
     return (
         json.dumps(
@@ -130,6 +132,7 @@ def report_json(
                 "weights_sha256": weights_sha256,
                 "passed": all_passed(results),
                 "champion_version": champion_version,
+                "champion_metrics": champion_source,
                 "better_than_champion": better or {},
                 "promote": promote,
                 "promotion": why,
@@ -142,7 +145,11 @@ def report_json(
 
 
 def report_markdown(
-    candidate: str, results: list[GateResult], champion_version: str | None, better: dict[str, float] | None = None
+    candidate: str,
+    results: list[GateResult],
+    champion_version: str | None,
+    better: dict[str, float] | None = None,
+    champion_source: str = "",
 ) -> str:
     verdict = (
         "PASSED: every gate holds"
@@ -150,6 +157,8 @@ def report_markdown(
         else "FAILED: " + ", ".join(f"{r.metric} ({r.rule})" for r in results if not r.passed)
     )
     against = f"champion version {champion_version}" if champion_version else "no champion yet"
+    if champion_version and champion_source:
+        against += f": {champion_source}"
     lines = [
         f"# Gate report: {candidate}",
         "",

@@ -4,31 +4,42 @@ Neither stage is cached: both depend on the registry's state (who the champion i
 Weights already registered are not registered again (a rerun with nothing changed leaves the registry as it
 was); a new version becomes champion only when its gates pass and it beats the champion on a gated metric by
 more than that metric's tolerance (components.registry.gates.promotion); registration.json says why.
+
+The candidate is compared with the champion's metrics from the same evaluation suite (`Suite`: the suite's
+config and seed, its test splits, the probe judge's model), never with numbers measured another way: when the
+champion's registered metrics came from another suite (a changed `evaluate` config or test set), the gate takes
+them from this evaluation where it scored the champion's weights, else evaluates the champion again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import mlflow
 from mlflow.tracking import MlflowClient
 
 from components.atomic import atomic_dir, atomic_file
-from components.config import Params, RegistryConfig
+from components.config import EvaluateConfig, Params, RegistryConfig
 from components.errors import InputError
-from components.evaluate.evaluation import SUMMARY, WEIGHTS, render_summary
-from components.hashing import weights_sha256
+from components.evaluate.evaluation import SUMMARY, TEST_SETS, WEIGHTS, judge_model, render_summary
+from components.hashing import file_md5, weights_sha256
 from components.registry.gates import all_passed, check_gates, improvements, report_json, report_markdown
 from components.registry.lineage import Shipped, registry_tags
 from components.registry.registry import (
     CHAMPION,
-    champion,
+    SUITE_TAG,
     check_reachable,
+    download_model,
     promote,
     register,
     registered_version,
+    version_by_alias,
+    version_metrics,
 )
 from components.stage import StageResult
 from components.tracking import client_for, experiment_id, tracking_uri
@@ -37,6 +48,41 @@ GATE_JSON = "report.json"
 GATE_MD = "report.md"
 MODEL_CARD = "model_card.md"
 REGISTRATION = "registration.json"
+CHAMPION_EVALUATION = "champion.json"  # the champion evaluated again with this suite, kept for the next gate run
+
+
+class Champion(NamedTuple):
+    """The champion as the gate compares with it: `metrics` from the candidate's suite, `source` says how."""
+
+    version: str
+    metrics: dict[str, float]
+    source: str
+    model_sha256: str | None
+
+
+@dataclass(frozen=True)
+class Suite:
+    """The evaluation a candidate's metrics came from: a champion's metrics compare with them only when they came
+    from the same one."""
+
+    curated_dir: Path
+    cfg: EvaluateConfig
+    seed: int
+    judge_model: Path | None = None
+
+    @classmethod
+    def of(cls, params: Params) -> Suite:
+        return cls(params.ws.curated, params.evaluate, params.seed, judge_model(params.evaluate, params.ws))
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the suite's config (not which candidates it scores), seed, test splits and judge model."""
+        what = {
+            "config": self.cfg.model_dump(mode="json", exclude={"candidates"}),
+            "seed": self.seed,
+            "tests": {name: file_md5(Path(self.curated_dir) / name / "test.jsonl") for name in TEST_SETS},
+            "judge_model": weights_sha256(self.judge_model) if self.judge_model else None,
+        }
+        return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
 
 
 def candidate_metrics(eval_dir: Path, candidate: str) -> dict[str, float]:
@@ -80,26 +126,73 @@ def evaluated_weights(eval_dir: Path, candidate: str, model_dir: Path) -> str:
     return current
 
 
+def champion_in_suite(
+    client: MlflowClient, model_name: str, suite: Suite | None, evaluated: dict[str, Path], kept: Path
+) -> Champion | None:
+    """The registry's champion with its metrics from `suite`; None when there is no champion.
+
+    Its registered metrics when they came from `suite` (or no suite is given), else those of a candidate in
+    `evaluated` (name -> evaluation folder of this suite) with the champion's weights, else the evaluation kept in
+    `kept` by an earlier gate run of the same suite, else the champion downloaded and evaluated here.
+    """
+    found = version_by_alias(client, model_name, CHAMPION)
+    if found is None:
+        return None
+    weights = found.tags.get("model_sha256")
+    if suite is None or found.tags.get(SUITE_TAG) == (fingerprint := suite.fingerprint()):
+        return Champion(found.version, version_metrics(found), "its registered metrics", weights)
+    for name, folder in evaluated.items():
+        if (folder / WEIGHTS).is_file() and json.loads((folder / WEIGHTS).read_text())["weights_sha256"] == weights:
+            metrics = candidate_metrics(folder.parent, name)
+            return Champion(found.version, metrics, f"its weights are {name}'s, evaluated here", weights)
+    why = "its registered metrics came from another evaluation suite: evaluated again with this one"
+    if kept.is_file():
+        record = json.loads(kept.read_text())
+        if (record["version"], record["model_sha256"], record["suite"]) == (found.version, weights, fingerprint):
+            return Champion(found.version, record["metrics"], why, weights)
+    from components.evaluate.suite import evaluate_model
+
+    with tempfile.TemporaryDirectory() as folder:
+        model_dir = download_model(f"models:/{model_name}/{found.version}", Path(folder), client.tracking_uri)
+        metrics, _ = evaluate_model(model_dir, suite.curated_dir, suite.cfg, suite.seed, suite.judge_model)
+    return Champion(found.version, metrics, why, weights)
+
+
 def gate_candidate(
-    candidate: str, model_dir: Path, eval_dir: Path, cfg: RegistryConfig, tracking_uri: str, out_dir: Path
+    candidate: str,
+    model_dir: Path,
+    eval_dir: Path,
+    cfg: RegistryConfig,
+    tracking_uri: str,
+    out_dir: Path,
+    suite: Suite | None = None,
 ) -> StageResult:
     """Check `cfg.gates` on the candidate's metrics against the registry's champion; write the report (md, json).
 
     The report names the weights it judged: the candidate's metrics must describe the weights in `model_dir`.
+    `suite`: the evaluation the candidate's metrics came from, which the champion's must come from too
+    (`champion_in_suite`); None takes the champion's registered metrics as they are.
     """
     metrics = candidate_metrics(eval_dir, candidate)
     weights = evaluated_weights(eval_dir, candidate, model_dir)
     check_reachable(tracking_uri)
-    current = champion(MlflowClient(tracking_uri), cfg.model_name)
     references = {
         spec.relative.of: candidate_metrics(eval_dir, spec.relative.of) for spec in cfg.gates.values() if spec.relative
     }
-    results = check_gates(metrics, current[1] if current else None, cfg.gates, references)
-    better = improvements(metrics, current[1] if current else None, cfg.gates)
-    version = current[0] if current else None
+    evaluated = {name: Path(eval_dir) / name for name in {candidate, *references}}
+    kept = Path(out_dir) / CHAMPION_EVALUATION
+    current = champion_in_suite(MlflowClient(tracking_uri), cfg.model_name, suite, evaluated, kept)
+    version, champion_metrics, source = (
+        (current.version, current.metrics, current.source) if current else (None, None, "")
+    )
+    results = check_gates(metrics, champion_metrics, cfg.gates, references)
+    better = improvements(metrics, champion_metrics, cfg.gates)
     with atomic_dir(out_dir) as tmp:
-        (tmp / GATE_JSON).write_text(report_json(candidate, results, version, weights, better))
-        (tmp / GATE_MD).write_text(report_markdown(candidate, results, version, better))
+        (tmp / GATE_JSON).write_text(report_json(candidate, results, version, weights, better, source))
+        (tmp / GATE_MD).write_text(report_markdown(candidate, results, version, better, source))
+        if suite is not None and current is not None:
+            record = current._asdict() | {"suite": suite.fingerprint()}
+            (tmp / CHAMPION_EVALUATION).write_text(json.dumps(record, indent=2) + "\n")
     failed = sum(not r.passed for r in results)
     return StageResult(
         outputs={"gate": Path(out_dir)},
@@ -238,6 +331,7 @@ def gate_stage(params: Params, shipped: Shipped) -> StageResult:
         params.registry,
         tracking_uri(params),
         shipped.out_dir / "gate",
+        Suite.of(params),
     )
 
 
@@ -250,7 +344,7 @@ def register_stage(params: Params, shipped: Shipped, repo: Path) -> StageResult:
         params.registry,
         tracking_uri(params),
         _registry_run(params),
-        registry_tags(params, shipped, repo),
+        registry_tags(params, shipped, repo) | {SUITE_TAG: Suite.of(params).fingerprint()},
         shipped.lineage,
         shipped.out_dir / "registry",
     )
