@@ -18,10 +18,11 @@ from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
-from components.config import EvaluateConfig, GateSpec, RegistryConfig, RelativeBound
+from components.config import EvaluateConfig, GateSpec, RegistryConfig, RelativeBound, load_params
 from components.errors import InputError, PipelineError
 from components.evaluate.evaluation import SUMMARY, TABLE_COLUMNS, WEIGHTS, evaluate_candidates
 from components.hashing import weights_sha256
+from components.registry.lineage import champion_point
 from components.registry.registry import (
     CHALLENGER,
     CHAMPION,
@@ -184,6 +185,13 @@ def test_the_gate_compares_with_the_champion_as_the_candidates_suite_measures_it
     report = gate("champion", tiny_base, tmp_path / "eval16", bfloat16)
     assert report["champion_metrics"] == "its weights are champion's, evaluated here"
     assert report["gates"][0]["champion"] == measured
+    # the report's figure draws the champion at the numbers the gate compared with
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    overrides = {"workspace": str(tmp_path / "ws"), "registry": {"model_name": "reg-suites"}}
+    params = load_params(profile="tiny", overrides=overrides)
+    shutil.copytree(tmp_path / "gate", params.ws.gate)
+    name, drawn = champion_point(params)
+    assert name == "champion (reg-suites v1)" and drawn["domain_perplexity"] == measured
     # and the suite it was registered with takes its registered metrics
     report = gate("champion", tiny_base, tmp_path / "eval32", float32)
     assert report["champion_metrics"] == "its registered metrics" and report["gates"][0]["champion"] == registered

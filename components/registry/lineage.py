@@ -17,7 +17,7 @@ from components.config import Params
 from components.errors import InputError
 from components.hashing import file_md5
 from components.model.ref import Kind, ModelRef
-from components.registry.registry import champion, check_reachable, lineage_json
+from components.registry.registry import CHAMPION_EVALUATION, champion, check_reachable, lineage_json
 from components.tracking import client_for, lineage_tags, tracking_uri
 
 
@@ -116,7 +116,8 @@ def registry_tags(params: Params, shipped: Shipped, repo: Path) -> dict[str, str
 
 
 def champion_point(params: Params) -> tuple[str, dict[str, float]] | None:
-    """The registry's champion as the report draws it: this run's candidate if it is the champion, else its version."""
+    """The registry's champion as the report draws it: this run's candidate if it is the champion, else its version;
+    at the metrics the run's gate compared with (the run's own evaluation suite), else its registered ones."""
     if not params.registry.candidate:
         return None
     check_reachable(tracking_uri(params))
@@ -124,6 +125,9 @@ def champion_point(params: Params) -> tuple[str, dict[str, float]] | None:
     if found is None:
         return None
     version, metrics = found
+    compared = params.ws.gate / CHAMPION_EVALUATION
+    if compared.is_file() and (record := json.loads(compared.read_text()))["version"] == version:
+        metrics = record["metrics"]
     registration = params.ws.registry / "registration.json"
     if registration.is_file() and json.loads(registration.read_text())["version"] == version:
         return params.registry.candidate, metrics

@@ -32,6 +32,7 @@ from components.registry.gates import all_passed, check_gates, improvements, rep
 from components.registry.lineage import Shipped, registry_tags
 from components.registry.registry import (
     CHAMPION,
+    CHAMPION_EVALUATION,
     SUITE_TAG,
     check_reachable,
     download_model,
@@ -48,7 +49,6 @@ GATE_JSON = "report.json"
 GATE_MD = "report.md"
 MODEL_CARD = "model_card.md"
 REGISTRATION = "registration.json"
-CHAMPION_EVALUATION = "champion.json"  # the champion evaluated again with this suite, kept for the next gate run
 
 
 class Champion(NamedTuple):
