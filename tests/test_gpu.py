@@ -14,7 +14,6 @@ from transformers import AutoModelForCausalLM
 import components.model.device as device
 from components.config import EvaluateConfig, PruneConfig, RealignConfig, load_params, parse_overrides
 from tests.conftest import REPO
-from tests.test_evaluate import curated  # noqa: F401  (a fixture)
 from tests.test_merge import fine_tune
 from tests.test_somf import realign_inputs
 
@@ -37,7 +36,7 @@ def model_bytes(path: Path) -> int:
     return sum(t.numel() * t.element_size() for t in AutoModelForCausalLM.from_pretrained(path).state_dict().values())
 
 
-def test_evaluation_runs_on_the_gpu_with_the_cpus_numbers(tiny_base: Path, curated: Path, monkeypatch):  # noqa: F811
+def test_evaluation_runs_on_the_gpu_with_the_cpus_numbers(tiny_base: Path, curated: Path, monkeypatch):
     from components.evaluate.suite import evaluate_model
 
     cfg = EvaluateConfig(math_new_tokens=4, safety_new_tokens=4, batch_size=4)
