@@ -145,7 +145,7 @@ def test_the_gate_compares_with_the_champion_as_the_candidates_suite_measures_it
 
     float32 = Suite(curated, EvaluateConfig(math_new_tokens=4, safety_new_tokens=4, batch_size=4), 0)
     bfloat16 = Suite(curated, float32.cfg.model_copy(update={"dtype": "bfloat16"}), 0)
-    assert float32.fingerprint() != bfloat16.fingerprint()
+    assert float32.fingerprint != bfloat16.fingerprint
     cfg = RegistryConfig(model_name="reg-suites", gates={"domain_perplexity": GateSpec(tolerance=0.0)})
     client = MlflowClient(tracking_uri=mlflow_server)
     run_id = client.create_run(client.create_experiment("reg-suites")).info.run_id
@@ -158,7 +158,7 @@ def test_the_gate_compares_with_the_champion_as_the_candidates_suite_measures_it
     gate("champion", tiny_base, tmp_path / "eval32", float32)
     register_candidate(
         "champion", tiny_base, tmp_path / "eval32", tmp_path / "gate", cfg, mlflow_server, run_id,
-        {SUITE_TAG: float32.fingerprint()}, [], tmp_path / "registry",
+        {SUITE_TAG: float32.fingerprint}, [], tmp_path / "registry",
     )  # fmt: skip
     registered = json.loads((tmp_path / "eval32" / "champion" / "metrics.json").read_text())["domain_perplexity"]
 

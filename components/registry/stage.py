@@ -17,6 +17,7 @@ import hashlib
 import json
 import tempfile
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -74,8 +75,10 @@ class Suite:
     def of(cls, params: Params) -> Suite:
         return cls(params.ws.curated, params.evaluate, params.seed, judge_model(params.evaluate, params.ws))
 
+    @cached_property
     def fingerprint(self) -> str:
-        """SHA-256 of the suite's config (not which candidates it scores), seed, test splits and judge model."""
+        """SHA-256 of the suite's config (not which candidates it scores), seed, test splits and judge model; not of
+        the suite's code, so that a change of code alone does not make every champion be evaluated again."""
         what = {
             "config": self.cfg.model_dump(mode="json", exclude={"candidates"}),
             "seed": self.seed,
@@ -139,7 +142,7 @@ def champion_in_suite(
     if found is None:
         return None
     weights = found.tags.get("model_sha256")
-    if suite is None or found.tags.get(SUITE_TAG) == (fingerprint := suite.fingerprint()):
+    if suite is None or found.tags.get(SUITE_TAG) == (fingerprint := suite.fingerprint):
         return Champion(found.version, version_metrics(found), "its registered metrics", weights)
     for name, folder in evaluated.items():
         if (folder / WEIGHTS).is_file() and json.loads((folder / WEIGHTS).read_text())["weights_sha256"] == weights:
@@ -191,7 +194,7 @@ def gate_candidate(
         (tmp / GATE_JSON).write_text(report_json(candidate, results, version, weights, better, source))
         (tmp / GATE_MD).write_text(report_markdown(candidate, results, version, better, source))
         if suite is not None and current is not None:
-            record = current._asdict() | {"suite": suite.fingerprint()}
+            record = current._asdict() | {"suite": suite.fingerprint}
             (tmp / CHAMPION_EVALUATION).write_text(json.dumps(record, indent=2) + "\n")
     failed = sum(not r.passed for r in results)
     return StageResult(
@@ -344,7 +347,7 @@ def register_stage(params: Params, shipped: Shipped, repo: Path) -> StageResult:
         params.registry,
         tracking_uri(params),
         _registry_run(params),
-        registry_tags(params, shipped, repo) | {SUITE_TAG: Suite.of(params).fingerprint()},
+        registry_tags(params, shipped, repo) | {SUITE_TAG: Suite.of(params).fingerprint},
         shipped.lineage,
         shipped.out_dir / "registry",
     )
