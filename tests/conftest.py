@@ -168,6 +168,29 @@ def stop_process_group(process) -> None:
         process.wait()
 
 
+def prefect_request(method: str, url: str, body: dict | None = None, tries: int = 5):
+    """One call to a Prefect server's REST API, as its UI and its Python client make it: a 503 is the server's
+    "retry me" (its SQLite busy under the load of another run's writes), asked again after a pause, as Prefect's
+    own client does. The last response, whatever its status."""
+    import time
+
+    import httpx
+
+    for attempt in range(tries):
+        response = httpx.request(method, url, json=body, timeout=30)
+        if response.status_code != 503:
+            break
+        time.sleep(1 + attempt)
+    return response
+
+
+def prefect_api_call(base: str, method: str, path: str, body: dict | None = None):
+    """A Prefect API call that must succeed; its JSON answer (None for an empty one)."""
+    response = prefect_request(method, f"{base}/{path}", body)
+    response.raise_for_status()
+    return response.json() if response.content else None
+
+
 @pytest.fixture(scope="module")
 def prefect_api():
     """A throwaway Prefect server (SQLite) for the flows of one test module."""

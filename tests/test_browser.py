@@ -15,11 +15,10 @@ import os
 import shutil
 from pathlib import Path
 
-import httpx
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.conftest import REPO, prefect_api_call
 from tests.test_cli import flows
 from tests.test_stack import start_stack, wait_for_final_state
 
@@ -87,7 +86,7 @@ def test_a_person_runs_the_pipeline_from_the_prefect_form_and_finds_the_champion
     prefect_ui, mlflow_ui = f"http://127.0.0.1:{prefect_port}", f"http://127.0.0.1:{mlflow_port}"
     try:
         assert started.returncode == 0, started.stderr
-        deployment = httpx.get(f"{prefect_ui}/api/deployments/name/post-train/post-train", timeout=30).json()
+        deployment = prefect_api_call(f"{prefect_ui}/api", "get", "deployments/name/post-train/post-train")
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1280, "height": 900})
@@ -113,11 +112,12 @@ def test_a_person_runs_the_pipeline_from_the_prefect_form_and_finds_the_champion
             done = wait_for_final_state(f"{prefect_ui}/api", flow_run["id"])
             assert done["state"]["type"] == "COMPLETED", done["state"]["message"]
 
-            (report,) = httpx.post(
-                f"{prefect_ui}/api/artifacts/filter",
-                json={"artifacts": {"key": {"any_": ["post-train-report"]}, "flow_run_id": {"any_": [flow_run["id"]]}}},
-                timeout=30,
-            ).json()
+            (report,) = prefect_api_call(
+                f"{prefect_ui}/api",
+                "post",
+                "artifacts/filter",
+                {"artifacts": {"key": {"any_": ["post-train-report"]}, "flow_run_id": {"any_": [flow_run["id"]]}}},
+            )
             page.goto(f"{prefect_ui}/artifacts/artifact/{report['id']}", wait_until="networkidle")
             expect(page.get_by_role("heading", name="Post-train run (tiny)")).to_be_visible()
             expect(page.get_by_text(f"models:/{MODEL_NAME}/1", exact=True)).to_be_visible()

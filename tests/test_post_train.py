@@ -9,14 +9,13 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 from mlflow.tracking import MlflowClient
 
 from components.errors import PipelineError
 from flows.form import FormChoices, form_choices
 from flows.post_train import PostTrainRequest, resolve
-from tests.conftest import REPO
+from tests.conftest import REPO, prefect_api_call
 
 
 def test_form_fields_become_params():
@@ -122,13 +121,6 @@ def test_the_form_offers_the_names_of_params_yaml_one_input_per_field(tmp_path: 
 UNINTERRUPTED: dict = {}  # the end-to-end run's evaluation, for the kill-and-resume test to compare with
 
 
-def api(base: str, method: str, path: str, body: dict | None = None):
-    """The Prefect REST API as the UI calls it."""
-    response = httpx.request(method, f"{base}/{path}", json=body, timeout=30)
-    response.raise_for_status()
-    return response.json()
-
-
 APART = ["stage_processes=true"]  # the kill-and-resume test runs the model stages apart, as smol does
 
 
@@ -163,10 +155,12 @@ def test_flow_end_to_end_on_tiny(prefect_api, mlflow_server, params_file: Path, 
     parent = client.get_run(version.tags["pipeline_run"])
     assert parent.data.tags["prefect.flow_run_id"]
     flow_run_id = parent.data.tags["prefect.flow_run_id"]
-    assert api(prefect_api, "get", f"flow_runs/{flow_run_id}")["state"]["type"] == "COMPLETED"
+    assert prefect_api_call(prefect_api, "get", f"flow_runs/{flow_run_id}")["state"]["type"] == "COMPLETED"
     only_this_run = {"flow_runs": {"id": {"any_": [flow_run_id]}}, "limit": 200, "offset": 0}
-    artifacts = {a["key"]: a for a in api(prefect_api, "post", "artifacts/filter", only_this_run) if a["key"]}
-    task_runs = api(prefect_api, "post", "task_runs/filter", only_this_run)
+    artifacts = {
+        a["key"]: a for a in prefect_api_call(prefect_api, "post", "artifacts/filter", only_this_run) if a["key"]
+    }
+    task_runs = prefect_api_call(prefect_api, "post", "task_runs/filter", only_this_run)
     assert {"post-train-report", "evaluation", "mlflow-run"} <= set(artifacts)
     assert f"models:/flow-tiny/{version.version}" in artifacts["post-train-report"]["data"]
     assert "# Gate report: realigned-merge-ties" in artifacts["post-train-report"]["data"]
@@ -180,7 +174,9 @@ def test_flow_end_to_end_on_tiny(prefect_api, mlflow_server, params_file: Path, 
     by_id = {t["id"]: t["name"] for t in task_runs}
     waits = {t["name"]: [by_id[i["id"]] for i in t["task_inputs"].get("wait_for", [])] for t in task_runs}
     assert waits["base-model"] == [] and waits["sources"] == ["base-model"] and waits["register"] == ["gate"]
-    logs = api(prefect_api, "post", "logs/filter", {"logs": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 200})
+    logs = prefect_api_call(
+        prefect_api, "post", "logs/filter", {"logs": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 200}
+    )
     assert not [entry["message"] for entry in logs if "LOAD_FAST" in entry["message"] or not entry["message"].strip()]
 
 
@@ -203,11 +199,9 @@ def test_killed_run_resumes_without_recomputing_finished_stages(
     process.wait()
     # A real Prefect server revokes the killed run's lease on the workspace lock once it lapses (60 s); the test
     # harness runs no such service, so the test frees the slot as an operator would: prefect gcl update --active-slots 0.
-    for limit in api(prefect_api, "post", "v2/concurrency_limits/filter", {"limit": 100, "offset": 0}):
+    for limit in prefect_api_call(prefect_api, "post", "v2/concurrency_limits/filter", {"limit": 100, "offset": 0}):
         if limit["name"].startswith("workspace-") and limit["name"].endswith("-tiny") and limit["active_slots"]:
-            httpx.patch(
-                f"{prefect_api}/v2/concurrency_limits/{limit['id']}", json={"active_slots": 0}
-            ).raise_for_status()
+            prefect_api_call(prefect_api, "patch", f"v2/concurrency_limits/{limit['id']}", {"active_slots": 0})
     time.sleep(2)  # the training's own process ends with the flow's: had it gone on, it would have written models/math
     assert not (run_dir / "models" / "math").exists()
     # it may have completed the second checkpoint in the ~0.1 s it took to notice (the flow was killed up to 50 ms

@@ -4,7 +4,6 @@ import base64
 import json
 from pathlib import Path
 
-import httpx
 import optuna
 import pytest
 from mlflow.tracking import MlflowClient
@@ -15,6 +14,7 @@ from components.errors import ParamsError
 from components.search.space import choose, directions, suggest
 from components.search.stage import open_study
 from flows.__main__ import main
+from tests.conftest import prefect_api_call
 from tests.test_cli import flows
 
 EXPERTS = ["domain", "math"]
@@ -144,9 +144,7 @@ def test_search_flow_on_tiny_yields_a_front_and_registers_the_choice(
         f"pruned-{chosen['trial']}",
     ]  # the tiny space realigns and prunes every trial
     flow_run = {"flow_runs": {"id": {"any_": [str(state.state_details.flow_run_id)]}}, "limit": 50, "offset": 0}
-    artifacts = {
-        a["key"]: a for a in httpx.post(f"{prefect_api}/artifacts/filter", json=flow_run, timeout=30).json() if a["key"]
-    }
+    artifacts = {a["key"]: a for a in prefect_api_call(prefect_api, "post", "artifacts/filter", flow_run) if a["key"]}
     page = artifacts["recipe-search-report"]["data"]
     assert base64.b64encode((folder / "pareto_front.png").read_bytes()).decode() in page
     assert f"Chosen: **{chosen['trial']}**" in page and registration["model_uri"] in page

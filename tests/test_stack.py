@@ -10,14 +10,14 @@ from pathlib import Path
 import httpx
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import free_port
+from tests.conftest import free_port, prefect_api_call, prefect_request
 from tests.test_cli import flows
 
 
 def wait_for_final_state(api: str, flow_run_id: str, timeout: float = 900) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        run = httpx.get(f"{api}/flow_runs/{flow_run_id}", timeout=30).json()
+        run = prefect_api_call(api, "get", f"flow_runs/{flow_run_id}")
         if run["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
             return run
         time.sleep(2)
@@ -48,46 +48,39 @@ def test_stack_runs_the_deployment_triggered_through_the_api(tmp_path: Path, par
         assert "Nightly:     post-train/nightly at '0 2 * * *' UTC, profile tiny" in started.stdout
         api = f"http://127.0.0.1:{prefect_port}/api"
         assert httpx.get(f"http://127.0.0.1:{prefect_port}/", timeout=30).status_code == 200  # the UI itself
-        nightly = httpx.get(f"{api}/deployments/name/post-train/nightly", timeout=30).json()
+        nightly = prefect_api_call(api, "get", "deployments/name/post-train/nightly")
         assert nightly["schedules"][0]["schedule"]["cron"] == "0 2 * * *"
         # the server's scheduler creates the next nightly runs (it never did with SQLAlchemy 2.1)
         deadline, scheduled = time.monotonic() + 120, []
         while not scheduled and time.monotonic() < deadline:
-            scheduled = httpx.post(
-                f"{api}/flow_runs/filter",
-                timeout=30,
-                json={
+            scheduled = prefect_api_call(
+                api,
+                "post",
+                "flow_runs/filter",
+                {
                     "deployments": {"id": {"any_": [nightly["id"]]}},
                     "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}},
                 },
-            ).json()
+            )
             time.sleep(2)
         assert scheduled and all(
             run["expected_start_time"].endswith("T02:00:00Z") or "02:00:00" in run["expected_start_time"]
             for run in scheduled
         )
-        deployment = httpx.get(f"{api}/deployments/name/post-train/post-train", timeout=30).json()
+        deployment = prefect_api_call(api, "get", "deployments/name/post-train/post-train")
         form = deployment["parameter_openapi_schema"]["properties"]  # flat: one input per field
         assert form["density"]["anyOf"][0]["maximum"] == 1 and "gates" in form
         assert form["profile"]["enum"] == ["tiny", "smol", "gpu"]
         assert "ties" in form["merge_method"]["anyOf"][0]["enum"]
-        search = httpx.get(f"{api}/deployments/name/recipe-search/recipe-search", timeout=30).json()
+        search = prefect_api_call(api, "get", "deployments/name/recipe-search/recipe-search")
         search_form = search["parameter_openapi_schema"]["properties"]
         assert {"trials", "timeout_minutes", "methods", "register_chosen"} <= set(search_form)
         assert nightly["parameters"]["profile"] == "tiny"  # the profile the nightly runs, as stack start said
 
         def create_run(request: dict) -> httpx.Response:
-            # a server busy with another run's writes may answer 5xx (SQLite locked); a person would press again
-            for _ in range(3):
-                response = httpx.post(
-                    f"{api}/deployments/{deployment['id']}/create_flow_run",
-                    json={"parameters": request},
-                    timeout=30,
-                )
-                if response.status_code < 500:
-                    return response
-                time.sleep(2)
-            return response
+            return prefect_request(
+                "post", f"{api}/deployments/{deployment['id']}/create_flow_run", {"parameters": request}
+            )
 
         def created_id(response: httpx.Response) -> str:
             assert response.status_code == 201, response.text
@@ -120,14 +113,13 @@ def test_stack_runs_the_deployment_triggered_through_the_api(tmp_path: Path, par
         # A run the scheduler made for 02:00 executes when its time is set to now (on this test's params file and
         # the same short pipeline, so every stage is up to date).
         nightly_run = scheduled[0]["id"]
-        httpx.patch(
-            f"{api}/flow_runs/{nightly_run}", json={"parameters": short_pipeline}, timeout=30
-        ).raise_for_status()
-        httpx.post(
-            f"{api}/flow_runs/{nightly_run}/set_state",
-            json={"state": {"type": "SCHEDULED", "state_details": {"scheduled_time": now_utc()}}, "force": True},
-            timeout=30,
-        ).raise_for_status()
+        prefect_api_call(api, "patch", f"flow_runs/{nightly_run}", {"parameters": short_pipeline})
+        prefect_api_call(
+            api,
+            "post",
+            f"flow_runs/{nightly_run}/set_state",
+            {"state": {"type": "SCHEDULED", "state_details": {"scheduled_time": now_utc()}}, "force": True},
+        )
         ran = wait_for_final_state(api, nightly_run)
         assert ran["state"]["type"] == "COMPLETED" and ran["deployment_id"] == nightly["id"], ran["state"]["message"]
 
