@@ -7,7 +7,8 @@ weight bytes × rows, matmul FLOP/s ÷ (2 × parameters)), both measured here in
 large matmul in that dtype). Decoding is timed as the difference
 between generating 1 and 33 tokens with no stop token (medians of three), so that the prompts' prefill is not
 counted and every row decodes every step; the baseline is the batch size the suite used before (16), beside the
-one it uses now (params.yaml evaluate.batch_size). The answers to the held-out harmful prompts are timed with this project's
+one it uses now (params.yaml evaluate.batch_size), at which the steps also run with transformers' `sdpa` attention
+(as before components/model/attention.py). The answers to the held-out harmful prompts are timed with this project's
 generation (shared prefix once, ended rows dropped) and with `model.generate` as the suite called it before
 (left-padded batches, static cache), on the base model and on the TIES merge when it is built, and once more with
 each answer ended where the judge's verdict on it is settled (evaluate.stop_at_verdict), with the verdicts compared.
@@ -17,6 +18,7 @@ time and the metrics of each.
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from pathlib import Path
@@ -45,11 +47,16 @@ def _machine_limits(dtype) -> tuple[float, float]:
     return bandwidth, 5 * 2 * 2048**3 / (time.perf_counter() - start)
 
 
-def _decode_rate(params: Params, batch: int) -> tuple[float, float, float]:
-    """(decoded tokens/s, roofline tokens/s, prefill s) on the first `batch` held-out harmful prompts."""
+def _decode_rate(params: Params, batch: int, sdpa_steps: bool = False) -> tuple[float, float, float]:
+    """(decoded tokens/s, roofline tokens/s, prefill s) on the first `batch` held-out harmful prompts; `sdpa_steps`:
+    with transformers' attention in the steps (this runs in a process of its own)."""
     from components.evaluate.suite import test_rows
+    from components.model import generate
     from components.model.device import load_model
     from components.model.generate import generate_answers
+
+    if sdpa_steps:
+        generate.decoding_attention = lambda model: contextlib.nullcontext()
 
     model, tokenizer = load_model(params.ws.base_model, params.evaluate.dtype)
     prompts = [row["prompt"] for row in test_rows(params.ws.curated, "harmful", batch)]
@@ -156,10 +163,12 @@ def evaluate(params: Params, scratch: Path) -> Report:
             f"evaluate benchmark: run the data stages first (python -m flows run --profile {params.profile})"
         )
     report = Report("evaluate", baseline=f"decode {DECODED} tokens x 16 rows")
-    for batch in dict.fromkeys((16, params.evaluate.batch_size)):
-        seconds, _, (rate, roofline, prefill) = measured(_decode_rate, params, batch)
-        report.seconds[f"decode {DECODED} tokens x {batch} rows"] = batch * DECODED / rate
-        report.notes[f"batch {batch}"] = (
+    runs = [(16, False), (params.evaluate.batch_size, False), (params.evaluate.batch_size, True)]
+    for batch, sdpa_steps in dict.fromkeys(runs):
+        seconds, _, (rate, roofline, prefill) = measured(_decode_rate, params, batch, sdpa_steps)
+        how = ", sdpa steps" if sdpa_steps else ""
+        report.seconds[f"decode {DECODED} tokens x {batch} rows{how}"] = batch * DECODED / rate
+        report.notes[f"batch {batch}{how}"] = (
             f"{rate:.0f} tokens/s decoded = {rate / roofline:.2f} of the roofline ({roofline:.0f} tokens/s); "
             f"prefill {prefill:.1f} s"
         )

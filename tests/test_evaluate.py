@@ -31,6 +31,7 @@ from components.evaluate.scoring import (
     options_logprobs,
 )
 from components.evaluate.suite import mc_items
+from components.model.attention import single_query_attention
 from components.model.generate import balanced_batches, generate_answers, shared_prefix
 from components.safety.refusal import is_refusal
 from tests.data_helpers import read
@@ -403,6 +404,65 @@ def test_greedy_answers_equal_model_generate_with_rows_that_end_at_different_ste
     model.generation_config.eos_token_id = stop
     answers = generate_answers(model, tokenizer, prompts, 10, batch_size=12)
     assert answers == [tokenizer.decode(row, skip_special_tokens=True).strip() for row in expected]
+
+
+def test_single_query_attention_by_hand():
+    """Scale 1; keys k0 = (0, 0), k1 = (1, 0), k2 = (0, 1); values v0 = (1, 0), v1 = (0, 1), v2 = (2, 2); column 0
+    masked. Query head 0 = (ln 2, 0): scores (-, ln 2, 0), weights (2/3, 1/3), output (2/3, 4/3). Query head 1 =
+    (0, ln 3): scores (-, 0, ln 3), weights (1/4, 3/4), output (3/2, 7/4). Both read the one key/value head."""
+    keys = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]]).reshape(1, 1, 3, 2)
+    values = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 2.0]]).reshape(1, 1, 3, 2)
+    query = torch.tensor([[math.log(2), 0.0], [0.0, math.log(3)]]).reshape(1, 2, 1, 2)
+    mask = torch.tensor([False, True, True]).reshape(1, 1, 1, 3)
+    out = single_query_attention(query, keys, values, mask, scaling=1.0)
+    assert out.shape == (1, 2, 1, 2)
+    assert out.flatten().tolist() == pytest.approx([2 / 3, 4 / 3, 3 / 2, 7 / 4])
+
+
+def test_decoding_attention_equals_sdpa_and_leaves_prompts_to_it():
+    """Grouped heads (8 query heads on 2 key/value heads: heads 0-3 read the first), a padded row, in float32 and
+    bfloat16, against transformers' sdpa; more than one query per row goes to sdpa itself."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from components.model.attention import decode_attention
+
+    module = torch.nn.Module()
+    module.num_key_value_groups, module.is_causal = 4, True
+    torch.manual_seed(0)
+    for dtype, tolerance in ((torch.float32, 1e-6), (torch.bfloat16, 2e-2)):
+        query, key, value = (torch.randn(3, heads, 1, 16, dtype=dtype) for heads in (8, 2, 2))
+        key, value = torch.randn(3, 2, 7, 16, dtype=dtype), torch.randn(3, 2, 7, 16, dtype=dtype)
+        mask = torch.ones(3, 1, 1, 7, dtype=torch.bool)
+        mask[1, ..., :3] = False  # a left-padded row
+        mask[..., 6] = False  # a cache column not written yet
+        expected, _ = sdpa_attention_forward(module, query, key, value, mask, scaling=0.25)
+        got, _ = decode_attention(module, query, key, value, mask, scaling=0.25)
+        assert got.shape == expected.shape == (3, 1, 8, 16)
+        assert torch.allclose(got.float(), expected.float(), atol=tolerance, rtol=tolerance)
+        heads_0_to_3 = single_query_attention(query[:, :4], key[:, :1], value[:, :1], mask, 0.25)
+        assert torch.equal(got.transpose(1, 2)[:, :4], heads_0_to_3)
+    prompt = torch.randn(3, 8, 5, 16)
+    causal = torch.ones(5, 7, dtype=torch.bool).tril(2).expand(3, 1, 5, 7)
+    expected, _ = sdpa_attention_forward(module, prompt, key.float(), value.float(), causal, scaling=0.25)
+    assert torch.equal(decode_attention(module, prompt, key.float(), value.float(), causal, scaling=0.25)[0], expected)
+
+
+def test_generation_decodes_with_the_single_query_attention_and_leaves_the_model_as_it_was(
+    tiny_base: Path, monkeypatch
+):
+    from components.model import attention
+
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(tiny_base), AutoTokenizer.from_pretrained(tiny_base)
+    model.generation_config.eos_token_id = None  # every row decodes every step
+    before = generate_answers(model, tokenizer, ["Hi", "A longer prompt"], 5, 2)
+    calls = []
+    monkeypatch.setattr(
+        attention, "single_query_attention", lambda *a: calls.append(a[0].shape) or single_query_attention(*a)
+    )
+    assert generate_answers(model, tokenizer, ["Hi", "A longer prompt"], 5, 2) == before
+    # 4 steps after the prompts' pass (the fifth token comes from the fourth step's logits), each in every layer
+    assert calls == [(2, 4, 1, 16)] * 4 * model.config.num_hidden_layers
+    assert model.config._attn_implementation == "sdpa"
 
 
 def test_an_answer_ends_where_until_first_holds_and_is_that_much_of_the_whole_answer(tiny_base: Path):

@@ -6,7 +6,9 @@ docs/measurements.md, "Training and evaluation throughput"):
   same in every row; it is run through the model once and its keys and values copied to every row;
 - a row that has ended is dropped from the batch (with its cache rows) instead of decoding padding to the end;
   a caller that reads only part of an answer (the refusal judge reads its opening) can end a row once that part
-  is written (`until`).
+  is written (`until`);
+- on a CPU, each step's attention (one new token per row) runs as two batched products
+  (components/model/attention.py) instead of torch's flash-attention kernel, which is slow for a single query.
 A row's tokens, positions and attention are those `model.generate` gives it with left padding, so greedy answers
 are the same (tests/test_evaluate.py compares the two).
 """
@@ -17,6 +19,8 @@ from collections.abc import Callable
 
 import torch
 from transformers import StaticCache
+
+from components.model.attention import decoding_attention
 
 # Drop ended rows once they are this share of the batch: each drop copies the cache, about one step's cost.
 DROP_SHARE = 0.125
@@ -151,7 +155,7 @@ def generate_answers(
         return tokenizer.decode(ids, skip_special_tokens=True).strip()
 
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), decoding_attention(model):
         for batch in balanced_batches(order, batch_size):
             new = decode_batch(
                 model,
