@@ -1,4 +1,5 @@
-"""python -m benchmarks [NAME ...] [--profile smol]: run benchmarks, print the figures and save them as JSON."""
+"""python -m benchmarks [NAME ...] [--profile smol] [--set KEY=VALUE ...]: run benchmarks, print the figures and
+save them as JSON."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ import benchmarks.merge  # noqa: F401
 import benchmarks.orchestration  # noqa: F401
 import benchmarks.train  # noqa: F401
 from benchmarks.runner import BENCHMARKS
-from components.config import DEFAULT_PARAMS, load_params
+from components.config import DEFAULT_PARAMS, load_params, parse_overrides
+from components.errors import ParamsError
 
 
 def main() -> None:
@@ -24,11 +26,22 @@ def main() -> None:
     )
     parser.add_argument("--profile", default="smol")
     parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS)
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one parameter, for example --set evaluate.dtype=float32 (repeatable)",
+    )
     args = parser.parse_args()
     unknown = set(args.names) - set(BENCHMARKS)
     if unknown:
         parser.error(f"unknown benchmark(s) {sorted(unknown)}; known: {', '.join(BENCHMARKS)}")
-    params = load_params(args.params, args.profile)
+    try:
+        params = load_params(args.params, args.profile, parse_overrides(args.overrides))
+    except ParamsError as error:
+        parser.error(str(error))
     results = params.workspace / "benchmarks" / params.profile
     for name in args.names or BENCHMARKS:
         scratch = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))

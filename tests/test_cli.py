@@ -55,6 +55,14 @@ def test_typo_in_override_exits_non_zero_naming_the_key(params_file: Path):
     assert not (params_file.parent / "outputs").exists()
 
 
+def test_benchmarks_take_overrides_and_name_a_bad_one(params_file: Path):
+    command = [sys.executable, "-m", "benchmarks", "evaluate", "--params", str(params_file), "--profile", "tiny"]
+    out = subprocess.run([*command, "--set", "evaluate.dtype=float64"], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "--set evaluate.dtype" in out.stderr and "'float32', 'bfloat16' or 'float16'" in out.stderr
+    assert not (params_file.parent / "outputs").exists()
+
+
 def test_the_console_shows_one_line_per_stage_and_library_chatter_goes_to_the_log(tiny_pipeline: Path):
     console = (tiny_pipeline.parent / "console.txt").read_text()
     stages = stages_for(load_params(tiny_pipeline, "tiny"))
