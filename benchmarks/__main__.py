@@ -17,6 +17,7 @@ import benchmarks.train  # noqa: F401
 from benchmarks.runner import BENCHMARKS
 from components.config import DEFAULT_PARAMS, load_params, parse_overrides
 from components.errors import ParamsError
+from flows.__main__ import add_override_option
 
 
 def main() -> None:
@@ -26,14 +27,7 @@ def main() -> None:
     )
     parser.add_argument("--profile", default="smol")
     parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS)
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one parameter, for example --set evaluate.dtype=float32 (repeatable)",
-    )
+    add_override_option(parser)
     args = parser.parse_args()
     unknown = set(args.names) - set(BENCHMARKS)
     if unknown:

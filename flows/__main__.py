@@ -23,8 +23,8 @@ def _add_profile_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", help="profile in the parameters file (default: its `profile` key)")
 
 
-def _add_params_options(parser: argparse.ArgumentParser) -> None:
-    _add_profile_options(parser)
+def add_override_option(parser: argparse.ArgumentParser) -> None:
+    """--set KEY=VALUE, repeatable, into `overrides` (for `parse_overrides`); `python -m benchmarks` takes it too."""
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -33,6 +33,11 @@ def _add_params_options(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override one parameter, for example --set base_model.dtype=bfloat16 (repeatable)",
     )
+
+
+def _add_params_options(parser: argparse.ArgumentParser) -> None:
+    _add_profile_options(parser)
+    add_override_option(parser)
     parser.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="library logs, warnings and progress bars on the console too"
