@@ -75,7 +75,7 @@ def realign_model(
     finetuned = {n: t.detach() for n, t in model.state_dict().items()}
     # only the tensors that differ are kept, copied out of the checkpoint's memory map: the pages of the others (on
     # smol the embeddings, 113 MB), read once to compare, leave with the map instead of staying resident beside it
-    # (the stage's peak 25-75 MiB lower on 3 steps, docs/measurements.md)
+    # (the stage's peak in the pipeline 3,658-3,796 MiB, against 3,870-4,057 before: docs/measurements.md)
     aligned = {n: t.clone() for n, t in load_weights(aligned_dir).items() if not torch.equal(t, finetuned[n])}
     if cfg.method == "concrete_dpo":
         chosen = completion_batches(tokenizer, rows, "chosen", cfg.batch_size, cfg.max_length)
