@@ -1,4 +1,5 @@
 import base64
+import contextlib
 import json
 import logging
 import math
@@ -430,7 +431,7 @@ def test_decoding_attention_equals_sdpa_and_leaves_prompts_to_it():
     module.num_key_value_groups, module.is_causal = 4, True
     torch.manual_seed(0)
     for dtype, tolerance in ((torch.float32, 1e-6), (torch.bfloat16, 2e-2)):
-        query, key, value = (torch.randn(3, heads, 1, 16, dtype=dtype) for heads in (8, 2, 2))
+        query = torch.randn(3, 8, 1, 16, dtype=dtype)
         key, value = torch.randn(3, 2, 7, 16, dtype=dtype), torch.randn(3, 2, 7, 16, dtype=dtype)
         mask = torch.ones(3, 1, 1, 7, dtype=torch.bool)
         mask[1, ..., :3] = False  # a left-padded row
@@ -450,18 +451,26 @@ def test_decoding_attention_equals_sdpa_and_leaves_prompts_to_it():
 def test_generation_decodes_with_the_single_query_attention_and_leaves_the_model_as_it_was(
     tiny_base: Path, monkeypatch
 ):
-    from components.model import attention
+    from components.model import attention, generate
 
     model, tokenizer = AutoModelForCausalLM.from_pretrained(tiny_base), AutoTokenizer.from_pretrained(tiny_base)
+    torch.manual_seed(0)
+    with torch.no_grad():  # larger random weights: the tiny model's greedy answers vary between prompts
+        for weight in (p for p in model.parameters() if p.dim() == 2):
+            weight.normal_(0, 0.3)
     model.generation_config.eos_token_id = None  # every row decodes every step
-    before = generate_answers(model, tokenizer, ["Hi", "A longer prompt"], 5, 2)
+    prompts = ["Hi", "A longer prompt", "Question 3: word word"]
+    with monkeypatch.context() as sdpa_steps:  # the steps through transformers' sdpa, as before attention.py
+        sdpa_steps.setattr(generate, "decoding_attention", lambda model: contextlib.nullcontext())
+        expected = generate_answers(model, tokenizer, prompts, 5, 3)
     calls = []
     monkeypatch.setattr(
         attention, "single_query_attention", lambda *a: calls.append(a[0].shape) or single_query_attention(*a)
     )
-    assert generate_answers(model, tokenizer, ["Hi", "A longer prompt"], 5, 2) == before
+    assert generate_answers(model, tokenizer, prompts, 5, 3) == expected
+    assert len(set(expected)) == 3
     # 4 steps after the prompts' pass (the fifth token comes from the fourth step's logits), each in every layer
-    assert calls == [(2, 4, 1, 16)] * 4 * model.config.num_hidden_layers
+    assert calls == [(3, 4, 1, 16)] * 4 * model.config.num_hidden_layers
     assert model.config._attn_implementation == "sdpa"
 
 

@@ -31,6 +31,12 @@ TABLE_COLUMNS = (
 TEST_SETS = ("domain_qa", "math", "domain_corpus", "harmful", "benign_lookalikes")
 
 
+def evaluated_sha256(folder: Path) -> str | None:
+    """The content hash of the weights an evaluation folder's metrics describe (its weights.json); None without one."""
+    path = Path(folder) / WEIGHTS
+    return json.loads(path.read_text())["weights_sha256"] if path.is_file() else None
+
+
 def render_summary(table: dict[str, dict[str, float]]) -> str:
     lines = ["| candidate | " + " | ".join(TABLE_COLUMNS) + " |", "| --- |" + " ---: |" * len(TABLE_COLUMNS)]
     for name, metrics in table.items():
@@ -87,7 +93,7 @@ def evaluate_cached(
         seed=seed,
     )
     if (card := cache.card()) is not None:
-        evaluated.setdefault(json.loads((out_dir / WEIGHTS).read_text())["weights_sha256"], out_dir)
+        evaluated.setdefault(evaluated_sha256(out_dir), out_dir)
         return card["metrics"], True
     digest = weights_sha256(model_dir)
     same = evaluated.get(digest)

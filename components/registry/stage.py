@@ -27,7 +27,14 @@ from mlflow.tracking import MlflowClient
 from components.atomic import atomic_dir, atomic_file
 from components.config import EvaluateConfig, Params, RegistryConfig
 from components.errors import InputError
-from components.evaluate.evaluation import SUMMARY, TEST_SETS, WEIGHTS, judge_model, render_summary
+from components.evaluate.evaluation import (
+    SUMMARY,
+    TEST_SETS,
+    WEIGHTS,
+    evaluated_sha256,
+    judge_model,
+    render_summary,
+)
 from components.hashing import file_md5, weights_sha256
 from components.registry.gates import all_passed, check_gates, improvements, report_json, report_markdown
 from components.registry.lineage import Shipped, registry_tags
@@ -116,14 +123,14 @@ def evaluated_table(eval_dir: Path, candidate: str) -> dict[str, dict[str, float
 
 def evaluated_weights(eval_dir: Path, candidate: str, model_dir: Path) -> str:
     """The weights hash the candidate's metrics describe, checked against the weights in `model_dir` now."""
-    path = Path(eval_dir) / candidate / WEIGHTS
-    if not path.is_file():
+    evaluated = evaluated_sha256(Path(eval_dir) / candidate)
+    if evaluated is None:
+        path = Path(eval_dir) / candidate / WEIGHTS
         raise InputError(f"{path}: no record of which weights {candidate!r} was evaluated on; run the evaluate stage")
-    evaluated = json.loads(path.read_text())["weights_sha256"]
     current = weights_sha256(model_dir)
     if evaluated != current:
         raise InputError(
-            f"{candidate}: its metrics ({path.parent / 'metrics.json'}) describe weights {evaluated[:16]}, but "
+            f"{candidate}: its metrics ({Path(eval_dir) / candidate / 'metrics.json'}) describe weights {evaluated[:16]}, but "
             f"{model_dir} now holds weights {current[:16]}: run the evaluate stage again before gating or registering"
         )
     return current
@@ -145,7 +152,7 @@ def champion_in_suite(
     if suite is None or found.tags.get(SUITE_TAG) == (fingerprint := suite.fingerprint):
         return Champion(found.version, version_metrics(found), "its registered metrics", weights)
     for name, folder in evaluated.items():
-        if (folder / WEIGHTS).is_file() and json.loads((folder / WEIGHTS).read_text())["weights_sha256"] == weights:
+        if evaluated_sha256(folder) == weights:
             metrics = candidate_metrics(folder.parent, name)
             return Champion(found.version, metrics, f"its weights are {name}'s, evaluated here", weights)
     why = "its registered metrics came from another evaluation suite: evaluated again with this one"
