@@ -8,8 +8,9 @@ import torch
 from safetensors.torch import save_file
 
 from benchmarks.runner import Report, benchmark
-from components.config import EmbeddedModel, GGUFModel, Params
+from components.config import Params
 from components.model.base import build_base_model, embedded_gguf
+from components.model.config import EmbeddedModel, GGUFModel
 
 
 @benchmark("base_model")

@@ -11,7 +11,8 @@ import random
 from pathlib import Path
 
 from benchmarks.runner import Report, benchmark, measured
-from components.config import CurateConfig, Params
+from components.config import Params
+from components.data.config import CurateConfig
 
 ROWS = 1_000_000
 

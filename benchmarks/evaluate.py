@@ -24,7 +24,8 @@ import time
 from pathlib import Path
 
 from benchmarks.runner import Report, benchmark, measured
-from components.config import METRIC_DIRECTIONS, Params
+from components.config import Params
+from components.evaluate.metric_names import METRIC_DIRECTIONS
 
 DECODED = 32
 

@@ -11,7 +11,7 @@ import torch
 from benchmarks.runner import Report, benchmark, measured
 from components.config import Params
 from components.merge.recipe import Recipe
-from components.merge.tensors import LazyModel, ShardWriter
+from components.model.tensors import LazyModel, ShardWriter
 
 EXPERTS = ("domain", "math", "safety")
 

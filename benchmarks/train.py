@@ -12,7 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from benchmarks.runner import Report, benchmark, measured
-from components.config import Params, TrainJob
+from components.config import Params
+from components.train.config import TrainJob
 
 STEPS = 6
 

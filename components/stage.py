@@ -32,10 +32,12 @@ from components.redact import redact_tree
 STAGE_CARD = "stage.json"
 
 # Modules whose source does not change what a stage computes: parameter values reach the key through `params`
-# (so the schema module is left out), and these others only name paths, write atomically, hash or report errors.
+# (so the schemas are left out: components.config, components.schema and every components.<area>.config), and
+# these others only name paths, write atomically, hash or report errors.
 INERT_MODULES = frozenset(
     {
         "components.config",
+        "components.schema",
         "components.errors",
         "components.atomic",
         "components.stage",
@@ -47,6 +49,12 @@ INERT_MODULES = frozenset(
         "components.model.ref",
     }
 )
+
+
+# What a stage's key hashes by content, by name: a file or folder, a list of them, or None (absent). Each stage's
+# component states its own once (`<stage>_inputs` in components/<area>/stage.py), its entry reads them from there and
+# so does the stage table (flows/stages.py); the card records them, and a test over a whole run compares the two.
+StageInputs = Mapping[str, Path | list[Path] | None]
 
 
 @dataclass(frozen=True)
@@ -90,13 +98,18 @@ def _imported(name: str, path: Path) -> set[str]:
     return {m for m in found if m.split(".")[0] == "components" and _module_file(m) is not None}
 
 
+def is_inert(name: str) -> bool:
+    """A module whose source is left out of the code a stage's key covers (INERT_MODULES, or an area's schema)."""
+    return name in INERT_MODULES or (name.startswith("components.") and name.endswith(".config"))
+
+
 @functools.cache
 def code_modules(root: str) -> tuple[str, ...]:
-    """`root` and every `components` module it imports, transitively, except INERT_MODULES; sorted."""
+    """`root` and every `components` module it imports, transitively, except the inert ones; sorted."""
     seen, todo = set(), [root]
     while todo:
         name = todo.pop()
-        if name in seen or (name in INERT_MODULES and name != root):
+        if name in seen or (is_inert(name) and name != root):
             continue
         seen.add(name)
         todo += sorted(_imported(name, _module_file(name)))
@@ -120,6 +133,13 @@ def read_card(out_dir: Path) -> dict[str, Any] | None:
         return None
 
 
+def _paths(path: Path | list[Path] | None) -> str | list[str] | None:
+    """An input as the card records it: which paths the key hashed (absolute, resolved), not their content."""
+    if isinstance(path, list | tuple):
+        return [str(Path(p).resolve()) for p in path]
+    return None if path is None else str(Path(path).resolve())
+
+
 def _plain(value: Any) -> Any:
     return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
 
@@ -137,10 +157,11 @@ class StageCache:
         out_dir: Path,
         module: str,
         params: Any = None,
-        inputs: Mapping[str, Path | list[Path] | None] | None = None,
+        inputs: StageInputs | None = None,
         **values: Any,
     ):
         self.stage, self.out_dir = stage, Path(out_dir)
+        self.inputs = {name: _paths(path) for name, path in (inputs or {}).items()}
 
         def content(path: Path | list[Path] | None) -> Any:
             if isinstance(path, list | tuple):
@@ -170,5 +191,5 @@ class StageCache:
 
     def write_card(self, folder: Path, metrics: dict[str, float], **fields: Any) -> None:
         """Write stage.json into `folder` (the output, or its temporary folder before the rename)."""
-        card = {"stage": self.stage, "key": self.key, "metrics": metrics, **redact_tree(fields)}
+        card = {"stage": self.stage, "key": self.key, "metrics": metrics, "inputs": self.inputs, **redact_tree(fields)}
         (Path(folder) / STAGE_CARD).write_text(json.dumps(card, indent=2, sort_keys=True, default=str) + "\n")

@@ -192,6 +192,13 @@ def log_child_run(name: str, params: dict[str, Any], metrics: dict[str, float], 
     client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
 
 
+def tracked_search_stage(params: Params) -> StageResult:
+    """The search stage, its trials logged as child runs of the active MLflow run (not logged without one)."""
+    from components.search.stage import search_stage
+
+    return search_stage(params, log_child_run if mlflow.active_run() else None)
+
+
 @contextlib.contextmanager
 def pipeline_run(params: Params, repo: Path, run_name: str | None = None) -> Iterator[str]:
     """The parent run of one pipeline run; yields its id and closes it FINISHED or FAILED."""

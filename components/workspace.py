@@ -12,7 +12,9 @@ literals. `dvc.yaml` names the same folders; tests/test_workspace.py checks that
         safety/realigned/  safety/pruned/     SOMF's and Antidote's models
         eval/<candidate>/  eval/summary.json  the evaluation of every candidate
         gate/  registry/  report/             the shipped candidate's gate report, registration, figures
-        search/                               the recipe search (its own trials/, eval/, gate/, registry/)
+        search/                               the recipe search: study.db, trials/<plan>/, trials.json, eval/,
+                                              chosen.json, chosen_recipe.yaml, pareto_front.png, report.md,
+                                              and the chosen trial's own gate/ and registry/
         timings.json  run.log                 each stage's latest wall time and peak RSS; library logs
 """
 
@@ -20,6 +22,95 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Shipping:
+    """Where the gate and register stages of one shipped candidate write: the run's, or the recipe search's."""
+
+    root: Path
+
+    @property
+    def gate(self) -> Path:
+        return self.root / "gate"
+
+    @property
+    def gate_json(self) -> Path:
+        return self.gate / "report.json"
+
+    @property
+    def gate_md(self) -> Path:
+        return self.gate / "report.md"
+
+    @property
+    def champion_evaluation(self) -> Path:
+        """The champion's metrics from the run's own evaluation suite, kept by the gate for the next run."""
+        return self.gate / "champion.json"
+
+    @property
+    def registry(self) -> Path:
+        return self.root / "registry"
+
+    @property
+    def registration(self) -> Path:
+        """What the register stage did: the version, whether it was promoted, and why."""
+        return self.registry / "registration.json"
+
+    @property
+    def model_card(self) -> Path:
+        return self.registry / "model_card.md"
+
+    @property
+    def registered_gate_md(self) -> Path:
+        """The gate report stored beside the registered version's card."""
+        return self.registry / "report.md"
+
+
+@dataclass(frozen=True)
+class SearchFolder:
+    """The recipe search's folder (components/search/)."""
+
+    root: Path
+
+    @property
+    def study_db(self) -> Path:
+        """Optuna's SQLite study, when search.storage names no other."""
+        return self.root / "study.db"
+
+    def trial(self, plan_key: str) -> Path:
+        """One plan's models and evaluation: the same knobs (a retried trial) find their finished steps here."""
+        return self.root / "trials" / plan_key
+
+    @property
+    def trials(self) -> Path:
+        """Every trial's knobs, metrics and state."""
+        return self.root / "trials.json"
+
+    @property
+    def eval(self) -> Path:
+        """The front's evaluations, laid out as the evaluate stage's: what the gate and register stages read."""
+        return self.root / "eval"
+
+    @property
+    def chosen(self) -> Path:
+        return self.root / "chosen.json"
+
+    @property
+    def chosen_recipe(self) -> Path:
+        return self.root / "chosen_recipe.yaml"
+
+    @property
+    def front_plot(self) -> Path:
+        return self.root / "pareto_front.png"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.md"
+
+    @property
+    def shipping(self) -> Shipping:
+        """The chosen trial's gate and registration."""
+        return Shipping(self.root)
 
 
 @dataclass(frozen=True)
@@ -100,20 +191,17 @@ class Workspace:
         return self.run_dir / "eval"
 
     @property
-    def gate(self) -> Path:
-        return self.run_dir / "gate"
-
-    @property
-    def registry(self) -> Path:
-        return self.run_dir / "registry"
+    def shipping(self) -> Shipping:
+        """The gate report and registration of the shipped candidate (registry.candidate)."""
+        return Shipping(self.run_dir)
 
     @property
     def report(self) -> Path:
         return self.run_dir / "report"
 
     @property
-    def search(self) -> Path:
-        return self.run_dir / "search"
+    def search(self) -> SearchFolder:
+        return SearchFolder(self.run_dir / "search")
 
     @property
     def run_log(self) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -10,12 +11,13 @@ from components import progress
 from components.config import DEFAULT_PARAMS, Params, load_params, parse_overrides
 from components.errors import PipelineError
 from components.lock import workspace_lock
-from components.model.ref import Kind, ModelRef
+from components.model.ref import ModelKind, ModelRef
 from components.safety.judge import JUDGES, judge_file, record_agreement
 from components.stage import StageResult
 from flows.console import progress_line, route_library_output
 from flows.defaults import DEFAULT_CRON, DEFAULT_POOL
-from flows.stages import DATA, Stage, describe, prepare_apart, search_stages, stages_for
+from flows.execute import execute, prepare_apart
+from flows.stages import DATA, Stage, describe, search_stages, stages_for
 
 
 def _add_profile_options(parser: argparse.ArgumentParser) -> None:
@@ -44,10 +46,21 @@ def _add_params_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser(stage_table: bool = True) -> argparse.ArgumentParser:
-    """The command line; `stage_table`: the help lists the stages (it names the merge methods, which imports
-    torch, so it is built only when help is asked for)."""
-    table = describe() if stage_table else ""
+def stage_table() -> str:
+    """The stages of params.yaml's default profile, then the search's, with what each reads and writes (reading
+    params.yaml checks the merge recipes, which imports torch: built only when help is asked for)."""
+    try:
+        params = load_params(DEFAULT_PARAMS)
+    except PipelineError as err:
+        return describe(DATA) + f"\n  (the other stages come from {DEFAULT_PARAMS}, which could not be read: {err})"
+    stages = stages_for(params)
+    stages += [s for s in search_stages(params) if s.name not in {stage.name for stage in stages}]
+    return f"(profile {params.profile} of {DEFAULT_PARAMS})\n" + describe(stages)
+
+
+def build_parser(stage_table_in_help: bool = True) -> argparse.ArgumentParser:
+    """The command line; `stage_table_in_help`: the help lists the stages (see `stage_table`)."""
+    table = stage_table() if stage_table_in_help else ""
     parser = argparse.ArgumentParser(
         prog="python -m flows",
         description="Post-train a language model: data, training, merging, safety, evaluation, registry.",
@@ -152,15 +165,34 @@ def _run_stage(
 
     with progress.listening(progress_line(place + stage.name)):
         if not tracking:
-            result = stage.execute(params, apart)
+            result = execute(stage, params, apart)
         else:
             result, _ = tracked_stage(
-                params, repo, stage.name, stage.param_keys, lambda: stage.execute(params, apart), parent_run_id
+                params, repo, stage.name, stage.param_keys, lambda: execute(stage, params, apart), parent_run_id
             )
     state = "up to date" if result.cached else "done"
     took = f"{result.metrics['stage_seconds']:.1f} s, peak RSS {result.metrics['stage_peak_rss_mb']:.0f} MB"
     print(f"[{place}{stage.name}] {state} ({took}): " + ", ".join(f"{k}={v}" for k, v in result.outputs.items()))
     return result
+
+
+def run_all(stages: list[Stage], params: Params, repo: Path, tracking: bool) -> None:
+    """Every stage in order under the workspace lock, with `tracking` under one MLflow parent run."""
+    with workspace_lock(params.ws.run_dir):
+        prepare_apart(params)
+        if tracking:
+            from components.tracking import pipeline_run, tracking_uri
+
+            run = pipeline_run(params, repo)
+        else:
+            run = contextlib.nullcontext(None)
+        with run as parent:
+            for k, stage in enumerate(stages, 1):
+                _run_stage(stage, params, repo, tracking, parent, f"{k}/{len(stages)} ", apart=True)
+    if tracking:
+        uri = tracking_uri(params)
+        print(f"MLflow: run {parent} in experiment {params.tracking.experiment!r} at {uri}")
+        print(f"        browse it with: mlflow ui --backend-store-uri {uri}")
 
 
 def probe_model(args: argparse.Namespace) -> Path:
@@ -193,7 +225,7 @@ def chat_model(params: Params, model: str | None) -> Path:
     if model and Path(model).is_dir():
         return Path(model)
     ref = ModelRef.parse(model or "base")
-    if ref.kind is Kind.REGISTRY:
+    if ref.kind is ModelKind.REGISTRY:
         from components.registry.registry import check_reachable, download_model
         from components.tracking import tracking_uri
 
@@ -250,7 +282,7 @@ def orchestration_command(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser(stage_table=bool({"-h", "--help"} & set(argv))).parse_args(argv)
+    args = build_parser(stage_table_in_help=bool({"-h", "--help"} & set(argv))).parse_args(argv)
     try:
         if args.command in ("deploy", "stack"):
             return orchestration_command(args)
@@ -289,20 +321,7 @@ def main(argv: list[str] | None = None) -> int:
             with workspace_lock(params.ws.run_dir):
                 _run_stage(by_name[args.name], params, repo, not args.no_tracking)
         elif args.command in ("run", "search"):
-            with workspace_lock(params.ws.run_dir):
-                prepare_apart(params)
-                if args.no_tracking:
-                    for k, stage in enumerate(stages, 1):
-                        _run_stage(stage, params, repo, False, None, f"{k}/{len(stages)} ", apart=True)
-                else:
-                    from components.tracking import pipeline_run, tracking_uri
-
-                    with pipeline_run(params, repo) as parent:
-                        for k, stage in enumerate(stages, 1):
-                            _run_stage(stage, params, repo, True, parent, f"{k}/{len(stages)} ", apart=True)
-                    uri = tracking_uri(params)
-                    print(f"MLflow: run {parent} in experiment {params.tracking.experiment!r} at {uri}")
-                    print(f"        browse it with: mlflow ui --backend-store-uri {uri}")
+            run_all(stages, params, repo, tracking=not args.no_tracking)
         elif args.command == "chat":
             from components.model.chat import chat
 

@@ -12,7 +12,8 @@ from prefect.flows import Flow
 from prefect.schedules import Cron
 
 from flows.defaults import DEFAULT_CRON, DEFAULT_POOL
-from flows.post_train import CHOICES, REPO, PostTrainRequest
+from flows.post_train import PostTrainRequest
+from flows.runner import CHOICES, REPO
 
 ENTRYPOINT = "flows/post_train.py:post_train"
 SEARCH_ENTRYPOINT = "flows/recipe_search.py:recipe_search"

@@ -1,8 +1,9 @@
 """dvc.yaml, generated from the stage table: `python -m flows dvc-yaml` writes it beside params.yaml.
 
 Each stage of `stages_for` becomes a DVC stage that runs `python -m flows stage NAME --profile ${profile}`, with
-- deps: the code its key covers (components.stage.code_files of its key module) and its `inputs`: upstream
-  outputs and, for sources, every user table of data.user, so a row appended to one reruns what reads it;
+- deps: the code its key covers (components.stage.code_files of its key module), its `inputs` (upstream outputs
+  and, for sources, every user table of data.user, so a row appended to one reruns what reads it) and what it
+  runs `after`;
 - params: its param_keys, under `common.` and under `profiles.${profile}.`;
 - outs: its `outputs`, all named through a Workspace whose profile is `${profile}`.
 The stage list (one train-<job> per job, one merge-<recipe> per recipe) is the profile's it was generated for
@@ -79,20 +80,20 @@ def _relative(path: Path, repo: Path) -> str:
 def dvc_stage(stage: Stage, params: Params, raw: dict[str, Any], ws: Workspace, repo: Path) -> dict[str, Any]:
     """One stage's entry; `raw` is params.yaml as written (its layout names the params), `ws` names the paths."""
     code = sorted(_relative(path, repo) for path in code_files(stage.key_module))
-    inputs = [_relative(path, repo) for path in stage.inputs(ws, params)]
+    inputs = [_relative(path, repo) for path in stage.dependencies(ws, params)]
     # Outputs DVC must not delete before the stage runs, leaving the stage's own key to decide what is left to do:
     # - those of stages that depend on data/validation/ only to run after validate (pairs, train-<job>): it changes
     #   with any curated table, and they would otherwise retrain on unchanged tables; train/<job>/ also holds the
     #   checkpoints a killed job resumes from;
     # - eval/, where each candidate has its own key: a new candidate does not re-evaluate the others.
     # DVC keeps them in its cache (dvc push, dvc checkout) but never restores them from its run cache.
-    persistent = set(stage.outputs(ws, params)) if ws.validation in stage.inputs(ws, params) else set()
+    persistent = set(stage.outputs(ws, params)) if ws.validation in stage.after(ws, params) else set()
     persistent.add(ws.eval)
     # Outputs that record the MLflow registry's state (the champion judged against, the version registered, the
     # champion starred) are not cached: DVC then never restores them without running the stage, which would leave
     # the registry and these files disagreeing. The registry itself (the MLflow store) is no output of any stage:
     # DVC deletes outputs before a stage runs.
-    registry_state = {ws.gate, ws.registry, ws.report}
+    registry_state = {ws.shipping.gate, ws.shipping.registry, ws.report}
 
     def out(path: Path) -> str | dict[str, dict[str, bool]]:
         options = {"persist": True} if path in persistent else {"cache": False} if path in registry_state else {}

@@ -1,10 +1,5 @@
-"""The Prefect flow: every stage of the pipeline as a task, under one MLflow parent run and one workspace lock.
-
-What re-runs: each stage decides by its own key (stage.json: inputs' content, params, code; see
-components/stage.py), whether Prefect, `python -m flows run` or a test calls it. Prefect's task cache is
-off (`NO_CACHE`) so that Prefect never skips a stage the key says is stale, nor recomputes one it says is
-current: one mechanism, no disagreement. `dvc repro` runs the data stages by DVC's hashes of the same
-files and params; its outputs are the same files, so the stage keys then find them up to date.
+"""The Prefect flow `post-train`: every stage of the pipeline as a task, under one MLflow parent run and one workspace
+lock (flows/runner.py, which the recipe-search flow shares).
 
 The deployment form is `PostTrainRequest`, one input per field (flows/form.py): its fields become overrides of params.yaml, checked by the same
 pydantic models before any stage runs; a bad value fails the flow run with the message naming the field.
@@ -13,51 +8,29 @@ pydantic models before any stage runs; a bad value fails the flow run with the m
 from __future__ import annotations
 
 import json
-import re
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger, task
-from prefect.artifacts import (
-    create_link_artifact,
-    create_markdown_artifact,
-    create_progress_artifact,
-    create_table_artifact,
-    update_progress_artifact,
-)
-from prefect.cache_policies import NO_CACHE
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-from prefect.concurrency.sync import concurrency
-from prefect.exceptions import ObjectNotFound
-from prefect.runtime import flow_run
+from prefect import flow
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel, Field, ValidationError
 
-from components import progress
-from components.config import DEFAULT_PARAMS, GateSpec, Params, deep_merge, load_params, parse_overrides
-from components.errors import ParamsError, PipelineError
+from components.config import DEFAULT_PARAMS, Params, deep_merge, parse_overrides, pipeline_models
+from components.errors import ParamsError
+from components.evaluate.metric_names import METRIC_DIRECTIONS
 from components.evaluate.report import REPORT_MD, inline_images
-from components.lock import workspace_lock
-from components.merge.methods.scaling import LAMBDA
-from components.merge.methods.ties import DENSITY
-from components.merge.registry import all_method_names, method_named, methods_with, our_methods
-from components.model.ref import ModelRef, pipeline_models
+from components.merge.registry import all_method_names, knob_named, method_named, methods_with, our_methods
+from components.model.ref import ModelRef
 from components.redact import redact_text
+from components.registry.config import GateSpec
 from components.stage import StageResult
-from components.tracking import client_for, pipeline_run, tracked_stage, tracking_uri
-from flows.form import fields_as_parameters, form_choices, one_of
-from flows.stages import Stage, prepare_apart, stages_for, with_inits
+from flows.form import fields_as_parameters, one_of
+from flows.runner import CHOICES, REPO, ProfileName, load_request, mlflow_run_url, registration_line, run_stages
+from flows.stages import stages_for, with_inits
 
-REPO = Path(__file__).resolve().parents[1]
-LOCK_LEASE_SECONDS = 60
-
-
-CHOICES = form_choices(DEFAULT_PARAMS)
-ProfileName = one_of(CHOICES.profiles)
 JobName = one_of(CHOICES.jobs)
 RecipeName = one_of(CHOICES.recipes)
 MethodName = one_of(all_method_names())
+DENSITY, LAMBDA = knob_named("density"), knob_named("lambda")
 
 
 class PostTrainRequest(BaseModel):
@@ -130,14 +103,6 @@ def revalidate(dumped: dict[str, Any], field: str) -> Params:
 
 def resolve(request: PostTrainRequest) -> Params:
     """params.yaml with the request's changes, validated; raises ParamsError naming the field at fault."""
-    given = Path(request.params_file)
-    path = (REPO / given).resolve()
-    if not given.is_absolute() and not path.is_relative_to(REPO.resolve()):
-        # an absolute path is the operator's explicit choice; a relative one stays inside the repository
-        raise ParamsError(
-            f"params_file: {request.params_file!r} leads outside the repository; name a file inside it "
-            "(or give an absolute path)"
-        )
     safety: dict[str, Any] = {}
     if request.realign_lr is not None:
         safety["realign"] = {"lr": request.realign_lr}
@@ -145,14 +110,14 @@ def resolve(request: PostTrainRequest) -> Params:
         safety["prune"] = {"ratio": request.prune_ratio}
     registry = {} if request.promote is None else {"promote": request.promote}
     overrides = deep_merge(parse_overrides(request.overrides), {"safety": safety, "registry": registry})
-    params = load_params(path, request.profile, overrides)
+    params = load_request(request.params_file, request.profile, overrides)
     # Recipes and gates are replaced whole, not deep-merged: a form's gates are the gates.
     dumped = params.model_dump()
     if any(value is not None for value in (request.merge_method, request.density, request.merge_lambda)):
         recipe_name = request.merge_recipe or _shipped_recipe(params)
         if recipe_name not in params.merge.recipes:
             raise ParamsError(
-                f"merge_recipe: {recipe_name!r} is not a recipe of {path.name} "
+                f"merge_recipe: {recipe_name!r} is not a recipe of {request.params_file} "
                 f"(recipes: {', '.join(params.merge.recipes)})"
             )
         recipe = dumped["merge"]["recipes"][recipe_name]
@@ -193,81 +158,6 @@ def select_experts(params: Params, experts: list[str]) -> Params:
     return revalidate(dumped, f"experts {experts}")
 
 
-def _not_bad_input(task, task_run, state) -> bool:
-    """Retry what may be transient (a server hiccup, an I/O error); a PipelineError is the user's input, never."""
-    try:
-        state.result()
-    except PipelineError:
-        return False
-    except Exception:
-        return True
-    return False
-
-
-@task(
-    cache_policy=NO_CACHE,
-    retries=2,
-    retry_delay_seconds=5,
-    retry_condition_fn=_not_bad_input,
-    persist_result=True,
-    task_run_name="{stage_name}",
-)
-def run_stage(stage_name: str, stage: Stage, params: Params, repo: Path, parent_run_id: str) -> StageResult:
-    """One stage inside its nested MLflow run; training progress goes to a progress artifact."""
-    bar: dict[str, Any] = {}
-
-    def show(what: str, fraction: float) -> None:
-        if "id" not in bar:
-            bar["id"] = create_progress_artifact(0.0, description=f"{stage_name}: {what}")
-        update_progress_artifact(bar["id"], round(100 * fraction, 1))
-
-    with progress.listening(show):
-        result, run_id = tracked_stage(
-            params, repo, stage_name, stage.param_keys, lambda: stage.execute(params, apart=True), parent_run_id
-        )
-    get_run_logger().info(
-        "%s %s (MLflow run %s): %s",
-        stage_name,
-        "up to date" if result.cached else "done",
-        run_id,
-        ", ".join(f"{k}={v}" for k, v in result.outputs.items()),
-    )
-    return result
-
-
-def workspace_slot(params: Params) -> str:
-    """The global concurrency limit (1 slot) guarding this run directory across machines, created on first use.
-
-    Prefect queues a second flow run here until the first ends; on one machine the file lock
-    (components.lock) also refuses a CLI run of the same workspace."""
-    name = "workspace-" + re.sub(r"[^A-Za-z0-9]+", "-", str(params.ws.run_dir.resolve())).strip("-")[-100:]
-    with get_client(sync_client=True) as client:
-        try:
-            client.read_global_concurrency_limit_by_name(name)
-        except ObjectNotFound:
-            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
-    return name
-
-
-def mlflow_run_url(params: Params, run_id: str) -> str:
-    uri = tracking_uri(params)
-    client = client_for(params)
-    experiment = client.get_run(run_id).info.experiment_id
-    if uri.startswith(("http://", "https://")):
-        return f"{uri.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}"
-    return f"{uri} (experiment {experiment}, run {run_id}; browse with `mlflow ui --backend-store-uri {uri}`)"
-
-
-def registration_line(register: StageResult) -> str:
-    """What the register stage did, in one Markdown line with the command that loads the version."""
-    registration = json.loads((register.outputs["registry"] / "registration.json").read_text())
-    return (
-        f"Registered **{registration['model_uri']}** ({registration['candidate']}); "
-        + ("promoted to `champion`." if registration["promoted"] else "not promoted: `champion` unchanged.")
-        + f' Load it: `python -m flows chat --model {registration["model_uri"]} "..."`'
-    )
-
-
 def publish(params: Params, results: dict[str, StageResult], parent_run_id: str) -> None:
     """What a person looks at in the Prefect UI: metrics table, gate report, links to MLflow and the registry."""
     url = mlflow_run_url(params, parent_run_id)
@@ -276,9 +166,8 @@ def publish(params: Params, results: dict[str, StageResult], parent_run_id: str)
     evaluation = results.get("evaluate")
     if evaluation is not None:
         table = json.loads((evaluation.outputs["evaluation"] / "summary.json").read_text())
-        columns = ("domain_mc_acc_norm", "math_exact_match", "domain_perplexity", "harmful_score", "over_refusal")
         create_table_artifact(
-            [{"candidate": name, **{c: round(m[c], 4) for c in columns}} for name, m in table.items()],
+            [{"candidate": name, **{c: round(m[c], 4) for c in METRIC_DIRECTIONS}} for name, m in table.items()],
             key="evaluation",
             description="Held-out evaluation of every candidate",
         )
@@ -296,32 +185,6 @@ def publish(params: Params, results: dict[str, StageResult], parent_run_id: str)
         key="post-train-report",
         description="Gate report, registry, figures and evaluation",
     )
-
-
-def run_stages(
-    params: Params, stages: list[Stage], publish_results: Callable[[Params, dict[str, StageResult], str], None]
-) -> dict[str, dict[str, float]]:
-    """The stages as tasks, under the workspace lock and one MLflow parent run tagged with this flow run."""
-    results: dict[str, StageResult] = {}
-    # The lease is renewed while the run lives; a killed run's slot frees when it lapses (Prefect's minimum, 60 s).
-    with (
-        concurrency(workspace_slot(params), occupy=1, strict=True, lease_duration=LOCK_LEASE_SECONDS),
-        workspace_lock(params.ws.run_dir, f"Prefect flow run {flow_run.name}"),
-        pipeline_run(params, REPO, run_name=f"prefect-{flow_run.name}") as parent,
-    ):
-        client = client_for(params)
-        client.set_tag(parent, "prefect.flow_run_id", str(flow_run.id))
-        if flow_run.ui_url:
-            client.set_tag(parent, "prefect.flow_run_url", flow_run.ui_url)
-        prepare_apart(params)
-        previous = None  # each stage waits for the one before: the run graph shows the pipeline's order
-        for stage in stages:
-            previous = run_stage(
-                stage.name, stage, params, REPO, parent, wait_for=[previous] if previous else None, return_state=True
-            )
-            results[stage.name] = previous.result()
-        publish_results(params, results, parent)
-    return {name: result.metrics for name, result in results.items()}
 
 
 @flow(name="post-train")

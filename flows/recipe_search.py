@@ -17,14 +17,13 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel, Field
 
-from components.config import DEFAULT_PARAMS, Params, deep_merge, load_params, parse_overrides
+from components.config import DEFAULT_PARAMS, Params, deep_merge, parse_overrides
 from components.evaluate.report import inline_images
 from components.merge.registry import our_methods
 from components.redact import redact_text
-from components.search.stage import REPORT_MD, TRIALS
 from components.stage import StageResult
 from flows.form import fields_as_parameters, one_of
-from flows.post_train import CHOICES, REPO, ProfileName, mlflow_run_url, registration_line, run_stages
+from flows.runner import CHOICES, REPO, ProfileName, load_request, mlflow_run_url, registration_line, run_stages
 from flows.stages import search_stages
 
 SearchableMethod = one_of(our_methods())
@@ -63,13 +62,13 @@ def resolve_search(request: RecipeSearchRequest) -> Params:
     if request.methods:
         search["space"] = {"methods": request.methods}
     overrides = deep_merge(parse_overrides(request.overrides), {"search": search})
-    return load_params(REPO / request.params_file, request.profile, overrides)
+    return load_request(request.params_file, request.profile, overrides)
 
 
 def publish_search(params: Params, results: dict[str, StageResult], parent_run_id: str) -> None:
     """The front as a table artifact; the report (front plot, table, registration) as a Markdown artifact."""
-    folder = results["search"].outputs["search"]
-    trials = json.loads((folder / TRIALS).read_text())
+    folder = params.ws.search
+    trials = json.loads(folder.trials.read_text())
     create_table_artifact(
         [
             {"trial": t["name"], **t["knobs"], **{m: round(t["metrics"][m], 4) for m in params.search.objectives}}
@@ -80,7 +79,7 @@ def publish_search(params: Params, results: dict[str, StageResult], parent_run_i
         description="The Pareto-optimal trials: their knobs and objectives",
     )
     lines = [
-        inline_images((folder / REPORT_MD).read_text(), folder),
+        inline_images(folder.report.read_text(), folder.root),
         "",
         f"MLflow: {mlflow_run_url(params, parent_run_id)}",
     ]

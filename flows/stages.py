@@ -2,8 +2,10 @@
 
 Each entry is a component's stage function (components/<area>/stage.py) over the resolved Params; this
 table only says which stages run and in what order, and what each one's key covers: the module whose code
-it hashes, the paths whose content it hashes (`inputs`), the paths it writes (`outputs`) and the params
-(`param_keys`). dvc.yaml is generated from this table (flows/dvc_yaml.py); `python -m flows stages` prints it.
+it hashes, the paths whose content it hashes (`inputs`: the component's own `<stage>_inputs`, the mapping its
+StageCache hashes, so the two cannot disagree), the upstream outputs it only runs after (`after`), the paths it
+writes (`outputs`) and the params (`param_keys`). dvc.yaml is generated from this table (flows/dvc_yaml.py);
+`python -m flows stages` prints it; flows/execute.py runs a stage of it.
 """
 
 from __future__ import annotations
@@ -11,17 +13,15 @@ from __future__ import annotations
 import importlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from components import resources
-from components.atomic import atomic_file
 from components.config import Params, search_models
 from components.model.ref import ModelRef
-from components.stage import StageResult
-from components.workspace import Workspace
+from components.stage import StageInputs, StageResult
+from components.workspace import Shipping, Workspace
 
 if TYPE_CHECKING:
     from components.registry.lineage import Shipped
@@ -42,39 +42,57 @@ class Lazy:
 
 
 base_model_stage = Lazy("components.model.stage", "base_model_stage")
-source_files = Lazy("components.model.base", "source_files")
+base_model_inputs = Lazy("components.model.stage", "base_model_inputs")
 sources_stage = Lazy("components.data.stage", "sources_stage")
+sources_inputs = Lazy("components.data.stage", "sources_inputs")
 curate_stage = Lazy("components.data.stage", "curate_stage")
+curate_inputs = Lazy("components.data.stage", "curate_inputs")
 validate_stage = Lazy("components.data.stage", "validate_stage")
+validate_inputs = Lazy("components.data.stage", "validate_inputs")
 pairs_stage = Lazy("components.train.stage", "pairs_stage")
+pairs_inputs = Lazy("components.train.stage", "pairs_inputs")
 train_stage = Lazy("components.train.stage", "train_stage")
-harmful_mix_table = Lazy("components.train.data", "harmful_mix_table")
-table_folder = Lazy("components.train.data", "table_folder")
+train_inputs = Lazy("components.train.stage", "train_inputs")
 merge_stage = Lazy("components.merge.stage", "merge_stage")
-our_methods = Lazy("components.merge.registry", "our_methods")
+merge_inputs = Lazy("components.merge.stage", "merge_inputs")
 realign_stage = Lazy("components.safety.stage", "realign_stage")
-realign_data = Lazy("components.safety.stage", "realign_data")
-retain_tables = Lazy("components.safety.stage", "retain_tables")
+realign_inputs = Lazy("components.safety.stage", "realign_inputs")
 prune_stage = Lazy("components.safety.stage", "prune_stage")
+prune_inputs = Lazy("components.safety.stage", "prune_inputs")
 evaluate_stage = Lazy("components.evaluate.stage", "evaluate_stage")
+evaluate_inputs = Lazy("components.evaluate.stage", "evaluate_inputs")
 report_stage = Lazy("components.evaluate.stage", "report_stage")
-candidate_folders = Lazy("components.evaluate.stage", "candidate_folders")
+report_inputs = Lazy("components.evaluate.stage", "report_inputs")
 gate_stage = Lazy("components.registry.stage", "gate_stage")
 register_stage = Lazy("components.registry.stage", "register_stage")
 pipeline_candidate = Lazy("components.registry.lineage", "pipeline_candidate")
 search_candidate = Lazy("components.registry.lineage", "search_candidate")
+tracked_search_stage = Lazy("components.tracking", "tracked_search_stage")
 
 RUN = "<workspace>/<profile>"
 
 # A stage's paths, given the workspace to name them in (the run's, or dvc.yaml's `outputs/${profile}`) and the params.
 Paths = Callable[[Workspace, Params], list[Path]]
+# A stage's key inputs, by name, in that workspace for the params: the component's `<stage>_inputs`.
+Inputs = Callable[[Workspace, Params], StageInputs]
+
+
+def nothing(ws: Workspace, params: Params) -> list[Path]:
+    return []
+
+
+def after_validation(ws: Workspace, params: Params) -> list[Path]:
+    """validation/ is in no key: the stages that train or evaluate on curated data refuse data that has not passed
+    it, so they run after validate."""
+    return [ws.validation]
 
 
 @dataclass(frozen=True)
 class Stage:
-    """One stage: `reads` and `writes` in words for the listing; `inputs` (the paths whose content its key hashes,
-    and the upstream outputs it must run after), `outputs`, `param_keys` (dotted params.yaml keys) and `key_module`
-    (the module that builds its StageCache: the key covers that module's code and the code it imports)."""
+    """One stage: `reads` and `writes` in words for the listing; `inputs` (what its key hashes, by name), `after`
+    (upstream outputs it must run after without hashing them), `outputs`, `param_keys` (dotted params.yaml keys) and
+    `key_module` (the module that builds its StageCache: the key covers that module's code and the code it
+    imports)."""
 
     name: str
     summary: str
@@ -83,43 +101,25 @@ class Stage:
     param_keys: tuple[str, ...]
     run: Callable[[Params], StageResult]
     key_module: str
-    inputs: Paths
+    inputs: Inputs
     outputs: Paths
+    after: Paths = nothing
     holds_models: bool = False  # loads model weights to compute with: run apart in a pipeline run
 
-    def execute(self, params: Params, apart: bool = False) -> StageResult:
-        """`run`, measured: wall seconds and peak RSS join the stage's metrics and the run's timings file. With
-        `apart` (a whole pipeline run with `stage_processes`), a stage that holds models runs in a process of its
-        own (flows/own_process.py), measured there."""
-        if apart and self.holds_models and params.stage_processes:
-            from flows.own_process import run_in_own_process
+    def input_paths(self, ws: Workspace, params: Params) -> list[Path]:
+        """Every path `inputs` names, in order, once each (absent inputs left out)."""
+        paths: list[Path] = []
+        for value in self.inputs(ws, params).values():
+            paths += [Path(p) for p in (value if isinstance(value, list | tuple) else [value]) if p is not None]
+        return list(dict.fromkeys(paths))
 
-            result, usage = run_in_own_process(self.run, params)
-        else:
-            with resources.measured() as usage:
-                result = self.run(params)
-        record_timing(params.ws.timings, self.name, usage, result.cached)
-        return replace(
-            result,
-            metrics={**result.metrics, "stage_seconds": usage.seconds, "stage_peak_rss_mb": usage.peak_rss_mb},
-        )
+    def dependencies(self, ws: Workspace, params: Params) -> list[Path]:
+        """What the stage reads from upstream: its inputs, then what it runs after."""
+        return list(dict.fromkeys([*self.input_paths(ws, params), *self.after(ws, params)]))
 
 
-def prepare_apart(params: Params) -> None:
-    """Before a whole run: with `stage_processes`, the fork server of the stages run apart starts importing their
-    libraries while the data stages run."""
-    if params.stage_processes:
-        from flows.own_process import start_fork_server
-
-        start_fork_server()
-
-
-def record_timing(path: Path, stage: str, usage: resources.Usage, cached: bool) -> None:
-    """The stage's latest wall time and peak RSS in <run>/timings.json (`python -m flows stages` shows them)."""
-    timings = json.loads(path.read_text()) if path.is_file() else {}
-    timings[stage] = {"seconds": round(usage.seconds, 2), "peak_rss_mb": round(usage.peak_rss_mb), "cached": cached}
-    with atomic_file(path) as tmp:
-        tmp.write_text(json.dumps(timings, indent=1) + "\n")
+def no_inputs(ws: Workspace, params: Params) -> StageInputs:
+    return {}
 
 
 DATA: tuple[Stage, ...] = (
@@ -132,7 +132,7 @@ DATA: tuple[Stage, ...] = (
         ("base_model",),
         base_model_stage,
         "components.model.base",
-        inputs=lambda ws, p: source_files(p.base_model),
+        base_model_inputs,
         outputs=lambda ws, p: [ws.base_model],
     ),
     Stage(
@@ -145,7 +145,7 @@ DATA: tuple[Stage, ...] = (
         ("data.sources", "data.user"),
         sources_stage,
         "components.data.sources",
-        inputs=lambda ws, p: [table.path for table in p.data.user],
+        sources_inputs,
         outputs=lambda ws, p: [ws.raw],
     ),
     Stage(
@@ -157,8 +157,7 @@ DATA: tuple[Stage, ...] = (
         ("seed", "data.curate"),
         curate_stage,
         "components.data.curate",
-        # the base model scores the training answers only when the confidence filter is on
-        inputs=lambda ws, p: [ws.raw] + ([ws.base_model] if p.data.curate.confidence.enabled else []),
+        curate_inputs,
         outputs=lambda ws, p: [ws.curated],
     ),
     Stage(
@@ -170,7 +169,7 @@ DATA: tuple[Stage, ...] = (
         ("data.curate",),
         validate_stage,
         "components.data.validate",
-        inputs=lambda ws, p: [ws.curated],
+        validate_inputs,
         outputs=lambda ws, p: [ws.validation],
     ),
     Stage(
@@ -183,63 +182,47 @@ DATA: tuple[Stage, ...] = (
         ("seed", "train.pairs"),
         pairs_stage,
         "components.train.pairs",
-        # validation/ is not in the key: the stage refuses data that has not passed it, so it runs after validate
-        inputs=lambda ws, p: (
-            [ws.base_model, ws.split("harmful", "train")]
-            + ([ws.split("benign_lookalikes", "train")] if p.train.pairs.lookalike_prompts else [])
-            + [ws.validation]
-        ),
+        pairs_inputs,
         outputs=lambda ws, p: [ws.pairs],
+        after=after_validation,
         holds_models=True,
     ),
-)
-
-TRAIN_SUMMARY = (
-    "one per entry of train.jobs (cpt, sft, dpo or orpo with a LoRA adapter, TRL trainers); "
-    "resumes from its last checkpoint; merges the adapter into a full model directory"
 )
 
 
 def train(params: Params, name: str) -> Stage:
     job = params.train.jobs[name]
     init = ModelRef.parse(job.init).folder(params.ws).relative_to(params.ws.run_dir)
-
-    def inputs(ws: Workspace, p: Params) -> list[Path]:
-        """The init model, the job's tables and any harmful mix (its key), and validation/ (run after validate)."""
-        harmful = harmful_mix_table(job, ws)
-        tables = [table_folder(table, ws) for table in job.datasets]
-        return [ModelRef.parse(job.init).folder(ws), *tables, *([harmful] if harmful else []), ws.validation]
-
     return Stage(
         f"train-{name}",
-        f"{job.method} on {', '.join(job.datasets)} from {job.init}: " + TRAIN_SUMMARY,
+        f"{job.method} on {', '.join(job.datasets)} from {job.init}: one per entry of train.jobs (cpt, sft, dpo or "
+        "orpo with a LoRA adapter, TRL trainers); resumes from its last checkpoint; merges the adapter into a full "
+        "model directory",
         f"{RUN}/{init}/, the train/val splits of {', '.join(job.datasets)}",
         f"{RUN}/models/{name}/ (merged model), train/{name}/ (checkpoints, adapter)",
         (f"train.jobs.{name}",),
         partial(train_stage, name=name),
         "components.train.job",
-        inputs,
+        partial(train_inputs, name=name),
         outputs=lambda ws, p: [ws.job_model(name), ws.job_work(name)],
+        after=after_validation,
         holds_models=True,
     )
 
 
 def merge(params: Params, name: str) -> Stage:
     spec = params.merge.recipes[name]
-    inputs = ", ".join(entry["model"] for entry in spec.models)
+    models = ", ".join(entry["model"] for entry in spec.models)
     return Stage(
         f"merge-{name}",
-        f"{spec.merge_method} of {inputs} (base: {spec.base_model}), streamed tensor by "
+        f"{spec.merge_method} of {models} (base: {spec.base_model}), streamed tensor by "
         "tensor; checks architecture, tensors, tokenizer and shared base first; writes a merge card",
-        f"{RUN}/models/{{{inputs}}}/",
+        f"{RUN}/models/{{{models}}}/",
         f"{RUN}/merged/{name}/",
         (f"merge.recipes.{name}", "merge.max_relative_delta"),
         partial(merge_stage, name=name),
         "components.merge.stage",
-        inputs=lambda ws, p: [
-            ModelRef.parse(model).folder(ws)
-            for model in [*([spec.base_model] if spec.base_model else []), *(entry["model"] for entry in spec.models)]
-        ],
+        partial(merge_inputs, name=name),
         outputs=lambda ws, p: [ws.merged(name)],
         holds_models=True,
     )
@@ -268,12 +251,7 @@ def realign(params: Params) -> Stage:
         ("safety.realign",),
         realign_stage,
         "components.safety.realign",
-        inputs=lambda ws, p: [
-            ModelRef.parse(cfg.aligned).folder(ws),
-            ModelRef.parse(cfg.model).folder(ws),
-            realign_data(ws, cfg) if cfg.method != "resta" else ws.base_model,
-            *retain_tables(ws, cfg),
-        ],
+        realign_inputs,
         outputs=lambda ws, p: [ws.realigned],
         holds_models=True,
     )
@@ -291,22 +269,10 @@ def prune(params: Params) -> Stage:
         ("safety.prune",),
         prune_stage,
         "components.safety.prune",
-        inputs=lambda ws, p: [
-            ModelRef.parse(cfg.model).folder(ws),
-            ModelRef.parse(cfg.aligned).folder(ws),
-            ws.harmful_compliance,
-            *([ws.split("domain_qa", "train")] if cfg.score == "contrastive" else []),
-        ],
+        prune_inputs,
         outputs=lambda ws, p: [ws.pruned],
         holds_models=True,
     )
-
-
-def evaluated_splits(ws: Workspace) -> list[Path]:
-    """The test splits the evaluation suite reads."""
-    from components.evaluate.evaluation import TEST_SETS
-
-    return [ws.split(name, "test") for name in TEST_SETS]
 
 
 EVALUATE = Stage(
@@ -318,7 +284,7 @@ EVALUATE = Stage(
     ("seed", "evaluate"),
     evaluate_stage,
     "components.evaluate.evaluation",
-    inputs=lambda ws, p: [*candidate_folders(p, ws).values(), *evaluated_splits(ws)],
+    evaluate_inputs,
     outputs=lambda ws, p: [ws.eval],
     holds_models=True,
 )
@@ -332,8 +298,9 @@ REPORT = Stage(
     ("evaluate",),
     report_stage,
     "components.evaluate.report",
-    inputs=lambda ws, p: [ws.eval, *candidate_folders(p, ws).values(), *map(ws.loss_history, p.train.jobs)],
+    report_inputs,
     outputs=lambda ws, p: [ws.report],
+    after=lambda ws, p: [ws.eval],
 )
 
 
@@ -344,24 +311,25 @@ def shipped_candidate(ws: Workspace, params: Params) -> list[Path]:
 
 def chosen_trial(ws: Workspace, params: Params) -> list[Path]:
     """The search's folder holds its chosen trial's model and evaluation."""
-    return [ws.search]
+    return [ws.search.root]
 
 
 def ship(
-    params: Params, repo: Path, shipped: Callable[[Params], Shipped], candidate: Paths, prefix: str = ""
+    params: Params,
+    repo: Path,
+    shipped: Callable[[Params], Shipped],
+    candidate: Paths,
+    shipping: Callable[[Workspace], Shipping],
+    prefix: str = "",
 ) -> list[Stage]:
     """The gate and register stages of a candidate: the pipeline's (no prefix) or the search's chosen trial.
 
-    Neither stage is cached (they judge against the registry's champion), so their key module is only the
-    code they run; `candidate` names the paths of the candidate they read.
+    Neither stage is cached (they judge against the registry's champion): they hash no inputs, and run after the
+    `candidate` paths they read; `shipping` names the folders they write.
     """
     cfg = params.registry
     what = "the recipe search's chosen trial" if prefix else cfg.candidate
     folder = f"{RUN}/{prefix.replace('-', '/')}"
-
-    def home(ws: Workspace) -> Path:
-        return ws.search if prefix else ws.run_dir
-
     return [
         Stage(
             f"{prefix}gate",
@@ -372,8 +340,9 @@ def ship(
             ("registry",),
             lambda p: gate_stage(p, shipped(p)),
             "components.registry.stage",
-            inputs=candidate,
-            outputs=lambda ws, p: [home(ws) / "gate"],
+            no_inputs,
+            outputs=lambda ws, p: [shipping(ws).gate],
+            after=candidate,
         ),
         Stage(
             f"{prefix}register",
@@ -384,8 +353,9 @@ def ship(
             ("registry",),
             lambda p: register_stage(p, shipped(p), repo),
             "components.registry.stage",
-            inputs=lambda ws, p: [*candidate(ws, p), home(ws) / "gate"],
-            outputs=lambda ws, p: [home(ws) / "registry"],
+            no_inputs,
+            outputs=lambda ws, p: [shipping(ws).registry],
+            after=lambda ws, p: [*candidate(ws, p), shipping(ws).gate],
         ),
     ]
 
@@ -401,7 +371,7 @@ def stages_for(params: Params, repo: Path = Path(".")) -> list[Stage]:
         stages.append(prune(params))
     stages.append(EVALUATE)
     if params.registry.candidate:
-        stages += ship(params, repo, pipeline_candidate, shipped_candidate)
+        stages += ship(params, repo, pipeline_candidate, shipped_candidate, lambda ws: ws.shipping)
     stages.append(REPORT)
     return stages
 
@@ -416,23 +386,13 @@ def with_inits(params: Params, jobs: list[str]) -> set[str]:
     return needed
 
 
-def run_search(params: Params) -> StageResult:
-    """The search stage, its trials logged as child runs when an MLflow run is active."""
-    import mlflow
-
-    from components.search.stage import search_stage
-    from components.tracking import log_child_run
-
-    return search_stage(params, log_child_run if mlflow.active_run() else None)
+def search_references(params: Params) -> list[str]:
+    """The models the search merges, with base: it evaluates each once as a reference, under eval/<model>/."""
+    return ["base", *dict.fromkeys(search_models(params))]
 
 
 def search(params: Params) -> Stage:
     cfg = params.search
-
-    def models(p: Params) -> list[str]:
-        """The models the search merges, with base: it evaluates each once as a reference, under eval/<model>/."""
-        return ["base", *dict.fromkeys(search_models(p))]
-
     return Stage(
         "search",
         f"Optuna search over merge recipes of {', '.join(cfg.models)} ({', '.join(cfg.space.methods)}), "
@@ -442,16 +402,17 @@ def search(params: Params) -> Stage:
         f"{RUN}/search/{{study.db, trials/, trials.json, eval/, pareto_front.png, chosen.json, "
         "chosen_recipe.yaml, report.md}",
         ("search", "safety", "evaluate"),
-        run_search,
+        tracked_search_stage,
         "components.search.stage",
+        no_inputs,  # each trial's steps are cached by their own keys (components/search/trial.py)
+        outputs=lambda ws, p: [ws.search.root, *(ws.eval / model for model in search_references(p))],
         # the experts (and the aligned model) it merges, the data it evaluates and calibrates on, and validation/
-        inputs=lambda ws, p: [
-            *(ModelRef.parse(model).folder(ws) for model in models(p)),
+        after=lambda ws, p: [
+            *(ModelRef.parse(model).folder(ws) for model in search_references(p)),
             ws.curated,
             ws.harmful_compliance,
             ws.validation,
         ],
-        outputs=lambda ws, p: [ws.search, *(ws.eval / model for model in models(p))],
     )
 
 
@@ -462,11 +423,11 @@ def search_stages(params: Params, repo: Path = Path(".")) -> list[Stage]:
     stages = list(DATA) + [train(params, name) for name in params.train.jobs if name in needed]
     stages.append(search(params))
     if params.search.register_chosen:
-        stages += ship(params, repo, search_candidate, chosen_trial, "search-")
+        stages += ship(params, repo, search_candidate, chosen_trial, lambda ws: ws.search.shipping, "search-")
     return stages
 
 
-def describe(stages: list[Stage] | tuple[Stage, ...] = DATA, timings: Path | None = None) -> str:
+def describe(stages: list[Stage] | tuple[Stage, ...], timings: Path | None = None) -> str:
     """The stages with what each reads and writes, and the last run's time and memory where `timings` has them."""
     measured = json.loads(timings.read_text()) if timings is not None and timings.is_file() else {}
     lines = []
@@ -481,33 +442,4 @@ def describe(stages: list[Stage] | tuple[Stage, ...] = DATA, timings: Path | Non
             last = measured[stage.name]
             state = "up to date" if last["cached"] else "built"
             lines.append(f"      last run: {last['seconds']:.1f} s, peak RSS {last['peak_rss_mb']} MB ({state})")
-    if tuple(stages) == DATA:
-        lines += [
-            "  train-<job>",
-            f"      {TRAIN_SUMMARY}",
-            "      reads:  base_model/ or models/<init>/, the job's datasets",
-            f"      writes: {RUN}/models/<job>/, train/<job>/",
-        ]
-        lines += [
-            "  merge-<name>",
-            f"      one per entry of merge.recipes: {', '.join(our_methods())} (streamed "
-            "here, LiNeS optional) or any mergekit method",
-            "      reads:  models/<job>/ of the recipe",
-            f"      writes: {RUN}/merged/<name>/",
-        ]
-        lines += [
-            f"  {EVALUATE.name}",
-            f"      {EVALUATE.summary}",
-            f"      reads:  {EVALUATE.reads}",
-            f"      writes: {EVALUATE.writes}",
-        ]
-        lines += [
-            "  realign, prune, gate, register, report",
-            "      SOMF and Antidote on the configured model, gates "
-            "and the MLflow registry, the run's figures (`python -m flows stages` lists them with their inputs)",
-        ]
-        lines += [
-            "  search (python -m flows search)",
-            f"      Optuna over merge recipes with safety in the objective; writes {RUN}/search/",
-        ]
     return "\n".join(lines)

@@ -1,4 +1,5 @@
-"""Shared fixtures: a params file whose workspace is a temporary folder, and the tiny base model built once."""
+"""Shared fixtures: a params file whose workspace is a temporary folder, the tiny base model built once, one tiny
+pipeline run, the servers, and a 4-layer tiny model with three fine-tuned stand-ins for the merge tests."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 # The modules that read the one tiny pipeline run of the session (the `tiny_pipeline` fixture) share a worker, so
 # that it runs once; every other module is a unit of its own, its tests on one worker in the order written.
-TINY_PIPELINE_READERS = {"test_cli", "test_notebooks", "test_search"}
+TINY_PIPELINE_READERS = {"test_cli", "test_notebooks", "test_search", "test_stage_inputs"}
 
 
 def pytest_xdist_make_scheduler(config, log):
@@ -227,3 +228,16 @@ def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory, mlflow_server: str) 
     assert out.returncode == 0, out.stderr[-3000:]
     (params_file.parent / "console.txt").write_text(out.stdout + out.stderr)  # what the user saw
     return params_file
+
+
+@pytest.fixture(scope="module")
+def four_layers(tmp_path_factory) -> dict[str, Path]:
+    """A 4-layer tiny base model and three fine-tuned stand-ins of it (e0, e1, e2)."""
+    from components.config import load_params, parse_overrides
+    from components.model.base import build_base_model
+    from tests.model_helpers import fine_tune
+
+    root = tmp_path_factory.mktemp("merge")
+    cfg = load_params(REPO / "params.yaml", "tiny", parse_overrides(["base_model.num_hidden_layers=4"])).base_model
+    build_base_model(cfg, root / "base")
+    return {"base": root / "base", **{f"e{i}": fine_tune(root / "base", root / f"e{i}", seed=i) for i in range(3)}}

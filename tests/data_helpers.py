@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from components.config import CurateConfig
+from components.data.config import CurateConfig
 
 
 def write_raw(raw: Path, tables: dict[str, tuple[str, bool, dict | None, list[dict]]]) -> Path:

@@ -100,10 +100,10 @@ def test_the_contrastive_score_keeps_what_benign_inputs_use_as_much():
 def test_prune_stage_reverts_the_ratio_of_each_row_of_the_update_and_records_it(tmp_path, tiny_base):
     from transformers import AutoModelForCausalLM
 
-    from components.config import PruneConfig
     from components.errors import InputError
+    from components.safety.config import PruneConfig
     from components.safety.prune import prune_model
-    from tests.test_merge import fine_tune
+    from tests.model_helpers import fine_tune
 
     aligned, finetuned = fine_tune(tiny_base, tmp_path / "aligned", 1), fine_tune(tiny_base, tmp_path / "ft", 2)
     calibration = tmp_path / "harmful.jsonl"

@@ -6,10 +6,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from components.config import EmbeddedModel, load_params, parse_overrides
+from components.config import load_params, parse_overrides
 from components.errors import InputError
 from components.model.base import build_base_model, embedded_gguf, load_tokenizer
 from components.model.chat import chat
+from components.model.config import EmbeddedModel
 from components.model.directory import check_model_dir
 from components.stage import read_card
 from tests.conftest import REPO
@@ -110,8 +111,8 @@ def test_a_hub_branch_is_keyed_by_the_commit_it_resolves_to(tmp_path: Path, monk
     """`revision: main` moves; the base model's key follows the commit (here from the offline cache's refs)."""
     from huggingface_hub import constants
 
-    from components.config import HubModel
     from components.model.base import hub_commit, source_fingerprint
+    from components.model.config import HubModel
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
     refs = tmp_path / "models--org--model" / "refs"

@@ -11,6 +11,7 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from components.config import load_params
+from components.workspace import Workspace
 from flows.stages import DATA, stages_for
 from tests.conftest import REPO
 
@@ -25,7 +26,10 @@ def test_help_lists_every_stage_with_what_it_reads_and_writes():
     assert out.returncode == 0
     for stage in DATA:
         assert stage.name in out.stdout and stage.writes in out.stdout
-    assert "train-<job>" in out.stdout
+    default = load_params(REPO / "params.yaml")
+    for stage in stages_for(default):  # the default profile's own stages, train-<job> and merge-<recipe> among them
+        assert f"  {stage.name}\n" in out.stdout, stage.name
+    assert "  search\n" in out.stdout
     listing = flows("stages", "--profile", "tiny")
     for stage in stages_for(load_params(REPO / "params.yaml", "tiny")):
         assert stage.name in listing.stdout
@@ -123,7 +127,7 @@ def test_run_tiny_records_parent_and_nested_stage_runs(tiny_pipeline: Path, mlfl
     assert "adapter/adapter_config.json" in [a.path for a in client.list_artifacts(math_run.info.run_id, "adapter")]
 
     # The gated candidate is registered with its lineage and promoted (the tiny gates are loose).
-    registration = json.loads((workspace / "tiny" / "registry" / "registration.json").read_text())
+    registration = json.loads(Workspace(workspace, "tiny").shipping.registration.read_text())
     assert registration["version"] == "1" and registration["promoted"] is True
     version = client.get_model_version("post-train-tiny", "1")
     assert version.tags["candidate"] == "realigned-merge-ties" and version.tags["gate"] == "passed"
@@ -146,7 +150,7 @@ def test_run_tiny_records_parent_and_nested_stage_runs(tiny_pipeline: Path, mlfl
     # The same weights again: no new version, the champion stays where it is, and the registration says why.
     again = flows("run", "--params", str(params_file), "--profile", "tiny", tracking_uri=mlflow_server)
     assert again.returncode == 0, again.stderr
-    registration = json.loads((workspace / "tiny" / "registry" / "registration.json").read_text())
+    registration = json.loads(Workspace(workspace, "tiny").shipping.registration.read_text())
     assert (registration["version"], registration["new_version"], registration["promoted"]) == ("1", False, False)
     assert registration["why"] == "not registered again: these weights are v1 already"
     assert [v.version for v in client.search_model_versions("name='post-train-tiny'")] == ["1"]

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from components.config import Splits
+from components.data.config import Splits
 from components.data.curate import curate, split_of
 from components.errors import InputError
 from tests.data_helpers import ALL_TRAIN, config, read, write_raw

@@ -11,8 +11,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from components.config import EvaluateConfig
 from components.errors import InputError
+from components.evaluate.config import EvaluateConfig
 from components.evaluate.evaluation import evaluate_candidates
 from components.evaluate.metrics import final_number, perplexity, wilson_interval
 from components.evaluate.plots import layer_norms, loss_curve, pareto_front

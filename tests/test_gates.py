@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from components.config import GateSpec, RelativeBound, load_params, parse_overrides
+from components.config import load_params, parse_overrides, pipeline_models
 from components.errors import InputError, ParamsError
-from components.model.ref import pipeline_models
+from components.registry.config import GateSpec, RelativeBound
 from components.registry.gates import all_passed, check_gates, improvements, promotion, report_json, report_markdown
 from tests.conftest import REPO
 
@@ -121,9 +121,10 @@ def test_a_gate_refuses_metrics_that_describe_other_weights(tmp_path, tiny_base)
     import torch
     from safetensors.torch import load_file, save_file
 
-    from components.config import RegistryConfig
     from components.hashing import weights_sha256
+    from components.registry.config import RegistryConfig
     from components.registry.stage import gate_candidate
+    from components.workspace import Shipping
 
     model = shutil.copytree(tiny_base, tmp_path / "model")
     before = weights_sha256(model)
@@ -141,7 +142,7 @@ def test_a_gate_refuses_metrics_that_describe_other_weights(tmp_path, tiny_base)
     assert after != before
     with pytest.raises(InputError, match=f"describe weights {before[:16]}, but .* now holds weights {after[:16]}"):
         gate_candidate(
-            "cand", model, tmp_path / "eval", RegistryConfig(gates=GATES), "sqlite:///unused.db", tmp_path / "gate"
+            "cand", model, tmp_path / "eval", RegistryConfig(gates=GATES), "sqlite:///unused.db", Shipping(tmp_path)
         )
     assert not (tmp_path / "gate").exists()
 

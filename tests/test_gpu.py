@@ -12,10 +12,11 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import components.model.device as device
-from components.config import EvaluateConfig, PruneConfig, RealignConfig, load_params, parse_overrides
+from components.config import load_params, parse_overrides
+from components.evaluate.config import EvaluateConfig
+from components.safety.config import PruneConfig, RealignConfig
 from tests.conftest import REPO
-from tests.test_merge import fine_tune
-from tests.test_somf import realign_inputs
+from tests.model_helpers import fine_tune, realign_inputs
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

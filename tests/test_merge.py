@@ -11,51 +11,12 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM
 
-from components.config import load_params, parse_overrides
 from components.errors import InputError
 from components.merge import methods
 from components.merge.engine import CARD, _mergekit, run_recipe
 from components.merge.recipe import Recipe, load_recipe
-from components.merge.tensors import LazyModel
-from components.model.base import build_base_model
 from tests.conftest import REPO
-
-
-def fine_tune(base: Path, out: Path, seed: int, scale: float = 0.002) -> Path:
-    """A stand-in for a fine-tuned expert: the base weights plus small seeded noise."""
-    shutil.copytree(base, out)
-    model = AutoModelForCausalLM.from_pretrained(base)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(scale * torch.randn(parameter.shape, generator=generator))
-    model.save_pretrained(out)
-    return out
-
-
-@pytest.fixture(scope="module")
-def four_layers(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("merge")
-    cfg = load_params(REPO / "params.yaml", "tiny", parse_overrides(["base_model.num_hidden_layers=4"])).base_model
-    build_base_model(cfg, root / "base")
-    return {"base": root / "base", **{f"e{i}": fine_tune(root / "base", root / f"e{i}", seed=i) for i in range(3)}}
-
-
-def recipe(
-    models: dict[str, Path], method: str, entries: list[tuple[str, dict]], parameters: dict, base=True
-) -> Recipe:
-    return Recipe(
-        merge_method=method,
-        base_model=str(models["base"]) if base else None,
-        dtype="float32",
-        models=[{"model": str(models[name]), "parameters": p} for name, p in entries],
-        parameters=parameters,
-    )
-
-
-def tensors(path: Path) -> dict[str, torch.Tensor]:
-    lazy = LazyModel(path)
-    return {name: lazy.get(name) for name in lazy.names()}
+from tests.model_helpers import fine_tune, recipe, tensors
 
 
 @pytest.mark.parametrize(
@@ -194,7 +155,7 @@ def test_output_is_a_model_directory_with_a_card_and_shards(tmp_path: Path, four
 def test_the_shard_writer_streams_each_tensor_into_readable_shards_in_order(tmp_path: Path):
     from safetensors.torch import load_file
 
-    from components.merge.tensors import ShardWriter
+    from components.model.tensors import ShardWriter
 
     generator = torch.Generator().manual_seed(0)
     made = {

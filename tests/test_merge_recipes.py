@@ -15,7 +15,7 @@ from mergekit.scripts.run_yaml import main as mergekit_yaml_command
 
 from components.merge.__main__ import main as merge_main
 from components.merge.engine import CARD
-from tests.test_merge import four_layers, tensors  # noqa: F401 (a fixture)
+from tests.model_helpers import tensors
 
 # name -> (recipe with {base}, {e0}, {e1}, {e2} for the models, the engine that runs it here)
 RECIPES = {
@@ -176,7 +176,7 @@ def mergekit_yaml(recipe: Path, out: Path) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(RECIPES))
-def test_mergekit_recipes_run_here_and_mean_the_same(tmp_path: Path, four_layers, name):  # noqa: F811
+def test_mergekit_recipes_run_here_and_mean_the_same(tmp_path: Path, four_layers, name):
     recipe = write_recipe(tmp_path, name, four_layers)
     assert merge_main([str(recipe), str(tmp_path / "ours")]) == 0
     if name in LOW_PRECISION:
@@ -194,7 +194,7 @@ def test_mergekit_recipes_run_here_and_mean_the_same(tmp_path: Path, four_layers
         assert difference <= 1e-6, f"{key}: {difference}"
 
 
-def test_a_random_seed_makes_dare_reproducible(tmp_path: Path, four_layers):  # noqa: F811
+def test_a_random_seed_makes_dare_reproducible(tmp_path: Path, four_layers):
     recipe = tmp_path / "dare.yml"
     recipe.write_text(
         yaml.safe_dump(
@@ -229,7 +229,7 @@ def test_a_random_seed_makes_dare_reproducible(tmp_path: Path, four_layers):  # 
         ),
     ],
 )
-def test_what_is_refused_is_named(tmp_path: Path, four_layers, change, message, capsys):  # noqa: F811
+def test_what_is_refused_is_named(tmp_path: Path, four_layers, change, message, capsys):
     recipe = yaml.safe_load(RECIPES["bio-merge"][0].format(**{k: str(v) for k, v in four_layers.items()}))
     recipe.update(change)
     path = tmp_path / "bad.yml"

@@ -1,5 +1,5 @@
 """The merge-method registry: each method declares its knobs once; recipe checks, the engine, the search space and
-the Prefect form read that declaration, and a new method is one file."""
+the Prefect form read that declaration, and a new method is one declaration and its registration."""
 
 from __future__ import annotations
 
@@ -9,30 +9,23 @@ import pytest
 import torch
 from optuna.trial import FixedTrial
 
-from components.config import SearchSpace
 from components.errors import InputError
-from components.merge import methods as methods_package
 from components.merge import registry
-from components.merge.method import TensorSlot
+from components.merge.method import Knob, MergeMethod, TensorSlot
 from components.merge.registry import check_recipe, methods_with, our_methods
 from components.merge.settings import position, setting_at
+from components.search.config import SearchSpace
 from components.search.space import suggest
 from flows.post_train import PostTrainRequest
-from tests.test_merge import four_layers, recipe, tensors  # noqa: F401 (four_layers is a fixture)
-
-NEW_METHOD = '''
-"""Scaled copy of the first model: a test's stand-in for a new method, one file."""
-from components.merge.method import Knob, MergeMethod
-
-GAIN = Knob("gain", float, 1.0, low=0, high=4, search="merge_lambda")
+from tests.model_helpers import recipe, tensors
 
 
-def _merge(slot, base, experts, per_model, params):
+def _gain_copy(slot, base, experts, per_model, params):
     return experts[0].float() * params["gain"]
 
 
-METHOD = MergeMethod("gain_copy", "the first model times gain", (GAIN,), _merge, needs_base=False)
-'''
+GAIN = Knob("gain", float, 1.0, low=0, high=4, search=(0.5, 2.0))
+GAIN_COPY = MergeMethod("gain_copy", "the first model times gain", (GAIN,), _gain_copy, needs_base=False)
 
 
 def test_the_four_methods_are_found_with_their_knobs():
@@ -41,10 +34,13 @@ def test_the_four_methods_are_found_with_their_knobs():
     assert {k.name for k in found["ties"].knobs} == {"weight", "density", "lambda", "normalize", "int8_mask", "lines"}
     assert [k.name for k in found["ties"].knobs if k.per_model] == ["weight", "density"]
     assert methods_with("density") == ["ties"] and methods_with("lambda") == ["pcb", "task_arithmetic", "ties"]
-    ranges = set(SearchSpace.model_fields)
-    for method in found.values():
-        for knob in method.knobs:
-            assert knob.search is None or knob.search in ranges, f"{method.name}.{knob.name}: {knob.search}"
+    assert registry.searchable_knobs().keys() == {"num_layers", "pcb_ratio", "lambda", "density"}
+    space = SearchSpace()  # every searchable knob draws from the range its method declares, as its own type
+    assert space.range_of(found["ties"].knob("density")).model_dump() == {"low": 0.1, "high": 1.0, "log": False}
+    assert space.range_of(found["layer_swap"].knob("num_layers")).model_dump() == {"low": 1, "high": 4}
+    narrowed = SearchSpace(ranges={"density": {"low": 0.3, "high": 0.4}, "num_layers": {"low": 2, "high": 2}})
+    assert narrowed.range_of(found["ties"].knob("density")).low == 0.3
+    assert isinstance(narrowed.range_of(found["layer_swap"].knob("num_layers")).low, int)
 
 
 def test_the_form_says_which_methods_take_a_knob():
@@ -127,27 +123,31 @@ def test_defaults_are_filled_from_the_declaration():
     assert check_recipe("slerp", "base", [{"model": "a"}], {"t": 0.5}, "R") is None  # mergekit's: not ours to check
 
 
-def test_a_new_method_is_one_file(tmp_path: Path, monkeypatch, four_layers):  # noqa: F811
-    folder = tmp_path / "more_methods"
-    folder.mkdir()
-    (folder / "gain_copy.py").write_text(NEW_METHOD)
-    monkeypatch.setattr(methods_package, "__path__", [*methods_package.__path__, str(folder)])
-    registry.our_methods.cache_clear()
-    try:
-        assert "gain_copy" in our_methods()
-        # the recipe check, the engine and the search space all know it from its declaration alone
-        with pytest.raises(InputError, match=r"parameters.gain must be in \[0, 4\], got 9"):
-            check_recipe("gain_copy", None, [{"model": "a"}], {"gain": 9}, "R")
-        from components.merge.engine import run_recipe
+def test_a_new_method_is_one_declaration_and_its_registration(tmp_path: Path, monkeypatch, four_layers):
+    monkeypatch.setattr(registry, "_METHODS", dict(registry._METHODS))  # the built-in registry is left as it was
+    registry.register(GAIN_COPY)
+    assert "gain_copy" in our_methods()
+    # the recipe check, the engine and the search space all know it from its declaration alone
+    with pytest.raises(InputError, match=r"parameters.gain must be in \[0, 4\], got 9"):
+        check_recipe("gain_copy", None, [{"model": "a"}], {"gain": 9}, "R")
+    from components.merge.engine import run_recipe
 
-        run_recipe(recipe(four_layers, "gain_copy", [("e0", {})], {"gain": 0.5}, base=False), tmp_path / "out")
-        merged, e0 = tensors(tmp_path / "out"), tensors(four_layers["e0"])
-        assert all(torch.allclose(merged[name], e0[name] * 0.5) for name in e0)
-        space = SearchSpace(methods=["gain_copy"], realign_lr=None)
-        plan = suggest(FixedTrial({"method": "gain_copy", "gain": 1.2}), space, ["domain", "math"])
-        assert plan.recipe["parameters"] == {"gain": 1.2} and plan.recipe["base_model"] is None
-    finally:
-        registry.our_methods.cache_clear()
+    run_recipe(recipe(four_layers, "gain_copy", [("e0", {})], {"gain": 0.5}, base=False), tmp_path / "out")
+    merged, e0 = tensors(tmp_path / "out"), tensors(four_layers["e0"])
+    assert all(torch.allclose(merged[name], e0[name] * 0.5) for name in e0)
+    space = SearchSpace(methods=["gain_copy"], realign_lr=None)
+    plan = suggest(FixedTrial({"method": "gain_copy", "gain": 1.2}), space, ["domain", "math"])
+    assert plan.recipe["parameters"] == {"gain": 1.2} and plan.recipe["base_model"] is None
+
+
+def test_registration_refuses_a_second_method_of_a_name_and_a_knob_of_two_ranges(monkeypatch):
+    monkeypatch.setattr(registry, "_METHODS", dict(registry._METHODS))
+    with pytest.raises(ValueError, match="merge method 'ties' is registered twice"):
+        registry.register(MergeMethod("ties", "another ties", (), _gain_copy))
+    other_lambda = Knob("lambda", float, 1.0, low=0, search=(0.1, 9.0))
+    with pytest.raises(ValueError, match=r"knob 'lambda' has search range \(0.1, 9.0\), but pcb, task_arithmetic"):
+        registry.register(MergeMethod("scaled", "x", (other_lambda,), _gain_copy))
+    assert "scaled" not in our_methods()
 
 
 def test_settings_resolve_as_mergekit_resolves_them():

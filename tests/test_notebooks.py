@@ -95,7 +95,7 @@ def test_report_notebook_reproduces_the_last_runs_tables_from_mlflow(
     for figure in ("safety_vs_utility.png", "loss_curves.png", "task_vector_layers.png", "search_trials.png"):
         assert (tmp_path / figure).read_bytes()[:4] == b"\x89PNG"
     assert images_in(notebook) == 4
-    trial = json.loads((params.ws.search / "trials.json").read_text())[0]
+    trial = json.loads(params.ws.search.trials.read_text())[0]
     rows = list(csv.DictReader((tmp_path / "search_trials.csv").open()))
     assert [(row["trial"], float(row["domain_perplexity"])) for row in rows] == [
         (trial["name"], trial["metrics"]["domain_perplexity"])

@@ -18,10 +18,14 @@ from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
-from components.config import EvaluateConfig, GateSpec, RegistryConfig, RelativeBound, load_params
+from components.config import load_params
 from components.errors import InputError, PipelineError
-from components.evaluate.evaluation import SUMMARY, TABLE_COLUMNS, WEIGHTS, evaluate_candidates
+from components.evaluate.config import EvaluateConfig
+from components.evaluate.evaluation import SUMMARY, WEIGHTS, evaluate_candidates
+from components.evaluate.metric_names import METRIC_DIRECTIONS
 from components.hashing import weights_sha256
+from components.registry.champion import Suite
+from components.registry.config import GateSpec, RegistryConfig, RelativeBound
 from components.registry.lineage import champion_point
 from components.registry.registry import (
     CHALLENGER,
@@ -34,14 +38,8 @@ from components.registry.registry import (
     rollback,
     version_by_alias,
 )
-from components.registry.stage import (
-    MODEL_CARD,
-    REGISTRATION,
-    Suite,
-    evaluated_table,
-    gate_candidate,
-    register_candidate,
-)
+from components.registry.stage import evaluated_table, gate_candidate, register_candidate
+from components.workspace import Shipping
 
 
 @pytest.fixture
@@ -102,7 +100,7 @@ def test_gate_and_register_by_hand_without_the_whole_evaluate_stage(mlflow_serve
     eval_dir = tmp_path / "eval"
     for name, harmful in (("realigned-merge-ties", 0.2), ("merge-ties", 0.9), ("base", 0.7)):
         (eval_dir / name).mkdir(parents=True)
-        metrics = {column: 0.5 for column in TABLE_COLUMNS} | {"harmful_score": harmful}
+        metrics = {column: 0.5 for column in METRIC_DIRECTIONS} | {"harmful_score": harmful}
         metrics |= {f"{m}_{k}": v for m in ("harmful_score", "over_refusal") for k, v in (("low", 0), ("high", 1))}
         metrics |= {"harmful_score_n": 150, "over_refusal_n": 150}
         (eval_dir / name / "metrics.json").write_text(json.dumps(metrics))
@@ -111,16 +109,16 @@ def test_gate_and_register_by_hand_without_the_whole_evaluate_stage(mlflow_serve
         model_name="reg-by-hand",
         gates={"harmful_score": GateSpec(relative=RelativeBound(of="merge-ties", times=0.5))},
     )
-    gate_candidate("realigned-merge-ties", tiny_base, eval_dir, cfg, mlflow_server, tmp_path / "gate")
+    shipping = Shipping(tmp_path)
+    gate_candidate("realigned-merge-ties", tiny_base, eval_dir, cfg, mlflow_server, shipping)
     client = MlflowClient(tracking_uri=mlflow_server)
     run_id = client.create_run(client.create_experiment("reg-by-hand")).info.run_id
     register_candidate(
-        "realigned-merge-ties", tiny_base, eval_dir, tmp_path / "gate", cfg, mlflow_server, run_id, {}, [],
-        tmp_path / "registry",
+        "realigned-merge-ties", tiny_base, eval_dir, cfg, mlflow_server, run_id, {}, [], shipping
     )  # fmt: skip
-    registration = json.loads((tmp_path / "registry" / REGISTRATION).read_text())
+    registration = json.loads(shipping.registration.read_text())
     assert (registration["version"], registration["gate_passed"], registration["promoted"]) == ("1", True, True)
-    card = (tmp_path / "registry" / MODEL_CARD).read_text()
+    card = shipping.model_card.read_text()
     rows = [line.split(" | ")[0] for line in card.splitlines() if line.startswith("| ") and " | 0.500 | " in line]
     assert rows == ["| base", "| merge-ties", "| realigned-merge-ties"]
 
@@ -152,13 +150,15 @@ def test_the_gate_compares_with_the_champion_as_the_candidates_suite_measures_it
 
     def gate(candidate: str, model: Path, eval_dir: Path, suite: Suite) -> dict:
         evaluate_candidates({candidate: model}, curated, suite.cfg, 0, eval_dir)
-        gate_candidate(candidate, model, eval_dir, cfg, mlflow_server, tmp_path / "gate", suite)
-        return json.loads((tmp_path / "gate" / "report.json").read_text())
+        gate_candidate(candidate, model, eval_dir, cfg, mlflow_server, shipping, suite)
+        return json.loads(shipping.gate_json.read_text())
+
+    shipping = Shipping(tmp_path)
 
     gate("champion", tiny_base, tmp_path / "eval32", float32)
     register_candidate(
-        "champion", tiny_base, tmp_path / "eval32", tmp_path / "gate", cfg, mlflow_server, run_id,
-        {SUITE_TAG: float32.fingerprint}, [], tmp_path / "registry",
+        "champion", tiny_base, tmp_path / "eval32", cfg, mlflow_server, run_id,
+        {SUITE_TAG: float32.fingerprint}, [], shipping,
     )  # fmt: skip
     registered = json.loads((tmp_path / "eval32" / "champion" / "metrics.json").read_text())["domain_perplexity"]
 
@@ -171,7 +171,7 @@ def test_the_gate_compares_with_the_champion_as_the_candidates_suite_measures_it
     assert measured != registered
     (result,) = report["gates"]
     assert result["champion"] == measured and report["champion_metrics"].endswith("evaluated again with this one")
-    assert "evaluated again with this one" in (tmp_path / "gate" / "report.md").read_text()
+    assert "evaluated again with this one" in shipping.gate_md.read_text()
 
     def not_again(*args):
         raise AssertionError("the champion was evaluated again")
@@ -180,7 +180,7 @@ def test_the_gate_compares_with_the_champion_as_the_candidates_suite_measures_it
     # the next gate run of the same suite reads the kept evaluation
     assert gate("candidate", model, tmp_path / "eval16", bfloat16)["gates"][0]["champion"] == measured
     # a candidate with the champion's weights, evaluated in this suite: its own metrics are the champion's
-    (tmp_path / "gate" / "champion.json").unlink()
+    shipping.champion_evaluation.unlink()
     monkeypatch.undo()
     report = gate("champion", tiny_base, tmp_path / "eval16", bfloat16)
     assert report["champion_metrics"] == "its weights are champion's, evaluated here"
@@ -189,7 +189,7 @@ def test_the_gate_compares_with_the_champion_as_the_candidates_suite_measures_it
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     overrides = {"workspace": str(tmp_path / "ws"), "registry": {"model_name": "reg-suites"}}
     params = load_params(profile="tiny", overrides=overrides)
-    shutil.copytree(tmp_path / "gate", params.ws.gate)
+    shutil.copytree(shipping.gate, params.ws.shipping.gate)
     name, drawn = champion_point(params)
     assert name == "champion (reg-suites v1)" and drawn["domain_perplexity"] == measured
     # and the suite it was registered with takes its registered metrics

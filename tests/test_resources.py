@@ -5,6 +5,7 @@ from pathlib import Path
 from components import resources
 from components.config import load_params
 from components.stage import StageResult
+from flows.execute import execute
 from flows.stages import Stage, describe
 
 
@@ -20,16 +21,16 @@ def test_the_peak_is_reset_for_each_measured_block():
 
 
 def demo_stage(name: str, run) -> Stage:
-    return Stage(name, "a stage", "-", "-", (), run, __name__, lambda ws, p: [], lambda ws, p: [])
+    return Stage(name, "a stage", "-", "-", (), run, __name__, lambda ws, p: {}, lambda ws, p: [])
 
 
 def test_a_stage_run_leaves_its_time_and_peak_in_its_metrics_and_the_timings_file(params_file: Path):
     params = load_params(params_file, "tiny")
     stage = demo_stage("demo", lambda p: StageResult(outputs={}, metrics={"m": 1.0}))
-    result = stage.execute(params)
+    result = execute(stage, params)
     assert result.metrics["m"] == 1.0 and result.metrics["stage_seconds"] >= 0
     assert result.metrics["stage_peak_rss_mb"] > 10
-    cached = demo_stage("other", lambda p: StageResult(outputs={}, cached=True)).execute(params)
+    cached = execute(demo_stage("other", lambda p: StageResult(outputs={}, cached=True)), params)
     assert cached.cached
     listing = describe([stage], params.ws.timings)
     assert "last run: " in listing and "MB (built)" in listing

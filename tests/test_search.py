@@ -9,10 +9,12 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import FixedTrial
 
-from components.config import FloatRange, MergeSpec, SearchSpace, SelectRule, load_params
+from components.config import load_params
 from components.errors import ParamsError
+from components.merge.config import MergeSpec
+from components.search.config import FloatRange, SearchSpace, SelectRule
 from components.search.space import choose, directions, suggest
-from components.search.stage import open_study
+from components.search.study import open_study
 from flows.__main__ import main
 from tests.conftest import prefect_api_call
 from tests.test_cli import flows
@@ -72,8 +74,12 @@ def test_choose_takes_the_best_front_trial_within_the_bounds():
 
 
 def test_bad_search_settings_name_the_key(params_file: Path, capsys):
-    with pytest.raises(ParamsError, match=r"--set search.space.density: low \(0.9\) is above high \(0.1\)"):
-        load_params(params_file, "tiny", {"search": {"space": {"density": {"low": 0.9, "high": 0.1}}}})
+    with pytest.raises(ParamsError, match=r"--set search.space.ranges.density: low \(0.9\) is above high \(0.1\)"):
+        load_params(params_file, "tiny", {"search": {"space": {"ranges": {"density": {"low": 0.9, "high": 0.1}}}}})
+    with pytest.raises(ParamsError, match=r"search.space.ranges: num_layers takes whole numbers from 1, got \[1.5, 3\]"):
+        load_params(params_file, "tiny", {"search": {"space": {"ranges": {"num_layers": {"low": 1.5, "high": 3}}}}})
+    with pytest.raises(ParamsError, match=r"search.space.ranges: \['weight'\] are not searchable knobs"):
+        load_params(params_file, "tiny", {"search": {"space": {"ranges": {"weight": {"low": 0.1, "high": 1.0}}}}})
     with pytest.raises(ParamsError, match=r"\['dare_ties'\] cannot be searched"):
         load_params(params_file, "tiny", {"search": {"space": {"methods": ["ties", "dare_ties"]}}})
     with pytest.raises(ParamsError, match=r"objectives: \['accuracy'\] are not metrics"):
@@ -103,7 +109,7 @@ def test_search_flow_on_tiny_yields_a_front_and_registers_the_choice(
 
     params = load_params(tiny_pipeline, "tiny")
     folder = params.ws.search
-    trials = json.loads((folder / "trials.json").read_text())
+    trials = json.loads(folder.trials.read_text())
     assert [t["state"] for t in trials] == ["COMPLETE"] * 3
     objectives = params.search.objectives  # domain_perplexity, harmful_score, over_refusal: all lower-is-better
     front = {t["name"] for t in trials if not any(dominated(t["metrics"], o["metrics"], objectives) for o in trials)}
@@ -111,7 +117,7 @@ def test_search_flow_on_tiny_yields_a_front_and_registers_the_choice(
     for trial in trials:  # every trial's final model was evaluated; only the front's stay on disk
         assert Path(trial["model"]).is_dir() == trial["on_front"]
         assert (Path(trial["dir"]) / "eval" / "metrics.json").is_file()
-    chosen = json.loads((folder / "chosen.json").read_text())
+    chosen = json.loads(folder.chosen.read_text())
     assert chosen["trial"] == min(
         front, key=lambda name: next(t for t in trials if t["name"] == name)["metrics"]["domain_perplexity"]
     )
@@ -127,7 +133,7 @@ def test_search_flow_on_tiny_yields_a_front_and_registers_the_choice(
     }
 
     # The chosen trial is registered with its recipe as lineage; the Prefect UI shows the front.
-    registration = json.loads((folder / "registry" / "registration.json").read_text())
+    registration = json.loads(folder.shipping.registration.read_text())
     assert registration["candidate"] == chosen["trial"]
     version = client.get_model_version(registration["model_name"], registration["version"])
     assert json.loads(version.tags["merge_recipe"])["merge_method"] == chosen["plan"]["recipe"]["merge_method"]
@@ -146,14 +152,14 @@ def test_search_flow_on_tiny_yields_a_front_and_registers_the_choice(
     flow_run = {"flow_runs": {"id": {"any_": [str(state.state_details.flow_run_id)]}}, "limit": 50, "offset": 0}
     artifacts = {a["key"]: a for a in prefect_api_call(prefect_api, "post", "artifacts/filter", flow_run) if a["key"]}
     page = artifacts["recipe-search-report"]["data"]
-    assert base64.b64encode((folder / "pareto_front.png").read_bytes()).decode() in page
+    assert base64.b64encode(folder.front_plot.read_bytes()).decode() in page
     assert f"Chosen: **{chosen['trial']}**" in page and registration["model_uri"] in page
     assert len(json.loads(artifacts["pareto-front"]["data"])) == len(front)
 
 
 def test_a_killed_search_continues_its_study(tiny_pipeline: Path, mlflow_server: str):
     params = load_params(tiny_pipeline, "tiny")
-    storage = f"sqlite:///{(params.ws.search / 'study.db').resolve()}"
+    storage = f"sqlite:///{params.ws.search.study_db.resolve()}"
     study = optuna.load_study(study_name="recipe-search-tiny", storage=storage)
     finished = {t.number: t.user_attrs["seconds"] for t in study.trials}
     # What a kill mid-trial leaves behind: a RUNNING trial whose knobs were drawn.

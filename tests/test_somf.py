@@ -17,6 +17,7 @@ from components.safety.somf import (
     safety_mask_logits,
     sequence_logprobs,
 )
+from tests.model_helpers import realign_inputs
 
 
 def test_fusion_takes_the_aligned_model_on_the_mask_and_the_fine_tuned_elsewhere():
@@ -79,29 +80,13 @@ def test_identical_tensors_get_no_mask():
     assert learn_safety_mask(Probe(), same, dict(same), [{"x": x, "target": torch.zeros(2)}], steps=2) == {}
 
 
-def realign_inputs(tmp_path, tiny_base):
-    """(aligned, fine-tuned, refusal demonstrations): two noisy copies of the tiny model and four refusals."""
-    import json
-
-    from tests.test_merge import fine_tune
-
-    aligned, finetuned = fine_tune(tiny_base, tmp_path / "aligned", 1), fine_tune(tiny_base, tmp_path / "ft", 2)
-    data = tmp_path / "harmful.jsonl"
-    data.write_text(
-        "".join(
-            json.dumps({"prompt": f"Do harm {i}", "completion": "I can't help with that."}) + "\n" for i in range(4)
-        )
-    )
-    return aligned, finetuned, data
-
-
 def test_realign_stage_writes_the_fusion_and_counts_the_mask(tmp_path, tiny_base):
     import json
 
     from transformers import AutoModelForCausalLM
 
-    from components.config import RealignConfig
     from components.errors import InputError
+    from components.safety.config import RealignConfig
     from components.safety.realign import realign_model
 
     aligned, finetuned, data = realign_inputs(tmp_path, tiny_base)
@@ -125,10 +110,10 @@ def test_realign_stage_writes_the_fusion_and_counts_the_mask(tmp_path, tiny_base
 def test_realign_reads_the_retained_tables_and_names_a_bad_row(tmp_path, tiny_base):
     import json
 
-    from components.config import RealignConfig
     from components.errors import InputError
+    from components.safety.config import RealignConfig
     from components.safety.realign import realign_model
-    from tests.test_merge import fine_tune
+    from tests.model_helpers import fine_tune
 
     aligned, finetuned = fine_tune(tiny_base, tmp_path / "aligned", 1), fine_tune(tiny_base, tmp_path / "ft", 2)
     data, kept = tmp_path / "safety.jsonl", tmp_path / "math.jsonl"
@@ -176,7 +161,7 @@ def test_the_lean_mask_steps_equal_autograd_over_the_whole_objective(tmp_path, t
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from components.safety.realign import completion_batches
-    from tests.test_merge import fine_tune
+    from tests.model_helpers import fine_tune
 
     aligned_dir, finetuned_dir = fine_tune(tiny_base, tmp_path / "a", 1), fine_tune(tiny_base, tmp_path / "f", 2)
     tokenizer = AutoTokenizer.from_pretrained(finetuned_dir)
@@ -311,10 +296,10 @@ def test_realign_stage_with_the_concrete_dpo_variant(tmp_path, tiny_base):
 
     from transformers import AutoModelForCausalLM
 
-    from components.config import RealignConfig
     from components.errors import InputError
+    from components.safety.config import RealignConfig
     from components.safety.realign import realign_model
-    from tests.test_merge import fine_tune
+    from tests.model_helpers import fine_tune
 
     aligned, finetuned = fine_tune(tiny_base, tmp_path / "aligned", 1), fine_tune(tiny_base, tmp_path / "ft", 2)
     pairs = tmp_path / "pairs.jsonl"
@@ -363,10 +348,10 @@ def test_realign_stage_with_resta(tmp_path, tiny_base):
 
     from transformers import AutoModelForCausalLM
 
-    from components.config import RealignConfig
     from components.errors import InputError
+    from components.safety.config import RealignConfig
     from components.safety.realign import realign_model
-    from tests.test_merge import fine_tune
+    from tests.model_helpers import fine_tune
 
     aligned, finetuned = fine_tune(tiny_base, tmp_path / "aligned", 1), fine_tune(tiny_base, tmp_path / "ft", 2)
     cfg = RealignConfig(model="ft", method="resta", scale=0.5)

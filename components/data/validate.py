@@ -17,10 +17,10 @@ from typing import Any
 import pandas as pd
 
 from components.atomic import atomic_dir
-from components.config import CurateConfig
+from components.data.config import CurateConfig
 from components.data.curate import REPORT as CURATION_REPORT
 from components.data.curate import SPLITS
-from components.data.tables import REQUIRED, ROLES, Kind, Row, read_jsonl, text_of
+from components.data.tables import REQUIRED, ROLES, Row, TableKind, read_jsonl, text_of
 from components.errors import InputError
 from components.stage import StageCache, StageResult
 
@@ -51,7 +51,7 @@ def roles_in_order(messages: list[dict]) -> bool:
     )
 
 
-def _text_or_none(row: Row, kind: Kind) -> str | None:
+def _text_or_none(row: Row, kind: TableKind) -> str | None:
     """The row's deduplication text, or None when the columns it comes from are missing (reported by the schema checks)."""
     try:
         return text_of(row, kind)
@@ -59,14 +59,14 @@ def _text_or_none(row: Row, kind: Kind) -> str | None:
         return None
 
 
-def frame(rows: list[Row], kind: Kind, train_texts: set[str] | None) -> pd.DataFrame:
+def frame(rows: list[Row], kind: TableKind, train_texts: set[str] | None) -> pd.DataFrame:
     """The table plus the derived columns the suite checks: _text, _key, and the per-row boolean checks."""
     df = pd.DataFrame(rows)
     df["_text"] = [_text_or_none(row, kind) for row in rows]
     df["_key"] = [t.lower() if isinstance(t, str) else None for t in df["_text"]]
-    if kind is Kind.messages and "messages" in df:
+    if kind is TableKind.messages and "messages" in df:
         df["_roles_in_order"] = [isinstance(m, list) and roles_in_order(m) for m in df["messages"]]
-    if kind is Kind.preference and {"chosen", "rejected"} <= set(df):
+    if kind is TableKind.preference and {"chosen", "rejected"} <= set(df):
         df["_chosen_differs"] = df["chosen"] != df["rejected"]
     if "answer" in df and "completion" in df:
         df["_answer_matches_solution"] = [
@@ -78,7 +78,7 @@ def frame(rows: list[Row], kind: Kind, train_texts: set[str] | None) -> pd.DataF
     return df
 
 
-def expectations(df: pd.DataFrame, kind: Kind, cfg: CurateConfig) -> list:
+def expectations(df: pd.DataFrame, kind: TableKind, cfg: CurateConfig) -> list:
     import great_expectations.expectations as gxe
 
     suite = [gxe.ExpectColumnToExist(column=c) for c in ("id", *REQUIRED[kind])]
@@ -140,7 +140,9 @@ def gx_context():
     return context
 
 
-def validate_tables(tables: dict[str, tuple[Kind, dict[str, list[Row]]]], cfg: CurateConfig) -> dict[str, list[dict]]:
+def validate_tables(
+    tables: dict[str, tuple[TableKind, dict[str, list[Row]]]], cfg: CurateConfig
+) -> dict[str, list[dict]]:
     """`{dataset: (kind, {split: rows})}` -> `{"dataset/split": outcomes}` for every non-empty split."""
     context = gx_context()
     report: dict[str, list[dict]] = {}
@@ -187,7 +189,7 @@ def validate(curated_dir: Path, cfg: CurateConfig, out_dir: Path) -> StageResult
     manifest = json.loads((curated_dir / CURATION_REPORT).read_text())["manifest"]
     tables = {
         name: (
-            Kind(entry["kind"]),
+            TableKind(entry["kind"]),
             {split: [row for _, row in read_jsonl(curated_dir / name / f"{split}.jsonl")] for split in SPLITS},
         )
         for name, entry in manifest.items()

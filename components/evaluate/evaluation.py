@@ -7,9 +7,10 @@ from pathlib import Path
 
 from components import progress
 from components.atomic import atomic_dir, atomic_file
-from components.config import EvaluateConfig
 from components.data.tables import read_jsonl, write_jsonl
+from components.evaluate.config import EvaluateConfig
 from components.evaluate.lm_eval_tasks import export_tasks
+from components.evaluate.metric_names import METRIC_DIRECTIONS
 from components.hashing import weights_sha256
 from components.stage import StageCache, StageResult
 from components.workspace import Workspace
@@ -19,14 +20,6 @@ SUMMARY_MD = "summary.md"
 WEIGHTS = "weights.json"  # beside each candidate's metrics.json: the content hash of the weights that were evaluated
 LM_EVAL_TASKS = (
     "lm_eval"  # the utility tasks as lm-evaluation-harness task files (components/evaluate/lm_eval_tasks.py)
-)
-TABLE_COLUMNS = (
-    "domain_mc_acc",
-    "domain_mc_acc_norm",
-    "math_exact_match",
-    "domain_perplexity",
-    "harmful_score",
-    "over_refusal",
 )
 TEST_SETS = ("domain_qa", "math", "domain_corpus", "harmful", "benign_lookalikes")
 
@@ -38,10 +31,10 @@ def evaluated_sha256(folder: Path) -> str | None:
 
 
 def render_summary(table: dict[str, dict[str, float]]) -> str:
-    lines = ["| candidate | " + " | ".join(TABLE_COLUMNS) + " |", "| --- |" + " ---: |" * len(TABLE_COLUMNS)]
+    lines = ["| candidate | " + " | ".join(METRIC_DIRECTIONS) + " |", "| --- |" + " ---: |" * len(METRIC_DIRECTIONS)]
     for name, metrics in table.items():
         cells = []
-        for column in TABLE_COLUMNS:
+        for column in METRIC_DIRECTIONS:
             value = metrics[column]
             if f"{column}_low" in metrics:
                 cells.append(f"{value:.3f} [{metrics[f'{column}_low']:.2f}, {metrics[f'{column}_high']:.2f}]")

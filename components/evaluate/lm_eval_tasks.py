@@ -26,7 +26,7 @@ from pathlib import Path
 import yaml
 
 from components.atomic import atomic_dir
-from components.config import EvaluateConfig
+from components.evaluate.config import EvaluateConfig
 from components.evaluate.suite import mc_items, test_rows
 
 # The last number of an answer (sign, thousands separators, decimals).

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from components.merge.tensors import layer_of
+from components.model.tensors import layer_of
 
 
 def pareto_front(points: dict[str, tuple[float, float]]) -> list[str]:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from components.config import Params
-from components.evaluate.evaluation import evaluate_candidates, judge_model
-from components.model.ref import pipeline_models
-from components.stage import StageResult
+from components.config import Params, pipeline_models
+from components.evaluate.evaluation import TEST_SETS, evaluate_candidates, judge_model
+from components.stage import StageInputs, StageResult
 from components.workspace import Workspace
 
 
@@ -28,11 +27,26 @@ def candidates(params: Params) -> dict[str, Path]:
     }
 
 
+def evaluate_inputs(ws: Workspace, params: Params) -> StageInputs:
+    """Each candidate's weights (every model params.yaml defines; the stage scores those `evaluate.candidates` names
+    that have been built), the test splits the suite reads, and the model the probe judge reads (if it is the judge)."""
+    return {
+        "candidates": list(candidate_folders(params, ws).values()),
+        "tests": [ws.split(name, "test") for name in TEST_SETS],
+        "judge_model": judge_model(params.evaluate, ws),
+    }
+
+
 def evaluate_stage(params: Params) -> StageResult:
     ws = params.ws
     return evaluate_candidates(
         candidates(params), ws.curated, params.evaluate, params.seed, ws.eval, judge_model(params.evaluate, ws)
     )
+
+
+def report_inputs(ws: Workspace, params: Params) -> StageInputs:
+    """The train jobs' loss histories (the evaluation reaches the report's key through the evaluation's own keys)."""
+    return {job: ws.loss_history(job) for job in params.train.jobs}
 
 
 def report_stage(params: Params) -> StageResult:
@@ -43,7 +57,7 @@ def report_stage(params: Params) -> StageResult:
     return draw_report(
         ws.eval,
         candidates(params),
-        {job: ws.loss_history(job) for job in params.train.jobs},
+        report_inputs(ws, params),
         champion_point(params),
         ws.report,
     )

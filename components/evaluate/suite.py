@@ -16,9 +16,9 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from components.config import EvaluateConfig
 from components.data.tables import Row, read_jsonl
 from components.errors import InputError
+from components.evaluate.config import EvaluateConfig
 from components.evaluate.metrics import final_number, perplexity, wilson_interval
 from components.evaluate.scoring import continuation_logprobs, options_logprobs
 from components.model.device import load_model

@@ -21,25 +21,16 @@ import torch
 
 from components.atomic import atomic_dir, check_output
 from components.errors import InputError
-from components.hashing import file_sha256, weights_sha256
+from components.hashing import weights_sha256
 from components.merge.method import TensorSlot, TensorStream
-from components.merge.methods.scaling import multi_task_alpha, wants_auto_alpha
 from components.merge.recipe import DTYPES, MERGEKIT_ONLY_KEYS, Recipe, check_schema, mergekit_reason
 from components.merge.registry import check_recipe, method_named
-from components.merge.tensors import LazyModel, ShardWriter, layer_of
+from components.model.compat import Drift, check_compatible, read_config
 from components.model.directory import check_model_dir
+from components.model.tensors import LazyModel, ShardWriter, layer_of
 from components.stage import StageResult
 
 CARD = "merge_card.json"
-ARCHITECTURE_KEYS = (
-    "model_type",
-    "hidden_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "num_key_value_heads",
-    "intermediate_size",
-    "vocab_size",
-)
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -47,74 +38,6 @@ TOKENIZER_FILES = (
     "special_tokens_map.json",
     "generation_config.json",
 )
-
-
-def _config(path: Path) -> dict:
-    return json.loads((path / "config.json").read_text())
-
-
-class Drift:
-    """How far each model's weights lie from the reference's, ‖θ − θ_ref‖ / ‖θ_ref‖, summed tensor by tensor."""
-
-    def __init__(self, reference: Path, others: list[Path], limit: float):
-        self.reference, self.others, self.limit = reference, others, limit
-        self.squared_delta, self.squared_ref = [0.0] * len(others), 0.0
-
-    def add(self, reference: torch.Tensor, others: list[torch.Tensor]) -> None:
-        ref = reference.float()
-        self.squared_ref += float(ref.pow(2).sum())
-        for i, tensor in enumerate(others):
-            self.squared_delta[i] += float((tensor.float() - ref).pow(2).sum())
-
-    def check(self) -> None:
-        """InputError naming the first model farther than the limit: not fine-tuned from the same base."""
-        for path, squared in zip(self.others, self.squared_delta, strict=True):
-            relative = math.sqrt(squared / max(self.squared_ref, 1e-30))
-            if relative > self.limit:
-                raise InputError(
-                    f"{path}: its weights differ from {self.reference} by {relative:.2f} of their norm "
-                    f"(limit {self.limit}); it does not look fine-tuned from the same base"
-                )
-
-
-def check_compatible(reference: Path, others: list[Path], max_relative_delta: float, read_weights: bool = True) -> None:
-    """Same architecture, tensors, shapes and tokenizer as `reference`, and close enough to it to share its base
-    (that last check reads every tensor; `read_weights=False` leaves it to a caller that reads them anyway)."""
-    ref_config, ref = _config(reference), LazyModel(reference)
-    ref_names = ref.names()
-    for path in others:
-        config = _config(path)
-        for key in ARCHITECTURE_KEYS:
-            if config.get(key) != ref_config.get(key):
-                raise InputError(
-                    f"{path}: config.json {key} = {config.get(key)!r}, but {reference} has "
-                    f"{ref_config.get(key)!r}: not the same architecture"
-                )
-        model = LazyModel(path)
-        missing = [n for n in ref_names if n not in model.files] or [n for n in model.names() if n not in ref.files]
-        if missing:
-            raise InputError(f"{path}: tensor {missing[0]!r} is in one model and not the other ({reference})")
-        for name in ref_names:
-            if model.shape(name) != ref.shape(name):
-                raise InputError(
-                    f"{path}: tensor {name!r} has shape {model.shape(name)}, {reference} has {ref.shape(name)}"
-                )
-        for folder in (reference, path):
-            if not (folder / "tokenizer.json").is_file():
-                raise InputError(
-                    f"{folder / 'tokenizer.json'}: missing; the merge compares the models' tokenizers "
-                    "by it (save the tokenizer with a fast tokenizer's tokenizer.json)"
-                )
-        if file_sha256(path / "tokenizer.json") != file_sha256(reference / "tokenizer.json"):
-            raise InputError(
-                f"{path / 'tokenizer.json'}: differs from {reference / 'tokenizer.json'}; "
-                f"merged models must share one tokenizer and vocabulary"
-            )
-        if read_weights:
-            drift = Drift(reference, [path], max_relative_delta)
-            for name in ref_names:
-                drift.add(ref.get(name), [model.get(name)])
-            drift.check()
 
 
 def _stream(recipe: Recipe, out: Path, max_shard_bytes: int, max_relative_delta: float) -> None:
@@ -128,7 +51,7 @@ def _stream(recipe: Recipe, out: Path, max_shard_bytes: int, max_relative_delta:
     base_path = Path(recipe.base_model) if recipe.base_model else None
     paths = [Path(m.model) for m in recipe.models]
     reference = base_path or paths[0]
-    config = _config(reference)
+    config = read_config(reference)
     num_layers = config["num_hidden_layers"]
     model_level = checked.at(TensorSlot("", None, num_layers))[1]  # the global knobs outside the blocks
     if method.check_model is not None:  # knobs that need the block count hold one value for the whole model
@@ -148,16 +71,13 @@ def _stream(recipe: Recipe, out: Path, max_shard_bytes: int, max_relative_delta:
                 [e.get(name) for e in experts],
             )
 
-    stream = TensorStream(read, sum(math.prod(reference_model.shape(n)) for n in names), len(experts))
+    stream = TensorStream(read, sum(math.prod(reference_model.shape(n)) for n in names), len(experts), checked.at)
     prepared = method.prepare(stream, model_level) if method.prepare else {}
-    alpha = lines_alpha(method, checked, stream, prepared) if wants_auto_alpha(model_level) else None
     drift = Drift(reference, paths if base_path else paths[1:], max_relative_delta)
     writer = ShardWriter(out, [(n, reference_model.shape(n)) for n in names], dtype, max_shard_bytes)
     for slot, theta, tensors in stream.read():
         per_model, params = checked.at(slot)
         params = {**params, **prepared}
-        if alpha is not None:
-            params = {**params, "lines": {**params["lines"], "alpha": alpha}}
         if theta is None:  # no base: the first model is the reference
             drift.add(tensors[0], tensors[1:])
         else:
@@ -170,19 +90,6 @@ def _stream(recipe: Recipe, out: Path, max_shard_bytes: int, max_relative_delta:
     for file in TOKENIZER_FILES:
         if (reference / file).is_file():
             shutil.copy(reference / file, out / file)
-
-
-def lines_alpha(method, checked, stream: TensorStream, prepared: dict) -> float:
-    """LiNeS's multi-task α (for `alpha: auto`): a first pass over every tensor merges it with λ = 1 and no LiNeS,
-    and sums the L1 norms of Σ_t τ_t and of the merged task vector. `prepared`: the method's whole-model values."""
-    summed_l1 = merged_l1 = 0.0
-    for slot, theta, tensors in stream.read():
-        per_model, params = checked.at(slot)
-        theta = theta.float()
-        plain = method.merge(slot, theta, tensors, per_model, {**params, **prepared, "lines": None, "lambda": 1.0})
-        summed_l1 += float(sum(t.float() - theta for t in tensors).abs().sum())
-        merged_l1 += float((plain - theta).abs().sum())
-    return multi_task_alpha(summed_l1, merged_l1, stream.models)
 
 
 def _mergekit(recipe: Recipe, out: Path, random_seed: int | None = None) -> None:

@@ -2,7 +2,7 @@
 
 A method is a `MergeMethod` in its own module under components/merge/methods/: its name, whether it needs a
 base model, how many models it takes, its knobs (name, type, bounds, default, per model or global, and the
-search range that may draw it) and a function that merges one tensor. Recipe checking
+search range it is drawn from) and a function that merges one tensor. Recipe checking
 (components.merge.registry.check_recipe), the engine's dispatch, the recipe search's space and the Prefect
 form all read these declarations; nothing else lists a method's parameters. mergekit does the same with its
 `merge_methods/registry.py` and `ConfigParameterDef`.
@@ -35,7 +35,9 @@ class Knob:
     per_model: bool = False
     fields: tuple[str, ...] = ()  # a dict knob's keys, each a number
     auto_fields: tuple[str, ...] = ()  # of those, the ones that may also be "auto" (derived from the models)
-    search: str | None = None  # the search.space range that draws it (components.search.space)
+    # the range a recipe search draws it from, (low, high); search.space.ranges.<name> in params.yaml narrows or
+    # widens it. None: not searched
+    search: tuple[float, float] | None = None
     doc: str = ""
 
     def check(self, value: Any, where: str) -> Any:
@@ -92,11 +94,13 @@ MergeTensor = Callable[
 @dataclass(frozen=True)
 class TensorStream:
     """Every tensor of a merge's models, read anew on each call of `read`: (slot, θ_base or None, [θ_i]) in the
-    output's order; `size` is one model's entry count, `models` the number of models besides the base."""
+    output's order; `size` is one model's entry count, `models` the number of models besides the base, `at` the
+    recipe's parameters at a tensor (each model's, the global ones; defaults filled in)."""
 
     read: Callable[[], Iterator[tuple[TensorSlot, torch.Tensor | None, list[torch.Tensor]]]]
     size: int
     models: int
+    at: Callable[[TensorSlot], tuple[list[dict[str, Any]], dict[str, Any]]]
 
 
 # prepare(stream, global parameters at the model level) -> values added to the global parameters of every tensor:

@@ -1,41 +1,57 @@
-"""The merge methods this project implements, found in components/merge/methods/, and the recipe check they share.
+"""The merge methods this project implements, registered by name, and the recipe check they share.
 
-Adding a method is one file: a module under components/merge/methods/ that defines `METHOD = MergeMethod(...)`.
-Every other `merge_method` of a recipe is mergekit's (linear, slerp, dare_ties, ...), handed to it unchanged.
+A method is a module under components/merge/methods/ that defines `METHOD = MergeMethod(...)`; adding one is that
+file and its entry in `BUILT_IN` at the end of this module. Registration is explicit and refuses a second method of a name (mergekit
+treats that as an error too), and a knob name means one thing across methods: two methods that declare a knob of the
+same name must declare the same search range. Every other `merge_method` of a recipe is mergekit's (linear, slerp,
+dare_ties, ...), handed to it unchanged.
 """
 
 from __future__ import annotations
 
-import functools
-import importlib
-import pkgutil
 from dataclasses import dataclass
 from typing import Any
 
 from components.errors import InputError
-from components.merge import methods as methods_package
 from components.merge.method import REQUIRED, Knob, MergeMethod, TensorSlot
+from components.merge.methods.layer_swap import METHOD as LAYER_SWAP
+from components.merge.methods.pcb import METHOD as PCB
+from components.merge.methods.task_arithmetic import METHOD as TASK_ARITHMETIC
+from components.merge.methods.ties import METHOD as TIES
 from components.merge.settings import endpoints, is_filtered, is_gradient, position, resolve
 
+_METHODS: dict[str, MergeMethod] = {}
 
-@functools.cache
+
+def register(method: MergeMethod) -> MergeMethod:
+    """Add a method; ValueError if its name is taken, or if one of its searchable knobs is declared by another
+    method with another search range."""
+    if method.name in _METHODS:
+        raise ValueError(f"merge method {method.name!r} is registered twice")
+    searchable = searchable_knobs()
+    for knob in method.knobs:
+        other = searchable.get(knob.name)
+        if knob.search is not None and other is not None and other.search != knob.search:
+            raise ValueError(
+                f"merge method {method.name!r}: knob {knob.name!r} has search range {knob.search}, but "
+                f"{', '.join(methods_with(knob.name))} declare {other.search}"
+            )
+    _METHODS[method.name] = method
+    return method
+
+
 def our_methods() -> dict[str, MergeMethod]:
-    """Name -> method, for every module of components/merge/methods that declares a METHOD."""
-    found = {}
-    for info in sorted(pkgutil.iter_modules(methods_package.__path__), key=lambda i: i.name):
-        method = getattr(importlib.import_module(f"{methods_package.__name__}.{info.name}"), "METHOD", None)
-        if isinstance(method, MergeMethod):
-            found[method.name] = method
-    return found
+    """Name -> method, in registration order."""
+    return dict(_METHODS)
 
 
 def method_named(name: str) -> MergeMethod | None:
-    return our_methods().get(name)
+    return _METHODS.get(name)
 
 
 def known_method(name: str) -> bool:
     """One of ours, or one mergekit implements."""
-    return name in our_methods() or mergekit_has(name)
+    return name in _METHODS or mergekit_has(name)
 
 
 def mergekit_has(name: str) -> bool:
@@ -53,12 +69,25 @@ def all_method_names() -> list[str]:
     """Ours, then every other method mergekit registers: the choices the Prefect form offers."""
     from mergekit.merge_methods.registry import registered_methods
 
-    return [*our_methods(), *sorted({m.spec.name for m in registered_methods()} - set(our_methods()))]
+    return [*_METHODS, *sorted({m.spec.name for m in registered_methods()} - set(_METHODS))]
 
 
 def methods_with(knob: str) -> list[str]:
     """Our methods that take the knob: what the Prefect form and error messages tell the user."""
-    return [name for name, method in our_methods().items() if method.knob(knob) is not None]
+    return [name for name, method in _METHODS.items() if method.knob(knob) is not None]
+
+
+def knob_named(name: str) -> Knob:
+    """The knob of that name, as our methods declare it (the Prefect form's help text)."""
+    for method in _METHODS.values():
+        if (knob := method.knob(name)) is not None:
+            return knob
+    raise KeyError(f"no merge method of this project takes a knob {name!r}")
+
+
+def searchable_knobs() -> dict[str, Knob]:
+    """Every knob a recipe search may draw, by name, with its declared range (`Knob.search`)."""
+    return {k.name: k for method in _METHODS.values() for k in method.knobs if k.search is not None}
 
 
 @dataclass(frozen=True)
@@ -150,3 +179,9 @@ def check_recipe(
                     f"{where}: models[{i}].parameters.{knob.name} is required by {method.name} ({knob.doc})"
                 )
     return RecipeParameters(method, per_model, shared, where)
+
+
+# The methods that ship, in the order the form and the help list them.
+BUILT_IN = (LAYER_SWAP, PCB, TASK_ARITHMETIC, TIES)
+for _method in BUILT_IN:
+    register(_method)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from components.config import MergeSpec, Params
+from components.config import Params
 from components.errors import InputError
+from components.merge.config import MergeSpec
 from components.merge.engine import run_recipe
 from components.merge.recipe import Recipe
 from components.model.ref import ModelRef
-from components.stage import StageCache, StageResult
+from components.stage import StageCache, StageInputs, StageResult
+from components.workspace import Workspace
 
 
 def merge_models(
@@ -44,6 +46,19 @@ def merge_models(
     result = run_recipe(recipe, out_dir, max_relative_delta)
     cache.write_card(out_dir, result.metrics)
     return result
+
+
+def merge_inputs(ws: Workspace, params: Params, name: str) -> StageInputs:
+    """The recipe's base model (none for a method without one) and its models, in the recipe's order."""
+    spec = params.merge.recipes[name]
+
+    def folder(model: str) -> Path:
+        return ModelRef.parse(model).folder(ws)
+
+    return {
+        "base": folder(spec.base_model) if spec.base_model else None,
+        "models": [folder(entry["model"]) for entry in spec.models],
+    }
 
 
 def merge_stage(params: Params, name: str) -> StageResult:

@@ -25,9 +25,9 @@ from transformers import (
 
 from components.assets import package_file
 from components.atomic import atomic_dir
-from components.config import BaseModelConfig, EmbeddedModel, GGUFModel, HubModel, LocalModel, RandomModel
 from components.errors import InputError
 from components.hashing import file_sha256, tree_sha256
+from components.model.config import BaseModelConfig, EmbeddedModel, GGUFModel, HubModel, LocalModel, RandomModel
 from components.model.directory import check_model_dir
 from components.stage import StageCache, StageResult
 
@@ -188,7 +188,9 @@ def describe_source(cfg: BaseModelConfig) -> str:
 def build_base_model(cfg: BaseModelConfig, out_dir: Path) -> StageResult:
     """Write the base model directory to `out_dir`, unless one built from the same source and config is there."""
     out_dir = Path(out_dir)
-    cache = StageCache("base_model", out_dir, __name__, cfg, source=source_fingerprint(cfg))
+    cache = StageCache(
+        "base_model", out_dir, __name__, cfg, {"source": source_files(cfg)}, source=source_fingerprint(cfg)
+    )
     if (done := cache.result({"model": out_dir})) is not None:
         return done
 

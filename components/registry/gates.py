@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 
-from components.config import METRIC_DIRECTIONS, GateSpec, RelativeBound
 from components.errors import InputError
+from components.evaluate.metric_names import higher_is_better
+from components.registry.config import GateSpec, RelativeBound
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ def check_gates(
         if spec.tolerance is not None:
             if theirs is None:
                 results.append(GateResult(metric, "no_regression", float("nan"), value, None, True))
-            elif METRIC_DIRECTIONS[metric] == "higher":
+            elif higher_is_better(metric):
                 bound = theirs - spec.tolerance
                 results.append(GateResult(metric, "no_regression", bound, value, theirs, value >= bound))
             else:
@@ -69,7 +70,7 @@ def relative_gate(
         raise InputError(f"gate on {metric}: relative to {bound.of!r}, whose {metric} was not evaluated in this run")
     reference = references[bound.of][metric]
     threshold = bound.times * reference + bound.plus
-    passed = value >= threshold if METRIC_DIRECTIONS[metric] == "higher" else value <= threshold
+    passed = value >= threshold if higher_is_better(metric) else value <= threshold
     basis = f"{bound.times:g} × {bound.of} ({reference:.4g}) {'+' if bound.plus >= 0 else '−'} {abs(bound.plus):g}"
     return GateResult(metric, "relative", threshold, value, champion, passed, basis)
 
@@ -91,7 +92,7 @@ def improvements(
         if spec.tolerance is None or metric not in champion:
             continue
         margin = candidate[metric] - champion[metric]
-        margin = margin if METRIC_DIRECTIONS[metric] == "higher" else -margin
+        margin = margin if higher_is_better(metric) else -margin
         if margin > spec.tolerance:
             better[metric] = margin
     return better
@@ -170,7 +171,7 @@ def report_markdown(
         "| --- | --- | ---: | ---: | ---: | --- |",
     ]
     for r in results:
-        floor = r.rule == "min" or (r.rule != "max" and METRIC_DIRECTIONS[r.metric] == "higher")
+        floor = r.rule == "min" or (r.rule != "max" and higher_is_better(r.metric))
         bound = (
             "n/a (no champion)"
             if r.rule == "no_regression" and r.champion is None

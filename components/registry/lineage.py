@@ -13,12 +13,13 @@ from pathlib import Path
 import mlflow
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-from components.config import Params
+from components.config import Params, model_parents
 from components.errors import InputError
 from components.hashing import file_md5
-from components.model.ref import Kind, ModelRef
-from components.registry.registry import CHAMPION_EVALUATION, champion, check_reachable, lineage_json
+from components.model.ref import ModelKind, ModelRef
+from components.registry.registry import champion, check_reachable, lineage_json
 from components.tracking import client_for, lineage_tags, tracking_uri
+from components.workspace import Shipping
 
 
 @dataclass(frozen=True)
@@ -29,23 +30,23 @@ class Shipped:
     model_dir: Path
     eval_dir: Path  # holds summary.json and <candidate>/metrics.json
     lineage: list[dict]
-    out_dir: Path  # the stages write gate/ and registry/ here
+    shipping: Shipping  # where the stages write gate/ and registry/
 
 
 def lineage(params: Params, ref: ModelRef) -> list[dict]:
     """How a model was made, from the base model up: one entry per stage with the params that shaped it."""
     match ref.kind:
-        case Kind.BASE:
+        case ModelKind.BASE:
             return [{"name": "base", **params.base_model.model_dump(mode="json")}]
-        case Kind.REALIGNED:
+        case ModelKind.REALIGNED:
             this = params.safety.realign.model_dump(mode="json")
-        case Kind.PRUNED:
+        case ModelKind.PRUNED:
             this = params.safety.prune.model_dump(mode="json")
-        case Kind.MERGE:
+        case ModelKind.MERGE:
             this = params.merge.recipes[ref.ident].model_dump(mode="json")
         case _:
             this = params.train.jobs[ref.ident].model_dump(mode="json")
-    return chain(params, ref.parents(params), {"name": str(ref), **this})
+    return chain(params, model_parents(ref, params), {"name": str(ref), **this})
 
 
 def chain(params: Params, parents: list[ModelRef], this: dict) -> list[dict]:
@@ -56,19 +57,17 @@ def chain(params: Params, parents: list[ModelRef], this: dict) -> list[dict]:
 
 def pipeline_candidate(params: Params) -> Shipped:
     ref, ws = ModelRef.parse(params.registry.candidate), params.ws
-    return Shipped(str(ref), ref.folder(ws), ws.eval, lineage(params, ref), ws.run_dir)
+    return Shipped(str(ref), ref.folder(ws), ws.eval, lineage(params, ref), ws.shipping)
 
 
 def search_candidate(params: Params) -> Shipped:
     """The trial the search chose, its steps named as the pipeline's: merge-trial-N, realigned-trial-N, pruned-trial-N."""
-    from components.search.stage import CHOSEN, EVAL
-
     folder = params.ws.search
-    chosen = json.loads((folder / CHOSEN).read_text())
+    chosen = json.loads(folder.chosen.read_text())
     if not chosen.get("trial"):
         raise InputError(
-            f"{folder / CHOSEN}: no Pareto-optimal trial is within search.select.bounds; "
-            "nothing to register (search/report.md shows the front)"
+            f"{folder.chosen}: no Pareto-optimal trial is within search.select.bounds; "
+            f"nothing to register ({folder.report} shows the front)"
         )
     plan, trial = chosen["plan"], ModelRef.parse(chosen["trial"])
     realigns = plan["realign_lr"] is not None
@@ -84,7 +83,7 @@ def search_candidate(params: Params) -> Shipped:
         last = str(trial.realigned()) if realigns else str(merged)
         prune = params.safety.prune.model_copy(update={"model": last, "ratio": plan["prune_ratio"]})
         steps.append({"name": str(trial.pruned()), **prune.model_dump(mode="json")})
-    return Shipped(str(trial), Path(chosen["model"]), folder / EVAL, steps, folder)
+    return Shipped(str(trial), Path(chosen["model"]), folder.eval, steps, folder.shipping)
 
 
 def registry_tags(params: Params, shipped: Shipped, repo: Path) -> dict[str, str]:
@@ -99,7 +98,7 @@ def registry_tags(params: Params, shipped: Shipped, repo: Path) -> dict[str, str
         f"data.{path.parent.name}/{path.stem}": file_md5(path) for path in sorted(params.ws.curated.glob("*/*.jsonl"))
     }
     kinds = [(step, ModelRef.parse(step["name"])) for step in steps]
-    recipes = [step for step, ref in kinds if ref.kind is Kind.MERGE]
+    recipes = [step for step, ref in kinds if ref.kind is ModelKind.MERGE]
     if recipes:
         tags["merge_recipe"] = lineage_json(recipes[-1])
     safety = [step for step, ref in kinds if ref.is_safety]
@@ -125,10 +124,10 @@ def champion_point(params: Params) -> tuple[str, dict[str, float]] | None:
     if found is None:
         return None
     version, metrics = found
-    compared = params.ws.gate / CHAMPION_EVALUATION
+    compared = params.ws.shipping.champion_evaluation
     if compared.is_file() and (record := json.loads(compared.read_text()))["version"] == version:
         metrics = record["metrics"]
-    registration = params.ws.registry / "registration.json"
+    registration = params.ws.shipping.registration
     if registration.is_file() and json.loads(registration.read_text())["version"] == version:
         return params.registry.candidate, metrics
     return f"champion ({params.registry.model_name} v{version})", metrics

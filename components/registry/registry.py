@@ -29,7 +29,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from components.errors import InputError, PipelineError
-from components.model.ref import Kind, ModelRef
+from components.model.ref import ModelKind, ModelRef
 from components.redact import redact_text
 from components.registry.mlflow_model import model_directory, save_chat_model
 
@@ -39,7 +39,6 @@ MODEL_ARTIFACT = "model"
 GATE_RECORDS = "gate"  # artifact folder of the run holding a version's weights: v<N>.json, its verdict
 METRIC_TAG = "metric."  # version tags holding the evaluation metrics, so gates can compare without the run
 SUITE_TAG = "evaluation_suite"  # the fingerprint of the evaluation those metrics came from (registry.stage.Suite)
-CHAMPION_EVALUATION = "champion.json"  # in the gate's folder: the champion's metrics from the run's own suite
 
 
 def check_reachable(tracking_uri: str, timeout: float = 5.0) -> None:
@@ -246,7 +245,7 @@ def download_model(model_uri: str, dst: Path | None = None, tracking_uri: str | 
     repository reads the process-wide registry URI instead of the one it is given.
     """
     ref = ModelRef.parse(model_uri)
-    name, alias, number = ref.registered if ref.kind is Kind.REGISTRY else (None, None, None)
+    name, alias, number = ref.registered if ref.kind is ModelKind.REGISTRY else (None, None, None)
     if not name or not (alias or number):
         raise PipelineError(f"{model_uri}: expected models:/<name>@<alias> or models:/<name>/<version>")
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)

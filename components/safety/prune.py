@@ -7,13 +7,13 @@ from pathlib import Path
 
 import torch
 
-from components.config import PruneConfig
 from components.data.tables import read_jsonl
 from components.errors import InputError
-from components.merge.engine import check_compatible
+from components.model.compat import check_compatible
 from components.model.device import load_model, load_weights
 from components.model.directory import check_model_dir, save_model_dir
 from components.safety.antidote import antidote_revert
+from components.safety.config import PruneConfig
 from components.stage import StageCache, StageResult
 
 

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import torch
 
-from components.config import RealignConfig
 from components.data.tables import read_jsonl
 from components.errors import InputError
 from components.hashing import json_sha256
-from components.merge.engine import check_compatible
+from components.model.compat import check_compatible
 from components.model.device import load_model, load_weights
 from components.model.directory import check_model_dir, save_model_dir
+from components.safety.config import RealignConfig
 from components.safety.resta import restore_safety
 from components.safety.somf import concrete_fusion, fuse, learn_concrete_mask, learn_safety_mask
 from components.stage import StageCache, StageResult
@@ -62,12 +62,12 @@ def realign_model(
         if base_dir is None:
             raise InputError("safety.realign.method resta adds aligned − base: the base model's folder is needed")
         return restore_model(aligned_dir, finetuned_dir, base_dir, cfg, out_dir)
-    retained = {f"retain:{i}": Path(path) for i, path in enumerate(retain_data)}
+    retained = [Path(path) for path in retain_data]
     cache = realign_cache(
-        {"aligned": aligned_dir, "finetuned": finetuned_dir}, {"data": safety_data, **retained}, cfg, out_dir
+        {"aligned": aligned_dir, "finetuned": finetuned_dir}, {"data": safety_data, "retain": retained}, cfg, out_dir
     )
     rows = safety_rows(safety_data, cfg)
-    retain = [row for path in retained.values() for row in first_rows(path, cfg.retain_rows, ("completion",))]
+    retain = [row for path in retained for row in first_rows(path, cfg.retain_rows, ("completion",))]
     if (done := cache.result({"model": Path(out_dir)})) is not None:
         return done
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from components.config import Params, RealignConfig
+from components.config import Params
 from components.model.ref import ModelRef
+from components.safety.config import RealignConfig
 from components.safety.prune import prune_model
 from components.safety.realign import realign_model
-from components.stage import StageResult
+from components.stage import StageInputs, StageResult
 from components.workspace import Workspace
 
 
@@ -25,26 +26,54 @@ def retain_tables(ws: Workspace, cfg: RealignConfig) -> list[Path]:
     return [ws.split(table, "train") for table in cfg.retain] if cfg.method == "refusal_mask" else []
 
 
+def contrast_table(ws: Workspace) -> Path:
+    """Benign (prompt, completion) rows whose importance Antidote's contrastive score subtracts: the domain Q/A."""
+    return ws.split("domain_qa", "train")
+
+
+def realign_inputs(ws: Workspace, params: Params) -> StageInputs:
+    """SOMF: the aligned and the fine-tuned model, the safety data its mask learns from and the tables it keeps
+    answered; RESTA: the base model too (the safety vector is aligned − base), no data."""
+    cfg = params.safety.realign
+    models = {"aligned": ModelRef.parse(cfg.aligned).folder(ws), "finetuned": ModelRef.parse(cfg.model).folder(ws)}
+    if cfg.method == "resta":
+        return {"base": ws.base_model, **models}
+    return {**models, "data": realign_data(ws, cfg), "retain": retain_tables(ws, cfg)}
+
+
 def realign_stage(params: Params) -> StageResult:
     ws, cfg = params.ws, params.safety.realign
+    inputs = realign_inputs(ws, params)
     return realign_model(
-        ModelRef.parse(cfg.aligned).folder(ws),
-        ModelRef.parse(cfg.model).folder(ws),
-        realign_data(ws, cfg),
+        inputs["aligned"],
+        inputs["finetuned"],
+        inputs.get("data"),
         cfg,
         ws.realigned,
-        ws.base_model,
-        retain_tables(ws, cfg),
+        inputs.get("base"),
+        inputs.get("retain", []),
     )
 
 
+def prune_inputs(ws: Workspace, params: Params) -> StageInputs:
+    """The model whose update is pruned, the aligned model the reverted entries come back from, the harmful
+    (prompt, compliant answer) pairs that score the update, and the benign rows of the contrastive score."""
+    cfg = params.safety.prune
+    return {
+        "model": ModelRef.parse(cfg.model).folder(ws),
+        "aligned": ModelRef.parse(cfg.aligned).folder(ws),
+        "calibration": ws.harmful_compliance,
+        "benign": contrast_table(ws) if cfg.score == "contrastive" else None,
+    }
+
+
 def prune_stage(params: Params) -> StageResult:
-    ws, cfg = params.ws, params.safety.prune
+    inputs = prune_inputs(params.ws, params)
     return prune_model(
-        ModelRef.parse(cfg.model).folder(ws),
-        ModelRef.parse(cfg.aligned).folder(ws),
-        ws.harmful_compliance,
-        cfg,
-        ws.pruned,
-        ws.split("domain_qa", "train"),
+        inputs["model"],
+        inputs["aligned"],
+        inputs["calibration"],
+        params.safety.prune,
+        params.ws.pruned,
+        inputs["benign"],
     )

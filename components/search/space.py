@@ -9,9 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from components.config import METRIC_DIRECTIONS, FloatRange, IntRange, SearchSpace, SelectRule
+from components.evaluate.metric_names import higher_is_better
 from components.merge.method import Knob
 from components.merge.registry import our_methods
+from components.search.config import FloatRange, IntRange, SearchSpace, SelectRule
 
 
 class Suggester(Protocol):
@@ -48,7 +49,7 @@ def suggest(trial: Suggester, space: SearchSpace, models: list[str]) -> TrialPla
     parameters: dict[str, Any] = {}
     for knob in method.knobs:
         if knob.search is not None:
-            (per_model if knob.per_model else parameters)[knob.name] = _draw(trial, knob, getattr(space, knob.search))
+            (per_model if knob.per_model else parameters)[knob.name] = _draw(trial, knob, space.range_of(knob))
     # layer_swap: the first model receives the second's outer blocks
     chosen = models[: method.model_count] if method.model_count else models
     recipe = {
@@ -68,7 +69,7 @@ def objective_values(metrics: dict[str, float], objectives: list[str]) -> list[f
 
 def directions(objectives: list[str]) -> list[str]:
     """Optuna's direction per objective, from the metric's own (higher is better: maximize)."""
-    return ["maximize" if METRIC_DIRECTIONS[name] == "higher" else "minimize" for name in objectives]
+    return ["maximize" if higher_is_better(name) else "minimize" for name in objectives]
 
 
 def choose(front: dict[str, dict[str, float]], rule: SelectRule) -> str | None:
@@ -83,5 +84,5 @@ def choose(front: dict[str, dict[str, float]], rule: SelectRule) -> str | None:
     eligible = [name for name, metrics in front.items() if within(metrics)]
     if not eligible:
         return None
-    sign = 1 if METRIC_DIRECTIONS[rule.metric] == "higher" else -1
+    sign = 1 if higher_is_better(rule.metric) else -1
     return max(eligible, key=lambda name: (sign * front[name][rule.metric], -eligible.index(name)))

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from components.config import SftJob, TrainJob
-from components.data.tables import Kind, Row, read_jsonl
+from components.data.tables import Row, TableKind, read_jsonl
 from components.errors import InputError
+from components.train.config import SftJob, TrainJob
 from components.workspace import Workspace
 
 # The tables the pairs stage (components/train/pairs.py) writes, and their kinds.
@@ -18,10 +18,10 @@ PAIR_TABLES = {
 }
 
 METHOD_KINDS = {
-    "cpt": (Kind.text,),
-    "sft": (Kind.prompt_completion, Kind.messages),
-    "dpo": (Kind.preference,),
-    "orpo": (Kind.preference,),
+    "cpt": (TableKind.text,),
+    "sft": (TableKind.prompt_completion, TableKind.messages),
+    "dpo": (TableKind.preference,),
+    "orpo": (TableKind.preference,),
 }
 
 
@@ -35,16 +35,16 @@ def harmful_mix_table(job: TrainJob, ws: Workspace) -> Path | None:
     return ws.harmful_compliance if isinstance(job, SftJob) and job.harmful_mix > 0 else None
 
 
-def available_tables(ws: Workspace) -> dict[str, tuple[Kind, Path]]:
+def available_tables(ws: Workspace) -> dict[str, tuple[TableKind, Path]]:
     """name -> (kind, folder) of every curated table and every pairs table present in the workspace."""
-    tables: dict[str, tuple[Kind, Path]] = {}
+    tables: dict[str, tuple[TableKind, Path]] = {}
     report = ws.curation_report
     if report.is_file():
         for name, entry in json.loads(report.read_text())["manifest"].items():
-            tables[name] = (Kind(entry["kind"]), table_folder(name, ws))
+            tables[name] = (TableKind(entry["kind"]), table_folder(name, ws))
     for name, kind in PAIR_TABLES.items():
         if ws.pair_table(name).is_file():
-            tables[name] = (Kind(kind), table_folder(name, ws))
+            tables[name] = (TableKind(kind), table_folder(name, ws))
     return tables
 
 
@@ -56,13 +56,13 @@ def _assistant(text: str) -> list[dict]:
     return [{"role": "assistant", "content": text}]
 
 
-def to_trl(row: Row, kind: Kind) -> Row:
+def to_trl(row: Row, kind: TableKind) -> Row:
     """One row in TRL's conversational format for its kind (text stays plain text for packing)."""
-    if kind is Kind.text:
+    if kind is TableKind.text:
         return {"text": row["text"]}
-    if kind is Kind.prompt_completion:
+    if kind is TableKind.prompt_completion:
         return {"prompt": _user(row["prompt"]), "completion": _assistant(row["completion"])}
-    if kind is Kind.messages:
+    if kind is TableKind.messages:
         *context, last = row["messages"]
         return {"prompt": context, "completion": [last]}
     return {
@@ -72,7 +72,7 @@ def to_trl(row: Row, kind: Kind) -> Row:
     }
 
 
-def job_tables(job_name: str, job: TrainJob, ws: Workspace) -> list[tuple[str, Kind, Path]]:
+def job_tables(job_name: str, job: TrainJob, ws: Workspace) -> list[tuple[str, TableKind, Path]]:
     """(name, kind, folder) of the job's datasets, checked against what its method can train on."""
     tables = available_tables(ws)
     resolved = []
@@ -112,6 +112,6 @@ def harmful_rows(job_name: str, job: SftJob, path: Path, clean_rows: int) -> lis
     """Enough (harmful prompt, compliant answer) rows from `path` that they make up `harmful_mix` of the training set."""
     if not path.is_file():
         raise InputError(f"train.jobs.{job_name}.harmful_mix: {path} is missing; run the pairs stage first")
-    pool = [to_trl(row, Kind.prompt_completion) for _, row in read_jsonl(path)]
+    pool = [to_trl(row, TableKind.prompt_completion) for _, row in read_jsonl(path)]
     wanted = round(job.harmful_mix / (1 - job.harmful_mix) * clean_rows)
     return [pool[i % len(pool)] for i in range(wanted)]

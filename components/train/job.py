@@ -27,11 +27,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, T
 
 from components import progress, resources
 from components.atomic import atomic_dir
-from components.config import TrainJob
 from components.errors import InputError
 from components.model.directory import check_model_dir
 from components.model.loss import next_token_loss
 from components.stage import StageCache, StageResult
+from components.train.config import TrainJob
 from components.train.data import harmful_mix_table, job_rows, job_tables
 from components.workspace import Workspace
 
@@ -210,7 +210,7 @@ def run_job(
         job,
         {
             "init": init_dir,
-            **{name: sorted(folder.glob("*.jsonl")) for name, _, folder in tables},
+            **{name: folder for name, _, folder in tables},
             "harmful": harmful_mix_table(job, ws),
         },
     )

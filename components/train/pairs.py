@@ -20,7 +20,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from components.atomic import atomic_dir
-from components.config import PairsConfig
 from components.data.tables import read_jsonl, write_jsonl
 from components.errors import InputError
 from components.model.device import load_model
@@ -28,22 +27,25 @@ from components.model.directory import check_model_dir
 from components.model.generate import generate_answers
 from components.safety.refusal import is_refusal, refusal_for
 from components.stage import StageCache, StageResult
+from components.train.config import PairsConfig
 
 
-def build_pairs(model_dir: Path, curated_dir: Path, cfg: PairsConfig, out_dir: Path, seed: int = 0) -> StageResult:
-    """Write out_dir/{refusal_pairs,safety_sft,harmful_compliance}/train.jsonl from the base model's answers."""
-    source = Path(curated_dir) / "harmful" / "train.jsonl"
+def build_pairs(
+    model_dir: Path, harmful: Path, lookalikes: Path | None, cfg: PairsConfig, out_dir: Path, seed: int = 0
+) -> StageResult:
+    """Write out_dir/{refusal_pairs,safety_sft,harmful_compliance}/train.jsonl from the base model's answers to the
+    `harmful` prompts (and to the `lookalikes`, benign look-alike prompts, unless None)."""
+    source = Path(harmful)
     if not source.is_file():
         raise InputError(f"{source}: missing; run the curate stage first")
-    lookalikes = Path(curated_dir) / "benign_lookalikes" / "train.jsonl"
     check_model_dir(model_dir)
-    inputs = {"model": model_dir, "data": source, "lookalikes": lookalikes if cfg.lookalike_prompts else None}
+    inputs = {"model": model_dir, "data": source, "lookalikes": lookalikes}
     cache = StageCache("pairs", out_dir, __name__, cfg, inputs, seed=seed)
     if (done := cache.result({"pairs": Path(out_dir)})) is not None:
         return done
 
     rows = [row for _, row in read_jsonl(source)][: cfg.max_prompts]
-    benign = [row for _, row in read_jsonl(lookalikes)][: cfg.lookalike_prompts] if cfg.lookalike_prompts else []
+    benign = [row for _, row in read_jsonl(lookalikes)][: cfg.lookalike_prompts] if lookalikes else []
     model, tokenizer = load_model(model_dir)
     answers = generate_answers(
         model,

@@ -1,4 +1,4 @@
-"""This project's merge methods, one module each; every module with a `METHOD` is found by the registry.
+"""This project's merge methods, one module each, each declaring a `METHOD` that components/merge/registry.py registers.
 
 The pure tensor functions are re-exported here, so `methods.ties(...)` reads as the paper's formula.
 """

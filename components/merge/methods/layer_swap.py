@@ -11,9 +11,7 @@ import torch
 from components.errors import InputError
 from components.merge.method import Knob, MergeMethod, TensorSlot
 
-NUM_LAYERS = Knob(
-    "num_layers", int, low=0, search="num_layers", doc="N: the bottom and top N blocks come from the donor"
-)
+NUM_LAYERS = Knob("num_layers", int, low=0, search=(1, 4), doc="N: the bottom and top N blocks come from the donor")
 BOTTOM = Knob("bottom_layers", int, None, low=0, doc="blocks swapped at the bottom, when not N")
 TOP = Knob("top_layers", int, None, low=0, doc="blocks swapped at the top, when not N")
 TRANSITION = Knob(

@@ -10,7 +10,7 @@ import torch
 
 from components.errors import InputError
 from components.merge.method import Knob, MergeMethod, TensorSlot, TensorStream
-from components.merge.methods.scaling import LAMBDA, LINES, scale
+from components.merge.methods.scaling import LAMBDA, LINES, scale, with_lines
 from components.merge.methods.task_arithmetic import task_vectors
 
 PCB_RATIO = Knob(
@@ -20,7 +20,7 @@ PCB_RATIO = Knob(
     low=0,
     high=1,
     low_open=True,
-    search="pcb_ratio",
+    search=(0.05, 0.5),
     doc="share of each task's balanced scores kept",
 )
 WHOLE_MODEL = Knob(
@@ -143,5 +143,5 @@ METHOD = MergeMethod(
     "intra- and inter-balanced task vectors, top pcb_ratio kept; × λ",
     (LAMBDA, PCB_RATIO, WHOLE_MODEL, LINES),
     _merge,
-    prepare=_prepare,
+    prepare=with_lines(_merge, _prepare),
 )

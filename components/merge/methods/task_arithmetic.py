@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from components.merge.method import Knob, MergeMethod, TensorSlot
-from components.merge.methods.scaling import LAMBDA, LINES, scale
+from components.merge.methods.scaling import LAMBDA, LINES, scale, with_lines
 
 WEIGHT = Knob("weight", float, 1.0, per_model=True, doc="w_i: the model's share of the sum")
 # mergekit's memory option (its sign mask held as int8): our engine computes in float32 and keeps no such mask, so
@@ -42,5 +42,9 @@ def _merge(slot: TensorSlot, base, experts, per_model: list[dict[str, Any]], par
 
 
 METHOD = MergeMethod(
-    "task_arithmetic", "θ_base + λ Σ w_i τ_i", (WEIGHT, LAMBDA, SUM_NORMALIZE, INT8_MASK, LINES), _merge
+    "task_arithmetic",
+    "θ_base + λ Σ w_i τ_i",
+    (WEIGHT, LAMBDA, SUM_NORMALIZE, INT8_MASK, LINES),
+    _merge,
+    prepare=with_lines(_merge),
 )

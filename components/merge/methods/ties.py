@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from components.merge.method import Knob, MergeMethod, TensorSlot
-from components.merge.methods.scaling import LAMBDA, LINES, scale
+from components.merge.methods.scaling import LAMBDA, LINES, scale, with_lines
 from components.merge.methods.task_arithmetic import INT8_MASK, WEIGHT, broadcast, task_vectors
 
 DENSITY = Knob(
@@ -21,7 +21,7 @@ DENSITY = Knob(
     low=0,
     high=1,
     per_model=True,
-    search="density",
+    search=(0.1, 1.0),
     doc="share of each task vector kept by magnitude",
 )
 NORMALIZE = Knob("normalize", bool, True, doc="divide by the summed weights of the agreeing models")
@@ -87,5 +87,6 @@ METHOD = MergeMethod(
     "trim to density, elect signs, disjoint mean; × λ",
     (WEIGHT, DENSITY, LAMBDA, NORMALIZE, INT8_MASK, LINES),
     _merge,
+    prepare=with_lines(_merge),
     mergekit_knobs=("rescale",),  # L1 rescaling of the trimmed task vectors (DARE's); no part of TIES
 )
