@@ -76,7 +76,9 @@ def test_choose_takes_the_best_front_trial_within_the_bounds():
 def test_bad_search_settings_name_the_key(params_file: Path, capsys):
     with pytest.raises(ParamsError, match=r"--set search.space.ranges.density: low \(0.9\) is above high \(0.1\)"):
         load_params(params_file, "tiny", {"search": {"space": {"ranges": {"density": {"low": 0.9, "high": 0.1}}}}})
-    with pytest.raises(ParamsError, match=r"search.space.ranges: num_layers takes whole numbers from 1, got \[1.5, 3\]"):
+    with pytest.raises(
+        ParamsError, match=r"search.space.ranges: num_layers takes whole numbers from 1, got \[1.5, 3\]"
+    ):
         load_params(params_file, "tiny", {"search": {"space": {"ranges": {"num_layers": {"low": 1.5, "high": 3}}}}})
     with pytest.raises(ParamsError, match=r"search.space.ranges: \['weight'\] are not searchable knobs"):
         load_params(params_file, "tiny", {"search": {"space": {"ranges": {"weight": {"low": 0.1, "high": 1.0}}}}})

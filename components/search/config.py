@@ -73,7 +73,9 @@ class SearchSpace(StrictModel):
 
     def range_of(self, knob: Knob) -> FloatRange | IntRange:
         """The range a trial draws the knob from: params.yaml's, else the one the knob declares."""
-        low, high = (self.ranges[knob.name].low, self.ranges[knob.name].high) if knob.name in self.ranges else knob.search
+        low, high = (
+            (self.ranges[knob.name].low, self.ranges[knob.name].high) if knob.name in self.ranges else knob.search
+        )
         if knob.type is int:
             return IntRange(low=int(low), high=int(high))
         return self.ranges.get(knob.name) or FloatRange(low=low, high=high)
