@@ -29,10 +29,12 @@ run: setup
 test: setup lint
 	$(PY) -m pytest
 
-# ruff, configured in pyproject.toml: lint rules and the formatter's check (make format rewrites the files)
+# ruff, configured in pyproject.toml: lint rules and the formatter's check (make format rewrites the files); then
+# import-linter: the dependency rules of docs/architecture.md ([tool.importlinter] in pyproject.toml)
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports --no-cache
 
 format: setup
 	$(VENV)/bin/ruff check --fix .

@@ -13,8 +13,8 @@ _CHUNK = 1 << 20
 
 
 # Hashes already computed in this process, by the file's identity (path, inode, size, modification time in ns), as
-# DVC's own state does: a pipeline run hashes a model once, not once per stage that reads it (the base model was
-# hashed 9 times in a run, about 1.4 s each on smol). Every output is written to a new file and renamed into place,
+# DVC's own state does: a pipeline run hashes a model once, not once per stage that reads it (the base model is read
+# by most stages). Every output is written to a new file and renamed into place,
 # so a changed file has a new inode and time.
 _KNOWN: dict[tuple, str] = {}
 

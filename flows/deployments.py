@@ -3,7 +3,7 @@ search over merge recipes, flows/recipe_search.py).
 
 `python -m flows deploy` registers them with the Prefect API that PREFECT_API_URL points at. The code
 is pulled from this checkout (`from_source` on the repository folder), so a process worker on this
-machine runs it as it is; a Kubernetes pool runs the image of the Dockerfile instead (infra issue).
+machine runs it as it is; a Kubernetes pool runs the image of the Dockerfile instead (infra/kubernetes/).
 """
 
 from __future__ import annotations

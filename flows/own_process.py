@@ -1,7 +1,7 @@
 """A stage run in a process of its own, as `dvc repro` runs each stage: what it allocated goes back to the system
 when it ends, its peak RSS is its own rather than on top of what the pipeline's process kept from earlier stages
-(the domain job peaked at 3,968 MiB inside `flows run` and at 3,207 MiB alone), and a stage killed for memory
-fails its task with a message instead of taking the whole flow down.
+(docs/measurements.md has the figures), and a stage killed for memory fails its task with a message instead of
+taking the whole flow down.
 
 The process is forked from multiprocessing's fork server, which imports torch and transformers once per pipeline
 run: a stage starts without the seconds a fresh interpreter takes to import them, and forking is safe because the
@@ -35,9 +35,9 @@ from components.config import Params
 from components.errors import PipelineError
 from components.stage import StageResult
 
-# What every model stage imports (241 MiB resident), loaded once into the fork server and shared by every stage it
-# forks. Each stage imports the rest itself: a forked process's resident size counts what it inherited, so TRL,
-# PEFT, datasets and MLflow here (another 280 MiB, what only training needs) would sit in every stage's peak.
+# What every model stage imports, loaded once into the fork server and shared by every stage it forks. Each stage
+# imports the rest itself: a forked process's resident size counts what it inherited, so TRL, PEFT, datasets and
+# MLflow here (what only training needs) would sit in every stage's peak.
 PRELOAD = ["torch", "transformers", "safetensors"]
 POLL_SECONDS = 0.5
 _server_started = False  # this process's fork server (start_fork_server)
@@ -98,7 +98,7 @@ def _progress_bars_shown() -> bool:
 
 def start_fork_server() -> None:
     """Start the fork server now (once per process), to import PRELOAD while the first stages run; started by the
-    first stage run apart instead, that stage would wait for the imports (~5 s)."""
+    first stage run apart instead, that stage would wait for the imports."""
     global _server_started
     if _server_started or "forkserver" not in multiprocessing.get_all_start_methods():
         return
@@ -171,7 +171,7 @@ def _stage_process(run: Callable[[Params], StageResult], params: Params, events,
     os.environ.update(around.env)
     if around.mlflow_run:
         # MLflow's own way to hand a run to another process: `mlflow.start_run()` there resumes it (the Trainer's
-        # MLflow callback does); a stage that logs nothing does not import MLflow (~60 MiB) for it
+        # MLflow callback does); a stage that logs nothing does not import MLflow for it
         os.environ["MLFLOW_TRACKING_URI"], os.environ["MLFLOW_RUN_ID"] = around.mlflow_run
     _send_logs(events, around.levels)
     if not around.progress_bars:

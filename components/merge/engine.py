@@ -3,9 +3,9 @@ and write a normal model directory with a merge card, atomically.
 
 Why our own streaming engine for task arithmetic, TIES, PCB and layer swapping rather than mergekit
 plug-ins: PCB and layer swapping are not mergekit methods, and writing them as mergekit plug-ins ties
-them to mergekit's task-graph internals, which change between releases; the engine here is short,
-reads one tensor per model at a time, and on `smol` merges TIES faster than mergekit does (see README,
-"Merging"). Everything else mergekit does well (SLERP, DARE, breadcrumbs, ...) goes to mergekit.
+them to mergekit's task-graph internals, which change between releases; the engine here is short and reads one
+tensor per model at a time (its speed against mergekit's on the same recipes: `python -m benchmarks merge`,
+docs/pipeline.md "Merging"). Everything else mergekit does well (SLERP, DARE, breadcrumbs, ...) goes to mergekit.
 """
 
 from __future__ import annotations

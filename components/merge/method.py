@@ -5,7 +5,7 @@ base model, how many models it takes, its knobs (name, type, bounds, default, pe
 search range it is drawn from) and a function that merges one tensor. Recipe checking
 (components.merge.registry.check_recipe), the engine's dispatch, the recipe search's space and the Prefect
 form all read these declarations; nothing else lists a method's parameters. mergekit does the same with its
-`merge_methods/registry.py` and `ConfigParameterDef`.
+`merge_methods/registry.py` and each method's `ParameterSpec`s (`merge_methods/base.py`).
 """
 
 from __future__ import annotations

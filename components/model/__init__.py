@@ -1,1 +1,2 @@
-"""Model directories: building the base model, and checking that a directory is a usable model."""
+"""Models: the naming grammar, the base model, directories and their checks, loading, lazy tensors, whether two models
+can be combined weight by weight, chat and batched generation."""

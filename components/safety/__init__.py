@@ -1,1 +1,2 @@
-"""Safety: refusal detection and harmful score (more stages arrive with issue 6: SOMF realignment, Antidote pruning)."""
+"""Safety: the refusal judges and the harmful score, the safety model's data, SOMF and RESTA realignment, Antidote
+pruning."""

@@ -15,6 +15,7 @@ from components.model.directory import check_model_dir, save_model_dir
 from components.safety.antidote import antidote_revert
 from components.safety.config import PruneConfig
 from components.stage import StageCache, StageResult
+from components.workspace import Workspace
 
 
 def calibration_batches(tokenizer, rows: list[dict], cfg: PruneConfig) -> list[dict[str, torch.Tensor]]:
@@ -109,3 +110,8 @@ def prune_model(
         "reverted_per_layer": reverted,
     }
     return save_model_dir(Path(out_dir), model, tokenizer, "prune_card.json", card, cache, metrics)
+
+
+def contrast_table(ws: Workspace) -> Path:
+    """Benign (prompt, completion) rows whose importance Antidote's contrastive score subtracts: the domain Q/A."""
+    return ws.split("domain_qa", "train")

@@ -17,6 +17,7 @@ from components.safety.config import RealignConfig
 from components.safety.resta import restore_safety
 from components.safety.somf import concrete_fusion, fuse, learn_concrete_mask, learn_safety_mask
 from components.stage import StageCache, StageResult
+from components.workspace import Workspace
 
 
 def completion_batches(
@@ -73,9 +74,9 @@ def realign_model(
 
     model, tokenizer = load_model(finetuned_dir)
     finetuned = {n: t.detach() for n, t in model.state_dict().items()}
-    # only the tensors that differ are kept, copied out of the checkpoint's memory map: the pages of the others (on
-    # smol the embeddings, 113 MB), read once to compare, leave with the map instead of staying resident beside it
-    # (the stage's peak in the pipeline 3,658-3,796 MiB, against 3,870-4,057 before: docs/measurements.md)
+    # only the tensors that differ are kept, copied out of the checkpoint's memory map: the pages of the others (the
+    # embeddings, which fine-tuning with LoRA leaves alone), read once to compare, leave with the map instead of
+    # staying resident beside it (the stage's peak: docs/measurements.md)
     aligned = {n: t.clone() for n, t in load_weights(aligned_dir).items() if not torch.equal(t, finetuned[n])}
     if cfg.method == "concrete_dpo":
         chosen = completion_batches(tokenizer, rows, "chosen", cfg.batch_size, cfg.max_length)
@@ -187,3 +188,16 @@ def safety_rows(path: Path, cfg: RealignConfig) -> list[dict]:
     return first_rows(
         path, cfg.safety_rows, ("chosen", "rejected") if cfg.method == "concrete_dpo" else ("completion",)
     )
+
+
+def realign_data(ws: Workspace, cfg: RealignConfig) -> Path | None:
+    """What SOMF learns its mask from: the preference pairs (concrete_dpo), or the safety demonstrations (refusals of
+    harmful prompts and answers to benign look-alikes: refusal_mask); RESTA learns nothing (None)."""
+    if cfg.method == "resta":
+        return None
+    return ws.pair_table("refusal_pairs" if cfg.method == "concrete_dpo" else "safety_sft")
+
+
+def retain_tables(ws: Workspace, cfg: RealignConfig) -> list[Path]:
+    """The train splits of the curated tables the realigned model must keep answering (refusal_mask)."""
+    return [ws.split(table, "train") for table in cfg.retain] if cfg.method == "refusal_mask" else []

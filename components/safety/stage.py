@@ -2,33 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from components.config import Params
 from components.model.ref import ModelRef
-from components.safety.config import RealignConfig
-from components.safety.prune import prune_model
-from components.safety.realign import realign_model
+from components.safety.prune import contrast_table, prune_model
+from components.safety.realign import realign_data, realign_model, retain_tables
 from components.stage import StageInputs, StageResult
 from components.workspace import Workspace
-
-
-def realign_data(ws: Workspace, cfg: RealignConfig) -> Path | None:
-    """What SOMF learns its mask from: the preference pairs (concrete_dpo), or the safety demonstrations (refusals of
-    harmful prompts and answers to benign look-alikes: refusal_mask); RESTA learns nothing (None)."""
-    if cfg.method == "resta":
-        return None
-    return ws.pair_table("refusal_pairs" if cfg.method == "concrete_dpo" else "safety_sft")
-
-
-def retain_tables(ws: Workspace, cfg: RealignConfig) -> list[Path]:
-    """The train splits of the curated tables the realigned model must keep answering (refusal_mask)."""
-    return [ws.split(table, "train") for table in cfg.retain] if cfg.method == "refusal_mask" else []
-
-
-def contrast_table(ws: Workspace) -> Path:
-    """Benign (prompt, completion) rows whose importance Antidote's contrastive score subtracts: the domain Q/A."""
-    return ws.split("domain_qa", "train")
 
 
 def realign_inputs(ws: Workspace, params: Params) -> StageInputs:

@@ -13,9 +13,8 @@ from components.hashing import json_sha256
 from components.merge.config import MergeSpec
 from components.merge.stage import merge_models
 from components.safety.config import PruneConfig, RealignConfig
-from components.safety.prune import prune_model
-from components.safety.realign import realign_model
-from components.safety.stage import contrast_table, realign_data, retain_tables
+from components.safety.prune import contrast_table, prune_model
+from components.safety.realign import realign_data, realign_model, retain_tables
 from components.search.space import TrialPlan
 from components.workspace import Workspace
 

@@ -14,8 +14,8 @@ class LoraSettings(StrictModel):
 
     r: Annotated[int, Field(gt=0, le=1024)] = 8  # LoRA rank
     alpha: Annotated[int, Field(gt=0, le=4096)] = 16
-    # 0 by default: on a CPU, dropout's masks and copies of every adapted layer's input cost about 15% of a step
-    # and 0.6 GB (benchmarks/train.py); for runs of tens of steps it buys no regularisation worth that.
+    # 0 by default: on a CPU, dropout's masks and copies of every adapted layer's input cost time and memory in every
+    # step (benchmarks/train.py measures it); for runs of tens of steps it buys no regularisation worth that.
     dropout: float = Field(default=0.0, ge=0, lt=1)
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
     use_dora: bool = False

@@ -141,7 +141,7 @@ def trainer_for(
 
         # cpt packs documents into full rows of max_length ("wrapped", as pretraining does). TRL's default
         # ("bfd") flattens the whole batch into one padding-free sequence, which only FlashAttention runs at
-        # the cost of its parts; with SDPA it attends over batch × max_length positions (1.5 s of a 10 s step here).
+        # the cost of its parts; with SDPA it attends over batch × max_length positions, a step's largest part.
         extra = (
             dict(packing=True, packing_strategy="wrapped", dataset_text_field="text")
             if job.method == "cpt"
