@@ -67,6 +67,34 @@ class Shipping:
 
 
 @dataclass(frozen=True)
+class TrialFolder:
+    """One plan of the recipe search: its merge, realigned and pruned models, and its final model's evaluation."""
+
+    root: Path
+
+    @property
+    def merged(self) -> Path:
+        return self.root / "merged"
+
+    @property
+    def realigned(self) -> Path:
+        return self.root / "realigned"
+
+    @property
+    def pruned(self) -> Path:
+        return self.root / "pruned"
+
+    @property
+    def models(self) -> tuple[Path, Path, Path]:
+        """Every model step's folder, in the order the trial makes them."""
+        return self.merged, self.realigned, self.pruned
+
+    @property
+    def eval(self) -> Path:
+        return self.root / "eval"
+
+
+@dataclass(frozen=True)
 class SearchFolder:
     """The recipe search's folder (components/search/)."""
 
@@ -77,9 +105,9 @@ class SearchFolder:
         """Optuna's SQLite study, when search.storage names no other."""
         return self.root / "study.db"
 
-    def trial(self, plan_key: str) -> Path:
+    def trial(self, plan_key: str) -> TrialFolder:
         """One plan's models and evaluation: the same knobs (a retried trial) find their finished steps here."""
-        return self.root / "trials" / plan_key
+        return TrialFolder(self.root / "trials" / plan_key)
 
     @property
     def trials(self) -> Path:

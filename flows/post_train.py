@@ -30,7 +30,17 @@ from flows.stages import stages_for, with_inits
 JobName = one_of(CHOICES.jobs)
 RecipeName = one_of(CHOICES.recipes)
 MethodName = one_of(all_method_names())
-DENSITY, LAMBDA = knob_named("density"), knob_named("lambda")
+
+
+def knob_field(name: str) -> Any:
+    """A form field for a merge knob: its bounds and help as the methods declare it, and which methods take it."""
+    knob = knob_named(name)
+    bounds = {}
+    if knob.low is not None:
+        bounds["gt" if knob.low_open else "ge"] = knob.low
+    if knob.high is not None:
+        bounds["lt" if knob.high_open else "le"] = knob.high
+    return Field(default=None, **bounds, description=f"{knob.doc} ({', '.join(methods_with(name))})")
 
 
 class PostTrainRequest(BaseModel):
@@ -55,12 +65,8 @@ class PostTrainRequest(BaseModel):
         description=f"{', '.join(our_methods())} or a mergekit method; "
         "the recipe's parameters the new method does not take are dropped",
     )
-    density: float | None = Field(
-        default=None, ge=0, le=1, description=f"{DENSITY.doc} ({', '.join(methods_with('density'))})"
-    )
-    merge_lambda: float | None = Field(
-        default=None, gt=0, description=f"{LAMBDA.doc} ({', '.join(methods_with('lambda'))})"
-    )
+    density: float | None = knob_field("density")
+    merge_lambda: float | None = knob_field("lambda")
     realign_lr: float | None = Field(default=None, gt=0, description="SOMF mask learning rate")
     prune_ratio: float | None = Field(default=None, ge=0, lt=1, description="Antidote: share of weights pruned")
     gates: dict[str, GateSpec] | None = Field(default=None, description="gates by metric: {min, max, tolerance}")

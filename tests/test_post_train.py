@@ -77,6 +77,14 @@ def test_bad_form_values_are_refused_with_the_field(fields, message):
         resolve(PostTrainRequest(profile="tiny", **fields))
 
 
+def test_both_forms_keep_a_relative_params_file_inside_the_repository():
+    from flows.recipe_search import RecipeSearchRequest, resolve_search
+
+    with pytest.raises(PipelineError, match="params_file: '../params.yaml' leads outside the repository"):
+        resolve_search(RecipeSearchRequest(profile="tiny", params_file="../params.yaml"))
+    assert resolve_search(RecipeSearchRequest(profile="tiny", trials=2)).search.trials == 2
+
+
 def test_out_of_range_form_values_and_names_not_offered_fail_validation():
     for fields in (
         {"density": 1.5},

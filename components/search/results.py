@@ -18,7 +18,7 @@ from components.model.ref import ModelRef
 from components.search.config import SearchConfig
 from components.search.space import choose
 from components.stage import StageResult
-from components.workspace import SearchFolder
+from components.workspace import SearchFolder, TrialFolder
 
 SEARCHED = ModelRef.merge("searched")  # the chosen recipe's model once pasted into params.yaml
 
@@ -56,7 +56,7 @@ def write_results(
         for name in front:
             (tmp / name).mkdir()
             (tmp / name / "metrics.json").write_text(json.dumps(front[name], indent=2) + "\n")
-            evaluated = trial_dirs[name] / "eval" / WEIGHTS  # which weights the metrics describe
+            evaluated = TrialFolder(trial_dirs[name]).eval / WEIGHTS  # which weights the metrics describe
             if evaluated.is_file():
                 shutil.copy(evaluated, tmp / name / WEIGHTS)
     if table:

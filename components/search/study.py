@@ -19,9 +19,9 @@ from components.errors import ParamsError
 from components.search.config import SearchConfig
 from components.search.results import trial_name, write_results
 from components.search.space import directions, objective_values, suggest
-from components.search.trial import MODEL_STEPS, SearchInputs, plan_key, run_trial
+from components.search.trial import SearchInputs, plan_key, run_trial
 from components.stage import StageResult
-from components.workspace import SearchFolder
+from components.workspace import SearchFolder, TrialFolder
 
 # A finished trial, as the tracking layer logs it: (name, knobs, metrics, tags).
 TrialLogger = Callable[[str, dict[str, Any], dict[str, float], dict[str, str]], None]
@@ -80,13 +80,13 @@ def search_recipes(
 
     def objective(trial: optuna.Trial) -> list[float]:
         plan = suggest(trial, cfg.space, cfg.models)
-        trial_dir = folder.trial(plan_key(plan))
+        trial_folder = folder.trial(plan_key(plan))
         trial.set_user_attr(
             "plan", {"recipe": plan.recipe, "realign_lr": plan.realign_lr, "prune_ratio": plan.prune_ratio}
         )
-        trial.set_user_attr("dir", str(trial_dir))
+        trial.set_user_attr("dir", str(trial_folder.root))
         started = time.monotonic()
-        metrics, model = run_trial(plan, inputs, trial_dir)
+        metrics, model = run_trial(plan, inputs, trial_folder)
         trial.set_user_attr("metrics", metrics)
         trial.set_user_attr("model", str(model))
         trial.set_user_attr("seconds", time.monotonic() - started)
@@ -95,7 +95,7 @@ def search_recipes(
                 trial_name(trial.number),
                 trial.params,
                 metrics,
-                {"trial_dir": str(trial_dir), "recipe": json.dumps(plan.recipe)},
+                {"trial_dir": str(trial_folder.root), "recipe": json.dumps(plan.recipe)},
             )
         return objective_values(metrics, cfg.objectives)
 
@@ -103,8 +103,8 @@ def search_recipes(
         front_dirs = {t.user_attrs["dir"] for t in study.best_trials}
         for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
             if trial.user_attrs["dir"] not in front_dirs:
-                for step in MODEL_STEPS:
-                    shutil.rmtree(Path(trial.user_attrs["dir"]) / step, ignore_errors=True)
+                for step in TrialFolder(Path(trial.user_attrs["dir"])).models:
+                    shutil.rmtree(step, ignore_errors=True)
 
     remaining = cfg.trials - len(done)
     if remaining > 0:

@@ -16,9 +16,7 @@ from components.safety.config import PruneConfig, RealignConfig
 from components.safety.prune import contrast_table, prune_model
 from components.safety.realign import realign_data, realign_model, retain_tables
 from components.search.space import TrialPlan
-from components.workspace import Workspace
-
-MODEL_STEPS = ("merged", "realigned", "pruned")
+from components.workspace import TrialFolder, Workspace
 
 
 @dataclass(frozen=True)
@@ -34,10 +32,10 @@ class SearchInputs:
     seed: int
 
 
-def run_trial(plan: TrialPlan, inputs: SearchInputs, trial_dir: Path) -> tuple[dict[str, float], Path]:
-    """Merge -> (SOMF) -> (Antidote) -> evaluation for one plan in `trial_dir`; returns (metrics, final model)."""
+def run_trial(plan: TrialPlan, inputs: SearchInputs, trial: TrialFolder) -> tuple[dict[str, float], Path]:
+    """Merge -> (SOMF) -> (Antidote) -> evaluation for one plan in `trial`; returns (metrics, final model)."""
     spec = MergeSpec.model_validate(plan.recipe)
-    result = merge_models(trial_dir.name, spec, inputs.models, trial_dir / "merged", inputs.max_relative_delta)
+    result = merge_models(trial.root.name, spec, inputs.models, trial.merged, inputs.max_relative_delta)
     model = result.outputs["model"]
     if plan.realign_lr is not None:
         cfg = inputs.realign.model_copy(update={"lr": plan.realign_lr})
@@ -46,7 +44,7 @@ def run_trial(plan: TrialPlan, inputs: SearchInputs, trial_dir: Path) -> tuple[d
             model,
             realign_data(inputs.ws, cfg),
             cfg,
-            trial_dir / "realigned",
+            trial.realigned,
             inputs.models["base"],
             retain_tables(inputs.ws, cfg),
         ).outputs["model"]
@@ -57,16 +55,16 @@ def run_trial(plan: TrialPlan, inputs: SearchInputs, trial_dir: Path) -> tuple[d
             inputs.models[inputs.prune.aligned],
             inputs.ws.harmful_compliance,
             cfg,
-            trial_dir / "pruned",
+            trial.pruned,
             contrast_table(inputs.ws),
         ).outputs["model"]
     judged_by = judge_model(inputs.evaluate, inputs.ws)
     metrics, _ = evaluate_cached(
-        model, inputs.ws.curated, inputs.evaluate, inputs.seed, trial_dir / "eval", judge_model=judged_by
+        model, inputs.ws.curated, inputs.evaluate, inputs.seed, trial.eval, judge_model=judged_by
     )
-    for step in MODEL_STEPS:  # the intermediate models served their purpose; the final one stays while on the front
-        if trial_dir / step != model:
-            shutil.rmtree(trial_dir / step, ignore_errors=True)
+    for step in trial.models:  # the intermediate models served their purpose; the final one stays while on the front
+        if step != model:
+            shutil.rmtree(step, ignore_errors=True)
     return metrics, model
 
 
