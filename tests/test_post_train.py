@@ -237,7 +237,7 @@ def test_transient_errors_are_retried_bad_input_is_not():
     from prefect.states import Failed
 
     from components.errors import InputError
-    from flows.post_train import _not_bad_input
+    from flows.runner import _not_bad_input
 
     assert _not_bad_input(None, None, Failed(data=OSError("connection reset"))) is True
     assert _not_bad_input(None, None, Failed(data=InputError("math/test.jsonl: the evaluation set is empty"))) is False

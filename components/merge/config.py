@@ -7,7 +7,6 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from components.errors import PipelineError
-from components.merge.registry import check_recipe, known_method, our_methods
 from components.schema import StrictModel
 
 
@@ -22,6 +21,10 @@ class MergeSpec(StrictModel):
 
     @model_validator(mode="after")
     def _known_method_and_parameters(self) -> MergeSpec:
+        # imported here: the registry imports the methods and torch, which the command line and the stage table (they
+        # read params.yaml) do without
+        from components.merge.registry import check_recipe, known_method, our_methods
+
         named = [entry.get("model") for entry in self.models]
         twice = sorted({name for name in named if named.count(name) > 1})
         if twice:

@@ -3,12 +3,15 @@ picks the recipe."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pydantic import Field, PositiveInt, field_validator, model_validator
 
 from components.evaluate.metric_names import METRIC_DIRECTIONS
-from components.merge.method import Knob
-from components.merge.registry import our_methods, searchable_knobs
 from components.schema import StrictModel
+
+if TYPE_CHECKING:
+    from components.merge.method import Knob
 
 
 class FloatRange(StrictModel):
@@ -51,6 +54,8 @@ class SearchSpace(StrictModel):
     @field_validator("methods")
     @classmethod
     def _our_methods(cls, methods: list[str]) -> list[str]:
+        from components.merge.registry import our_methods  # here: the registry imports torch (see merge/config.py)
+
         unknown = sorted(set(methods) - set(our_methods()))
         if unknown:
             raise ValueError(
@@ -62,6 +67,8 @@ class SearchSpace(StrictModel):
     @classmethod
     def _searchable_knobs(cls, ranges: dict[str, FloatRange]) -> dict[str, FloatRange]:
         """Each key a searchable knob; an integer knob's range in whole numbers from 1."""
+        from components.merge.registry import searchable_knobs
+
         knobs = searchable_knobs()
         unknown = sorted(set(ranges) - set(knobs))
         if unknown:
