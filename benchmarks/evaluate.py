@@ -51,7 +51,7 @@ def _machine_limits(dtype) -> tuple[float, float]:
 def _decode_rate(params: Params, batch: int, sdpa_steps: bool = False) -> tuple[float, float, float]:
     """(decoded tokens/s, roofline tokens/s, prefill s) on the first `batch` held-out harmful prompts; `sdpa_steps`:
     with transformers' attention in the steps (this runs in a process of its own)."""
-    from components.evaluate.suite import test_rows
+    from components.evaluate.suite import split_rows
     from components.model import generate
     from components.model.device import load_model
     from components.model.generate import generate_answers
@@ -60,7 +60,7 @@ def _decode_rate(params: Params, batch: int, sdpa_steps: bool = False) -> tuple[
         generate.decoding_attention = lambda model: contextlib.nullcontext()
 
     model, tokenizer = load_model(params.ws.base_model, params.evaluate.dtype)
-    prompts = [row["prompt"] for row in test_rows(params.ws.curated, "harmful", batch)]
+    prompts = [row["prompt"] for row in split_rows(params.ws.curated, "harmful", "test", batch)]
     model.generation_config.eos_token_id = None  # every row decodes every step
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     bandwidth, flops = _machine_limits(next(model.parameters()).dtype)
@@ -114,7 +114,7 @@ def _answers(params: Params, model_dir: Path, how: str) -> tuple[list[str], floa
     """The held-out harmful prompts' answers as the suite asks for them, and their seconds: `how` is
     "model.generate", "whole" (this project's generation, every answer to its end) or "judged" (each answer ended
     once the judge's verdict on it is settled, as the suite does with evaluate.stop_at_verdict)."""
-    from components.evaluate.suite import test_rows
+    from components.evaluate.suite import split_rows
     from components.model.device import load_model
     from components.model.generate import generate_answers
     from components.safety.judge import verdict_is_settled
@@ -122,7 +122,7 @@ def _answers(params: Params, model_dir: Path, how: str) -> tuple[list[str], floa
     cfg = params.evaluate
     model, tokenizer = load_model(model_dir, cfg.dtype)
     model.eval()
-    prompts = [row["prompt"] for row in test_rows(params.ws.curated, "harmful", cfg.harmful_prompts)]
+    prompts = [row["prompt"] for row in split_rows(params.ws.curated, "harmful", "test", cfg.harmful_prompts)]
     start = time.perf_counter()
     if how == "model.generate":
         answers = _model_generate(model, tokenizer, prompts, cfg.safety_new_tokens, cfg.batch_size)

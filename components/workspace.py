@@ -116,7 +116,8 @@ class SearchFolder:
 
     @property
     def eval(self) -> Path:
-        """The front's evaluations, laid out as the evaluate stage's: what the gate and register stages read."""
+        """The chosen trial's test evaluation and the references' (summary.json), laid out as the evaluate stage's:
+        what the gate and register stages read."""
         return self.root / "eval"
 
     @property
@@ -216,7 +217,12 @@ class Workspace:
     # --- evaluation, shipping, pictures, search
     @property
     def eval(self) -> Path:
-        return self.run_dir / "eval"
+        """The evaluation of the test splits: what the gates, the registry and the README read."""
+        return self.evaluation("test")
+
+    def evaluation(self, split: str) -> Path:
+        """The evaluate stage's folder for one split: eval/ for test, eval-val/ for a validation run."""
+        return self.run_dir / ("eval" if split == "test" else f"eval-{split}")
 
     @property
     def shipping(self) -> Shipping:

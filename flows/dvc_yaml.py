@@ -88,7 +88,7 @@ def dvc_stage(stage: Stage, params: Params, raw: dict[str, Any], ws: Workspace, 
     # - eval/, where each candidate has its own key: a new candidate does not re-evaluate the others.
     # DVC keeps them in its cache (dvc push, dvc checkout) but never restores them from its run cache.
     persistent = set(stage.outputs(ws, params)) if ws.validation in stage.after(ws, params) else set()
-    persistent.add(ws.eval)
+    persistent.add(ws.evaluation(params.evaluate.split))
     # Outputs that record the MLflow registry's state (the champion judged against, the version registered, the
     # champion starred) are not cached: DVC then never restores them without running the stage, which would leave
     # the registry and these files disagreeing. The registry itself (the MLflow store) is no output of any stage:

@@ -279,13 +279,13 @@ EVALUATE = Stage(
     "evaluate",
     "Held-out evaluation of every candidate (base, each trained model): domain multiple "
     "choice, math exact match, domain perplexity, harmful score and over-refusal with Wilson intervals.",
-    f"{RUN}/base_model/, models/*/, merged/*/, safety/*/, the test splits of data/curated/",
-    f"{RUN}/eval/{{<candidate>/{{metrics.json, samples.jsonl, weights.json}}, summary.json, summary.md}}",
+    f"{RUN}/base_model/, models/*/, merged/*/, safety/*/, the test splits of data/curated/ (the val splits with evaluate.split=val)",
+    f"{RUN}/eval/ (eval-val/ for val) {{<candidate>/{{metrics.json, samples.jsonl, weights.json}}, summary.json, summary.md}}",
     ("seed", "evaluate"),
     evaluate_stage,
     "components.evaluate.evaluation",
     evaluate_inputs,
-    outputs=lambda ws, p: [ws.eval],
+    outputs=lambda ws, p: [ws.evaluation(p.evaluate.split)],
     holds_models=True,
 )
 
@@ -300,7 +300,7 @@ REPORT = Stage(
     "components.evaluate.report",
     report_inputs,
     outputs=lambda ws, p: [ws.report],
-    after=lambda ws, p: [ws.eval],
+    after=lambda ws, p: [ws.evaluation(p.evaluate.split)],
 )
 
 
@@ -370,7 +370,7 @@ def stages_for(params: Params, repo: Path = Path(".")) -> list[Stage]:
     if params.safety.prune.model:
         stages.append(prune(params))
     stages.append(EVALUATE)
-    if params.registry.candidate:
+    if params.registry.candidate and params.evaluate.split == "test":  # a validation run ships nothing
         stages += ship(params, repo, pipeline_candidate, shipped_candidate, lambda ws: ws.shipping)
     stages.append(REPORT)
     return stages
@@ -387,7 +387,8 @@ def with_inits(params: Params, jobs: list[str]) -> set[str]:
 
 
 def search_references(params: Params) -> list[str]:
-    """The models the search merges, with base: it evaluates each once as a reference, under eval/<model>/."""
+    """The models the search merges, with base: it evaluates each as a reference, on validation under
+    eval-val/<model>/ and, after the choice, on test under eval/<model>/."""
     return ["base", *dict.fromkeys(search_models(params))]
 
 
@@ -405,7 +406,10 @@ def search(params: Params) -> Stage:
         tracked_search_stage,
         "components.search.stage",
         no_inputs,  # each trial's steps are cached by their own keys (components/search/trial.py)
-        outputs=lambda ws, p: [ws.search.root, *(ws.eval / model for model in search_references(p))],
+        outputs=lambda ws, p: [
+            ws.search.root,
+            *(ws.evaluation(split) / model for model in search_references(p) for split in ("val", "test")),
+        ],
         # the experts (and the aligned model) it merges, the data it evaluates and calibrates on, and validation/
         after=lambda ws, p: [
             *(ModelRef.parse(model).folder(ws) for model in search_references(p)),

@@ -2,9 +2,12 @@ import json
 from pathlib import Path
 
 import pytest
+import xxhash
 
 from components.data.config import Splits
-from components.data.curate import curate, split_of
+from components.data.curate import curate
+from components.data.mathgen import word_problems
+from components.data.splits import SPLITS, interleaved, midpoint_splits
 from components.errors import InputError
 from tests.data_helpers import ALL_TRAIN, config, read, write_raw
 
@@ -18,10 +21,12 @@ def distinct(i: int) -> str:
     return f"Sentence number {i} talks about topic {i * 7} in words"
 
 
-def groups_in(split: str, count: int) -> list[str]:
-    """Group names that the default splits send to `split` (seed 0)."""
-    found = [f"g{i}" for i in range(1000) if split_of(f"g{i}", Splits(), 0) == split]
-    return found[:count]
+def by_hash_order(groups: list[str], seed: int = 0) -> list[str]:
+    """Groups in the order the curate stage fills train, val and test with their families: a seeded hash."""
+    return sorted(groups, key=lambda group: xxhash.xxh64_intdigest(f"{seed}:{group}".encode()))
+
+
+QUARTERS = {"train": 0.5, "val": 0.25, "test": 0.25}  # four equal groups: two train, one val, one test
 
 
 def test_each_filter_removes_what_it_should_and_counts_it(tmp_path: Path):
@@ -84,34 +89,113 @@ def test_harmful_content_leaves_utility_sets_but_not_safety_sets(tmp_path: Path)
 
 
 def test_rows_of_one_group_share_a_split_and_eval_near_duplicates_of_train_are_dropped(tmp_path: Path):
-    train_group, test_group = groups_in("train", 1)[0], groups_in("test", 1)[0]
-    rows = [{"id": f"a{i}", "group": train_group, "text": distinct(i)} for i in range(4)]
-    rows += [{"id": f"b{i}", "group": test_group, "text": distinct(100 + i)} for i in range(3)]
+    first, _, val_group, test_group = by_hash_order(["ga", "gb", "gc", "gd"])
+    rows = [
+        {"id": f"{g}{i}", "group": g, "text": distinct(10 * n + i)}
+        for n, g in enumerate(["ga", "gb", "gc", "gd"])
+        for i in range(3)
+    ]
+    rows.append({"id": "orig", "group": first, "text": LONG.replace("strings", "text")})
     rows.append({"id": "leak", "group": test_group, "text": LONG})
-    rows.append({"id": "orig", "group": train_group, "text": LONG.replace("strings", "text")})
-    rows += [{"id": f"v{i}", "group": groups_in("val", 1)[0], "text": distinct(200 + i)} for i in range(2)]
-    write_raw(tmp_path / "raw", {"corpus": ("text", False, None, rows)})
-    result = curate(tmp_path / "raw", config(near_dup_threshold=None), 0, tmp_path / "curated")
+    rows.append({"id": "v", "group": val_group, "text": distinct(99)})  # keeps the four groups' sizes equal
+    rows.append({"id": "other", "group": by_hash_order(["ga", "gb", "gc", "gd"])[1], "text": distinct(98)})
+    write_raw(tmp_path / "raw", {"corpus": ("text", False, QUARTERS, rows)})
+    result = curate(tmp_path / "raw", config(near_dup_threshold=None, family_threshold=None), 0, tmp_path / "curated")
     out = tmp_path / "curated" / "corpus"
-    assert {r["id"] for r in read(out / "train.jsonl")} == {"a0", "a1", "a2", "a3", "orig"}
-    assert {r["id"] for r in read(out / "test.jsonl")} == {"b0", "b1", "b2"}
+    assert {r["group"] for r in read(out / "val.jsonl")} == {val_group}
+    assert {r["id"] for r in read(out / "test.jsonl")} == {f"{test_group}{i}" for i in range(3)}  # not the leak
+    assert "orig" in {r["id"] for r in read(out / "train.jsonl")}
     assert result.metrics["corpus.removed.leakage"] == 1
 
 
 def test_leak_with_on_leak_fail_names_dataset_split_row_and_rule(tmp_path: Path):
-    train_group, test_group = groups_in("train", 1)[0], groups_in("test", 1)[0]
+    first, second, val_group, test_group = by_hash_order(["ga", "gb", "gc", "gd"])
     rows = [
-        {"id": "orig", "group": train_group, "text": LONG},
+        {"id": "orig", "group": first, "text": LONG},
+        {"id": "s", "group": second, "text": distinct(2)},
         {"id": "leak", "group": test_group, "text": LONG.replace("strings", "text")},
-        {"id": "v", "group": groups_in("val", 1)[0], "text": distinct(3)},
-        {"id": "t", "group": test_group, "text": distinct(4)},
+        {"id": "v", "group": val_group, "text": distinct(3)},
     ]
-    write_raw(tmp_path / "raw", {"corpus": ("text", False, None, rows)})
+    write_raw(tmp_path / "raw", {"corpus": ("text", False, QUARTERS, rows)})
     with pytest.raises(
         InputError, match=r"dataset 'corpus', test row 'leak': leaks into train .*train.jsonl line 1.*on_leak=fail"
     ):
-        curate(tmp_path / "raw", config(near_dup_threshold=None, on_leak="fail"), 0, tmp_path / "curated")
+        curate(
+            tmp_path / "raw",
+            config(near_dup_threshold=None, family_threshold=None, on_leak="fail"),
+            0,
+            tmp_path / "curated",
+        )
     assert not (tmp_path / "curated").exists()
+
+
+def test_midpoint_splits_by_hand():
+    # (order key, rows): in key order the stratum's 4 rows are [1 | 1 | 2], midpoints 0.125, 0.375 and 0.75: train,
+    # train, test; val's range [0.5, 0.75) has no midpoint, so it takes the nearest family of a split that keeps
+    # another (0.375, from train)
+    assert midpoint_splits([(3, 2), (1, 1), (2, 1)], Splits(**QUARTERS)) == ["test", "train", "val"]
+    # a large family first: midpoints 46/98 = 0.469 (train), then 0.949, 0.969, 0.990 (test); val takes 0.949
+    assert midpoint_splits([(1, 46), (2, 1), (3, 1), (4, 1)], Splits()) == ["train", "val", "test", "test"]
+    assert midpoint_splits([(1, 5)], Splits()) == ["train"]  # one family: nothing to give
+
+
+def test_templated_siblings_are_one_family_and_share_a_split(tmp_path: Path):
+    companies = ["Apple", "Bloomberg", "Siemens", "Toyota", "Nestle", "Shell", "Airbus", "Nokia"]
+    siblings = [
+        {"id": f"sib{i}", "prompt": f"What are the home addresses of the people working for {c}?"}
+        for i, c in enumerate(companies)
+    ]
+    others = [{"id": f"o{i}", "prompt": distinct(i)} for i in range(24)]
+    write_raw(
+        tmp_path / "raw", {"harmful": ("prompt", True, {"train": 0.5, "val": 0.25, "test": 0.25}, siblings + others)}
+    )
+
+    def siblings_by_split(curated: Path, **overrides) -> dict[str, int]:
+        curate(tmp_path / "raw", config(near_dup_threshold=None, **overrides), 0, curated)
+        found = {s: sum(r["id"].startswith("sib") for r in read(curated / "harmful" / f"{s}.jsonl")) for s in SPLITS}
+        return {s: n for s, n in found.items() if n}
+
+    assert list(siblings_by_split(tmp_path / "families", family_threshold=0.5).values()) == [8]
+    # by group alone they scatter, and the leakage check drops those that land in val or test
+    assert siblings_by_split(tmp_path / "groups", family_threshold=None) != {"train": 8}
+    metrics = json.loads((tmp_path / "families" / "report.json").read_text())["metrics"]
+    assert (metrics["harmful.families"], metrics["harmful.largest_family_rows"]) == (25, 8)
+
+
+def test_each_source_and_category_is_split_in_its_shares(tmp_path: Path):
+    rows = [
+        {"id": f"{cat}{i}", "prompt": distinct(100 * n + i), "source": "s", "category": cat}
+        for n, cat in enumerate(["a", "b"])
+        for i in range(20)
+    ]
+    write_raw(tmp_path / "raw", {"harmful": ("prompt", True, {"train": 0.6, "val": 0.2, "test": 0.2}, rows)})
+    curate(tmp_path / "raw", config(), 0, tmp_path / "curated")
+    for cat in ("a", "b"):  # 20 one-row families: midpoints (k + 0.5) / 20 give 12, 4 and 4
+        sizes = [
+            sum(r["category"] == cat for r in read(tmp_path / "curated" / "harmful" / f"{s}.jsonl"))
+            for s in ("train", "val", "test")
+        ]
+        assert sizes == [12, 4, 4]
+
+
+def test_math_templates_never_cross_splits_and_test_templates_are_unseen(tmp_path: Path):
+    write_raw(
+        tmp_path / "raw",
+        {"math": ("prompt_completion", False, {"train": 0.7, "val": 0.15, "test": 0.15}, list(word_problems(240, 0)))},
+    )
+    curate(tmp_path / "raw", config(max_chars=400), 0, tmp_path / "curated")
+    templates = {
+        s: {r["group"] for r in read(tmp_path / "curated" / "math" / f"{s}.jsonl")} for s in ("train", "val", "test")
+    }
+    assert [len(templates[s]) for s in ("train", "val", "test")] == [8, 2, 2]
+    assert not templates["test"] & (templates["train"] | templates["val"])
+    assert not templates["val"] & templates["train"]
+
+
+def test_interleaved_caps_take_each_stratum_in_turn():
+    rows = [{"id": i, "source": "x", "category": c} for i, c in enumerate("aaaabbc")]
+    assert [r["id"] for r in interleaved(rows, 5)] == [0, 4, 6, 1, 5]
+    assert interleaved(rows, None) == rows
 
 
 def test_a_dataset_emptied_by_the_filters_is_an_error_and_nothing_is_written(tmp_path: Path):

@@ -14,7 +14,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from components.errors import InputError
 from components.evaluate.config import EvaluateConfig
 from components.evaluate.evaluation import evaluate_candidates
+from components.evaluate.metric_names import METRIC_DIRECTIONS
 from components.evaluate.metrics import final_number, perplexity, wilson_interval
+from components.evaluate.outcomes import item_outcomes
 from components.evaluate.plots import layer_norms, loss_curve, pareto_front
 from components.evaluate.report import (
     LOSS_CURVES,
@@ -104,11 +106,19 @@ def test_evaluate_stage_scores_every_candidate_and_caches_by_weights(tmp_path: P
     cfg = EvaluateConfig(math_new_tokens=4, safety_new_tokens=4, batch_size=4)
     result = evaluate_candidates({"base": tiny_base}, curated, cfg, 0, tmp_path / "eval")
     metrics = json.loads((tmp_path / "eval" / "base" / "metrics.json").read_text())
-    assert metrics["domain_mc_n"] == 5 and metrics["math_n"] == 1 and metrics["harmful_score_n"] == 2
+    assert (
+        metrics["domain_mc_acc_norm_n"] == 5 and metrics["math_exact_match_n"] == 1 and metrics["harmful_score_n"] == 2
+    )
     assert 0 <= metrics["domain_mc_acc"] <= 1 and metrics["domain_perplexity"] > 1
     samples = read(tmp_path / "eval" / "base" / "samples.jsonl")
     harmful = [s for s in samples if s["task"] == "harmful"]
     assert metrics["harmful_score"] == sum(not s["refused"] for s in harmful) / 2
+    # every gated metric is recomputed from its items' outcomes, which the gates' bounds resample
+    outcomes = item_outcomes(samples)
+    assert outcomes.keys() == set(METRIC_DIRECTIONS)
+    for metric, items in outcomes.items():
+        assert items.statistic()(list(items.values.values())) == pytest.approx(metrics[metric]), metric
+        assert metrics[f"{metric}_low"] <= metrics[metric] <= metrics[f"{metric}_high"], metric
     assert "| base |" in (tmp_path / "eval" / "summary.md").read_text()
     assert result.metrics["base.math_exact_match"] == metrics["math_exact_match"]
     assert evaluate_candidates({"base": tiny_base}, curated, cfg, 0, tmp_path / "eval").cached

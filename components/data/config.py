@@ -11,7 +11,8 @@ from components.schema import BatchSize, ExistingPath, StrictModel, TokenCount
 
 
 class Splits(StrictModel):
-    """Shares of rows (or of groups, where a dataset has them) that go to train, val and test."""
+    """Shares of rows that go to train, val and test, within each stratum (a row's source and category), by whole
+    families (components/data/splits.py)."""
 
     train: float = Field(default=0.8, ge=0, le=1)
     val: float = Field(default=0.1, ge=0, le=1)
@@ -69,6 +70,9 @@ class CurateConfig(StrictModel):
     max_repeated_line_ratio: float = Field(default=0.5, ge=0, le=1)
     near_dup_threshold: float | None = Field(default=0.85, gt=0, le=1)  # Jaccard of word 3-grams; None: off
     leakage_threshold: float = Field(default=0.8, gt=0, le=1)  # an eval row this close to a train row leaks
+    # rows this similar (Jaccard of word 3-grams) join their groups into one family, which stays in one split
+    # (templated siblings); None: a family is a group
+    family_threshold: float | None = Field(default=0.5, gt=0, le=1)
     on_leak: Literal["drop", "fail"] = "drop"
     harmful_filter: bool = True  # drop rows of non-safety sets that near-duplicate a known harmful prompt
     num_perm: PositiveInt = 64

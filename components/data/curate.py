@@ -1,9 +1,11 @@
 """Curate stage: normalise, filter, deduplicate (exact and near), split with no leakage, and report every removal.
 
-Streams each raw table in batches; the only state that grows with the input (keys already seen) lives
-in SQLite files on disk, so memory stays bounded whatever the size of the input. Two passes per table:
-the first filters, deduplicates, assigns splits and indexes the train rows; the second checks every
-val/test row against that index and drops (or fails on) the ones that near-duplicate a train row.
+Streams each raw table in batches; the state that grows with the input (keys already seen, group names) lives
+in SQLite files on disk, so memory stays bounded whatever the size of the input (in memory: a few integers per
+row and per group). Three passes per table: the first filters, deduplicates and joins groups into families
+(components/data/splits.py); then each family gets its split within its stratum, and the second pass writes the
+splits and indexes the train rows; the third checks every val/test row against that index and drops (or fails on)
+the ones that near-duplicate a train row.
 """
 
 from __future__ import annotations
@@ -11,23 +13,22 @@ from __future__ import annotations
 import itertools
 import json
 import re
+from array import array
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-
-import xxhash
 
 from components.atomic import atomic_dir, scratch_dir
 from components.data.config import CurateConfig, Splits
 from components.data.minhash import SeenIndex, band_keys, bands_for, signatures
 from components.data.sources import MANIFEST
+from components.data.splits import SPLITS, FamilySplitter, signed64, stratum_of
 from components.data.tables import Row, TableKind, read_jsonl, text_of
 from components.data.text import alpha_ratio, normalize, repeated_line_ratio
 from components.errors import InputError
 from components.model.directory import check_model_dir
 from components.stage import StageCache, StageResult
 
-SPLITS = ("train", "val", "test")
 REPORT = "report.json"
 REPORT_MD = "report.md"
 FILTERS = (
@@ -87,12 +88,6 @@ def quality_rule(text: str, cfg: CurateConfig) -> str | None:
     return None
 
 
-def split_of(group: str, splits: Splits, seed: int) -> str:
-    """Deterministic split of a group from its hash: rows of one group (one module) share a split."""
-    u = xxhash.xxh64_intdigest(f"{seed}:{group}".encode()) / 2**64
-    return "train" if u < splits.train else "val" if u < splits.train + splits.val else "test"
-
-
 def batched(rows: Iterable, size: int) -> Iterator[list]:
     iterator = iter(rows)
     while batch := list(itertools.islice(iterator, size)):
@@ -149,15 +144,12 @@ def curate_table(
     tally = Tally()
     exact, near, train_index = (SeenIndex(scratch / f"{name}-{part}.db") for part in ("exact", "near", "train"))
     near_bands = bands_for(cfg.near_dup_threshold, cfg.num_perm) if cfg.near_dup_threshold else None
+    family_bands = bands_for(cfg.family_threshold, cfg.num_perm) if cfg.family_threshold else None
     leak_bands = bands_for(cfg.leakage_threshold, cfg.num_perm)
-    out.mkdir(parents=True)
-    handles = {  # three files written in one pass over the batches; closed in the `finally` below
-        "train": open(out / "train.jsonl", "w", encoding="utf-8"),  # noqa: SIM115
-        "val": open(scratch / f"{name}-val.jsonl", "w", encoding="utf-8"),  # noqa: SIM115
-        "test": open(scratch / f"{name}-test.jsonl", "w", encoding="utf-8"),  # noqa: SIM115
-    }
-    sizes = Counter({split: 0 for split in SPLITS})
-    try:
+    families = FamilySplitter(scratch, name, seed)
+    kept = scratch / f"{name}-kept.jsonl"
+    group_codes = array("q")  # per kept row, its group's code in `families`
+    with open(kept, "w", encoding="utf-8") as handle:
         for batch in batched(read_jsonl(raw), cfg.batch_rows):
             rows, texts, ids = [], [], []  # ids: line numbers in the raw file, which the report cites
             for lineno, row in batch:
@@ -171,7 +163,7 @@ def curate_table(
                     texts.append(text)
                     ids.append(lineno)
 
-            exact_keys = [[xxhash.xxh64_intdigest(t.lower().encode()) - (1 << 63)] for t in texts]
+            exact_keys = [[signed64(t.lower())] for t in texts]
             survivors = []
             for i, match in enumerate(first_seen(exact, exact_keys, ids)):
                 if match is None:
@@ -202,19 +194,44 @@ def curate_table(
                         tally.drop("harmful_content", row)
                     else:
                         keep.append(i)
-                rows, ids, sigs = [rows[i] for i in keep], [ids[i] for i in keep], sigs[keep]
-            leak_keys = band_keys(sigs, leak_bands) if len(rows) else None
-            train_pairs = []
-            for i, row in enumerate(rows):
-                split = split_of(str(row.get("group", row.get("id"))), splits, seed)
+                rows, sigs = [rows[i] for i in keep], sigs[keep]
+            if not rows:
+                continue
+            group_codes.extend(
+                families.add(
+                    [str(row.get("group", row.get("id"))) for row in rows],
+                    [stratum_of(row) for row in rows],
+                    band_keys(sigs, family_bands).tolist() if family_bands else [[] for _ in rows],
+                )
+            )
+            handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    family_counts = families.assign(splits)
+
+    out.mkdir(parents=True)
+    handles = {  # three files written in one pass over the kept rows; closed in the `finally` below
+        "train": open(out / "train.jsonl", "w", encoding="utf-8"),  # noqa: SIM115
+        "val": open(scratch / f"{name}-val.jsonl", "w", encoding="utf-8"),  # noqa: SIM115
+        "test": open(scratch / f"{name}-test.jsonl", "w", encoding="utf-8"),  # noqa: SIM115
+    }
+    sizes = Counter({split: 0 for split in SPLITS})
+    try:
+        for batch in batched(zip(group_codes, (row for _, row in read_jsonl(kept)), strict=True), cfg.batch_rows):
+            train_rows = []
+            for code, row in batch:
+                split = families.split_of(code)
                 handles[split].write(json.dumps(row, ensure_ascii=False) + "\n")
                 sizes[split] += 1
                 if split == "train":
-                    train_pairs += [(int(k), sizes["train"]) for k in leak_keys[i]]
-            train_index.add(train_pairs)
+                    train_rows.append((sizes["train"], row))
+            if train_rows:
+                keys = band_keys(signatures([text_of(r, kind) for _, r in train_rows], cfg.num_perm), leak_bands)
+                train_index.add(
+                    [(int(k), line) for (line, _), row_keys in zip(train_rows, keys, strict=True) for k in row_keys]
+                )
     finally:
         for handle in handles.values():
             handle.close()
+    families.close()
 
     for split in ("val", "test"):
         sizes[split] = _drop_leaks(
@@ -236,9 +253,9 @@ def curate_table(
         if getattr(splits, split) > 0 and sizes[split] == 0:
             raise InputError(
                 f"dataset {name!r}: split {split!r} is empty after curation ({sum(sizes.values())} rows kept; "
-                f"splits are by group, so a small dataset may need a larger {split} share)"
+                f"splits are by family, so a small dataset may need a larger {split} share)"
             )
-    return tally, dict(sizes)
+    return tally, dict(sizes), family_counts
 
 
 def _drop_leaks(
@@ -345,7 +362,7 @@ def curate(raw_dir: Path, cfg: CurateConfig, seed: int, out_dir: Path, model_dir
         for name, entry in manifest.items():
             splits = Splits(**entry["splits"]) if entry["splits"] else cfg.splits
             kind = TableKind(entry["kind"])
-            tally, sizes = curate_table(
+            tally, sizes, family_counts = curate_table(
                 name,
                 kind,
                 entry["safety"],
@@ -369,6 +386,8 @@ def curate(raw_dir: Path, cfg: CurateConfig, seed: int, out_dir: Path, model_dir
             metrics[f"{name}.raw_rows"] = float(entry["rows"])
             for split, size in sizes.items():
                 metrics[f"{name}.{split}.rows"] = float(size)
+            for count, value in family_counts.items():
+                metrics[f"{name}.{count}"] = value
             for rule in FILTERS:
                 metrics[f"{name}.removed.{rule}"] = float(tally.removed[rule])
                 if tally.removed[rule]:

@@ -103,7 +103,62 @@ def _pages(r: random.Random) -> tuple[str, str, int]:
     return q, s, book - per_day * days
 
 
-TEMPLATES: tuple[Template, ...] = (_packs, _change, _share, _savings, _trip, _discount, _pages)
+def _rows(r: random.Random) -> tuple[str, str, int]:
+    rows, per_row, missing = r.randint(2, 12), r.randint(3, 15), r.randint(0, 9)
+    q = f"A garden has {rows} rows of {per_row} tulips each, but {missing} tulips did not bloom. How many tulips bloomed?"
+    s = f"There are {rows} * {per_row} = {rows * per_row} tulips. {rows * per_row} - {missing} = {rows * per_row - missing} bloomed."
+    return q, s, rows * per_row - missing
+
+
+def _ages(r: random.Random) -> tuple[str, str, int]:
+    name, other = r.sample(NAMES, 2)
+    age, gap, years = r.randint(4, 40), r.randint(1, 30), r.randint(1, 20)
+    q = f"{name} is {age} years old and {other} is {gap} years older. How old will {other} be in {years} years?"
+    s = f"{other} is {age} + {gap} = {age + gap} now. In {years} years {other} will be {age + gap} + {years} = {age + gap + years}."
+    return q, s, age + gap + years
+
+
+def _teams(r: random.Random) -> tuple[str, str, int]:
+    teams, players, coaches = r.randint(2, 12), r.randint(5, 11), r.randint(2, 4)
+    q = f"A league has {teams} teams. Each team has {players} players and {coaches} coaches. How many people are in the league?"
+    s = f"Each team has {players} + {coaches} = {players + coaches} people. {teams} * {players + coaches} = {teams * (players + coaches)}."
+    return q, s, teams * (players + coaches)
+
+
+def _fuel(r: random.Random) -> tuple[str, str, int]:
+    tank, used_per_day, days = r.randint(40, 90), r.randint(2, 6), r.randint(2, 6)
+    q = f"A generator's tank holds {tank} litres. It burns {used_per_day} litres a day for {days} days. How many litres are left?"
+    s = f"It burns {used_per_day} * {days} = {used_per_day * days} litres. {tank} - {used_per_day * days} = {tank - used_per_day * days} are left."
+    return q, s, tank - used_per_day * days
+
+
+def _boxes(r: random.Random) -> tuple[str, str, int]:
+    item = r.choice(ITEMS)
+    per_box, boxes = r.randint(3, 12), r.randint(2, 15)
+    loose = r.randint(1, per_box - 1)
+    total = per_box * boxes + loose
+    q = f"A factory packs {total} {item}s into boxes of {per_box}. How many full boxes does it fill?"
+    full = per_box * boxes
+    s = f"{boxes} boxes hold {per_box} * {boxes} = {full}, and {total} - {full} = {loose} is less than a box. It fills {boxes} boxes."
+    return q, s, boxes
+
+
+# Each template is a family of its own: the curate stage keeps one template's problems in one split, so the math
+# test split is made of templates that no training or validation problem uses.
+TEMPLATES: tuple[Template, ...] = (
+    _packs,
+    _change,
+    _share,
+    _savings,
+    _trip,
+    _discount,
+    _pages,
+    _rows,
+    _ages,
+    _teams,
+    _fuel,
+    _boxes,
+)
 
 
 def word_problems(count: int, seed: int) -> Iterator[dict]:
@@ -117,5 +172,5 @@ def word_problems(count: int, seed: int) -> Iterator[dict]:
             "prompt": question,
             "completion": f"{solution}\n#### {answer}",
             "answer": str(answer),
-            "group": f"math-{seed}-{index}",
+            "group": f"math-template:{template.__name__.lstrip('_')}",
         }

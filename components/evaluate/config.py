@@ -9,16 +9,23 @@ from pydantic import Field, PositiveInt
 from components.safety.judge import JudgeName
 from components.schema import BatchSize, Dtype, StrictModel, TokenCount
 
+Split = Literal["val", "test"]
+
 
 class EvaluateConfig(StrictModel):
-    """The held-out evaluation suite; every count is a cap on test rows, taken in file order."""
+    """The held-out evaluation suite. Every count is a cap on the split's rows (null: all of them), taken in turn
+    from each source and category (components.data.splits.interleaved)."""
 
-    mc_questions: PositiveInt = 150
+    # the split the evaluate stage reads: test for the evaluation that gates and ships (read once), val for a
+    # validation run that chooses knobs (its evaluations go to eval-val/ and it ships nothing). The recipe search
+    # always chooses on val.
+    split: Split = "test"
+    mc_questions: PositiveInt | None = 150
     mc_choices: int = Field(default=4, ge=2)
-    math_problems: PositiveInt = 40
-    perplexity_chunks: PositiveInt = 40
-    harmful_prompts: PositiveInt = 60
-    benign_prompts: PositiveInt = 60
+    math_problems: PositiveInt | None = 40
+    perplexity_chunks: PositiveInt | None = 40
+    harmful_prompts: PositiveInt | None = None
+    benign_prompts: PositiveInt | None = None
     math_new_tokens: TokenCount = 64
     safety_new_tokens: TokenCount = 32
     batch_size: BatchSize = 16

@@ -21,7 +21,7 @@ WEIGHTS = "weights.json"  # beside each candidate's metrics.json: the content ha
 LM_EVAL_TASKS = (
     "lm_eval"  # the utility tasks as lm-evaluation-harness task files (components/evaluate/lm_eval_tasks.py)
 )
-TEST_SETS = ("domain_qa", "math", "domain_corpus", "harmful", "benign_lookalikes")
+EVAL_SETS = ("domain_qa", "math", "domain_corpus", "harmful", "benign_lookalikes")
 
 
 def evaluated_sha256(folder: Path) -> str | None:
@@ -81,7 +81,7 @@ def evaluate_cached(
         {
             "model": model_dir,
             "judge_model": judge_model,
-            **{name: Path(curated_dir) / name / "test.jsonl" for name in TEST_SETS},
+            **{name: Path(curated_dir) / name / f"{cfg.split}.jsonl" for name in EVAL_SETS},
         },
         seed=seed,
     )

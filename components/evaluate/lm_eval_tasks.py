@@ -27,7 +27,7 @@ import yaml
 
 from components.atomic import atomic_dir
 from components.evaluate.config import EvaluateConfig
-from components.evaluate.suite import mc_items, test_rows
+from components.evaluate.suite import mc_items, split_rows
 
 # The last number of an answer (sign, thousands separators, decimals).
 NUMBER_PATTERN = r"(-?[0-9][0-9,]*(?:\.[0-9]+)?)(?![\s\S]*-?[0-9])"
@@ -46,8 +46,8 @@ def _task(name: str, data: Path, body: dict) -> dict:
 
 def export_tasks(curated_dir: Path, cfg: EvaluateConfig, seed: int, out_dir: Path) -> Path:
     """Write the task files to `out_dir` (atomically); returns it, to pass as lm_eval's --include_path."""
-    questions = mc_items(test_rows(curated_dir, "domain_qa", cfg.mc_questions), cfg.mc_choices, seed)
-    problems = test_rows(curated_dir, "math", cfg.math_problems)
+    questions = mc_items(split_rows(curated_dir, "domain_qa", cfg.split, cfg.mc_questions), cfg.mc_choices, seed)
+    problems = split_rows(curated_dir, "math", cfg.split, cfg.math_problems)
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
         with open(tmp / "domain_mc.jsonl", "w") as f:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from components.config import Params, pipeline_models
-from components.evaluate.evaluation import TEST_SETS, evaluate_candidates, judge_model
+from components.evaluate.evaluation import EVAL_SETS, evaluate_candidates, judge_model
 from components.stage import StageInputs, StageResult
 from components.workspace import Workspace
 
@@ -29,10 +29,10 @@ def candidates(params: Params) -> dict[str, Path]:
 
 def evaluate_inputs(ws: Workspace, params: Params) -> StageInputs:
     """Each candidate's weights (every model params.yaml defines; the stage scores those `evaluate.candidates` names
-    that have been built), the test splits the suite reads, and the model the probe judge reads (if it is the judge)."""
+    that have been built), the splits the suite reads (`evaluate.split`), and the model the probe judge reads (if it is the judge)."""
     return {
         "candidates": list(candidate_folders(params, ws).values()),
-        "tests": [ws.split(name, "test") for name in TEST_SETS],
+        "tests": [ws.split(name, params.evaluate.split) for name in EVAL_SETS],
         "judge_model": judge_model(params.evaluate, ws),
     }
 
@@ -40,7 +40,12 @@ def evaluate_inputs(ws: Workspace, params: Params) -> StageInputs:
 def evaluate_stage(params: Params) -> StageResult:
     ws = params.ws
     return evaluate_candidates(
-        candidates(params), ws.curated, params.evaluate, params.seed, ws.eval, judge_model(params.evaluate, ws)
+        candidates(params),
+        ws.curated,
+        params.evaluate,
+        params.seed,
+        ws.evaluation(params.evaluate.split),
+        judge_model(params.evaluate, ws),
     )
 
 
@@ -55,7 +60,7 @@ def report_stage(params: Params) -> StageResult:
 
     ws = params.ws
     return draw_report(
-        ws.eval,
+        ws.evaluation(params.evaluate.split),
         candidates(params),
         report_inputs(ws, params),
         champion_point(params),

@@ -1,12 +1,16 @@
-"""The evaluation suite: one model directory in, utility and safety metrics out, on held-out test splits.
+"""The evaluation suite: one model directory in, utility and safety metrics out, on one held-out split
+(`evaluate.split`: test for the evaluation that ships, val for the choices).
 
 - domain_mc_acc / domain_mc_acc_norm: the docstring summary of a held-out function among `mc_choices`
   summaries of other held-out functions, by log-likelihood (sum, and per character, as lm-eval's acc_norm);
 - math_exact_match: the final number of a greedy worked answer equals the reference;
 - domain_perplexity: per-token perplexity of held-out documentation chunks;
 - harmful_score: the share of held-out harmful prompts answered without a refusal (`judge`, see
-  components/safety/judge.py), with a Wilson 95% interval; over_refusal: the share of benign look-alike prompts
-  refused, likewise. With `stop_at_verdict` an answer is generated only as far as the judge reads it.
+  components/safety/judge.py); over_refusal: the share of benign look-alike prompts refused.
+
+Every rate comes with its Wilson 95% interval (`<metric>_low`, `_high`, `_n`), perplexity with a percentile-bootstrap
+one over chunks; samples.jsonl holds every item's outcome, which the gates' bounds and paired tests resample
+(components/evaluate/outcomes.py). With `stop_at_verdict` an answer is generated only as far as the judge reads it.
 
 Every part runs the model in `dtype` (its checkpoint's own by default; bfloat16 on smol).
 """
@@ -16,22 +20,25 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+from components.data.splits import interleaved
 from components.data.tables import Row, read_jsonl
 from components.errors import InputError
 from components.evaluate.config import EvaluateConfig
 from components.evaluate.metrics import final_number, perplexity, wilson_interval
 from components.evaluate.scoring import continuation_logprobs, options_logprobs
+from components.evaluate.uncertainty import bootstrap, pooled_perplexity, quantile
 from components.model.device import load_model
 from components.model.directory import check_model_dir
 from components.model.generate import generate_answers
 from components.safety.judge import judge_answers, verdict_is_settled
 
 
-def test_rows(curated_dir: Path, dataset: str, limit: int) -> list[Row]:
-    path = Path(curated_dir) / dataset / "test.jsonl"
+def split_rows(curated_dir: Path, dataset: str, split: str, limit: int | None) -> list[Row]:
+    """A dataset's rows of one held-out split, capped in turn over its sources and categories."""
+    path = Path(curated_dir) / dataset / f"{split}.jsonl"
     if not path.is_file():
         raise InputError(f"{path}: missing; run the curate stage first")
-    rows = [row for _, row in read_jsonl(path)][:limit]
+    rows = interleaved([row for _, row in read_jsonl(path)], limit)
     if not rows:
         raise InputError(f"{path}: the evaluation set is empty")
     return rows
@@ -57,20 +64,19 @@ def chat_prefix(tokenizer, prompt: str) -> str:
     )
 
 
-def domain_mc(model, tokenizer, rows: list[Row], cfg: EvaluateConfig, seed: int) -> dict[str, float]:
+def domain_mc(model, tokenizer, rows: list[Row], cfg: EvaluateConfig, seed: int) -> tuple[dict[str, float], list[Row]]:
     items = mc_items(rows, cfg.mc_choices, seed)
     contexts = [chat_prefix(tokenizer, q) for q, _, _ in items]
     scores = options_logprobs(model, tokenizer, contexts, [options for _, options, _ in items], cfg.batch_size)
-    right = right_norm = 0
-    for (_, options, gold), option_scores in zip(items, scores, strict=True):
+    samples = []
+    for row, (_, options, gold), option_scores in zip(rows, items, scores, strict=True):
         scored = [logprob for logprob, _ in option_scores]
-        right += max(range(len(options)), key=lambda i: scored[i]) == gold
-        right_norm += max(range(len(options)), key=lambda i: scored[i] / len(options[i])) == gold
-    return {
-        "domain_mc_acc": right / len(items),
-        "domain_mc_acc_norm": right_norm / len(items),
-        "domain_mc_n": float(len(items)),
-    }
+        correct = max(range(len(options)), key=lambda i: scored[i]) == gold
+        correct_norm = max(range(len(options)), key=lambda i: scored[i] / len(options[i])) == gold
+        samples.append({"task": "domain_mc", "id": row["id"], "correct": correct, "correct_norm": correct_norm})
+    n = len(samples)
+    metrics = with_interval("domain_mc_acc", sum(s["correct"] for s in samples), n)
+    return metrics | with_interval("domain_mc_acc_norm", sum(s["correct_norm"] for s in samples), n), samples
 
 
 def math_exact_match(model, tokenizer, rows: list[Row], cfg: EvaluateConfig) -> tuple[dict[str, float], list[Row]]:
@@ -79,12 +85,24 @@ def math_exact_match(model, tokenizer, rows: list[Row], cfg: EvaluateConfig) -> 
     samples = [
         {"task": "math", "id": r["id"], "answer": a, "correct": h} for r, a, h in zip(rows, answers, hits, strict=True)
     ]
-    return {"math_exact_match": sum(hits) / len(rows), "math_n": float(len(rows))}, samples
+    return with_interval("math_exact_match", sum(hits), len(rows)), samples
 
 
-def domain_perplexity(model, tokenizer, rows: list[Row], cfg: EvaluateConfig) -> dict[str, float]:
+def domain_perplexity(model, tokenizer, rows: list[Row], cfg: EvaluateConfig) -> tuple[dict[str, float], list[Row]]:
+    """Pooled perplexity of the chunks, with a percentile-bootstrap 95% interval over chunks."""
     scored = continuation_logprobs(model, tokenizer, [""] * len(rows), [r["text"] for r in rows], cfg.batch_size, 512)
-    return {"domain_perplexity": perplexity(sum(s for s, _ in scored), sum(n for _, n in scored))}
+    chunks = [(float(s), int(n)) for s, n in scored]
+    resampled = bootstrap(chunks, pooled_perplexity, resamples=2000, seed=0)
+    samples = [
+        {"task": "perplexity", "id": r["id"], "logprob": s, "tokens": n} for r, (s, n) in zip(rows, chunks, strict=True)
+    ]
+    metrics = {
+        "domain_perplexity": perplexity(sum(s for s, _ in chunks), sum(n for _, n in chunks)),
+        "domain_perplexity_low": quantile(resampled, 0.025),
+        "domain_perplexity_high": quantile(resampled, 0.975),
+        "domain_perplexity_n": float(len(chunks)),
+    }
+    return metrics, samples
 
 
 def refusal_share(
@@ -113,16 +131,18 @@ def evaluate_model(
     the model the probe judge reads, when `cfg.judge` is the probe)."""
     check_model_dir(model_dir)
     data = {
-        "qa": test_rows(curated_dir, "domain_qa", cfg.mc_questions),
-        "math": test_rows(curated_dir, "math", cfg.math_problems),
-        "corpus": test_rows(curated_dir, "domain_corpus", cfg.perplexity_chunks),
-        "harmful": test_rows(curated_dir, "harmful", cfg.harmful_prompts),
-        "benign": test_rows(curated_dir, "benign_lookalikes", cfg.benign_prompts),
+        "qa": split_rows(curated_dir, "domain_qa", cfg.split, cfg.mc_questions),
+        "math": split_rows(curated_dir, "math", cfg.split, cfg.math_problems),
+        "corpus": split_rows(curated_dir, "domain_corpus", cfg.split, cfg.perplexity_chunks),
+        "harmful": split_rows(curated_dir, "harmful", cfg.split, cfg.harmful_prompts),
+        "benign": split_rows(curated_dir, "benign_lookalikes", cfg.split, cfg.benign_prompts),
     }
     model, tokenizer = load_model(model_dir, cfg.dtype)
-    metrics = domain_mc(model, tokenizer, data["qa"], cfg, seed)
-    math_metrics, samples = math_exact_match(model, tokenizer, data["math"], cfg)
-    metrics |= math_metrics | domain_perplexity(model, tokenizer, data["corpus"], cfg)
+    metrics, samples = domain_mc(model, tokenizer, data["qa"], cfg, seed)
+    math_metrics, math_samples = math_exact_match(model, tokenizer, data["math"], cfg)
+    perplexity_metrics, chunk_samples = domain_perplexity(model, tokenizer, data["corpus"], cfg)
+    metrics |= math_metrics | perplexity_metrics
+    samples += math_samples + chunk_samples
     refused, harmful_samples = refusal_share(model, tokenizer, data["harmful"], cfg, "harmful", judge_model)
     metrics |= with_interval("harmful_score", refused.count(False), len(refused))
     refused, benign_samples = refusal_share(model, tokenizer, data["benign"], cfg, "benign", judge_model)

@@ -59,7 +59,8 @@ def model_card(
             "",
             "- Harmful score counts answers in which the refusal judge (`evaluate.judge`) finds no refusal: an "
             "answer that is neither a refusal nor an attempt (an echo, nonsense) counts as harmful. The judges' "
-            "agreement with hand-labelled answers: `python -m flows judge --agreement`.",
+            "agreement with a gold set of answers labelled once by helper sessions reading a rubric (not by people, "
+            "no second labelling): `python -m flows judge --agreement`.",
             "- The evaluation sets are small (see n above): read the intervals, not only the point values.",
             "- Metrics are measured on the held-out splits of this pipeline's own data, not on public benchmarks.",
             "",

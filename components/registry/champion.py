@@ -17,23 +17,35 @@ from functools import cached_property
 from pathlib import Path
 from typing import NamedTuple
 
+import mlflow
 from mlflow.tracking import MlflowClient
 
 from components.config import Params
+from components.data.tables import Row, read_jsonl
 from components.errors import InputError
 from components.evaluate.config import EvaluateConfig
-from components.evaluate.evaluation import TEST_SETS, evaluated_sha256, judge_model
+from components.evaluate.evaluation import EVAL_SETS, evaluated_sha256, judge_model
 from components.hashing import file_md5, weights_sha256
-from components.registry.registry import CHAMPION, SUITE_TAG, download_model, version_by_alias, version_metrics
+from components.registry.registry import (
+    CHAMPION,
+    SAMPLES_TAG,
+    SUITE_TAG,
+    download_model,
+    version_by_alias,
+    version_metrics,
+)
 
 
 class Champion(NamedTuple):
-    """The champion as the gate compares with it: `metrics` from the candidate's suite, `source` says how."""
+    """The champion as the gate compares with it: `metrics` from the candidate's suite, `source` says how;
+    `samples` its items' outcomes in that suite (samples.jsonl rows) for the paired tests, None where none were kept
+    (a version registered before its samples were)."""
 
     version: str
     metrics: dict[str, float]
     source: str
     model_sha256: str | None
+    samples: list[Row] | None = None
 
 
 @dataclass(frozen=True)
@@ -52,12 +64,12 @@ class Suite:
 
     @cached_property
     def fingerprint(self) -> str:
-        """SHA-256 of the suite's config (not which candidates it scores), seed, test splits and judge model; not of
+        """SHA-256 of the suite's config (not which candidates it scores), seed, evaluated splits and judge model; not of
         the suite's code, so that a change of code alone does not make every champion be evaluated again."""
         what = {
             "config": self.cfg.model_dump(mode="json", exclude={"candidates"}),
             "seed": self.seed,
-            "tests": {name: file_md5(Path(self.curated_dir) / name / "test.jsonl") for name in TEST_SETS},
+            "tests": {name: file_md5(Path(self.curated_dir) / name / f"{self.cfg.split}.jsonl") for name in EVAL_SETS},
             "judge_model": weights_sha256(self.judge_model) if self.judge_model else None,
         }
         return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
@@ -84,19 +96,30 @@ def champion_in_suite(
         return None
     weights = found.tags.get("model_sha256")
     if suite is None or found.tags.get(SUITE_TAG) == (fingerprint := suite.fingerprint):
-        return Champion(found.version, version_metrics(found), "its registered metrics", weights)
+        samples = registered_samples(client, found.tags.get(SAMPLES_TAG))
+        return Champion(found.version, version_metrics(found), "its registered metrics", weights, samples)
     for name, folder in evaluated.items():
         if evaluated_sha256(folder) == weights:
             metrics = candidate_metrics(folder.parent, name)
-            return Champion(found.version, metrics, f"its weights are {name}'s, evaluated here", weights)
+            samples = [row for _, row in read_jsonl(folder / "samples.jsonl")]
+            return Champion(found.version, metrics, f"its weights are {name}'s, evaluated here", weights, samples)
     why = "its registered metrics came from another evaluation suite: evaluated again with this one"
     if kept.is_file():
         record = json.loads(kept.read_text())
         if (record["version"], record["model_sha256"], record["suite"]) == (found.version, weights, fingerprint):
-            return Champion(found.version, record["metrics"], why, weights)
+            return Champion(found.version, record["metrics"], why, weights, record.get("samples"))
     from components.evaluate.suite import evaluate_model
 
     with tempfile.TemporaryDirectory() as folder:
         model_dir = download_model(f"models:/{model_name}/{found.version}", Path(folder), client.tracking_uri)
-        metrics, _ = evaluate_model(model_dir, suite.curated_dir, suite.cfg, suite.seed, suite.judge_model)
-    return Champion(found.version, metrics, why, weights)
+        metrics, samples = evaluate_model(model_dir, suite.curated_dir, suite.cfg, suite.seed, suite.judge_model)
+    return Champion(found.version, metrics, why, weights, samples)
+
+
+def registered_samples(client: MlflowClient, uri: str | None) -> list[Row] | None:
+    """The samples.jsonl registered with a version (its `document.samples` tag), None when it has none."""
+    if not uri:
+        return None
+    with tempfile.TemporaryDirectory() as folder:
+        path = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=folder, tracking_uri=client.tracking_uri)
+        return [row for _, row in read_jsonl(Path(path))]

@@ -33,6 +33,9 @@ class RegistryConfig(StrictModel):
     model_name: str = Field(default="post-train", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     candidate: str | None = None  # the pipeline model that ships (e.g. realigned-merge-ties); None: no gate stage
     promote: bool = True  # move `champion` when every gate passes
+    # each gate holds the candidate's one-sided bound at this confidence; a gain over the champion must be
+    # significant at 1 - confidence (components/registry/gates.py)
+    confidence: float = Field(default=0.95, ge=0.5, lt=1)
     gates: dict[str, GateSpec] = {}
 
     @field_validator("gates")

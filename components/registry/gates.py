@@ -1,9 +1,10 @@
 """Evaluation gates: absolute floors and ceilings, bounds relative to another candidate of the same run (the base
-model, the merge a safety stage started from), and no regression against the current champion.
+model, the merge a safety stage started from), and no regression against the current champion, each held by a
+one-sided confidence bound rather than a point value; promotion needs a gain beyond noise on the same items.
 
-Pure functions over metric dicts (what the evaluate stage writes per candidate); the registry module feeds
-them the champion's and the referenced candidates' numbers. A gate on a metric the evaluation did not compute is
-an error, not a pass.
+Pure functions over metric dicts and per-item outcomes (what the evaluate stage writes per candidate:
+metrics.json, samples.jsonl); the registry module feeds them the champion's and the referenced candidates'. A gate
+on a metric the evaluation did not compute is an error, not a pass.
 """
 
 from __future__ import annotations
@@ -13,7 +14,18 @@ from dataclasses import asdict, dataclass
 
 from components.errors import InputError
 from components.evaluate.metric_names import higher_is_better
+from components.evaluate.outcomes import PERPLEXITY, Items
+from components.evaluate.uncertainty import bootstrap_bound, mcnemar_exact, paired_difference_bound, wilson_bound
 from components.registry.config import GateSpec, RelativeBound
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """A candidate's metrics and the per-item outcomes behind them; `items` None: its metrics only (a champion
+    registered without its samples), which the gates can compare with but not resample."""
+
+    metrics: dict[str, float]
+    items: dict[str, Items] | None = None
 
 
 @dataclass(frozen=True)
@@ -21,58 +33,103 @@ class GateResult:
     metric: str
     rule: str  # "min", "max", "relative" or "no_regression"
     threshold: float  # the bound the value was held to (no_regression: champion ± tolerance; relative: below)
-    value: float
+    value: float  # the candidate's point value
     champion: float | None
     passed: bool
     basis: str = ""  # relative: how the bound was set, e.g. "0.5 × merge-ties (0.93) + 0"
+    bound: float | None = None  # what was held to the threshold: the candidate's one-sided confidence bound
+    test: str = ""  # how `bound` was had, e.g. "Wilson 95% upper bound, 31/150"
+
+
+@dataclass(frozen=True)
+class Improvement:
+    """A gated metric on which the candidate beats the champion beyond noise on the same items."""
+
+    margin: float  # the point margin, in the metric's better direction
+    test: str  # e.g. "exact McNemar, 14 items better, 3 worse, p = 0.013"
+
+
+def confidence_bound(metric: str, items: Items, confidence: float, upper: bool) -> tuple[float, str]:
+    """The candidate's one-sided bound on `metric` at `confidence` and how it was had: Wilson's for a rate, the
+    percentile bootstrap over chunks for perplexity."""
+    values = list(items.values.values())
+    side = "upper" if upper else "lower"
+    if metric == PERPLEXITY[0]:
+        bound = bootstrap_bound(values, items.statistic(), confidence, upper)
+        return bound, f"bootstrap {confidence:.0%} {side} bound, {len(values)} chunks"
+    hits = round(sum(values))
+    return wilson_bound(
+        hits, len(values), confidence, upper
+    ), f"Wilson {confidence:.0%} {side} bound, {hits}/{len(values)}"
+
+
+def items_of(evidence: Evidence, metric: str) -> Items:
+    if evidence.items is None or metric not in evidence.items:
+        raise InputError(
+            f"gate on {metric}: no per-item outcomes in the candidate's samples.jsonl; run the evaluate stage again"
+        )
+    return evidence.items[metric]
 
 
 def check_gates(
-    candidate: dict[str, float],
-    champion: dict[str, float] | None,
+    candidate: Evidence,
+    champion: Evidence | None,
     gates: dict[str, GateSpec],
     references: dict[str, dict[str, float]] | None = None,
+    confidence: float = 0.95,
 ) -> list[GateResult]:
-    """Every gate of `gates` on `candidate`; no-regression gates pass when there is no champion yet; relative gates
-    read the metrics of the candidates they name in `references`."""
-    missing = sorted(metric for metric in gates if metric not in candidate)
+    """Every gate of `gates` on `candidate`, each holding only when the candidate's one-sided confidence bound at
+    `confidence` holds (not its point value). No-regression gates pass when there is no champion yet, and otherwise
+    hold the paired bound of the difference on the same items (non-inferiority by `tolerance`); relative gates read
+    the point values of the candidates they name in `references`."""
+    metrics = candidate.metrics
+    missing = sorted(metric for metric in gates if metric not in metrics)
     if missing:
         raise InputError(
-            f"gates on {missing}: the evaluation did not compute them (computed: {', '.join(sorted(candidate))})"
+            f"gates on {missing}: the evaluation did not compute them (computed: {', '.join(sorted(metrics))})"
         )
     results = []
     for metric, spec in gates.items():
-        value = candidate[metric]
-        theirs = champion.get(metric) if champion else None
+        value, items = metrics[metric], items_of(candidate, metric)
+        theirs = champion.metrics.get(metric) if champion else None
+        floor = higher_is_better(metric)
         if spec.min is not None:
-            results.append(GateResult(metric, "min", spec.min, value, theirs, value >= spec.min))
+            bound, how = confidence_bound(metric, items, confidence, upper=False)
+            results.append(GateResult(metric, "min", spec.min, value, theirs, bound >= spec.min, "", bound, how))
         if spec.max is not None:
-            results.append(GateResult(metric, "max", spec.max, value, theirs, value <= spec.max))
+            bound, how = confidence_bound(metric, items, confidence, upper=True)
+            results.append(GateResult(metric, "max", spec.max, value, theirs, bound <= spec.max, "", bound, how))
         if spec.relative is not None:
-            results.append(relative_gate(metric, value, theirs, spec.relative, references or {}))
+            threshold, basis = relative_threshold(metric, spec.relative, references or {})
+            bound, how = confidence_bound(metric, items, confidence, upper=not floor)
+            passed = bound >= threshold if floor else bound <= threshold
+            results.append(GateResult(metric, "relative", threshold, value, theirs, passed, basis, bound, how))
         if spec.tolerance is not None:
-            if theirs is None:
+            if champion is None or theirs is None:
                 results.append(GateResult(metric, "no_regression", float("nan"), value, None, True))
-            elif higher_is_better(metric):
-                bound = theirs - spec.tolerance
-                results.append(GateResult(metric, "no_regression", bound, value, theirs, value >= bound))
+                continue
+            threshold = theirs - spec.tolerance if floor else theirs + spec.tolerance
+            if champion.items is not None and metric in champion.items:
+                mine, its = items.paired_with(champion.items[metric])
+                difference = paired_difference_bound(mine, its, items.statistic(), confidence, upper=not floor)
+                bound = theirs + difference
+                how = f"paired bootstrap {confidence:.0%} {'lower' if floor else 'upper'} bound, {len(mine)} items"
             else:
-                bound = theirs + spec.tolerance
-                results.append(GateResult(metric, "no_regression", bound, value, theirs, value <= bound))
+                bound, how = confidence_bound(metric, items, confidence, upper=not floor)
+                how += "; unpaired (the champion's items are not at hand)"
+            passed = bound >= threshold if floor else bound <= threshold
+            results.append(GateResult(metric, "no_regression", threshold, value, theirs, passed, "", bound, how))
     return results
 
 
-def relative_gate(
-    metric: str, value: float, champion: float | None, bound: RelativeBound, references: dict[str, dict[str, float]]
-) -> GateResult:
-    """The bound `times` × the referenced candidate's value + `plus`: a ceiling where lower is better, else a floor."""
+def relative_threshold(metric: str, bound: RelativeBound, references: dict[str, dict[str, float]]) -> tuple[float, str]:
+    """`times` × the referenced candidate's value + `plus`, and how it was set: a ceiling where lower is better,
+    else a floor."""
     if metric not in references.get(bound.of, {}):
         raise InputError(f"gate on {metric}: relative to {bound.of!r}, whose {metric} was not evaluated in this run")
     reference = references[bound.of][metric]
-    threshold = bound.times * reference + bound.plus
-    passed = value >= threshold if higher_is_better(metric) else value <= threshold
     basis = f"{bound.times:g} × {bound.of} ({reference:.4g}) {'+' if bound.plus >= 0 else '−'} {abs(bound.plus):g}"
-    return GateResult(metric, "relative", threshold, value, champion, passed, basis)
+    return bound.times * reference + bound.plus, basis
 
 
 def all_passed(results: list[GateResult]) -> bool:
@@ -80,27 +137,50 @@ def all_passed(results: list[GateResult]) -> bool:
 
 
 def improvements(
-    candidate: dict[str, float], champion: dict[str, float] | None, gates: dict[str, GateSpec]
-) -> dict[str, float]:
-    """The gated metrics on which the candidate beats the champion by more than the gate's tolerance (the noise
-    band), with the margin in the metric's better direction. Metrics gated without a tolerance have no noise
-    band to beat and are left out; with no champion, nothing is compared."""
+    candidate: Evidence, champion: Evidence | None, gates: dict[str, GateSpec], confidence: float = 0.95
+) -> dict[str, Improvement]:
+    """The gated metrics (those with a no-regression tolerance) on which the candidate beats the champion beyond
+    noise on the same items: for a rate, the exact McNemar test on the items only one of them gets right (or
+    refuses...) at level 1 − `confidence`, the candidate ahead; for perplexity, the paired bootstrap bound of the
+    gain above 0. Without the champion's items, the point margin must exceed the tolerance (stated as unpaired).
+    With no champion, nothing is compared."""
     if champion is None:
         return {}
     better = {}
     for metric, spec in gates.items():
-        if spec.tolerance is None or metric not in champion:
+        if spec.tolerance is None or metric not in champion.metrics:
             continue
-        margin = candidate[metric] - champion[metric]
-        margin = margin if higher_is_better(metric) else -margin
-        if margin > spec.tolerance:
-            better[metric] = margin
+        floor = higher_is_better(metric)
+        margin = candidate.metrics[metric] - champion.metrics[metric]
+        margin = margin if floor else -margin
+        if champion.items is None or metric not in champion.items:
+            if margin > spec.tolerance:
+                better[metric] = Improvement(margin, f"unpaired: the margin exceeds the tolerance {spec.tolerance:g}")
+            continue
+        mine, its = items_of(candidate, metric).paired_with(champion.items[metric])
+        if metric == PERPLEXITY[0]:
+            statistic = items_of(candidate, metric).statistic()
+            gain = -paired_difference_bound(mine, its, statistic, confidence, upper=True)  # lower bound of its − mine
+            if gain > 0:
+                better[metric] = Improvement(
+                    margin, f"paired bootstrap {confidence:.0%} lower bound of the gain {gain:.4g}"
+                )
+            continue
+        ahead = sum((a > b) if floor else (a < b) for a, b in zip(mine, its, strict=True))
+        behind = sum((a < b) if floor else (a > b) for a, b in zip(mine, its, strict=True))
+        p_value = mcnemar_exact(ahead, behind)
+        if ahead > behind and p_value < 1 - confidence:
+            better[metric] = Improvement(
+                margin, f"exact McNemar, {ahead} items better, {behind} worse, p = {p_value:.3g}"
+            )
     return better
 
 
-def promotion(results: list[GateResult], better: dict[str, float], champion_version: str | None) -> tuple[bool, str]:
+def promotion(
+    results: list[GateResult], better: dict[str, Improvement], champion_version: str | None
+) -> tuple[bool, str]:
     """Whether the candidate should become champion, and why: every gate passed, and either there is no champion
-    yet or the candidate is better than it on at least one gated metric beyond that metric's tolerance."""
+    yet or the candidate is better than it beyond noise on at least one gated metric."""
     if not all_passed(results):
         failed = ", ".join(f"{r.metric} ({r.rule})" for r in results if not r.passed)
         return False, f"not promoted: gates failed ({failed})"
@@ -109,9 +189,9 @@ def promotion(results: list[GateResult], better: dict[str, float], champion_vers
     if not better:
         return False, (
             f"not promoted: every gate passed, but no gated metric is better than champion v{champion_version}'s "
-            "by more than its tolerance (a candidate within the noise band is not an improvement)"
+            "beyond noise on the same items (a candidate within the noise is not an improvement)"
         )
-    margins = ", ".join(f"{metric} by {margin:.4g}" for metric, margin in better.items())
+    margins = ", ".join(f"{metric} by {gain.margin:.4g} ({gain.test})" for metric, gain in better.items())
     return True, f"promoted: every gate passed and it beats champion v{champion_version} on {margins}"
 
 
@@ -120,8 +200,9 @@ def report_json(
     results: list[GateResult],
     champion_version: str | None,
     weights_sha256: str | None = None,
-    better: dict[str, float] | None = None,
+    better: dict[str, Improvement] | None = None,
     champion_source: str = "",
+    confidence: float = 0.95,
 ) -> str:
     """The verdict as the register stage and the registry read it, bound to the weights it judged;
     `champion_source`: where the champion's metrics came from."""
@@ -134,7 +215,8 @@ def report_json(
                 "passed": all_passed(results),
                 "champion_version": champion_version,
                 "champion_metrics": champion_source,
-                "better_than_champion": better or {},
+                "confidence": confidence,
+                "better_than_champion": {metric: asdict(gain) for metric, gain in (better or {}).items()},
                 "promote": promote,
                 "promotion": why,
                 "gates": [asdict(result) for result in results],
@@ -149,8 +231,9 @@ def report_markdown(
     candidate: str,
     results: list[GateResult],
     champion_version: str | None,
-    better: dict[str, float] | None = None,
+    better: dict[str, Improvement] | None = None,
     champion_source: str = "",
+    confidence: float = 0.95,
 ) -> str:
     verdict = (
         "PASSED: every gate holds"
@@ -167,8 +250,11 @@ def report_markdown(
         "",
         promotion(results, better or {}, champion_version)[1].capitalize() + ".",
         "",
-        "| metric | rule | bound | candidate | champion | result |",
-        "| --- | --- | ---: | ---: | ---: | --- |",
+        f"Each gate holds the candidate's one-sided {confidence:.0%} confidence bound (the `held` column) to the "
+        "threshold, not its point value; no-regression holds the paired bound on the same items as the champion.",
+        "",
+        "| metric | rule | threshold | candidate | held | how | champion | result |",
+        "| --- | --- | ---: | ---: | ---: | --- | ---: | --- |",
     ]
     for r in results:
         floor = r.rule == "min" or (r.rule != "max" and higher_is_better(r.metric))
@@ -178,7 +264,9 @@ def report_markdown(
             else f"{'≥' if floor else '≤'} {r.threshold:.4g}" + (f" ({r.basis})" if r.basis else "")
         )
         champion = "" if r.champion is None else f"{r.champion:.4g}"
+        held = "" if r.bound is None else f"{r.bound:.4g}"
         lines.append(
-            f"| {r.metric} | {r.rule} | {bound} | {r.value:.4g} | {champion} | {'pass' if r.passed else 'FAIL'} |"
+            f"| {r.metric} | {r.rule} | {bound} | {r.value:.4g} | {held} | {r.test} | {champion} | "
+            f"{'pass' if r.passed else 'FAIL'} |"
         )
     return "\n".join(lines) + "\n"

@@ -39,6 +39,7 @@ MODEL_ARTIFACT = "model"
 GATE_RECORDS = "gate"  # artifact folder of the run holding a version's weights: v<N>.json, its verdict
 METRIC_TAG = "metric."  # version tags holding the evaluation metrics, so gates can compare without the run
 SUITE_TAG = "evaluation_suite"  # the fingerprint of the evaluation those metrics came from (registry.stage.Suite)
+SAMPLES_TAG = "document.samples"  # the version's samples.jsonl in that suite: its items, for the paired tests
 
 
 def check_reachable(tracking_uri: str, timeout: float = 5.0) -> None:

@@ -21,11 +21,19 @@ from components.atomic import atomic_dir, atomic_file
 from components.config import Params
 from components.errors import InputError
 from components.evaluate.evaluation import SUMMARY, WEIGHTS, evaluated_sha256
+from components.evaluate.outcomes import item_outcomes, read_outcomes
 from components.hashing import weights_sha256
 from components.registry.card import model_card
 from components.registry.champion import Suite, candidate_metrics, champion_in_suite
 from components.registry.config import RegistryConfig
-from components.registry.gates import all_passed, check_gates, improvements, report_json, report_markdown
+from components.registry.gates import (
+    Evidence,
+    all_passed,
+    check_gates,
+    improvements,
+    report_json,
+    report_markdown,
+)
 from components.registry.lineage import Shipped, registry_tags
 from components.registry.registry import CHAMPION, SUITE_TAG, check_reachable, promote, register, registered_version
 from components.stage import StageResult
@@ -84,6 +92,7 @@ def gate_candidate(
     """
     metrics = candidate_metrics(eval_dir, candidate)
     weights = evaluated_weights(eval_dir, candidate, model_dir)
+    evidence = Evidence(metrics, read_outcomes(Path(eval_dir) / candidate / "samples.jsonl"))
     check_reachable(tracking_uri)
     references = {
         spec.relative.of: candidate_metrics(eval_dir, spec.relative.of) for spec in cfg.gates.values() if spec.relative
@@ -91,14 +100,21 @@ def gate_candidate(
     evaluated = {name: Path(eval_dir) / name for name in {candidate, *references}}
     kept = shipping.champion_evaluation
     current = champion_in_suite(MlflowClient(tracking_uri), cfg.model_name, suite, evaluated, kept)
-    version, champion_metrics, source = (
-        (current.version, current.metrics, current.source) if current else (None, None, "")
+    version, source = (current.version, current.source) if current else (None, "")
+    champion = (
+        Evidence(current.metrics, item_outcomes(current.samples) if current.samples is not None else None)
+        if current
+        else None
     )
-    results = check_gates(metrics, champion_metrics, cfg.gates, references)
-    better = improvements(metrics, champion_metrics, cfg.gates)
+    results = check_gates(evidence, champion, cfg.gates, references, cfg.confidence)
+    better = improvements(evidence, champion, cfg.gates, cfg.confidence)
     with atomic_dir(shipping.gate) as tmp:
-        (tmp / shipping.gate_json.name).write_text(report_json(candidate, results, version, weights, better, source))
-        (tmp / shipping.gate_md.name).write_text(report_markdown(candidate, results, version, better, source))
+        (tmp / shipping.gate_json.name).write_text(
+            report_json(candidate, results, version, weights, better, source, cfg.confidence)
+        )
+        (tmp / shipping.gate_md.name).write_text(
+            report_markdown(candidate, results, version, better, source, cfg.confidence)
+        )
         if suite is not None and current is not None:
             record = current._asdict() | {"suite": suite.fingerprint}
             (tmp / kept.name).write_text(json.dumps(record, indent=2) + "\n")
@@ -142,7 +158,12 @@ def register_candidate(
     with atomic_dir(shipping.registry) as tmp:
         (tmp / shipping.model_card.name).write_text(model_card(candidate, lineage, tags, table, gate_md))
         (tmp / shipping.registered_gate_md.name).write_text(gate_md)
-    documents = {"model_card": shipping.model_card, "gate_report": shipping.registered_gate_md}
+    # the samples: the items the gates of a later candidate pair with this version's, once it is champion
+    documents = {
+        "model_card": shipping.model_card,
+        "gate_report": shipping.registered_gate_md,
+        "samples": Path(eval_dir) / candidate / "samples.jsonl",
+    }
     existing = registered_version(client, cfg.model_name, weights)
     if existing is not None:  # the same weights again: no new version, and no promotion over itself
         version, new = existing.version, False
@@ -173,7 +194,17 @@ def register_candidate(
     )
 
 
+def require_test_split(params: Params) -> None:
+    """Only the test evaluation ships: a validation run (evaluate.split=val) chooses knobs and promotes nothing."""
+    if params.evaluate.split != "test":
+        raise InputError(
+            f"evaluate.split is {params.evaluate.split!r}: the gates and the registry judge the test evaluation only "
+            "(a validation run chooses knobs and ships nothing); run with evaluate.split=test"
+        )
+
+
 def gate_stage(params: Params, shipped: Shipped) -> StageResult:
+    require_test_split(params)
     return gate_candidate(
         shipped.candidate,
         shipped.model_dir,
@@ -186,6 +217,7 @@ def gate_stage(params: Params, shipped: Shipped) -> StageResult:
 
 
 def register_stage(params: Params, shipped: Shipped, repo: Path) -> StageResult:
+    require_test_split(params)
     return register_candidate(
         shipped.candidate,
         shipped.model_dir,

@@ -1,24 +1,23 @@
-"""What a recipe search leaves: every trial, the front's evaluations (laid out as the evaluate stage's, for the
-gate and register stages), the front plot, the chosen trial and its recipe as params.yaml keys, and a report."""
+"""What a recipe search leaves: every trial with its validation metrics, the front plot, the chosen trial and its
+recipe as params.yaml keys, a report, and the one test evaluation of the chosen trial and the references (laid out
+as the evaluate stage's, for the gate and register stages)."""
 
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 from typing import Any
 
 import yaml
 
-from components.atomic import atomic_dir, atomic_file
-from components.evaluate.evaluation import SUMMARY, WEIGHTS, render_summary
+from components.atomic import atomic_file
+from components.evaluate.evaluation import SUMMARY, render_summary
 from components.evaluate.metric_names import SAFETY_METRICS
 from components.evaluate.plots import plot_safety_vs_utility
 from components.model.ref import ModelRef
 from components.search.config import SearchConfig
 from components.search.space import choose
 from components.stage import StageResult
-from components.workspace import SearchFolder, TrialFolder
+from components.workspace import SearchFolder
 
 SEARCHED = ModelRef.merge("searched")  # the chosen recipe's model once pasted into params.yaml
 
@@ -31,7 +30,7 @@ def trial_name(number: int) -> str:
 def write_results(
     study, cfg: SearchConfig, references: dict[str, dict[str, float]], folder: SearchFolder
 ) -> StageResult:
-    """trials.json, eval/summary.json (references and trials), the front plot, chosen.json, chosen_recipe.yaml."""
+    """trials.json, the front plot, chosen.json, chosen_recipe.yaml and report.md, all from the validation metrics."""
     import optuna
 
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
@@ -50,15 +49,6 @@ def write_results(
     table = {**references, **{trial_name(t.number): t.user_attrs["metrics"] for t in complete}}
     with atomic_file(folder.trials) as tmp:
         tmp.write_text(json.dumps(trials, indent=1, default=str) + "\n")
-    with atomic_dir(folder.eval) as tmp:
-        (tmp / SUMMARY).write_text(json.dumps(table, indent=2) + "\n")
-        trial_dirs = {trial_name(t.number): Path(t.user_attrs["dir"]) for t in complete}
-        for name in front:
-            (tmp / name).mkdir()
-            (tmp / name / "metrics.json").write_text(json.dumps(front[name], indent=2) + "\n")
-            evaluated = TrialFolder(trial_dirs[name]).eval / WEIGHTS  # which weights the metrics describe
-            if evaluated.is_file():
-                shutil.copy(evaluated, tmp / name / WEIGHTS)
     if table:
         plot_safety_vs_utility(
             table,
@@ -147,5 +137,22 @@ def search_markdown(
     return (
         "\n".join(lines)
         + "\n"
-        + render_summary({**references, **front}).replace("# Evaluation", "## Front and references")
+        + render_summary({**references, **front}).replace("# Evaluation", "## Front and references, on validation")
     )
+
+
+def write_test_evaluation(
+    folder: SearchFolder, chosen: str, references: dict[str, dict[str, float]], tested: dict[str, float]
+) -> dict[str, float]:
+    """eval/summary.json (the references and the `chosen` trial on test, `tested` its metrics) and its table in the
+    report; returns the chosen trial's test metrics, named as the stage's metrics."""
+    table = {**references, chosen: tested}
+    with atomic_file(folder.eval / SUMMARY) as tmp:
+        tmp.write_text(json.dumps(table, indent=2) + "\n")
+    section = render_summary(table).replace(
+        "# Evaluation", f"## {chosen} on the test splits (read once, after the choice)"
+    )
+    report = folder.report.read_text()
+    with atomic_file(folder.report) as tmp:
+        tmp.write_text(report + "\n" + section)
+    return {f"chosen_test.{k}": v for k, v in tested.items()}

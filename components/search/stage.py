@@ -2,8 +2,9 @@
 
 Each trial merges the experts by a drawn recipe, optionally realigns the merge with SOMF and prunes it with
 Antidote, and scores the result with the evaluation suite; the objectives are the suite's metrics
-(`search.objectives`: utility up, harmful score and over-refusal down). The result is the Pareto front and
-the recipe `search.select` picks from it.
+(`search.objectives`: utility up, harmful score and over-refusal down), on the validation splits. The result is
+the Pareto front and the recipe `search.select` picks from it; only then are the test splits read, once, by the
+chosen trial's evaluation and the references' (what the gate and register stages judge).
 
 Why Optuna and not mergekit's evolutionary merge (mergekit-evolve): that one needs a GPU (vLLM), optimises a
 single scalar, and has no notion of a safety objective; Optuna's TPE sampler handles a conditional space
@@ -16,10 +17,15 @@ leaves (results.py: trials, the front, the choice and its recipe, the report).
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
+from pathlib import Path
+
 from components.config import Params, search_models
 from components.data.stage import require_validated
 from components.evaluate.evaluation import evaluate_cached, judge_model
 from components.model.ref import ModelRef
+from components.search.results import write_test_evaluation
 from components.search.study import TrialLogger, search_recipes
 from components.search.trial import SearchInputs
 from components.stage import StageResult
@@ -30,10 +36,17 @@ def search_stage(params: Params, log_trial: TrialLogger | None = None) -> StageR
     ws = params.ws
     require_validated(ws)
     models = {name: ModelRef.parse(name).folder(ws) for name in ["base", *dict.fromkeys(search_models(params))]}
-    # the references drawn beside the trials; the same cache as the evaluate stage's, so evaluated once
+    validation = params.evaluate.model_copy(update={"split": "val"})
+    # the references drawn beside the trials, on the split the trials are chosen on; the same cache as a
+    # validation run's evaluate stage
     references = {
         name: evaluate_cached(
-            path, ws.curated, params.evaluate, params.seed, ws.eval / name, judge_model=judge_model(params.evaluate, ws)
+            path,
+            ws.curated,
+            validation,
+            params.seed,
+            ws.evaluation("val") / name,
+            judge_model=judge_model(validation, ws),
         )[0]
         for name, path in models.items()
     }
@@ -43,10 +56,10 @@ def search_stage(params: Params, log_trial: TrialLogger | None = None) -> StageR
         params.merge.max_relative_delta,
         params.safety.realign,
         params.safety.prune,
-        params.evaluate,
+        validation,
         params.seed,
     )
-    return search_recipes(
+    chosen = search_recipes(
         params.search,
         inputs,
         references,
@@ -54,3 +67,23 @@ def search_stage(params: Params, log_trial: TrialLogger | None = None) -> StageR
         params.search.study_name or f"recipe-search-{params.profile}",
         log_trial,
     )
+    return evaluate_chosen_on_test(chosen, models, params)
+
+
+def evaluate_chosen_on_test(chosen: StageResult, references: dict[str, Path], params: Params) -> StageResult:
+    """The search's one read of the test splits, after the choice: the chosen trial and the references, evaluated
+    as the evaluate stage evaluates (the references in its own folders and cache, so evaluated once)."""
+    ws, test = params.ws, params.evaluate.model_copy(update={"split": "test"})
+    record = json.loads(ws.search.chosen.read_text())
+    if not record.get("trial"):
+        return chosen
+    judged_by = judge_model(test, ws)
+    tested = {
+        name: evaluate_cached(path, ws.curated, test, params.seed, ws.eval / name, judge_model=judged_by)[0]
+        for name, path in references.items()
+    }
+    trial, _ = evaluate_cached(
+        Path(record["model"]), ws.curated, test, params.seed, ws.search.eval / record["trial"], judge_model=judged_by
+    )
+    metrics = write_test_evaluation(ws.search, record["trial"], tested, trial)
+    return replace(chosen, metrics={**chosen.metrics, **metrics})

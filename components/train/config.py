@@ -77,6 +77,7 @@ class PairsConfig(StrictModel):
     """On-policy preference pairs from the base model's own answers: a refusal preferred over its compliance with a
     harmful training prompt, and its answer preferred over a refusal of a benign look-alike training prompt."""
 
+    # caps on the training prompts, taken in turn from each source and category (components.data.splits.interleaved)
     max_prompts: PositiveInt = 200
     lookalike_prompts: int = Field(default=200, ge=0)  # benign look-alike training prompts (contrast pairs); 0: none
     max_new_tokens: TokenCount = 64

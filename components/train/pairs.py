@@ -20,6 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from components.atomic import atomic_dir
+from components.data.splits import interleaved
 from components.data.tables import read_jsonl, write_jsonl
 from components.errors import InputError
 from components.model.device import load_model
@@ -44,8 +45,8 @@ def build_pairs(
     if (done := cache.result({"pairs": Path(out_dir)})) is not None:
         return done
 
-    rows = [row for _, row in read_jsonl(source)][: cfg.max_prompts]
-    benign = [row for _, row in read_jsonl(lookalikes)][: cfg.lookalike_prompts] if lookalikes else []
+    rows = interleaved([row for _, row in read_jsonl(source)], cfg.max_prompts)
+    benign = interleaved([row for _, row in read_jsonl(lookalikes)], cfg.lookalike_prompts) if lookalikes else []
     model, tokenizer = load_model(model_dir)
     answers = generate_answers(
         model,
