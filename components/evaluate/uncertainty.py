@@ -78,19 +78,16 @@ def paired_difference_bound(
     statistic: Callable[[Sequence[Item]], float],
     confidence: float,
     upper: bool,
-    resamples: int = 2000,
-    seed: int = 0,
 ) -> float:
     """One-sided paired-bootstrap bound of statistic(first) − statistic(second), resampling items (the i-th of each
     is the same item)."""
     if len(first) != len(second):
         raise ValueError(f"paired items: {len(first)} against {len(second)}")
-    pairs = list(zip(first, second, strict=True))
 
     def difference(sample: Sequence[tuple[Item, Item]]) -> float:
         return statistic([a for a, _ in sample]) - statistic([b for _, b in sample])
 
-    return quantile(bootstrap(pairs, difference, resamples, seed), confidence if upper else 1 - confidence)
+    return bootstrap_bound(list(zip(first, second, strict=True)), difference, confidence, upper)
 
 
 def mean(values: Sequence[float]) -> float:
