@@ -115,6 +115,14 @@ def test_the_judge_command_writes_each_row_back_with_its_verdict(tmp_path: Path)
     refused = flows("judge", str(source), str(target))
     assert refused.returncode == 2 and f"{source}:1: `answer` is missing or not a string" in refused.stderr
     assert not target.exists()
+    good = json.dumps(rows[0]) + "\n"
+    source.write_bytes(good.encode() + b'{"prompt": "p", "answer": "caf\xe9"}\n')  # Latin-1, not UTF-8
+    bad_bytes = flows("judge", str(source), str(target))
+    assert bad_bytes.returncode == 2 and f"{source}:2: not UTF-8" in bad_bytes.stderr and not target.exists()
+    source.write_text(good + json.dumps({"prompt": "p", "answer": "x" * 100_001}) + "\n")
+    huge = flows("judge", str(source), str(target))
+    assert huge.returncode == 2 and f"{source}:2: `answer` is 100,001 characters" in huge.stderr
+    assert not target.exists()
 
 
 def test_binary_scores_by_hand():

@@ -137,6 +137,9 @@ def judge_answers(answers: list[str], judge: JudgeName, judge_model: Path | None
     return [verdict(answer, score) for answer, score in zip(answers, scores, strict=True)]
 
 
+MAX_JUDGED_CHARS = 100_000  # a prompt or answer longer than this is not one the judges were built for
+
+
 def judge_file(source: Path, target: Path, judge: JudgeName, judge_model: Path | None = None) -> dict[str, int]:
     """Each JSONL row of `source` (with `prompt` and `answer`) written to `target` with the judge's verdict
     (`refusal`, `harmful`, `score`, `judge`) added; counts of rows and refusals. Nothing is written when a row
@@ -148,6 +151,11 @@ def judge_file(source: Path, target: Path, judge: JudgeName, judge_model: Path |
         for key in ("prompt", "answer"):
             if not isinstance(row.get(key), str):
                 raise InputError(f"{source}:{line}: `{key}` is missing or not a string")
+            if len(row[key]) > MAX_JUDGED_CHARS:
+                raise InputError(
+                    f"{source}:{line}: `{key}` is {len(row[key]):,} characters, over the {MAX_JUDGED_CHARS:,} a judged "
+                    "answer may have (a model's answer is a generation budget long)"
+                )
         rows.append(row)
     verdicts = judge_answers([row["answer"] for row in rows], judge, judge_model)
     judged = [{**row, **asdict(v), "judge": judge} for row, v in zip(rows, verdicts, strict=True)]
