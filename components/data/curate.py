@@ -146,7 +146,7 @@ def curate_table(
     near_bands = bands_for(cfg.near_dup_threshold, cfg.num_perm) if cfg.near_dup_threshold else None
     family_bands = bands_for(cfg.family_threshold, cfg.num_perm) if cfg.family_threshold else None
     leak_bands = bands_for(cfg.leakage_threshold, cfg.num_perm)
-    families = FamilySplitter(scratch, name, seed)
+    families = FamilySplitter(scratch, name, seed, cfg.family_threshold or 1.0)
     kept = scratch / f"{name}-kept.jsonl"
     group_codes = array("q")  # per kept row, its group's code in `families`
     with open(kept, "w", encoding="utf-8") as handle:
@@ -202,6 +202,7 @@ def curate_table(
                     [str(row.get("group", row.get("id"))) for row in rows],
                     [stratum_of(row) for row in rows],
                     band_keys(sigs, family_bands).tolist() if family_bands else [[] for _ in rows],
+                    sigs,
                 )
             )
             handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)

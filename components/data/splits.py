@@ -2,9 +2,13 @@
 
 A *family* is a group (a row's `group`: a module, a math template, one prompt of a source) joined with every group
 whose rows near-duplicate its rows at `data.curate.family_threshold` (templated siblings such as Do-Not-Answer's
-"... at Apple" / "... at Bloomberg"): the connected components of "shares a MinHash LSH key", by union-find over
-groups. A *stratum* is a row's source and category (`stratum_of`). Within each stratum the families, ordered by a
-seeded hash of their first group, fill train, val and test by row count: each family goes to the split its
+"... at Apple" / "... at Bloomberg"): the connected components of "near-duplicates", by union-find over groups. LSH
+keys only propose pairs; a pair joins when the share of equal MinHash values (the Jaccard estimate) reaches the
+threshold, since a chain of chance key collisions would otherwise join a whole table (prompts sharing a
+wrapper such as "In Python, what does ... do?").
+
+A *stratum* is a row's source and category (`stratum_of`). Within each stratum the families, ordered by a seeded
+hash of their first group, fill train, val and test by row count: each family goes to the split its
 midpoint falls in, so every stratum with enough families has rows in every split, and the shares hold to within
 one family. Ordering by hash keeps a family's split where it was when rows are added, unless it sits by a
 boundary.
@@ -15,11 +19,13 @@ different splits, and small categories could miss a split.
 
 from __future__ import annotations
 
+import sqlite3
 from array import array
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import xxhash
 
 from components.data.config import Splits
@@ -68,13 +74,19 @@ def midpoint_splits(families: Sequence[tuple[int, int]], splits: Splits) -> list
 class FamilySplitter:
     """Groups joined into families as rows arrive (`add`), then one split per family (`assign`, `split_of`).
 
-    The group names and LSH keys seen live in SQLite files under `scratch` (bounded memory); per group it holds
-    three machine integers in memory (parent, rows, stratum) and a hash.
+    The group names, the LSH keys seen and the rows' MinHash signatures live in SQLite files under `scratch`
+    (bounded memory); in memory it holds three machine integers per group (parent, rows, stratum), a hash, and one
+    per row (its group).
     """
 
-    def __init__(self, scratch: Path, name: str, seed: int):
+    def __init__(self, scratch: Path, name: str, seed: int, threshold: float):
         self.groups = SeenIndex(scratch / f"{name}-groups.db")
         self.keys = SeenIndex(scratch / f"{name}-family-keys.db")
+        self.signatures = sqlite3.connect(scratch / f"{name}-signatures.db")
+        self.signatures.execute("PRAGMA journal_mode=OFF")
+        self.signatures.execute("CREATE TABLE sig (row INTEGER PRIMARY KEY, value BLOB)")
+        self.threshold = threshold
+        self.row_group = array("q")
         self.seed = seed
         self.parent = array("q")
         self.rows = array("q")
@@ -96,8 +108,11 @@ class FamilySplitter:
         if a != b:
             self.parent[max(a, b)] = min(a, b)
 
-    def add(self, groups: Sequence[str], strata: Sequence[str], keys: Sequence[Sequence[int]]) -> list[int]:
-        """Register a batch of rows by group, stratum and family LSH keys; returns each row's group code."""
+    def add(
+        self, groups: Sequence[str], strata: Sequence[str], keys: Sequence[Sequence[int]], sigs: np.ndarray
+    ) -> list[int]:
+        """Register a batch of rows by group, stratum, family LSH keys and MinHash signatures; returns each row's
+        group code."""
         hashes = [signed64(group) for group in groups]
         known = self.groups.lookup(hashes)
         codes, new = [], []
@@ -113,18 +128,31 @@ class FamilySplitter:
             self.rows[code] += 1
             codes.append(code)
         self.groups.add(new)
+        first_row = len(self.row_group)
+        self.row_group.extend(codes)
+        self.signatures.executemany(
+            "INSERT INTO sig VALUES (?, ?)", [(first_row + i, sig.tobytes()) for i, sig in enumerate(sigs)]
+        )
         owners = self.keys.lookup([k for row_keys in keys for k in row_keys])
-        claimed = []
-        for code, row_keys in zip(codes, keys, strict=True):
+        claimed, proposed = [], set()
+        for i, row_keys in enumerate(keys):
             for key in row_keys:
                 owner = owners.get(int(key))
                 if owner is None:
-                    owners[int(key)] = code
-                    claimed.append((int(key), code))
-                else:
-                    self.union(owner, code)
+                    owners[int(key)] = first_row + i
+                    claimed.append((int(key), first_row + i))
+                elif owner != first_row + i:
+                    proposed.add((owner, first_row + i))
         self.keys.add(claimed)
+        for earlier, row in sorted(proposed):
+            if self.row_group[earlier] != self.row_group[row] and self.similar(earlier, row, sigs, first_row):
+                self.union(self.row_group[earlier], self.row_group[row])
         return codes
+
+    def similar(self, earlier: int, row: int, sigs: np.ndarray, first_row: int) -> bool:
+        """Whether two rows' Jaccard estimate (the share of equal MinHash values) reaches the threshold."""
+        (stored,) = self.signatures.execute("SELECT value FROM sig WHERE row = ?", (earlier,)).fetchone()
+        return float(np.mean(np.frombuffer(stored, dtype=sigs.dtype) == sigs[row - first_row])) >= self.threshold
 
     def assign(self, splits: Splits) -> dict[str, float]:
         """Give every family its split (midpoint_splits within each stratum); returns how many families there are
@@ -147,6 +175,7 @@ class FamilySplitter:
     def close(self) -> None:
         self.groups.close()
         self.keys.close()
+        self.signatures.close()
 
 
 def interleaved(rows: Sequence[Row], limit: int | None) -> list[Row]:
