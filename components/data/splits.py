@@ -144,15 +144,24 @@ class FamilySplitter:
                 elif owner != first_row + i:
                     proposed.add((owner, first_row + i))
         self.keys.add(claimed)
+        stored = self.stored_signatures(sorted({earlier for earlier, _ in proposed}), sigs.dtype)
         for earlier, row in sorted(proposed):
-            if self.row_group[earlier] != self.row_group[row] and self.similar(earlier, row, sigs, first_row):
-                self.union(self.row_group[earlier], self.row_group[row])
+            if self.row_group[earlier] != self.row_group[row]:
+                estimate = float(np.mean(stored[earlier] == sigs[row - first_row]))  # share of equal MinHash values
+                if estimate >= self.threshold:
+                    self.union(self.row_group[earlier], self.row_group[row])
         return codes
 
-    def similar(self, earlier: int, row: int, sigs: np.ndarray, first_row: int) -> bool:
-        """Whether two rows' Jaccard estimate (the share of equal MinHash values) reaches the threshold."""
-        (stored,) = self.signatures.execute("SELECT value FROM sig WHERE row = ?", (earlier,)).fetchone()
-        return float(np.mean(np.frombuffer(stored, dtype=sigs.dtype) == sigs[row - first_row])) >= self.threshold
+    def stored_signatures(self, rows: Sequence[int], dtype: np.dtype) -> dict[int, np.ndarray]:
+        """The stored MinHash signatures of `rows`, read in chunks of SQLite's bound-parameter limit."""
+        found: dict[int, np.ndarray] = {}
+        for start in range(0, len(rows), 900):
+            chunk = rows[start : start + 900]
+            query = f"SELECT row, value FROM sig WHERE row IN ({','.join('?' * len(chunk))})"
+            found.update(
+                (row, np.frombuffer(value, dtype=dtype)) for row, value in self.signatures.execute(query, chunk)
+            )
+        return found
 
     def assign(self, splits: Splits) -> dict[str, float]:
         """Give every family its split (midpoint_splits within each stratum); returns how many families there are
