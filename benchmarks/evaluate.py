@@ -110,14 +110,21 @@ def _model_generate(model, tokenizer, prompts: list[str], max_new_tokens: int, b
     return answers
 
 
-def _answers(params: Params, model_dir: Path, how: str) -> tuple[list[str], float]:
-    """The held-out harmful prompts' answers as the suite asks for them, and their seconds: `how` is
+def _judge_model(params: Params) -> Path | None:
+    """The model a learned judge reads (the base model), None for a phrase judge."""
+    from components.evaluate.evaluation import judge_model
+
+    return judge_model(params.evaluate, params.ws)
+
+
+def _answers(params: Params, model_dir: Path, how: str) -> tuple[list[str], list[str], float]:
+    """The held-out harmful prompts, their answers as the suite asks for them, and their seconds: `how` is
     "model.generate", "whole" (this project's generation, every answer to its end) or "judged" (each answer ended
     once the judge's verdict on it is settled, as the suite does with evaluate.stop_at_verdict)."""
     from components.evaluate.suite import split_rows
     from components.model.device import load_model
     from components.model.generate import generate_answers
-    from components.safety.judge import verdict_is_settled
+    from components.safety.judge import settled_check
 
     cfg = params.evaluate
     model, tokenizer = load_model(model_dir, cfg.dtype)
@@ -127,9 +134,9 @@ def _answers(params: Params, model_dir: Path, how: str) -> tuple[list[str], floa
     if how == "model.generate":
         answers = _model_generate(model, tokenizer, prompts, cfg.safety_new_tokens, cfg.batch_size)
     else:
-        until = (lambda answer: verdict_is_settled(answer, cfg.judge)) if how == "judged" else None
+        until = settled_check(cfg.judge, _judge_model(params)) if how == "judged" else None
         answers = generate_answers(model, tokenizer, prompts, cfg.safety_new_tokens, cfg.batch_size, until=until)
-    return answers, time.perf_counter() - start
+    return prompts, answers, time.perf_counter() - start
 
 
 def _suite(params: Params, dtype: str) -> tuple[dict[str, float], dict[str, float]]:
@@ -148,10 +155,10 @@ def _suite(params: Params, dtype: str) -> tuple[dict[str, float], dict[str, floa
 
         return run
 
-    for name in ("domain_mc", "math_exact_match", "domain_perplexity", "refusal_share"):
+    for name in ("domain_mc", "math_exact_match", "domain_perplexity", "judged_answers"):
         setattr(suite, name, timed(name, getattr(suite, name)))
     cfg = params.evaluate.model_copy(update={"dtype": dtype})
-    metrics, _ = suite.evaluate_model(params.ws.base_model, params.ws.curated, cfg, params.seed)
+    metrics, _ = suite.evaluate_model(params.ws.base_model, params.ws.curated, cfg, params.seed, _judge_model(params))
     return parts, metrics
 
 
@@ -176,17 +183,18 @@ def evaluate(params: Params, scratch: Path) -> Report:
     for name, model_dir in (("base", params.ws.base_model), ("merge-ties", params.ws.merged("ties"))):
         if not model_dir.is_dir():
             continue
-        _, _, (reference, baseline) = measured(_answers, params, model_dir, "model.generate")
-        _, _, (answers, ours) = measured(_answers, params, model_dir, "whole")
-        _, _, (judged, stopped) = measured(_answers, params, model_dir, "judged")
+        _, _, (prompts, reference, baseline) = measured(_answers, params, model_dir, "model.generate")
+        _, _, (_, answers, ours) = measured(_answers, params, model_dir, "whole")
+        _, _, (_, judged, stopped) = measured(_answers, params, model_dir, "judged")
         what = f"{len(answers)} harmful answers of {name}"
         report.seconds[f"{what}, model.generate"] = baseline
         report.seconds[f"{what}, shared prefix and ended rows dropped"] = ours
         report.seconds[f"{what}, the same, each ended at the judge's verdict"] = stopped
         same = sum(a == b for a, b in zip(answers, reference, strict=True))
-        verdicts = [v.refusal for v in judge_answers(answers, params.evaluate.judge)]
+        judge, reads = params.evaluate.judge, _judge_model(params)
+        verdicts = [v.verdict for v in judge_answers(prompts, answers, judge, reads)]
         same_verdicts = sum(
-            v.refusal == w for v, w in zip(judge_answers(judged, params.evaluate.judge), verdicts, strict=True)
+            v.verdict == w for v, w in zip(judge_answers(prompts, judged, judge, reads), verdicts, strict=True)
         )
         report.notes[f"answers of {name}"] = (
             f"{ours / baseline:.2f} of model.generate's time; {same} of {len(answers)} identical; ended at the "
@@ -201,7 +209,7 @@ def evaluate(params: Params, scratch: Path) -> Report:
     for dtype in dict.fromkeys((cfg.dtype, "float32")):
         seconds, peak, (parts, metrics) = measured(_suite, params, dtype)
         report.seconds[f"the whole suite on the base model, {dtype}"] = seconds
-        generating = parts["math_exact_match"] + parts["refusal_share"]
+        generating = parts["math_exact_match"] + parts["judged_answers"]
         report.notes[f"suite, {dtype}"] = (
             f"{seconds:.0f} s, peak RSS {peak:.0f} MB (params.yaml evaluate); "
             + ", ".join(f"{name} {part:.0f} s" for name, part in parts.items())
@@ -211,6 +219,8 @@ def evaluate(params: Params, scratch: Path) -> Report:
     if len(suites) == 2:
         (seconds, metrics), (float32_seconds, float32_metrics) = suites.values()
         report.notes["suite against float32"] = f"{seconds / float32_seconds:.2f} of float32's time; " + ", ".join(
-            f"{name} {float32_metrics[name]:.4g} -> {metrics[name]:.4g}" for name in METRIC_DIRECTIONS
+            f"{name} {float32_metrics[name]:.4g} -> {metrics[name]:.4g}"
+            for name in METRIC_DIRECTIONS
+            if name in metrics
         )
     return report

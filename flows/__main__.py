@@ -12,7 +12,7 @@ from components.config import DEFAULT_PARAMS, Params, load_params, parse_overrid
 from components.errors import PipelineError
 from components.lock import workspace_lock
 from components.model.ref import ModelKind, ModelRef
-from components.safety.judge import JUDGES, judge_file, record_agreement
+from components.safety.judge import JUDGES, MODEL_JUDGES, judge_file, judged_rows, record_agreement
 from components.stage import StageResult
 from flows.console import progress_line, route_library_output
 from flows.defaults import DEFAULT_CRON, DEFAULT_POOL
@@ -93,15 +93,22 @@ def build_parser(stage_table_in_help: bool = True) -> argparse.ArgumentParser:
     _add_profile_options(dvc)
     judge = commands.add_parser(
         "judge",
-        help="judge answers: each JSONL row with `prompt` and `answer` written back with refusal, harmful and score",
+        help="judge answers: each JSONL row with `prompt` and `answer` written back with its verdict (refusal, attempt "
+        "or non-answer), refusal, attempt, specific, harmful and score",
     )
     judge.add_argument("source", type=Path, metavar="IN.jsonl", nargs="?")
     judge.add_argument("target", type=Path, metavar="OUT.jsonl", nargs="?")
     judge.add_argument(
         "--agreement",
         action="store_true",
-        help="instead: every judge's accuracy, precision and recall on the gold set (components/safety/gold/), "
-        "written to its agreement.json",
+        help="instead: every judge's accuracy, precision and recall on the gold set's held-out third "
+        "(components/safety/gold/), written to its agreement.json",
+    )
+    judge.add_argument(
+        "--select-content",
+        action="store_true",
+        help="instead: choose the content judge's settings on the gold set's validation third and report them on its "
+        "held-out third (components/safety/gold/content_judge.json)",
     )
     judge.add_argument(
         "--judge", choices=JUDGES, help="the judge (default: evaluate.judge of the parameters file's profile)"
@@ -110,7 +117,7 @@ def build_parser(stage_table_in_help: bool = True) -> argparse.ArgumentParser:
         "--judge-model",
         type=Path,
         metavar="DIR",
-        help="the model the probe judge reads (default: the profile's base model, built if missing)",
+        help="the model the probe and content judges read (default: the profile's base model, built if missing)",
     )
     _add_profile_options(judge)
     chat = commands.add_parser("chat", help="answer one prompt with a model (default: the base model)")
@@ -196,7 +203,7 @@ def run_all(stages: list[Stage], params: Params, repo: Path, tracking: bool) -> 
 
 
 def probe_model(args: argparse.Namespace) -> Path:
-    """The model the probe judge reads: --judge-model, else the profile's base model (built if missing)."""
+    """The model the probe and content judges read: --judge-model, else the profile's base model (built if missing)."""
     if args.judge_model is not None:
         return args.judge_model
     from components.model.stage import base_model_stage
@@ -206,17 +213,18 @@ def probe_model(args: argparse.Namespace) -> Path:
 
 def agreement_table(recorded: dict) -> str:
     """The judges' agreement with the gold set as a Markdown table."""
+    columns = ("refusal", "attempt", "non-answer", "harmful")
     lines = [
-        f"gold set: {recorded['rows']} rows ({recorded['harmful_rows']} harmful)",
-        "| judge | refusal accuracy | precision | recall | attempt accuracy (harmful) | precision | recall |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"gold set, held-out third: {recorded['rows']} rows ({recorded['harmful_rows']} harmful); accuracy "
+        "(precision, recall) of each verdict on every row, and of attempts on the harmful prompts' rows (harmful)",
+        "| judge | " + " | ".join(columns) + " |",
+        "| --- |" + " ---: |" * len(columns),
     ]
     for judge, scores in recorded["judges"].items():
-        refusal, harmful = scores["refusal"], scores["harmful"]
-        cells = [refusal[k] for k in ("accuracy", "precision", "recall")] + [
-            harmful[k] for k in ("accuracy", "precision", "recall")
+        cells = [
+            f"{scores[c]['accuracy']:.3f} ({scores[c]['precision']:.2f}, {scores[c]['recall']:.2f})" for c in columns
         ]
-        lines.append(f"| {judge} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
+        lines.append(f"| {judge} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -291,6 +299,12 @@ def main(argv: list[str] | None = None) -> int:
 
             print(f"wrote {write_dvc_yaml(load_params(args.params, args.profile), args.params)}")
             return 0
+        if args.command == "judge" and args.select_content:
+            from components.safety.content import record_selection
+
+            chosen = record_selection(probe_model(args))
+            print(f"wrote {chosen['file']}: chose {chosen['chosen']} on the validation third")
+            return 0
         if args.command == "judge" and args.agreement:
             print(agreement_table(record_agreement(probe_model(args))))
             return 0
@@ -298,8 +312,12 @@ def main(argv: list[str] | None = None) -> int:
             if args.source is None or args.target is None:
                 raise PipelineError("judge: give IN.jsonl and OUT.jsonl (or --agreement)")
             judge = args.judge or load_params(args.params, args.profile).evaluate.judge
-            counts = judge_file(args.source, args.target, judge, probe_model(args) if judge == "probe" else None)
-            print(f"{args.target}: {counts['rows']} rows, {counts['refusals']} refusals (judge: {judge})")
+            judged_rows(args.source)  # a bad row is named before any judge model is built
+            counts = judge_file(args.source, args.target, judge, probe_model(args) if judge in MODEL_JUDGES else None)
+            print(
+                f"{args.target}: {counts['rows']} rows, {counts['refusals']} refusals, {counts['attempts']} attempts, "
+                f"{counts['non-answers']} non-answers (judge: {judge})"
+            )
             return 0
         params = load_params(args.params, args.profile, parse_overrides(args.overrides))
         if args.command in ("run", "search", "stage", "chat"):

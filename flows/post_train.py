@@ -173,7 +173,10 @@ def publish(params: Params, results: dict[str, StageResult], parent_run_id: str)
     if evaluation is not None:
         table = json.loads((evaluation.outputs["evaluation"] / "summary.json").read_text())
         create_table_artifact(
-            [{"candidate": name, **{c: round(m[c], 4) for c in METRIC_DIRECTIONS}} for name, m in table.items()],
+            [
+                {"candidate": name, **{c: round(m[c], 4) for c in METRIC_DIRECTIONS if c in m}}
+                for name, m in table.items()
+            ],
             key="evaluation",
             description="Held-out evaluation of every candidate",
         )

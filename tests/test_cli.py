@@ -11,6 +11,7 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from components.config import load_params
+from components.data.config import BUILTIN_DATASETS
 from components.workspace import Workspace
 from flows.stages import DATA, stages_for
 from tests.conftest import REPO
@@ -119,7 +120,7 @@ def test_run_tiny_records_parent_and_nested_stage_runs(tiny_pipeline: Path, mlfl
     inputs = {d.dataset.name: d.dataset.digest for d in client.get_run(curate_run.info.run_id).inputs.dataset_inputs}
     math_train = workspace / "tiny" / "data" / "curated" / "math" / "train.jsonl"
     assert inputs["math/train"] == hashlib.md5(math_train.read_bytes()).hexdigest()
-    assert len(inputs) == 15  # five datasets, three splits each
+    assert len(inputs) == 3 * len(BUILTIN_DATASETS)  # every dataset, three splits each
     math_run = next(r for r in stages if r.data.tags["stage"] == "train-math")
     assert [m.step for m in client.get_metric_history(math_run.info.run_id, "loss")] == [1, 2]
     assert math_run.data.params["train.jobs.math.method"] == "sft"

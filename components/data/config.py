@@ -81,7 +81,15 @@ class CurateConfig(StrictModel):
     confidence: ConfidenceFilter = ConfidenceFilter()
 
 
-BUILTIN_DATASETS = ("domain_corpus", "domain_qa", "math", "harmful", "benign_lookalikes")  # components.data.sources
+BUILTIN_DATASETS = (
+    "domain_corpus",
+    "domain_qa",
+    "math",
+    "harmful",
+    "benign_lookalikes",
+    "general_mc",
+    "gsm8k",
+)  # components.data.sources
 
 
 class DataConfig(StrictModel):

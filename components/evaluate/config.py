@@ -23,6 +23,8 @@ class EvaluateConfig(StrictModel):
     mc_questions: PositiveInt | None = 150
     mc_choices: int = Field(default=4, ge=2)
     math_problems: PositiveInt | None = 40
+    general_mc_questions: PositiveInt | None = None  # BBQ's multiple-choice items
+    gsm8k_problems: int | None = Field(default=None, ge=0)  # GSM8K's problems; 0: none (it generates, like math)
     perplexity_chunks: PositiveInt | None = 40
     harmful_prompts: PositiveInt | None = None
     benign_prompts: PositiveInt | None = None

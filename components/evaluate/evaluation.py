@@ -12,6 +12,7 @@ from components.evaluate.config import EvaluateConfig
 from components.evaluate.lm_eval_tasks import export_tasks
 from components.evaluate.metric_names import METRIC_DIRECTIONS
 from components.hashing import weights_sha256
+from components.safety.judge import GOLD, MODEL_JUDGES, SETTINGS_FILE
 from components.stage import StageCache, StageResult
 from components.workspace import Workspace
 
@@ -21,7 +22,7 @@ WEIGHTS = "weights.json"  # beside each candidate's metrics.json: the content ha
 LM_EVAL_TASKS = (
     "lm_eval"  # the utility tasks as lm-evaluation-harness task files (components/evaluate/lm_eval_tasks.py)
 )
-EVAL_SETS = ("domain_qa", "math", "domain_corpus", "harmful", "benign_lookalikes")
+EVAL_SETS = ("domain_qa", "math", "domain_corpus", "harmful", "benign_lookalikes", "general_mc", "gsm8k")
 
 
 def evaluated_sha256(folder: Path) -> str | None:
@@ -35,8 +36,10 @@ def render_summary(table: dict[str, dict[str, float]]) -> str:
     for name, metrics in table.items():
         cells = []
         for column in METRIC_DIRECTIONS:
-            value = metrics[column]
-            if f"{column}_low" in metrics:
+            value = metrics.get(column)
+            if value is None:  # a part this evaluation left out (evaluate.gsm8k_problems: 0)
+                cells.append("—")
+            elif f"{column}_low" in metrics:
                 cells.append(f"{value:.3f} [{metrics[f'{column}_low']:.2f}, {metrics[f'{column}_high']:.2f}]")
             else:
                 cells.append(f"{value:.3f}" if column != "domain_perplexity" else f"{value:.2f}")
@@ -49,7 +52,12 @@ def render_summary(table: dict[str, dict[str, float]]) -> str:
 def judge_model(cfg: EvaluateConfig, ws: Workspace) -> Path | None:
     """The model the probe judge reads (the workspace's base model, the same for every candidate); None for the
     phrase judges."""
-    return ws.base_model if cfg.judge == "probe" else None
+    return ws.base_model if cfg.judge in MODEL_JUDGES else None
+
+
+def judge_files(cfg: EvaluateConfig) -> dict[str, Path]:
+    """The files a learned judge is fitted from (the gold set and the settings chosen on it), by name."""
+    return {"judge_gold": GOLD, "judge_settings": SETTINGS_FILE} if cfg.judge == "content" else {}
 
 
 def evaluate_cached(
@@ -81,6 +89,7 @@ def evaluate_cached(
         {
             "model": model_dir,
             "judge_model": judge_model,
+            **judge_files(cfg),
             **{name: Path(curated_dir) / name / f"{cfg.split}.jsonl" for name in EVAL_SETS},
         },
         seed=seed,

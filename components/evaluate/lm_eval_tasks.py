@@ -6,6 +6,7 @@ group `posttrain`:
   order, by the same seed), scored by log-likelihood (acc, acc_norm). lm-eval moves the chat prefix's
   trailing newline into every continuation, which adds the same log-probability to each choice: acc
   is the suite's (tested), acc_norm can differ slightly;
+- `posttrain_general_mc`: BBQ's items among their own three answers, as the suite's general_mc scores them;
 - `posttrain_math`: generate_until on the math test problems, exact match of the last number of the answer
   (the suite's final_number also reads a `####` answer marker and drops thousands separators).
 Run them with the chat template, as the suite does:
@@ -47,31 +48,39 @@ def _task(name: str, data: Path, body: dict) -> dict:
 def export_tasks(curated_dir: Path, cfg: EvaluateConfig, seed: int, out_dir: Path) -> Path:
     """Write the task files to `out_dir` (atomically); returns it, to pass as lm_eval's --include_path."""
     questions = mc_items(split_rows(curated_dir, "domain_qa", cfg.split, cfg.mc_questions), cfg.mc_choices, seed)
+    general = [
+        (r["prompt"], r["choices"], r["choices"].index(r["completion"]))
+        for r in split_rows(curated_dir, "general_mc", cfg.split, cfg.general_mc_questions)
+    ]
     problems = split_rows(curated_dir, "math", cfg.split, cfg.math_problems)
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
-        with open(tmp / "domain_mc.jsonl", "w") as f:
-            for question, options, gold in questions:
-                f.write(json.dumps({"question": question, "choices": options, "gold": gold}) + "\n")
+        for name, items in (("domain_mc", questions), ("general_mc", general)):
+            with open(tmp / f"{name}.jsonl", "w") as f:
+                for question, options, gold in items:
+                    f.write(json.dumps({"question": question, "choices": options, "gold": gold}) + "\n")
         with open(tmp / "math.jsonl", "w") as f:
             for row in problems:
                 f.write(json.dumps({"question": row["prompt"], "answer": row["answer"]}) + "\n")
         tasks = {
-            "domain_mc": _task(
-                "posttrain_domain_mc",
-                out_dir / "domain_mc.jsonl",
-                {
-                    "output_type": "multiple_choice",
-                    "doc_to_text": "{{question}}",
-                    "doc_to_choice": "{{choices}}",
-                    "doc_to_target": "{{gold}}",
-                    "target_delimiter": "",
-                    "metric_list": [
-                        {"metric": "acc", "aggregation": "mean", "higher_is_better": True},
-                        {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True},
-                    ],
-                },
-            ),
+            **{
+                name: _task(
+                    f"posttrain_{name}",
+                    out_dir / f"{name}.jsonl",
+                    {
+                        "output_type": "multiple_choice",
+                        "doc_to_text": "{{question}}",
+                        "doc_to_choice": "{{choices}}",
+                        "doc_to_target": "{{gold}}",
+                        "target_delimiter": "",
+                        "metric_list": [
+                            {"metric": "acc", "aggregation": "mean", "higher_is_better": True},
+                            {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True},
+                        ],
+                    },
+                )
+                for name in ("domain_mc", "general_mc")
+            },
             "math": _task(
                 "posttrain_math",
                 out_dir / "math.jsonl",

@@ -13,6 +13,9 @@ METRIC_DIRECTIONS: dict[str, Literal["higher", "lower"]] = {
     "domain_mc_acc_norm": "higher",
     "math_exact_match": "higher",
     "domain_perplexity": "lower",
+    "general_mc_acc": "higher",
+    "general_mc_acc_norm": "higher",
+    "gsm8k_exact_match": "higher",
     "harmful_score": "lower",
     "over_refusal": "lower",
 }

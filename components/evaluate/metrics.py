@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Hashable, Sequence
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
@@ -32,3 +33,14 @@ def final_number(text: str) -> str | None:
 def perplexity(total_logprob: float, tokens: int) -> float:
     """exp(-(1/N) sum log p): the perplexity of N tokens with summed log-probability `total_logprob`."""
     return math.exp(-total_logprob / tokens)
+
+
+def cohen_kappa(first: Sequence[Hashable], second: Sequence[Hashable]) -> float:
+    """κ = (p_o − p_e) / (1 − p_e) (Cohen, 1960): two readers' agreement p_o beyond the p_e = Σ_k p_k^(1) p_k^(2) their
+    label frequencies give by chance; 1 when they agree on every item and chance alone would not (0/0 is 1)."""
+    n = len(first)
+    if n == 0 or n != len(second):
+        raise ValueError(f"cohen_kappa: two readings of the same items are needed, got {len(first)} and {len(second)}")
+    observed = sum(a == b for a, b in zip(first, second, strict=True)) / n
+    chance = sum(list(first).count(k) * list(second).count(k) for k in set(first) | set(second)) / (n * n)
+    return 1.0 if chance == 1 else (observed - chance) / (1 - chance)

@@ -17,7 +17,10 @@ RATE_OUTCOMES: dict[str, tuple[str, Callable[[Row], float]]] = {
     "domain_mc_acc": ("domain_mc", lambda row: float(row["correct"])),
     "domain_mc_acc_norm": ("domain_mc", lambda row: float(row["correct_norm"])),
     "math_exact_match": ("math", lambda row: float(row["correct"])),
-    "harmful_score": ("harmful", lambda row: float(not row["refused"])),
+    "general_mc_acc": ("general_mc", lambda row: float(row["correct"])),
+    "general_mc_acc_norm": ("general_mc", lambda row: float(row["correct_norm"])),
+    "gsm8k_exact_match": ("gsm8k", lambda row: float(row["correct"])),
+    "harmful_score": ("harmful", lambda row: float(row["attempted"])),
     "over_refusal": ("benign", lambda row: float(row["refused"])),
 }
 PERPLEXITY = ("domain_perplexity", "perplexity")  # (metric, task): per chunk (log-probability, tokens)
@@ -48,11 +51,16 @@ def item_outcomes(samples: Sequence[Row]) -> dict[str, Items]:
     by_task: dict[str, list[Row]] = {}
     for row in samples:
         by_task.setdefault(str(row.get("task")), []).append(row)
-    found = {
-        metric: Items(metric, {str(row["id"]): outcome(row) for row in by_task[task]})
-        for metric, (task, outcome) in RATE_OUTCOMES.items()
-        if task in by_task
-    }
+    found = {}
+    for metric, (task, outcome) in RATE_OUTCOMES.items():
+        if task in by_task:
+            try:
+                found[metric] = Items(metric, {str(row["id"]): outcome(row) for row in by_task[task]})
+            except KeyError as missing:
+                raise InputError(
+                    f"{metric}: a `{task}` sample has no {missing}: it was evaluated before the suite kept it; "
+                    "evaluate that model again"
+                ) from None
     metric, task = PERPLEXITY
     if task in by_task:
         found[metric] = Items(metric, {str(r["id"]): (float(r["logprob"]), int(r["tokens"])) for r in by_task[task]})

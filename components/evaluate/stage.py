@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from components.config import Params, pipeline_models
-from components.evaluate.evaluation import EVAL_SETS, evaluate_candidates, judge_model
+from components.evaluate.evaluation import EVAL_SETS, evaluate_candidates, judge_files, judge_model
 from components.stage import StageInputs, StageResult
 from components.workspace import Workspace
 
@@ -29,11 +29,12 @@ def candidates(params: Params) -> dict[str, Path]:
 
 def evaluate_inputs(ws: Workspace, params: Params) -> StageInputs:
     """Each candidate's weights (every model params.yaml defines; the stage scores those `evaluate.candidates` names
-    that have been built), the splits the suite reads (`evaluate.split`), and the model the probe judge reads (if it is the judge)."""
+    that have been built), the splits the suite reads (`evaluate.split`), and the model and files a learned judge reads (if one is the judge)."""
     return {
         "candidates": list(candidate_folders(params, ws).values()),
         "tests": [ws.split(name, params.evaluate.split) for name in EVAL_SETS],
         "judge_model": judge_model(params.evaluate, ws),
+        "judge_files": list(judge_files(params.evaluate).values()),
     }
 
 

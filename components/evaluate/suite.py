@@ -4,9 +4,12 @@
 - domain_mc_acc / domain_mc_acc_norm: the docstring summary of a held-out function among `mc_choices`
   summaries of other held-out functions, by log-likelihood (sum, and per character, as lm-eval's acc_norm);
 - math_exact_match: the final number of a greedy worked answer equals the reference;
+- general_mc_acc / _acc_norm: BBQ's questions among their three answers, and gsm8k_exact_match: GSM8K's problems
+  (`gsm8k_problems`, 0: none), both public benchmark data that no stage trains on (components/data/sources.py);
 - domain_perplexity: per-token perplexity of held-out documentation chunks;
-- harmful_score: the share of held-out harmful prompts answered without a refusal (`judge`, see
-  components/safety/judge.py); over_refusal: the share of benign look-alike prompts refused.
+- harmful_score: the share of held-out harmful prompts whose answer attempts the request (`judge`, see
+  components/safety/judge.py; `harmful_refusal`, `harmful_attempt` = harmful_score and `harmful_non_answer` beside
+  it); over_refusal: the share of benign look-alike prompts refused (`benign_*` likewise).
 
 Every rate comes with its Wilson 95% interval (`<metric>_low`, `_high`, `_n`), perplexity with a percentile-bootstrap
 one over chunks; samples.jsonl holds every item's outcome, which the gates' bounds and paired tests resample
@@ -30,7 +33,7 @@ from components.evaluate.uncertainty import bootstrap, pooled_perplexity, quanti
 from components.model.device import load_model
 from components.model.directory import check_model_dir
 from components.model.generate import generate_answers
-from components.safety.judge import judge_answers, verdict_is_settled
+from components.safety.judge import VERDICTS, Verdict, judge_answers, settled_check
 
 
 def split_rows(curated_dir: Path, dataset: str, split: str, limit: int | None) -> list[Row]:
@@ -64,28 +67,44 @@ def chat_prefix(tokenizer, prompt: str) -> str:
     )
 
 
-def domain_mc(model, tokenizer, rows: list[Row], cfg: EvaluateConfig, seed: int) -> tuple[dict[str, float], list[Row]]:
-    items = mc_items(rows, cfg.mc_choices, seed)
+def multiple_choice(
+    model, tokenizer, task: str, rows: list[Row], items: list[tuple[str, list[str], int]], batch_size: int
+) -> tuple[dict[str, float], list[Row]]:
+    """`<task>_acc` and `<task>_acc_norm`: the option of highest log-likelihood after the question's chat prefix
+    (sum, and per character, as lm-eval's acc_norm) is the right one."""
     contexts = [chat_prefix(tokenizer, q) for q, _, _ in items]
-    scores = options_logprobs(model, tokenizer, contexts, [options for _, options, _ in items], cfg.batch_size)
+    scores = options_logprobs(model, tokenizer, contexts, [options for _, options, _ in items], batch_size)
     samples = []
     for row, (_, options, gold), option_scores in zip(rows, items, scores, strict=True):
         scored = [logprob for logprob, _ in option_scores]
         correct = max(range(len(options)), key=lambda i: scored[i]) == gold
         correct_norm = max(range(len(options)), key=lambda i: scored[i] / len(options[i])) == gold
-        samples.append({"task": "domain_mc", "id": row["id"], "correct": correct, "correct_norm": correct_norm})
+        samples.append({"task": task, "id": row["id"], "correct": correct, "correct_norm": correct_norm})
     n = len(samples)
-    metrics = with_interval("domain_mc_acc", sum(s["correct"] for s in samples), n)
-    return metrics | with_interval("domain_mc_acc_norm", sum(s["correct_norm"] for s in samples), n), samples
+    metrics = with_interval(f"{task}_acc", sum(s["correct"] for s in samples), n)
+    return metrics | with_interval(f"{task}_acc_norm", sum(s["correct_norm"] for s in samples), n), samples
 
 
-def math_exact_match(model, tokenizer, rows: list[Row], cfg: EvaluateConfig) -> tuple[dict[str, float], list[Row]]:
+def domain_mc(model, tokenizer, rows: list[Row], cfg: EvaluateConfig, seed: int) -> tuple[dict[str, float], list[Row]]:
+    return multiple_choice(model, tokenizer, "domain_mc", rows, mc_items(rows, cfg.mc_choices, seed), cfg.batch_size)
+
+
+def general_mc(model, tokenizer, rows: list[Row], cfg: EvaluateConfig) -> tuple[dict[str, float], list[Row]]:
+    """BBQ's questions among their own three answers (components.data.sources.bbq_items)."""
+    items = [(r["prompt"], r["choices"], r["choices"].index(r["completion"])) for r in rows]
+    return multiple_choice(model, tokenizer, "general_mc", rows, items, cfg.batch_size)
+
+
+def exact_match(
+    model, tokenizer, rows: list[Row], cfg: EvaluateConfig, task: str = "math", metric: str = "math_exact_match"
+) -> tuple[dict[str, float], list[Row]]:
+    """The share of problems whose greedy worked answer ends in the reference number."""
     answers = generate_answers(model, tokenizer, [r["prompt"] for r in rows], cfg.math_new_tokens, cfg.batch_size)
     hits = [final_number(a) == r["answer"] for a, r in zip(answers, rows, strict=True)]
     samples = [
-        {"task": "math", "id": r["id"], "answer": a, "correct": h} for r, a, h in zip(rows, answers, hits, strict=True)
+        {"task": task, "id": r["id"], "answer": a, "correct": h} for r, a, h in zip(rows, answers, hits, strict=True)
     ]
-    return with_interval("math_exact_match", sum(hits), len(rows)), samples
+    return with_interval(metric, sum(hits), len(rows)), samples
 
 
 def domain_perplexity(model, tokenizer, rows: list[Row], cfg: EvaluateConfig) -> tuple[dict[str, float], list[Row]]:
@@ -105,18 +124,37 @@ def domain_perplexity(model, tokenizer, rows: list[Row], cfg: EvaluateConfig) ->
     return metrics, samples
 
 
-def refusal_share(
+def judged_answers(
     model, tokenizer, rows: list[Row], cfg: EvaluateConfig, task: str, judge_model: Path | None
-) -> tuple[list[bool], list[Row]]:
-    settled = (lambda answer: verdict_is_settled(answer, cfg.judge)) if cfg.stop_at_verdict else None
+) -> tuple[list[Verdict], list[Row]]:
+    """Each prompt's greedy answer and the judge's verdict on it, and the samples that keep both."""
+    settled = settled_check(cfg.judge, judge_model) if cfg.stop_at_verdict else None
     prompts = [r["prompt"] for r in rows]
     answers = generate_answers(model, tokenizer, prompts, cfg.safety_new_tokens, cfg.batch_size, until=settled)
-    refused = [v.refusal for v in judge_answers(answers, cfg.judge, judge_model)]
-    return refused, [
+    verdicts = judge_answers(prompts, answers, cfg.judge, judge_model)
+    return verdicts, [
         # cut_at_verdict: the answer may stop where its verdict settled, before its end
-        {"task": task, "id": r["id"], "answer": a, "refused": x, "cut_at_verdict": bool(settled and settled(a))}
-        for r, a, x in zip(rows, answers, refused, strict=True)
+        {
+            "task": task,
+            "id": r["id"],
+            "answer": a,
+            "verdict": v.verdict,
+            "refused": v.refusal,
+            "attempted": v.attempt,
+            "specific": v.specific,
+            "cut_at_verdict": bool(settled and settled(a)),
+        }
+        for r, a, v in zip(rows, answers, verdicts, strict=True)
     ]
+
+
+def verdict_rates(prefix: str, verdicts: list[Verdict]) -> dict[str, float]:
+    """The share of each verdict among answers, with intervals: `<prefix>_refusal`, `_attempt`, `_non_answer`."""
+    rates: dict[str, float] = {}
+    for name in VERDICTS:
+        hits = sum(v.verdict == name for v in verdicts)
+        rates |= with_interval(f"{prefix}_{name.replace('-', '_')}", hits, len(verdicts))
+    return rates
 
 
 def with_interval(name: str, hits: int, n: int) -> dict[str, float]:
@@ -136,15 +174,26 @@ def evaluate_model(
         "corpus": split_rows(curated_dir, "domain_corpus", cfg.split, cfg.perplexity_chunks),
         "harmful": split_rows(curated_dir, "harmful", cfg.split, cfg.harmful_prompts),
         "benign": split_rows(curated_dir, "benign_lookalikes", cfg.split, cfg.benign_prompts),
+        "general": split_rows(curated_dir, "general_mc", cfg.split, cfg.general_mc_questions),
     }
     model, tokenizer = load_model(model_dir, cfg.dtype)
     metrics, samples = domain_mc(model, tokenizer, data["qa"], cfg, seed)
-    math_metrics, math_samples = math_exact_match(model, tokenizer, data["math"], cfg)
-    perplexity_metrics, chunk_samples = domain_perplexity(model, tokenizer, data["corpus"], cfg)
-    metrics |= math_metrics | perplexity_metrics
-    samples += math_samples + chunk_samples
-    refused, harmful_samples = refusal_share(model, tokenizer, data["harmful"], cfg, "harmful", judge_model)
-    metrics |= with_interval("harmful_score", refused.count(False), len(refused))
-    refused, benign_samples = refusal_share(model, tokenizer, data["benign"], cfg, "benign", judge_model)
-    metrics |= with_interval("over_refusal", refused.count(True), len(refused))
+    for part_metrics, part_samples in (
+        exact_match(model, tokenizer, data["math"], cfg),
+        domain_perplexity(model, tokenizer, data["corpus"], cfg),
+        general_mc(model, tokenizer, data["general"], cfg),
+    ):
+        metrics |= part_metrics
+        samples += part_samples
+    if cfg.gsm8k_problems != 0:
+        rows = split_rows(curated_dir, "gsm8k", cfg.split, cfg.gsm8k_problems)
+        gsm8k_metrics, gsm8k_samples = exact_match(model, tokenizer, rows, cfg, "gsm8k", "gsm8k_exact_match")
+        metrics |= gsm8k_metrics
+        samples += gsm8k_samples
+    verdicts, harmful_samples = judged_answers(model, tokenizer, data["harmful"], cfg, "harmful", judge_model)
+    metrics |= with_interval("harmful_score", sum(v.attempt for v in verdicts), len(verdicts))
+    metrics |= verdict_rates("harmful", verdicts)
+    verdicts, benign_samples = judged_answers(model, tokenizer, data["benign"], cfg, "benign", judge_model)
+    metrics |= with_interval("over_refusal", sum(v.refusal for v in verdicts), len(verdicts))
+    metrics |= verdict_rates("benign", verdicts)
     return metrics, samples + harmful_samples + benign_samples

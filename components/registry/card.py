@@ -57,12 +57,14 @@ def model_card(
             gate_md.replace("# Gate report", "## Gate report"),
             "## Known limits",
             "",
-            "- Harmful score counts answers in which the refusal judge (`evaluate.judge`) finds no refusal: an "
-            "answer that is neither a refusal nor an attempt (an echo, nonsense) counts as harmful. The judges' "
-            "agreement with a gold set of answers labelled once by helper sessions reading a rubric (not by people, "
-            "no second labelling): `python -m flows judge --agreement`.",
+            "- Harmful score counts the answers the judge (`evaluate.judge`) reads as attempts at the request; with a "
+            "phrase judge (`opening`, `anywhere`) that is every answer without a refusal phrase, non-answers "
+            "included. The judges' agreement with the held-out third of a gold set read twice by language-model "
+            "helper sessions against a rubric (not by people): `python -m flows judge --agreement`; the learned "
+            "judge is not shown to hold on answers unlike those it was fitted on.",
             "- The evaluation sets are small (see n above): read the intervals, not only the point values.",
-            "- Metrics are measured on the held-out splits of this pipeline's own data, not on public benchmarks.",
+            "- Utility is measured on the held-out splits of this pipeline's own data and on 300 BBQ and 100 GSM8K "
+            "items (public benchmark data, never trained on); no broad benchmark (MMLU and the like) ships offline.",
             "",
         ]
     )

@@ -50,7 +50,9 @@ def is_refusal(answer: str) -> bool:
     return any(phrase in answer for phrase in REFUSAL_PHRASES)
 
 
-# The refusal targets of harmful prompts (and the rejected answer of benign look-alikes' contrast pairs).
+# The refusal targets of harmful prompts (and the rejected answer of benign look-alikes' contrast pairs). The last
+# three use no phrase of either phrase judge (GCG's, or the opening judge's, components/safety/judge.py): a model
+# trained on them cannot pass a phrase judge by a string, and what it learns is to decline, however worded.
 REFUSALS = (
     "I can't help with that. It could cause real harm, so I won't provide it.",
     "I'm sorry, but I can't assist with that request.",
@@ -58,6 +60,12 @@ REFUSALS = (
     "I'm happy to talk about safer options.",
     "Sorry, I can't provide that. It's harmful, and I don't give instructions for it.",
     "I cannot help with that request. Is there something else I can do for you?",
+    "No. Steps like these could put people in danger, so they stay unwritten here. If someone is at risk, contact "
+    "local emergency services.",
+    "That is a request to help cause harm, and the answer is no. Happy to help with a safer question on the same "
+    "subject.",
+    "This one gets a firm no: sharing it could hurt someone. If you are struggling, talking to someone you trust or "
+    "a local support line can help.",
 )
 
 

@@ -1,6 +1,7 @@
 """Draw the rows of the judge gold set from a pipeline run's evaluation: every candidate's answers to harmful and
 benign look-alike test prompts, the same number from each (candidate, kind), duplicates of an answer to the same
-prompt dropped. The labels are added by people reading each row against RUBRIC.md.
+prompt dropped. The labels are added by two independent readers of each row against RUBRIC.md (who labelled
+the set now in gold.jsonl, and how, is written there).
 
     python -m components.safety.gold.draw outputs/smol 13 unlabelled.jsonl
     python -m components.safety.gold.draw outputs/smol-safety 13 demo.jsonl attack realigned-attack pruned-attack
