@@ -155,7 +155,7 @@ def _suite(params: Params, dtype: str) -> tuple[dict[str, float], dict[str, floa
 
         return run
 
-    for name in ("domain_mc", "math_exact_match", "domain_perplexity", "judged_answers"):
+    for name in ("domain_mc", "exact_match", "domain_perplexity", "general_mc", "judged_answers"):
         setattr(suite, name, timed(name, getattr(suite, name)))
     cfg = params.evaluate.model_copy(update={"dtype": dtype})
     metrics, _ = suite.evaluate_model(params.ws.base_model, params.ws.curated, cfg, params.seed, _judge_model(params))
@@ -201,15 +201,25 @@ def evaluate(params: Params, scratch: Path) -> Report:
             f"verdict: {stopped / baseline:.2f} of model.generate's time, the same verdict on {same_verdicts} of "
             f"{len(answers)} ({params.evaluate.judge} judge)"
         )
+    from components.evaluate.suite import split_rows
+
     cfg = params.evaluate
+    rows = {
+        name: len(split_rows(params.ws.curated, name, "test", cap))
+        for name, cap in (
+            ("math", cfg.math_problems),
+            ("harmful", cfg.harmful_prompts),
+            ("benign_lookalikes", cfg.benign_prompts),
+        )
+    }
     generated = (
-        cfg.math_problems * cfg.math_new_tokens + (cfg.harmful_prompts + cfg.benign_prompts) * cfg.safety_new_tokens
+        rows["math"] * cfg.math_new_tokens + (rows["harmful"] + rows["benign_lookalikes"]) * cfg.safety_new_tokens
     )
     suites = {}
     for dtype in dict.fromkeys((cfg.dtype, "float32")):
         seconds, peak, (parts, metrics) = measured(_suite, params, dtype)
         report.seconds[f"the whole suite on the base model, {dtype}"] = seconds
-        generating = parts["math_exact_match"] + parts["judged_answers"]
+        generating = parts["exact_match"] + parts["judged_answers"]
         report.notes[f"suite, {dtype}"] = (
             f"{seconds:.0f} s, peak RSS {peak:.0f} MB (params.yaml evaluate); "
             + ", ".join(f"{name} {part:.0f} s" for name, part in parts.items())
