@@ -64,7 +64,8 @@ def hidden_means(model, tokenizer, answers: list[str], tokens: tuple[int, ...], 
             padding=True,
             return_tensors="pt",
         ).to(model.device)
-        states = model(**batch, output_hidden_states=True).hidden_states
+        # the hidden states only: the vocabulary-wide head runs for one position, not every one
+        states = model(**batch, output_hidden_states=True, logits_to_keep=1).hidden_states
         for t in tokens:
             weights = batch["attention_mask"][:, :t].unsqueeze(-1).float()
             for layer, state in enumerate(states):
