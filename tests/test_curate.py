@@ -7,6 +7,7 @@ import xxhash
 from components.data.config import Splits
 from components.data.curate import curate
 from components.data.mathgen import word_problems
+from components.data.sources import bbq_items
 from components.data.splits import SPLITS, interleaved, midpoint_splits
 from components.errors import InputError
 from tests.data_helpers import ALL_TRAIN, config, read, write_raw
@@ -259,3 +260,18 @@ def test_confidence_filter_drops_the_requested_share_of_train_rows(tmp_path: Pat
     assert result.metrics["qa.train.rows"] == 7 == len(read(tmp_path / "curated" / "qa" / "train.jsonl"))
     with pytest.raises(InputError, match="confidence.enabled needs the base model"):
         curate(tmp_path / "raw", cfg, 0, tmp_path / "other")
+
+
+def test_bbq_templates_never_cross_validation_and_test_and_nothing_is_trained_on(tmp_path: Path):
+    """BBQ's instances of one template (the same context with names and groups swapped) stay in one split; the
+    general-capability set has no training rows."""
+    write_raw(
+        tmp_path / "raw",
+        {"general_mc": ("prompt_completion", False, {"train": 0.0, "val": 0.5, "test": 0.5}, list(bbq_items()))},
+    )
+    curate(tmp_path / "raw", config(max_chars=2000), 0, tmp_path / "curated")
+    rows = {s: read(tmp_path / "curated" / "general_mc" / f"{s}.jsonl") for s in ("train", "val", "test")}
+    assert rows["train"] == [] and len(rows["val"]) > 100 and len(rows["test"]) > 100
+    assert not {r["group"] for r in rows["val"]} & {r["group"] for r in rows["test"]}
+    # every category is in both halves (split within each stratum)
+    assert {r["category"] for r in rows["val"]} == {r["category"] for r in rows["test"]}
