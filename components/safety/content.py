@@ -177,7 +177,8 @@ def opening_text(tokenizer, answer: str, tokens: int) -> str:
 
 
 def read_rows(model, tokenizer, rows: list[Labelled], tokens: tuple[int, ...] = TOKENS) -> Readings:
-    """The judge's readings of rows whose answers are spoken (see `spoken`): everything from the answer's opening."""
+    """The judge's readings of rows whose answers are spoken (see `spoken`): everything from the answer's opening.
+    Only each row's prompt and answer are read, never its label."""
     scalars = {}
     for t in tokens:
         openings = [(r.prompt, opening_text(tokenizer, r.answer, t)) for r in rows]
@@ -225,7 +226,7 @@ class ContentJudge:
         result: list[tuple[VerdictName, list[float]]] = [("non-answer", [0.0, 0.0, 1.0])] * len(answers)
         read = [i for i, a in enumerate(answers) if spoken(opening_text(self.tokenizer, a, self.settings.tokens))]
         if read:
-            rows = [Labelled(prompts[i], answers[i], "attempt", "") for i in read]
+            rows = [Labelled(prompts[i], answers[i], "non-answer", "judged") for i in read]  # the label is unread
             readings = read_rows(self.model, self.tokenizer, rows, (self.settings.tokens,))
             probabilities = self.fitted.predict_proba(readings.features(self.settings))
             order = [list(self.fitted.classes_).index(v) for v in VERDICTS]
